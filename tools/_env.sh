@@ -1,0 +1,20 @@
+# Sourced by the entry scripts: create (first run) and activate the project's virtual environment.
+# The venv lives in .venv at the repository root; it is reinstalled when requirements.txt changes.
+# Override the interpreter with PYTHON=/path/to/python3 (3.10 or 3.11).
+set -euo pipefail
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${CEP_VENV:-$REPO_ROOT/.venv}"
+STAMP="$VENV/.requirements.sha256"
+WANT="$(sha256sum "$REPO_ROOT/requirements.txt" "$REPO_ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+    echo "[cep] setting up the virtual environment in $VENV (first run takes a few minutes)..." >&2
+    "${PYTHON:-python3}" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip >&2 || true
+    "$VENV/bin/python" -m pip install -q -r "$REPO_ROOT/requirements.txt" >&2
+    "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$REPO_ROOT" >&2
+    echo "$WANT" > "$STAMP"
+    echo "[cep] environment ready." >&2
+fi
+# shellcheck disable=SC1091
+source "$VENV/bin/activate"
+cd "$REPO_ROOT"
