@@ -1,0 +1,61 @@
+"""Command line of the evaluation tool (``tools/evaluate.py``); options come from ``EvaluationConfig``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import MISSING, fields
+
+from pseudolabel.evaluation.pipeline import EvaluationConfig, EvaluationError, evaluate
+from pseudolabel.evaluation.report import format_table, plot_per_class, write_json
+from pseudolabel.evaluation.sources import PRED_KINDS, LabelSourceError
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    # One --flag per config field (the project convention), so the CLI and the Python API cannot drift apart.
+    for f in fields(EvaluationConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else None
+        help_text = f"{f.metadata['help']} (default: {default})"
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action="store_true", help=help_text)
+        else:
+            kind = int if f.type in ("int", "int | None") else float if f.type == "float" else str
+            parser.add_argument(flag, type=kind, default=default, choices=f.metadata.get("choices"), help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Score label maps against GT: mIoU, mBIoU, bootstrap CIs and a paired test of two systems. "
+                    "GT/PRED: a folder of <id>.png index PNGs, a shard directory (*.h5) or a dataset spec "
+                    "(voc:val, voc:train, coco:val).")
+    parser.add_argument("--gt", required=True, help="GT label source")
+    parser.add_argument("--pred", required=True, help="predictions (system 1)")
+    parser.add_argument("--pred2", help="second system, compared with system 1 on the same images")
+    parser.add_argument("--pred-kind", default="refined", choices=PRED_KINDS,
+                        help="which labels of a shard --pred reads")
+    parser.add_argument("--pred2-kind", default="refined", choices=PRED_KINDS, help="the same for --pred2")
+    parser.add_argument("--data-root", help="dataset root for dataset specs (default: the dataset's own default)")
+    parser.add_argument("--json", help="write the results as JSON to this file")
+    parser.add_argument("--plot", help="write a per-class bar chart PNG to this file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_config_options(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = EvaluationConfig(**{f.name: getattr(args, f.name) for f in fields(EvaluationConfig)})
+    try:
+        result = evaluate(args.gt, args.pred, args.pred2, config, args.pred_kind, args.pred2_kind,
+                          args.data_root, progress=not args.quiet)
+    except (EvaluationError, LabelSourceError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    if args.json:
+        write_json(result, args.json)
+        print(f"JSON written to {args.json}")
+    if args.plot:
+        plot_per_class(result, args.plot)
+        print(f"chart written to {args.plot}")
+    return 0
