@@ -45,7 +45,8 @@ def test_two_systems_json_and_chart(folders, capsys):
     assert data["mIoU"] == 100.0 and data["mBIoU"] == 100.0 and data["num_images"] == 6
     assert set(data["per_class"]) == {"0", "1", "2", "3"} and len(data["ci"]["mIoU"]) == 2
     assert len(data["systems"]) == 2 and data["systems"][1]["mIoU"] < 100.0
-    assert data["paired"]["mIoU"]["diff"] > 0 and set(data["paired"]["mIoU"]) >= {"diff", "ci", "p_value"}
+    assert data["paired"]["diff"] > 0 and set(data["paired"]) >= {"diff", "ci", "p_value", "mBIoU"}
+    assert data["paired"]["metric"] == "mIoU" and set(data["paired"]["mBIoU"]) >= {"diff", "ci", "p_value"}
     assert chart.stat().st_size > 1000 and chart.read_bytes()[:4] == b"\x89PNG"
     assert "mIoU (strict" in capsys.readouterr().out
 

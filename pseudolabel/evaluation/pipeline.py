@@ -201,7 +201,9 @@ class EvaluationResult:
                 "classes with union > 0" if self.config.mean_over == "mmseg" else "classes present in GT"),
             "split": self.split, "num_images": self.num_images,
             "systems": [s.to_json(self.class_names) for s in self.systems],
-            "paired": {k: t.to_json() for k, t in self.paired.items()} if self.paired else None,
+            # ``paired`` holds the mIoU test at its top level (diff, ci, p_value) and the mBIoU test under "mBIoU".
+            "paired": ({"metric": "mIoU", **self.paired["mIoU"].to_json(), "mBIoU": self.paired["mBIoU"].to_json()}
+                       if self.paired else None),
             "missing": {k: len(v) for k, v in self.missing.items()},
             "missing_ids": self.missing,
             "skipped": self.skipped,
