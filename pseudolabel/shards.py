@@ -1,0 +1,227 @@
+"""HDF5 shards: the stage-one output, readable by stage two, the evaluator, the viewer and standard HDF5 viewers.
+
+Layout (docs/design.md): root attributes (dataset, split, class names, config JSON, versions, weights identity,
+random_weights), ``/palette`` (HDF5 Palette spec) and one group per image under ``/images`` holding ``refined`` and
+``initial`` label maps (HDF5 Image spec, indexed, referencing the palette, so HDFView shows them coloured; a
+``valid_range`` for h5web) and the localization maps at token resolution. gzip only; one chunk per dataset. Nothing
+is ever unpickled: metadata is JSON.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from pseudolabel.classes import ClassSet, pascal_palette
+from pseudolabel.loc_maps import resize_maps
+
+FORMAT = "cep-pseudolabel-shard"
+FORMAT_VERSION = 1
+SHARD_GLOB = "shard-*.h5"
+MANIFEST = "manifest.json"
+LOC_CONVENTION = ("CLIP-ES attn_highres: CAA-refined map, min-max normalised at token resolution; "
+                  "resize bilinearly (cv2) to (height, width)")
+COMPRESSION = {"compression": "gzip", "compression_opts": 4}
+
+
+@dataclass
+class LabelRecord:
+    """Everything stage one stores for one image."""
+
+    image_id: str
+    refined: np.ndarray                 # (H, W) uint8
+    initial: np.ndarray                 # (H, W) uint8 (Y0)
+    loc_maps_lowres: np.ndarray         # (K, h, w) float32
+    loc_class_ids: tuple[int, ...]
+    class_ids: tuple[int, ...]
+    size: tuple[int, int]               # (H, W)
+
+    @property
+    def loc_maps(self) -> np.ndarray:
+        """Localization maps at full image resolution, ``(K, H, W)`` float32 (CLIP-ES ``attn_highres``)."""
+        return resize_maps(self.loc_maps_lowres, self.size)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Plain arrays (for pickle-free staging with ``np.savez``)."""
+        return {"image_id": np.array(self.image_id), "refined": self.refined, "initial": self.initial,
+                "loc_maps_lowres": self.loc_maps_lowres, "loc_class_ids": np.array(self.loc_class_ids, np.int64),
+                "class_ids": np.array(self.class_ids, np.int64), "size": np.array(self.size, np.int64)}
+
+    @classmethod
+    def from_arrays(cls, arrays) -> "LabelRecord":
+        return cls(str(arrays["image_id"]), np.asarray(arrays["refined"]), np.asarray(arrays["initial"]),
+                   np.asarray(arrays["loc_maps_lowres"], np.float32),
+                   tuple(int(c) for c in arrays["loc_class_ids"]), tuple(int(c) for c in arrays["class_ids"]),
+                   tuple(int(s) for s in arrays["size"]))
+
+
+def image_key(image_id: str) -> str:
+    """HDF5 group name of an image id ('/' is not allowed in a name)."""
+    return image_id.replace("/", "|")
+
+
+def _ascii(text: str) -> np.bytes_:
+    """A fixed-length ASCII string attribute, as the HDF5 Image/Palette specification expects."""
+    return np.bytes_(text.encode("ascii"))
+
+
+class ShardWriter:
+    """Writes records into one shard file. Use as a context manager; the file is complete once closed."""
+
+    def __init__(self, path: str | Path, class_set: ClassSet, attrs: dict):
+        self.path = Path(path)
+        self.class_set = class_set
+        self.file = h5py.File(self.path, "w")
+        root = self.file.attrs
+        root["format"] = FORMAT
+        root["format_version"] = FORMAT_VERSION
+        root["class_names"] = json.dumps(list(class_set.classes))
+        root["class_set"] = json.dumps(class_set.to_json())
+        for key, value in attrs.items():
+            root[key] = value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
+        palette = self.file.create_dataset("palette", data=pascal_palette())
+        for key, value in (("CLASS", "PALETTE"), ("PAL_COLORMODEL", "RGB"), ("PAL_TYPE", "STANDARD8"),
+                           ("PAL_VERSION", "1.2")):
+            palette.attrs[key] = _ascii(value)
+        self.palette_ref = palette.ref
+        self.images = self.file.create_group("images")
+        self.count = 0
+
+    def _label_dataset(self, group: h5py.Group, name: str, labels: np.ndarray) -> None:
+        data = group.create_dataset(name, data=np.asarray(labels, np.uint8), chunks=labels.shape, **COMPRESSION)
+        for key, value in (("CLASS", "IMAGE"), ("IMAGE_VERSION", "1.2"), ("IMAGE_SUBCLASS", "IMAGE_INDEXED"),
+                           ("DISPLAY_ORIGIN", "UL")):
+            data.attrs[key] = _ascii(value)
+        data.attrs["PALETTE"] = self.palette_ref
+        data.attrs["IMAGE_MINMAXRANGE"] = np.array([0, self.class_set.num_classes - 1], np.uint8)
+        data.attrs["valid_range"] = np.array([0, self.class_set.num_classes - 1], np.uint8)
+
+    def write(self, record: LabelRecord) -> None:
+        """Add one image's record."""
+        height, width = record.size
+        if record.refined.shape != (height, width) or record.initial.shape != (height, width):
+            raise ValueError(f"{record.image_id}: label maps {record.refined.shape}/{record.initial.shape} "
+                             f"do not match the image size {record.size}")
+        group = self.images.create_group(image_key(record.image_id))
+        names = [self.class_set.classes[c] for c in record.class_ids]
+        group.attrs.update({"image_id": record.image_id, "height": height, "width": width,
+                            "class_ids": np.array(record.class_ids, np.int64), "class_names": json.dumps(names)})
+        self._label_dataset(group, "refined", record.refined)
+        self._label_dataset(group, "initial", record.initial)
+        maps = np.asarray(record.loc_maps_lowres, np.float16)
+        loc = group.create_dataset("loc_maps", data=maps, chunks=maps.shape if maps.size else None,
+                                   **(COMPRESSION if maps.size else {}))
+        loc.attrs.update({"class_ids": np.array(record.loc_class_ids, np.int64),
+                          "class_names": json.dumps([self.class_set.classes[c] for c in record.loc_class_ids]),
+                          "convention": LOC_CONVENTION})
+        self.count += 1
+
+    def close(self) -> None:
+        if self.file.id.valid:
+            self.file.flush()
+            self.file.close()
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _decode_attr(value):
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str) and value[:1] in "[{":
+        return json.loads(value)
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def read_root_attrs(path: str | Path) -> dict:
+    """Root attributes of one shard, JSON values decoded, ``class_set`` as a :class:`ClassSet`."""
+    with h5py.File(path, "r") as handle:
+        attrs = {key: _decode_attr(value) for key, value in handle.attrs.items()}
+    attrs["class_set"] = ClassSet.from_json(attrs["class_set"])
+    return attrs
+
+
+class ShardSet(Mapping):
+    """``image id -> LabelRecord`` over every shard of a directory.
+
+    Files are opened lazily in each process (after a fork a worker opens its own handles), so a ShardSet can be
+    handed to DataLoader workers.
+    """
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise FileNotFoundError(f"shard directory '{self.directory}' does not exist; run tools/gen_pseudo.sh first")
+        self.shard_paths = [Path(p) for p in sorted(glob.glob(str(self.directory / SHARD_GLOB)))]
+        if not self.shard_paths:
+            raise FileNotFoundError(f"no {SHARD_GLOB} files in '{self.directory}'; run tools/gen_pseudo.sh first")
+        self._where: dict[str, tuple[int, str]] = {}
+        for index, path in enumerate(self.shard_paths):
+            with h5py.File(path, "r") as handle:
+                for key, group in handle["images"].items():
+                    image_id = _decode_attr(group.attrs["image_id"])
+                    if image_id in self._where:
+                        raise ValueError(f"image '{image_id}' appears in two shards: "
+                                         f"{self.shard_paths[self._where[image_id][0]].name} and {path.name}")
+                    self._where[image_id] = (index, key)
+        self.attrs = read_root_attrs(self.shard_paths[0])
+        manifest = self.directory / MANIFEST
+        self.manifest = json.loads(manifest.read_text()) if manifest.is_file() else None
+        self.failures = self.manifest.get("failures", []) if self.manifest else []
+        self._handles: dict[int, h5py.File] = {}
+        self._pid = os.getpid()
+
+    @property
+    def class_set(self) -> ClassSet:
+        return self.attrs["class_set"]
+
+    def _file(self, index: int) -> h5py.File:
+        if self._pid != os.getpid():  # forked: the parent's handles must not be used here
+            self._handles, self._pid = {}, os.getpid()
+        if index not in self._handles:
+            self._handles[index] = h5py.File(self.shard_paths[index], "r")
+        return self._handles[index]
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_handles"] = {}
+        return state
+
+    def __getitem__(self, image_id: str) -> LabelRecord:
+        index, key = self._where[image_id]
+        group = self._file(index)["images"][key]
+        loc = group["loc_maps"]
+        return LabelRecord(
+            image_id=image_id,
+            refined=group["refined"][()],
+            initial=group["initial"][()],
+            loc_maps_lowres=loc[()].astype(np.float32),
+            loc_class_ids=tuple(int(c) for c in loc.attrs["class_ids"]),
+            class_ids=tuple(int(c) for c in group.attrs["class_ids"]),
+            size=(int(group.attrs["height"]), int(group.attrs["width"])),
+        )
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        self._handles = {}
+
+
+def open_shards(directory: str | Path) -> ShardSet:
+    """Open every shard of a stage-one output directory."""
+    return ShardSet(directory)

@@ -1,0 +1,114 @@
+"""Shard layout (HDF5 Image/Palette spec), record roundtrip, lazy per-process reading and size per image."""
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pseudolabel.classes import get_class_set, pascal_palette
+from pseudolabel.loc_maps import resize_maps
+from pseudolabel.shards import LabelRecord, ShardWriter, open_shards
+
+VOC = get_class_set("voc")
+
+
+def make_record(image_id: str, size=(37, 53), classes=(3, 15), seed=0) -> LabelRecord:
+    rng = np.random.default_rng(seed)
+    h, w = size
+    refined = np.zeros(size, np.uint8)
+    refined[h // 4: h // 2, w // 4: w // 2] = classes[0]
+    refined[h // 2:, w // 2:] = classes[-1]
+    initial = np.roll(refined, 2, axis=1)
+    lowres = rng.random((len(classes), -(-h // 16), -(-w // 16))).astype(np.float32)
+    return LabelRecord(image_id, refined, initial, lowres, tuple(classes), tuple(classes), size)
+
+
+def write_shards(directory, records, per_shard=2, attrs=None):
+    directory.mkdir(parents=True, exist_ok=True)
+    attrs = {"dataset": "voc", "split": "train", "config": {"a": 1}, "random_weights": True, **(attrs or {})}
+    for i in range(0, len(records), per_shard):
+        with ShardWriter(directory / f"shard-r000-{i // per_shard:05d}.h5", VOC, attrs) as writer:
+            for record in records[i: i + per_shard]:
+                writer.write(record)
+    return directory
+
+
+def test_layout_follows_the_hdf5_image_and_palette_spec(tmp_path):
+    write_shards(tmp_path, [make_record("2007_000001")])
+    with h5py.File(tmp_path / "shard-r000-00000.h5", "r") as f:
+        refined = f["images/2007_000001/refined"]
+        for key, value in {"CLASS": b"IMAGE", "IMAGE_SUBCLASS": b"IMAGE_INDEXED", "IMAGE_VERSION": b"1.2"}.items():
+            attr = refined.attrs[key]
+            assert attr == value
+            assert h5py.check_string_dtype(refined.attrs.get_id(key).dtype).length == len(value)  # fixed-length
+            assert h5py.check_string_dtype(refined.attrs.get_id(key).dtype).encoding == "ascii"
+        palette = f[refined.attrs["PALETTE"]]
+        assert palette.name == "/palette" and palette.attrs["CLASS"] == b"PALETTE"
+        assert np.array_equal(palette[()], pascal_palette())
+        assert refined.compression == "gzip" and refined.chunks == refined.shape
+        assert list(refined.attrs["valid_range"]) == [0, 20]
+        assert json.loads(f.attrs["class_names"])[15] == "person"
+        assert json.loads(f["images/2007_000001/loc_maps"].attrs["class_names"]) == ["bird", "person"]
+
+
+def test_roundtrip_and_full_resolution_maps(tmp_path):
+    records = [make_record(f"id/{i}", seed=i) for i in range(5)]  # '/' in ids is escaped
+    shards = open_shards(write_shards(tmp_path, records))
+    assert len(shards) == 5 and len(shards.shard_paths) == 3 and sorted(shards) == sorted(r.image_id for r in records)
+    assert shards.attrs["dataset"] == "voc" and shards.attrs["config"] == {"a": 1} and shards.attrs["random_weights"]
+    assert shards.class_set.num_classes == 21
+    for record in records:
+        got = shards[record.image_id]
+        assert np.array_equal(got.refined, record.refined) and np.array_equal(got.initial, record.initial)
+        assert got.class_ids == record.class_ids and got.size == record.size
+        np.testing.assert_allclose(got.loc_maps_lowres, record.loc_maps_lowres, atol=1e-3)  # stored as float16
+        full = got.loc_maps
+        assert full.shape == (2, *record.size)
+        np.testing.assert_allclose(full, resize_maps(record.loc_maps_lowres, record.size), atol=1e-3)
+
+
+def test_duplicate_ids_and_missing_directory_are_clear_errors(tmp_path):
+    write_shards(tmp_path / "a", [make_record("x"), make_record("y"), make_record("x")])
+    with pytest.raises(ValueError, match="'x' appears in two shards"):
+        open_shards(tmp_path / "a")
+    with pytest.raises(FileNotFoundError, match="gen_pseudo"):
+        open_shards(tmp_path / "nothing")
+
+
+class _Labels(Dataset):
+    def __init__(self, shards):
+        self.shards, self.ids = shards, sorted(shards)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return torch.from_numpy(self.shards[self.ids[i]].refined.astype(np.int64)).sum()
+
+
+def test_reader_in_dataloader_workers(tmp_path):
+    records = [make_record(f"im{i}", seed=i, classes=(i + 1, 20)) for i in range(6)]
+    shards = open_shards(write_shards(tmp_path, records))
+    shards["im0"]  # open handles in the parent before forking
+    expected = [int(r.refined.astype(np.int64).sum()) for r in sorted(records, key=lambda r: r.image_id)]
+    got = [int(x) for x in DataLoader(_Labels(shards), batch_size=None, num_workers=2)]
+    assert got == expected
+
+
+def test_bytes_per_voc_sized_image_under_300kb(tmp_path):
+    rng = np.random.default_rng(0)
+    h, w = 375, 500
+    yy, xx = np.mgrid[:h, :w]
+    refined = np.zeros((h, w), np.uint8)
+    refined[(yy - 180) ** 2 + (xx - 240) ** 2 < 120 ** 2] = 15
+    refined[(yy - 90) ** 2 / 2 + (xx - 400) ** 2 < 60 ** 2] = 8
+    lowres = np.stack([np.exp(-((yy[::16, ::16] - c) ** 2 + (xx[::16, ::16] - c) ** 2) / 8000.0) for c in (180, 300)])
+    lowres = lowres + rng.random(lowres.shape) * 0.05
+    records = [LabelRecord(f"i{k}", refined, np.roll(refined, 7, 1), lowres.astype(np.float32), (8, 15), (8, 15), (h, w))
+               for k in range(10)]
+    write_shards(tmp_path, records, per_shard=10)
+    per_image = (tmp_path / "shard-r000-00000.h5").stat().st_size / 10
+    print(f"bytes per VOC-sized image: {per_image:.0f}")
+    assert per_image < 300_000
