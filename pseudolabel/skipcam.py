@@ -1,0 +1,292 @@
+"""Skip-CAM: localization maps from a frozen CLIP ViT with skip connections into the last block (method.md §2.1),
+refined by class-aware attention affinity, plus the initial pseudo label Y0 (§2.2).
+
+One forward of the frozen blocks 1..N-1 serves every class of an image; the last block runs once on a batch that
+replicates its input per class, so one backward gives every class's Grad-CAM gradient.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from pseudolabel.caa import affinity_from_attention, minmax, refine_cams
+from pseudolabel.classes import ClassSet
+from pseudolabel.clip_models import load_clip
+from pseudolabel.loc_maps import resize_maps
+from pseudolabel.par import PARConfig, par_refine
+from pseudolabel.prompts import PROMPT_SETS, prompt_texts, text_embeddings
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+DEFAULT_TAU = {"voc": 0.4, "coco": 0.7}
+
+
+def default_tau(dataset: str) -> float:
+    """The paper's confidence threshold τ: 0.4 on VOC, 0.7 on COCO (0.4 for other datasets)."""
+    return DEFAULT_TAU.get(dataset, 0.4)
+
+
+@dataclass
+class SkipCAMConfig:
+    """Stage one, part 1. Defaults follow method.md (§2.1, §2.2, §6)."""
+
+    num_skips: int = field(default=3, metadata={"help": "K skip connections: outputs of blocks N-2..N-1-K are fused "
+                                                       "with block N-1's (0 = plain CLIP-ES Grad-CAM)"})
+    skip_fusion: str = field(default="sum", metadata={"help": "how skip features are fused", "choices": ("sum", "mean")})
+    skip_entry: str = field(default="input", metadata={
+        "help": "where skips enter (A1): input = into the last block's input (a); output = added to its output "
+                "before pooling (b); average = last block run on each feature, CAMs averaged (c)",
+        "choices": ("input", "output", "average")})
+    tau: float = field(default=0.4, metadata={"help": "CAA box confidence threshold τ (default 0.4 VOC, 0.7 COCO)"})
+    bg_power: float = field(default=1.0, metadata={"help": "background score = (1 - max_c M_c) ** bg_power"})
+    use_par: bool = field(default=True, metadata={"help": "refine the scores with PAR (WeCLIP's label path)"})
+    par_max_side: int = field(default=320, metadata={
+        "help": "PAR runs with the image's long side scaled to this (WeCLIP's 320 crops); 0 = full resolution"})
+    prompt_set: str = field(default="clipes", metadata={"help": "text prompts (paper Table 9: clipes = Prompt1)",
+                                                        "choices": tuple(PROMPT_SETS)})
+    attn_blocks: int = field(default=8, metadata={"help": "last blocks whose attention forms the CAA affinity"})
+    image_size: str = field(default="full", metadata={
+        "help": "CAM input size: 'full' = each side rounded up to a multiple of 16, or a long-side length e.g. 512"})
+    clip_model: str = field(default="ViT-B-16", metadata={"help": "open_clip model config name"})
+    clip_weights: str = field(default="openai", metadata={
+        "help": "'openai' (download, cached), a local checkpoint file (OpenAI .pt or open_clip state dict), or "
+                "'random' (seeded; pipeline checks only)"})
+    seed: int = field(default=0, metadata={"help": "seed for random weights"})
+    precision: str = field(default="fp32", metadata={"help": "autocast precision on CUDA (CPU always fp32)",
+                                                     "choices": ("fp32", "fp16", "bf16")})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SkipCAMConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown SkipCAMConfig fields: {sorted(unknown)}")
+        return cls(**data)
+
+
+@dataclass
+class CAMOutput:
+    """Skip-CAM result for one image (see docs/design.md)."""
+
+    class_ids: tuple[int, ...]
+    loc_maps_lowres: np.ndarray         # (K, h, w) float32
+    scores: np.ndarray                  # (1+K, H, W) float32: [bg, classes...] after bg power and PAR
+    y0: np.ndarray                      # (H, W) uint8
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def loc_maps(self) -> np.ndarray:
+        """``(K, H, W)`` localization maps at image resolution (CLIP-ES ``attn_highres``)."""
+        return resize_maps(self.loc_maps_lowres, self.y0.shape)
+
+
+def block_forward(block, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One open_clip ResidualAttentionBlock that also returns its LN1 output and head-averaged attention."""
+    normed = block.ln_1(x)
+    return _block_rest(block, x, normed)
+
+
+def _block_rest(block, x, normed):
+    out, attention = block.attn(normed, normed, normed, need_weights=True, average_attn_weights=True)
+    x = x + block.ls_1(out)
+    x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    return x, normed, attention
+
+
+class SkipCAM:
+    """Skip-CAM localization maps and the initial label Y0 for images with known image-level classes."""
+
+    def __init__(self, model, tokenizer, class_set: ClassSet, cfg: SkipCAMConfig, device="cpu", weights=None):
+        self.model, self.cfg, self.class_set = model, cfg, class_set
+        self.device = torch.device(device)
+        self.visual = model.visual
+        self.blocks = list(self.visual.transformer.resblocks)
+        if not 0 <= cfg.num_skips <= len(self.blocks) - 2:
+            raise ValueError(f"num_skips must be in 0..{len(self.blocks) - 2} for a {len(self.blocks)}-block ViT")
+        if not 1 <= cfg.attn_blocks <= len(self.blocks):
+            raise ValueError(f"attn_blocks must be in 1..{len(self.blocks)}")
+        self.patch = self.visual.conv1.kernel_size[0]
+        self.logit_scale = float(model.logit_scale.exp())  # 100 for OpenAI's weights, as CLIP-ES hard-codes
+        self.weights = weights or {}
+        foreground, background = prompt_texts(class_set, cfg.prompt_set)
+        self.fg_text = text_embeddings(model, tokenizer, foreground, self.device)
+        self.bg_text = text_embeddings(model, tokenizer, background, self.device)
+        self.par_cfg = PARConfig()
+
+    @classmethod
+    def from_config(cls, cfg: SkipCAMConfig, class_set: ClassSet, device="cpu") -> "SkipCAM":
+        model, tokenizer, weights = load_clip(cfg.clip_model, cfg.clip_weights, device, cfg.seed)
+        return cls(model, tokenizer, class_set, cfg, device, weights)
+
+    # -- preprocessing ------------------------------------------------------------------------------------------
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """CAM input size (h, w), multiples of the patch size (method.md A15)."""
+        if self.cfg.image_size != "full":
+            scale = int(self.cfg.image_size) / max(height, width)
+            height, width = height * scale, width * scale
+        return (int(np.ceil(height / self.patch)) * self.patch, int(np.ceil(width / self.patch)) * self.patch)
+
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """Bicubic resize to the CAM input size and CLIP normalisation: ``(3, h, w)``."""
+        h, w = self.input_size(*image.shape[:2])
+        resized = np.asarray(Image.fromarray(image).resize((w, h), Image.BICUBIC), np.float32) / 255.0
+        tensor = torch.from_numpy(resized).permute(2, 0, 1)
+        mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
+        return (tensor - mean) / std
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Patch + class tokens with the positional embedding interpolated to the token grid: ``(B, 1+hw, D)``."""
+        v = self.visual
+        x = v.conv1(pixels)
+        b, d, h, w = x.shape
+        x = x.reshape(b, d, h * w).transpose(1, 2)
+        pos = v.positional_embedding.to(x.dtype)
+        side = int(round((pos.shape[0] - 1) ** 0.5))
+        grid = pos[1:].reshape(1, side, side, d).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)
+        pos = torch.cat([pos[:1], grid.reshape(d, h * w).T], dim=0)
+        cls = v.class_embedding.to(x.dtype).expand(b, 1, d)
+        return v.ln_pre(torch.cat([cls, x], dim=1) + pos)
+
+    # -- the two passes -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def frozen_blocks(self, pixels: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Outputs and attentions of blocks 1..N-1 (one forward for all classes)."""
+        x = self.embed(pixels)
+        outputs, attentions = [], []
+        for block in self.blocks[:-1]:
+            x, _, attention = block_forward(block, x)
+            outputs.append(x)
+            attentions.append(attention)
+        return outputs, attentions
+
+    def fused_features(self, outputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``[X_{N-1}, X_{N-2}, ..., X_{N-1-K}]`` for one image (each ``(1+hw, D)``)."""
+        return [outputs[-1 - k] for k in range(self.cfg.num_skips + 1)]
+
+    def last_block_cams(self, x_in: torch.Tensor, text: torch.Tensor, num_fg: int, grid: tuple[int, int],
+                        extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Grad-CAMs of the image's classes from the last block on ``x_in (1+hw, D)``: ``(num_fg, h, w)`` and the
+        last block's attention. The input is replicated once per class; ``sum_k p_k(copy k)`` has, for copy k,
+        exactly the gradient of ``p_k`` alone, so one backward gives every class."""
+        block = self.blocks[-1]
+        replicated = x_in.unsqueeze(0).expand(num_fg, -1, -1)
+        with torch.enable_grad():
+            normed = block.ln_1(replicated).detach().requires_grad_(True)
+            z, _, attention = _block_rest(block, replicated, normed)
+            if extra is not None:
+                z = z + extra
+            pooled = self.visual.ln_post(z[:, 1:]).mean(dim=1) @ self.visual.proj
+            pooled = pooled / pooled.norm(dim=-1, keepdim=True)
+            probs = (self.logit_scale * pooled.float() @ text.T).softmax(dim=-1)
+            target = probs[:, :num_fg].diagonal().sum()
+            (grad,) = torch.autograd.grad(target, normed)
+        weights = grad[:, 1:].float().mean(dim=1, keepdim=True)
+        cams = F.relu((normed[:, 1:].detach().float() * weights).sum(dim=-1))
+        return cams.reshape(num_fg, *grid), attention[0].detach().float()
+
+    def class_cams(self, outputs, attentions, text, num_fg, grid) -> tuple[torch.Tensor, torch.Tensor]:
+        """Min-max normalised CAMs ``(num_fg, h, w)`` and the CAA affinity, per ``skip_entry``."""
+        features = self.fused_features(outputs)
+        entry = self.cfg.skip_entry
+        if entry == "input":
+            fused = torch.stack(features).sum(dim=0)
+            if self.cfg.skip_fusion == "mean":
+                fused = fused / len(features)
+            cams, last_attention = self.last_block_cams(fused, text, num_fg, grid)
+        elif entry == "output":
+            skips = torch.stack(features[1:]).sum(dim=0) if len(features) > 1 else None
+            if skips is not None and self.cfg.skip_fusion == "mean":
+                skips = skips / len(features)
+            cams, last_attention = self.last_block_cams(features[0], text, num_fg, grid, extra=skips)
+        else:  # average: one CAM per fused feature, averaged after normalisation
+            per_feature = [self.last_block_cams(f, text, num_fg, grid) for f in features]
+            cams = torch.stack([minmax(c) for c, _ in per_feature]).mean(dim=0)
+            last_attention = per_feature[0][1]
+        attention = torch.stack(attentions[len(attentions) - (self.cfg.attn_blocks - 1):] + [last_attention]) \
+            if self.cfg.attn_blocks > 1 else last_attention.unsqueeze(0)
+        return minmax(cams), affinity_from_attention(attention)
+
+    # -- labels -------------------------------------------------------------------------------------------------
+    def initial_label(self, image: np.ndarray, loc_maps_lowres: np.ndarray, class_ids) -> tuple[np.ndarray, np.ndarray]:
+        """Scores ``[bg, classes]`` at image resolution (background power, PAR) and Y0."""
+        height, width = image.shape[:2]
+        maps = resize_maps(loc_maps_lowres, (height, width))
+        background = (1.0 - maps.max(axis=0, initial=0.0)) ** self.cfg.bg_power
+        scores = np.concatenate([background[None], maps]).astype(np.float32)
+        if self.cfg.use_par:
+            scores = self.par(image, scores)
+        keys = np.array((0, *class_ids), np.uint8)
+        return scores, keys[scores.argmax(axis=0)]
+
+    def par(self, image: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """PAR at ``par_max_side`` (then bilinear back to the image size), or at full resolution."""
+        height, width = image.shape[:2]
+        side = self.cfg.par_max_side
+        if side and max(height, width) > side:
+            scale = side / max(height, width)
+            small = (max(1, round(width * scale)), max(1, round(height * scale)))
+            image_in = np.asarray(Image.fromarray(image).resize(small, Image.BILINEAR))
+            scores_in = np.stack([np.asarray(Image.fromarray(s).resize(small, Image.BILINEAR)) for s in scores])
+        else:
+            image_in, scores_in = image, scores
+        refined = par_refine(torch.from_numpy(image_in.astype(np.float32)).permute(2, 0, 1)[None],
+                             torch.from_numpy(scores_in)[None], self.par_cfg)[0].numpy()
+        if refined.shape[1:] != (height, width):
+            refined = resize_maps(refined, (height, width))
+        return refined
+
+    def _autocast(self):
+        if self.device.type == "cuda" and self.cfg.precision != "fp32":
+            dtype = torch.float16 if self.cfg.precision == "fp16" else torch.bfloat16
+            return torch.autocast("cuda", dtype=dtype)
+        return contextlib.nullcontext()
+
+    def predict_batch(self, images: list[np.ndarray], class_ids_list: list) -> list[CAMOutput]:
+        """Skip-CAM for several images; images of the same CAM input size share one frozen-block forward."""
+        images = [np.asarray(i.convert("RGB")) if isinstance(i, Image.Image) else np.asarray(i) for i in images]
+        results: list[CAMOutput | None] = [None] * len(images)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, (image, class_ids) in enumerate(zip(images, class_ids_list)):
+            if not class_ids:
+                raise ValueError("Skip-CAM needs at least one image-level class per image")
+            groups.setdefault(self.input_size(*image.shape[:2]), []).append(index)
+        for (h, w), indices in groups.items():
+            start = time.perf_counter()
+            pixels = torch.stack([self.preprocess(images[i]) for i in indices]).to(self.device)
+            with self._autocast():
+                outputs, attentions = self.frozen_blocks(pixels)
+            frozen_time = (time.perf_counter() - start) / len(indices)
+            grid = (h // self.patch, w // self.patch)
+            for row, index in enumerate(indices):
+                results[index] = self._one(images[index], tuple(sorted(class_ids_list[index])),
+                                           [o[row] for o in outputs], [a[row] for a in attentions], grid, frozen_time)
+        return results
+
+    def _one(self, image, class_ids, outputs, attentions, grid, frozen_time) -> CAMOutput:
+        timings = {"frozen_blocks": frozen_time}
+        start = time.perf_counter()
+        text = torch.cat([self.fg_text[[c - 1 for c in class_ids]], self.bg_text])
+        with self._autocast():
+            cams, affinity = self.class_cams(outputs, attentions, text, len(class_ids), grid)
+        timings["last_block_grad"] = time.perf_counter() - start
+        start = time.perf_counter()
+        loc_maps = refine_cams(cams.float(), affinity, self.cfg.tau).cpu().numpy().astype(np.float32)
+        timings["caa"] = time.perf_counter() - start
+        start = time.perf_counter()
+        scores, y0 = self.initial_label(image, loc_maps, class_ids)
+        timings["bg_par"] = time.perf_counter() - start
+        return CAMOutput(class_ids, loc_maps, scores, y0, timings)
+
+    def __call__(self, image: np.ndarray | Image.Image, class_ids) -> CAMOutput:
+        """Skip-CAM for one image (``(H, W, 3)`` uint8 RGB or PIL) and its foreground class indices."""
+        return self.predict_batch([image], [class_ids])[0]
