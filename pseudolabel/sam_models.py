@@ -1,0 +1,122 @@
+"""SAM variants (segment-anything's registry plus a tiny test variant) and checkpoint loading.
+
+Official checkpoints are plain state dicts, loaded with ``torch.load(weights_only=True)``. Without a local file the
+official checkpoint is downloaded into a cache directory and its SHA-256 checked before use.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import pseudolabel  # noqa: F401  (compat shims before segment_anything imports torchvision)
+from segment_anything import sam_model_registry
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+LOG = logging.getLogger(__name__)
+URL_ROOT = "https://dl.fbaipublicfiles.com/segment_anything/"
+
+
+def build_tiny_sam(checkpoint=None, image_size: int = 256, width: int = 32) -> Sam:
+    """A tiny SAM built from segment-anything's own classes (256 px input, 2 encoder blocks) for tests."""
+    embedding = image_size // 16
+    return Sam(
+        image_encoder=ImageEncoderViT(depth=2, embed_dim=width, img_size=image_size, num_heads=2, out_chans=256,
+                                      use_rel_pos=True, global_attn_indexes=(1,), window_size=4),
+        prompt_encoder=PromptEncoder(embed_dim=256, image_embedding_size=(embedding, embedding),
+                                     input_image_size=(image_size, image_size), mask_in_chans=16),
+        mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer_dim=256, iou_head_depth=3,
+                                 iou_head_hidden_dim=64,
+                                 transformer=TwoWayTransformer(depth=1, embedding_dim=256, mlp_dim=256, num_heads=2)),
+    )
+
+
+@dataclass(frozen=True)
+class SAMVariant:
+    build: object
+    filename: str | None = None
+    sha256: str | None = None
+
+
+# vit_b's SHA-256 is confirmed by a public install script; vit_l / vit_h values are the commonly published ones.
+SAM_VARIANTS = {
+    "vit_b": SAMVariant(sam_model_registry["vit_b"], "sam_vit_b_01ec64.pth",
+                        "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"),
+    "vit_l": SAMVariant(sam_model_registry["vit_l"], "sam_vit_l_0b3195.pth",
+                        "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622"),
+    "vit_h": SAMVariant(sam_model_registry["vit_h"], "sam_vit_h_4b8939.pth",
+                        "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e"),
+    # Tiny SAM from the same classes (256 px encoder input, 2 blocks) for tests; random weights only.
+    "vit_tiny_test": SAMVariant(build_tiny_sam),
+}
+
+
+def cache_dir() -> Path:
+    """Where downloaded checkpoints live: ``$CEP_CACHE/sam`` or ``~/.cache/cep/sam``."""
+    return Path(os.environ.get("CEP_CACHE", Path.home() / ".cache" / "cep")) / "sam"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download_checkpoint(variant: str, directory: Path | None = None) -> Path:
+    """The official checkpoint in the cache, downloaded (temp file, SHA-256 check, rename) if absent."""
+    spec = SAM_VARIANTS[variant]
+    directory = directory or cache_dir()
+    target = directory / spec.filename
+    if target.is_file():
+        return target
+    url = URL_ROOT + spec.filename
+    directory.mkdir(parents=True, exist_ok=True)
+    partial_file = target.with_suffix(".part")
+    try:
+        LOG.info("downloading %s to %s", url, target)
+        urllib.request.urlretrieve(url, partial_file)
+    except OSError as error:
+        partial_file.unlink(missing_ok=True)
+        raise RuntimeError(f"could not download the SAM {variant} checkpoint from {url} ({error}). Download it "
+                           f"elsewhere and put it at {target}, or pass --sam-checkpoint PATH") from None
+    digest = sha256_of(partial_file)
+    if spec.sha256 and digest != spec.sha256:
+        partial_file.unlink(missing_ok=True)
+        raise RuntimeError(f"checksum mismatch for {url}: got {digest}, expected {spec.sha256}; download again")
+    partial_file.replace(target)
+    return target
+
+
+def load_sam(variant: str = "vit_b", checkpoint: str | None = None, device="cpu", seed: int = 0):
+    """A frozen SAM in eval mode and its weights identity. ``checkpoint``: a local file, None (cache/download), or
+    ``"random"`` (seeded random weights: pipeline checks only)."""
+    if variant not in SAM_VARIANTS:
+        raise ValueError(f"unknown SAM variant '{variant}'; choose one of {tuple(SAM_VARIANTS)}")
+    spec = SAM_VARIANTS[variant]
+    torch.manual_seed(seed)
+    model = spec.build(checkpoint=None)
+    if checkpoint == "random" or spec.filename is None:
+        if checkpoint not in ("random", None):
+            raise ValueError(f"the {variant} variant has no checkpoint; use --sam-checkpoint random")
+        LOG.warning("SAM %s uses RANDOM weights (seed %d): refined labels are not meaningful", variant, seed)
+        identity = {"kind": "random", "model": variant, "seed": seed}
+    else:
+        path = Path(checkpoint) if checkpoint else download_checkpoint(variant)
+        if not path.is_file():
+            raise FileNotFoundError(f"SAM checkpoint '{path}' does not exist (expected the official {variant} file "
+                                    f"{spec.filename})")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as error:
+            raise ValueError(f"{path}: not a SAM {variant} checkpoint ({str(error).splitlines()[1:2]}); "
+                             "pass --sam-model with the checkpoint's variant") from None
+        identity = {"kind": "file", "model": variant, "path": str(path), "sha256": sha256_of(path)}
+    return model.to(device).eval().requires_grad_(False), identity

@@ -1,0 +1,168 @@
+"""SAM refinement of the initial label Y0 (method.md §2.3-2.4): grid points filtered by class, one positive point
+per prompt (batched), multimask selection, the δ filter and the merge into a label map."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+import scipy.ndimage as ndi
+import torch
+
+from pseudolabel.classes import IGNORE_INDEX
+
+
+@dataclass
+class SAMRefineConfig:
+    """Stage one, part 2. Defaults follow method.md (§2.3, §2.4, §6)."""
+
+    enabled: bool = field(default=True, metadata={"help": "refine Y0 with SAM (off: the output is Y0)"})
+    sam_model: str = field(default="vit_b", metadata={"help": "SAM variant (paper Table 6)",
+                                                      "choices": ("vit_b", "vit_l", "vit_h", "vit_tiny_test")})
+    sam_checkpoint: str | None = field(default=None, metadata={
+        "help": "local SAM checkpoint; default: the official file in the cache, downloaded if absent; "
+                "'random' = seeded random weights (pipeline checks only)"})
+    grid_size: int = field(default=16, metadata={"help": "n_h = n_w: candidate points at the cell centres"})
+    delta: float = field(default=0.5, metadata={"help": "δ: keep a mask if its filter metric >= δ (Eq. 8)"})
+    filter_metric: str = field(default="iou", metadata={"help": "iou = |m∩R|/|m∪R|; containment = |m∩R|/|m| (A4)",
+                                                        "choices": ("iou", "containment")})
+    filter_scope: str = field(default="class", metadata={
+        "help": "R = the whole class region, or its connected component holding the point (A5)",
+        "choices": ("class", "component")})
+    mask_select: str = field(default="region_iou", metadata={
+        "help": "which of SAM's 3 masks: best IoU with R (ties: SAM score), SAM's score, or the largest (A7)",
+        "choices": ("region_iou", "sam_score", "largest")})
+    merge: str = field(default="replace", metadata={
+        "help": "replace: class support = union of accepted masks (else R); overwrite: R ∪ accepted masks (A6)",
+        "choices": ("replace", "overwrite")})
+    conflict_ignore: bool = field(default=False, metadata={"help": "pixels claimed by several classes -> 255"})
+    uncertain_ignore: bool = field(default=False, metadata={"help": "pixels whose label differs from Y0 -> 255"})
+    ensure_point_per_class: bool = field(default=False, metadata={
+        "help": "a class with no grid point gets its localization peak as a prompt (A12)"})
+    points_per_batch: int = field(default=64, metadata={"help": "prompts decoded together"})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SAMRefineConfig":
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown SAMRefineConfig fields: {sorted(unknown)}")
+        return cls(**data)
+
+
+def grid_points(height: int, width: int, n: int) -> np.ndarray:
+    """Cell centres ``((j+.5)W/n, (i+.5)H/n)`` as ``(n*n, 2)`` xy, equal to SAM's ``build_point_grid(n) * [W, H]``."""
+    centres = (np.arange(n) + 0.5) / n
+    xs, ys = np.meshgrid(centres * width, centres * height)
+    return np.stack([xs.ravel(), ys.ravel()], axis=1)
+
+
+class SAMRefiner:
+    """Refines Y0 with a SAM predictor (``segment_anything.SamPredictor`` or anything with its interface)."""
+
+    def __init__(self, predictor, cfg: SAMRefineConfig, weights: dict | None = None):
+        self.predictor, self.cfg, self.weights = predictor, cfg, weights or {}
+        self.timings: dict[str, float] = {}
+
+    @classmethod
+    def from_config(cls, cfg: SAMRefineConfig, device="cpu", seed: int = 0) -> "SAMRefiner":
+        from segment_anything import SamPredictor
+
+        from pseudolabel.sam_models import load_sam
+
+        model, weights = load_sam(cfg.sam_model, cfg.sam_checkpoint, device, seed)
+        return cls(SamPredictor(model), cfg, weights)
+
+    def prompts(self, y0: np.ndarray, scores: np.ndarray, class_ids) -> tuple[np.ndarray, np.ndarray]:
+        """Prompt points ``(P, 2)`` xy and the index (into ``class_ids``) of the class each one prompts."""
+        height, width = y0.shape
+        points = grid_points(height, width, self.cfg.grid_size)
+        on_label = y0[np.floor(points[:, 1]).astype(int), np.floor(points[:, 0]).astype(int)]
+        xy, owner = [], []
+        for k, c in enumerate(class_ids):
+            mine = points[on_label == c]
+            if len(mine) == 0 and self.cfg.ensure_point_per_class and (y0 == c).any():
+                peak = np.where(y0 == c, scores[1 + k], -np.inf).argmax()
+                mine = np.array([[peak % width + 0.5, peak // width + 0.5]])
+            xy.append(mine)
+            owner.extend([k] * len(mine))
+        return np.concatenate(xy).reshape(-1, 2), np.array(owner, dtype=np.int64)
+
+    def point_masks(self, xy: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM's 3 masks ``(B, 3, H, W) bool`` and predicted IoUs ``(B, 3)`` for one positive point each."""
+        coords = self.predictor.transform.apply_coords_torch(
+            torch.as_tensor(xy, dtype=torch.float32, device=self.predictor.device), size)
+        labels = torch.ones(len(xy), 1, dtype=torch.int64, device=coords.device)
+        masks, iou_pred, _ = self.predictor.predict_torch(coords[:, None, :], labels, multimask_output=True)
+        return masks, iou_pred
+
+    def _select_and_filter(self, masks, iou_pred, regions) -> tuple[torch.Tensor, torch.Tensor]:
+        """Chosen mask per point and whether it passes δ. ``regions (B, H, W)``: R for each point."""
+        inter = (masks & regions[:, None]).sum(dim=(-2, -1)).double()
+        area = masks.sum(dim=(-2, -1)).double()
+        region_area = regions.sum(dim=(-2, -1)).double()[:, None]
+        iou = inter / (area + region_area - inter).clamp(min=1)
+        if self.cfg.mask_select == "region_iou":
+            best = iou == iou.max(dim=1, keepdim=True).values
+            choice = torch.where(best, iou_pred.double(), torch.tensor(-torch.inf, dtype=torch.float64)).argmax(dim=1)
+        elif self.cfg.mask_select == "sam_score":
+            choice = iou_pred.argmax(dim=1)
+        else:
+            choice = torch.full((len(masks),), 2, dtype=torch.long, device=masks.device)
+        rows = torch.arange(len(masks), device=masks.device)
+        metric = iou if self.cfg.filter_metric == "iou" else inter / area.clamp(min=1)
+        return masks[rows, choice], metric[rows, choice] >= self.cfg.delta
+
+    def refine(self, image: np.ndarray, y0: np.ndarray, scores: np.ndarray, class_ids) -> np.ndarray:
+        """Refined label map ``(H, W) uint8`` from the image, Y0, the ``[bg, classes]`` scores and the classes."""
+        if not self.cfg.enabled:
+            return y0.copy()
+        class_ids = tuple(class_ids)
+        height, width = y0.shape
+        start = time.perf_counter()
+        self.predictor.set_image(image)
+        self.timings = {"sam_encoder": time.perf_counter() - start, "sam_decoder": 0.0}
+        start = time.perf_counter()
+        xy, owner = self.prompts(y0, scores, class_ids)
+        regions = torch.from_numpy(np.stack([y0 == c for c in class_ids]))
+        components = [ndi.label(r)[0] for r in regions.numpy()] if self.cfg.filter_scope == "component" else None
+        accepted = torch.zeros_like(regions)
+        decode = 0.0
+        for begin in range(0, len(xy), self.cfg.points_per_batch):
+            batch, who = xy[begin: begin + self.cfg.points_per_batch], owner[begin: begin + self.cfg.points_per_batch]
+            tick = time.perf_counter()
+            masks, iou_pred = self.point_masks(batch, (height, width))
+            decode += time.perf_counter() - tick
+            masks, iou_pred = masks.cpu(), iou_pred.cpu()
+            if components is None:
+                point_regions = regions[torch.from_numpy(who)]
+            else:
+                point_regions = torch.from_numpy(np.stack([
+                    components[k] == components[k][int(y), int(x)] for (x, y), k in zip(batch, who)]))
+            chosen, keep = self._select_and_filter(masks, iou_pred, point_regions)
+            for k in np.unique(who):
+                sel = torch.from_numpy(who == k) & keep
+                if sel.any():
+                    accepted[k] |= chosen[sel].any(dim=0)
+        labels = self.merge(y0, scores, class_ids, regions, accepted)
+        self.timings["sam_decoder"] = decode
+        self.timings["filter_merge"] = time.perf_counter() - start - decode
+        return labels
+
+    def merge(self, y0, scores, class_ids, regions: torch.Tensor, accepted: torch.Tensor) -> np.ndarray:
+        """Compose the label map from each class's support (§2.4): conflicts go to the larger refined score."""
+        if self.cfg.merge == "replace":
+            has_mask = accepted.flatten(1).any(dim=1)[:, None, None]
+            support = torch.where(has_mask, accepted, regions).numpy()
+        else:
+            support = (accepted | regions).numpy()
+        claims = support.sum(axis=0)
+        winner = np.where(support, scores[1:1 + len(class_ids)], -np.inf).argmax(axis=0)
+        labels = np.where(claims > 0, np.asarray(class_ids, np.uint8)[winner], 0).astype(np.uint8)
+        if self.cfg.conflict_ignore:
+            labels[claims > 1] = IGNORE_INDEX
+        if self.cfg.uncertain_ignore:
+            labels[(labels != y0) & (labels != IGNORE_INDEX)] = IGNORE_INDEX
+        return labels

@@ -1,0 +1,184 @@
+"""SAM refinement with a fake predictor (known masks) and with a tiny real SAM against the per-point loop."""
+import numpy as np
+import pytest
+import torch
+from segment_anything.utils.amg import build_point_grid
+
+from pseudolabel.sam_models import SAM_VARIANTS, download_checkpoint, load_sam
+from pseudolabel.sam_refine import SAMRefineConfig, SAMRefiner, grid_points
+from tests.fixtures.fake_sam import FakePredictor, LoopSAMRefiner
+
+H, W = 64, 64
+
+
+def box(y0, y1, x0, x1):
+    m = np.zeros((H, W), bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def y0_two_classes():
+    y0 = np.zeros((H, W), np.uint8)
+    y0[8:32, 8:32] = 3      # class 3 region
+    y0[36:60, 30:60] = 15   # class 15 region
+    return y0
+
+
+def scores_for(y0, classes):
+    return np.stack([(y0 == 0)] + [(y0 == c) for c in classes]).astype(np.float32)
+
+
+def refiner(mask_fn, **cfg):
+    return SAMRefiner(FakePredictor(mask_fn), SAMRefineConfig(**cfg))
+
+
+def test_grid_equals_sam_point_grid():
+    np.testing.assert_allclose(grid_points(37, 53, 16), build_point_grid(16) * [53, 37])
+
+
+def test_only_points_on_a_class_prompt_that_class():
+    y0 = y0_two_classes()
+    r = refiner(lambda x, y: np.stack([box(0, 1, 0, 1)] * 3))
+    xy, owner = r.prompts(y0, scores_for(y0, (3, 15)), (3, 15))
+    for (x, y), k in zip(xy, owner):
+        assert y0[int(y), int(x)] == (3, 15)[k]
+    grid = grid_points(H, W, 16)
+    on = y0[grid[:, 1].astype(int), grid[:, 0].astype(int)]
+    assert len(xy) == int((on != 0).sum())
+    r.refine(np.zeros((H, W, 3), np.uint8), y0, scores_for(y0, (3, 15)), (3, 15))
+    assert len(r.predictor.prompted) == len(xy) and r.predictor.images == 1
+
+
+def test_delta_above_one_keeps_y0_and_delta_zero_replaces_with_masks():
+    y0 = y0_two_classes()
+    grown = {3: box(6, 34, 6, 34), 15: box(36, 60, 30, 60)}
+    fn = lambda x, y: np.stack([grown[3] if y < 33 else grown[15]] * 3)  # noqa: E731
+    s = scores_for(y0, (3, 15))
+    assert np.array_equal(refiner(fn, delta=1.01).refine(None, y0, s, (3, 15)), y0)
+    out = refiner(fn, delta=0.0).refine(None, y0, s, (3, 15))
+    assert (out[grown[3]] == 3).all() and (out[~grown[3] & ~grown[15]] == 0).all()
+
+
+def test_iou_versus_containment():
+    y0 = y0_two_classes()
+    small = box(10, 16, 10, 16)  # inside R_3: containment 1, IoU 36/576
+    fn = lambda x, y: np.stack([small] * 3)  # noqa: E731
+    s = scores_for(y0, (3, 15))
+    iou = refiner(fn, delta=0.5).refine(None, y0, s, (3, 15))
+    contain = refiner(fn, delta=0.5, filter_metric="containment").refine(None, y0, s, (3, 15))
+    assert np.array_equal(iou, y0)  # rejected: fallback to R
+    assert (contain == 3).sum() == 36 and contain[36:60, 30:60].max() == 15  # replaced by the small mask
+
+
+def test_component_scope_accepts_per_instance_masks():
+    y0 = np.zeros((H, W), np.uint8)
+    y0[4:20, 4:20] = 3
+    y0[40:56, 40:56] = 3  # two instances of class 3
+    inst = {0: box(3, 21, 3, 21), 1: box(39, 57, 39, 57)}
+    fn = lambda x, y: np.stack([inst[int(y > 30)]] * 3)  # noqa: E731
+    s = scores_for(y0, (3,))
+    by_class = refiner(fn).refine(None, y0, s, (3,))
+    by_component = refiner(fn, filter_scope="component").refine(None, y0, s, (3,))
+    assert np.array_equal(by_class, y0)  # IoU ~0.4 with the whole class region: rejected
+    assert np.array_equal(by_component == 3, inst[0] | inst[1])
+
+
+def test_mask_selection_variants():
+    y0 = y0_two_classes()
+    masks = np.stack([box(8, 32, 8, 32), box(0, 40, 0, 40), box(8, 20, 8, 20)])  # region-best, sam-best, largest
+    fn = lambda x, y: masks  # noqa: E731
+    sc = lambda x, y: np.array([0.1, 0.9, 0.2])  # noqa: E731
+    s = scores_for(y0, (3,))
+    y3 = np.where(y0 == 3, 3, 0).astype(np.uint8)
+    pick = {m: SAMRefiner(FakePredictor(fn, sc), SAMRefineConfig(mask_select=m, delta=0.0)).refine(None, y3, s[:2], (3,))
+            for m in ("region_iou", "sam_score", "largest")}
+    assert (pick["region_iou"] == 3).sum() == 24 * 24
+    assert (pick["sam_score"] == 3).sum() == 40 * 40
+    assert (pick["largest"] == 3).sum() == 12 * 12  # S2C's fixed index 2
+
+
+def test_merge_conflicts_and_ignore_flags():
+    y0 = y0_two_classes()
+    big = box(0, 64, 0, 64)
+    fn = lambda x, y: np.stack([big] * 3)  # noqa: E731
+    s = scores_for(y0, (3, 15))
+    s[1, :, :32] += 0.5  # class 3 scores higher on the left half
+    out = refiner(fn, delta=0.0).refine(None, y0, s, (3, 15))
+    assert (out[:, :32][s[2, :, :32] <= s[1, :, :32]] == 3).all()
+    assert set(np.unique(out)) <= {3, 15}
+    ignored = refiner(fn, delta=0.0, conflict_ignore=True).refine(None, y0, s, (3, 15))
+    assert (ignored == 255).all()
+    unsure = refiner(fn, delta=0.0, uncertain_ignore=True).refine(None, y0, s, (3, 15))
+    assert (unsure[out != y0] == 255).all() and np.array_equal(unsure[out == y0], y0[out == y0])
+    over = refiner(lambda x, y: np.stack([box(8, 20, 8, 20)] * 3), delta=0.0, merge="overwrite")
+    assert np.array_equal(over.refine(None, y0, s, (3, 15)), y0)  # overwrite can only grow classes
+
+
+def test_ensure_point_for_a_small_class():
+    y0 = np.zeros((H, W), np.uint8)
+    y0[3:5, 3:5] = 7  # between grid centres (2, 6, ...): no grid point lands on it
+    fn = lambda x, y: np.stack([box(0, 5, 0, 5)] * 3)  # noqa: E731
+    s = scores_for(y0, (7,))
+    plain = refiner(fn, delta=0.0)
+    assert np.array_equal(plain.refine(None, y0, s, (7,)), y0) and plain.predictor.prompted == []
+    ensured = refiner(fn, delta=0.0, ensure_point_per_class=True)
+    assert (ensured.refine(None, y0, s, (7,)) == 7).sum() == 25 and len(ensured.predictor.prompted) == 1
+
+
+def test_never_a_label_outside_the_image_classes():
+    rng = np.random.default_rng(0)
+    for trial in range(10):
+        classes = tuple(sorted(rng.choice(np.arange(1, 21), size=3, replace=False).tolist()))
+        y0 = np.asarray(classes + (0,), np.uint8)[rng.integers(0, 4, (H, W))]
+        fn = lambda x, y: rng.random((3, H, W)) > 0.5  # noqa: E731
+        s = rng.random((4, H, W)).astype(np.float32)
+        for cfg in ({}, {"filter_scope": "component"}, {"merge": "overwrite", "delta": 0.0}):
+            out = refiner(fn, **cfg).refine(None, y0, s, classes)
+            assert set(np.unique(out)) <= {0, *classes}
+
+
+def test_disabled_refinement_returns_y0():
+    y0 = y0_two_classes()
+    out = refiner(lambda x, y: None, enabled=False).refine(None, y0, None, (3, 15))
+    assert np.array_equal(out, y0) and out is not y0
+
+
+def test_batched_path_equals_the_per_point_predict_loop():
+    from segment_anything import SamPredictor
+
+    model, _ = load_sam("vit_tiny_test", "random", seed=3)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)
+    y0 = np.zeros((50, 70), np.uint8)
+    y0[5:30, 5:40], y0[25:48, 35:68] = 3, 15
+    s = rng.random((3, 50, 70)).astype(np.float32)
+    for cfg in (SAMRefineConfig(delta=0.0, points_per_batch=7), SAMRefineConfig(delta=0.3, mask_select="sam_score")):
+        fast = SAMRefiner(SamPredictor(model), cfg).refine(image, y0, s, (3, 15))
+        loop = LoopSAMRefiner(SamPredictor(model), cfg).refine(image, y0, s, (3, 15))
+        assert np.array_equal(fast, loop)
+
+
+def test_checkpoints_local_roundtrip_missing_and_offline(tmp_path, monkeypatch):
+    model, identity = load_sam("vit_tiny_test", "random", seed=1)
+    assert identity["kind"] == "random"
+    with pytest.raises(ValueError, match="no checkpoint"):
+        load_sam("vit_tiny_test", str(tmp_path / "x.pth"))
+    with pytest.raises(FileNotFoundError, match="sam_vit_b_01ec64.pth"):
+        load_sam("vit_b", str(tmp_path / "absent.pth"))
+
+    def offline(url, filename):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr("urllib.request.urlretrieve", offline)
+    with pytest.raises(RuntimeError, match="--sam-checkpoint"):
+        download_checkpoint("vit_b", tmp_path)
+    cached = tmp_path / SAM_VARIANTS["vit_b"].filename
+    cached.write_bytes(b"x")
+    assert download_checkpoint("vit_b", tmp_path) == cached  # a cache hit does not download
+
+
+def test_download_rejects_a_checksum_mismatch(tmp_path, monkeypatch):
+    monkeypatch.setattr("urllib.request.urlretrieve", lambda url, filename: open(filename, "wb").write(b"junk"))
+    with pytest.raises(RuntimeError, match="checksum mismatch"):
+        download_checkpoint("vit_b", tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing half-downloaded is left
