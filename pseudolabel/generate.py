@@ -1,0 +1,236 @@
+"""Stage one: Skip-CAM maps and SAM-refined pseudo labels for every image of a dataset, written to HDF5 shards.
+
+Run through ``tools/gen_pseudo.sh voc|coco|custom|demo`` (or ``python -m pseudolabel.generate``). Under ``torchrun``
+each rank takes a disjoint share of the images and writes its own shards; rank 0 writes the manifest at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import logging
+import os
+import socket
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pseudolabel.classes import DATA_DIR, get_class_set
+from pseudolabel.config import PseudoLabelConfig, add_dataclass_arguments, config_from_args
+from pseudolabel.datasets import DEFAULT_SPLITS, build_dataset
+from pseudolabel.image_io import ImageReadError, read_rgb
+from pseudolabel.run_store import OutputError, RunStore
+from pseudolabel.sam_models import SAM_VARIANTS, cache_dir
+from pseudolabel.sam_refine import SAMRefineConfig, SAMRefiner
+from pseudolabel.shards import LabelRecord
+from pseudolabel.skipcam import SkipCAM, SkipCAMConfig
+
+LOG = logging.getLogger("pseudolabel.generate")
+DEMO_DIR = DATA_DIR / "demo"
+BANNER = "!" * 78
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tools/gen_pseudo.sh",
+        description="Stage one of CEP: Skip-CAM localization maps + SAM-refined pseudo labels -> HDF5 shards.\n"
+                    "Examples:\n"
+                    "  tools/gen_pseudo.sh voc                       # VOC train_aug, paper defaults (tau 0.4)\n"
+                    "  tools/gen_pseudo.sh voc --split train --num-skips 0 --no-refine   # Table 5 baseline row\n"
+                    "  tools/gen_pseudo.sh coco --split train        # tau 0.7\n"
+                    "  tools/gen_pseudo.sh custom --images DIR --labels tags.csv --classes classes.txt\n"
+                    "  NPROC=4 tools/gen_pseudo.sh voc               # 4 GPUs through torchrun\n"
+                    "Rerunning the same command resumes an interrupted run.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", choices=("voc", "coco", "custom", "demo"), help="what to label")
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", type=Path, help="output directory (default: outputs/<dataset>_<split>)")
+    run.add_argument("--split", help="split (default: voc train_aug, coco train, custom/demo all)")
+    run.add_argument("--data-root", type=Path, help="dataset root (default: data/VOCdevkit/VOC2012, data/coco)")
+    run.add_argument("--label-source", choices=("xml", "mask"), default="xml",
+                     help="VOC image-level labels from Annotations XML (default) or from GT masks (as WeCLIP)")
+    run.add_argument("--images", type=Path, help="custom: folder of images")
+    run.add_argument("--labels", type=Path, help="custom: CSV (image_id,classes) or JSON tag list")
+    run.add_argument("--classes", type=Path, help="custom: class list (.txt one per line, or .json)")
+    run.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda")
+    run.add_argument("--shard-size", type=int, default=200, help="images per shard file (default: 200)")
+    run.add_argument("--workers", type=int, default=2, help="image-decoding threads (default: 2)")
+    run.add_argument("--limit", type=int, help="only the first N images of the split (quick checks)")
+    run.add_argument("--overwrite", action="store_true", help="delete earlier outputs in --out and start again")
+    add_dataclass_arguments(parser, SkipCAMConfig, "Skip-CAM (stage one, part 1)")
+    add_dataclass_arguments(parser, SAMRefineConfig, "SAM refinement (stage one, part 2)")
+    return parser
+
+
+def reachable(host: str, timeout: float = 3.0) -> bool:
+    """Whether a download host answers at all (the demo falls back to random weights when not)."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def demo_weights(cfg: PseudoLabelConfig) -> list[str]:
+    """For the demo: keep given/cached/downloadable weights, else switch to seeded random ones. Returns notes."""
+    notes = []
+    if cfg.cam.clip_weights == "openai" and not reachable("huggingface.co"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache("timm/vit_base_patch16_clip_224.openai", "open_clip_pytorch_model.bin"),
+                          str):
+            cfg.cam.clip_weights = "random"
+            notes.append("CLIP weights could not be downloaded (offline) and are not cached")
+    variant = SAM_VARIANTS[cfg.refine.sam_model]
+    if cfg.refine.enabled and cfg.refine.sam_checkpoint is None and variant.filename:
+        if not (cache_dir() / variant.filename).is_file() and not reachable("dl.fbaipublicfiles.com"):
+            cfg.refine.sam_checkpoint = "random"
+            notes.append("SAM weights could not be downloaded (offline) and are not cached")
+    return notes
+
+
+def load_dataset(args, name: str, split: str):
+    if name == "demo":
+        return build_dataset("custom", DEMO_DIR / "images", split, labels=DEMO_DIR / "tags.json",
+                             classes=get_class_set("voc"), name="demo")
+    if name == "custom":
+        return build_dataset("custom", args.images or args.data_root, split, labels=args.labels, classes=args.classes)
+    options = {"label_source": args.label_source} if name == "voc" else {}
+    return build_dataset(name, args.data_root, split, **options)
+
+
+def distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; a gloo group for the barriers."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")
+    return rank, world, int(os.environ.get("LOCAL_RANK", 0))
+
+
+def barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
+
+
+def prefetch(samples, workers: int):
+    """Yield ``(sample, image or ImageReadError, seconds)`` in order, decoding ahead in threads."""
+    def read(sample):
+        start = time.perf_counter()
+        try:
+            return read_rgb(sample.image_path), time.perf_counter() - start
+        except ImageReadError as error:
+            return error, time.perf_counter() - start
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+        queue = collections.deque()
+        iterator = iter(samples)
+        for sample in iterator:
+            queue.append((sample, pool.submit(read, sample)))
+            if len(queue) >= 2 * max(1, workers):
+                break
+        while queue:
+            sample, future = queue.popleft()
+            nxt = next(iterator, None)
+            if nxt is not None:
+                queue.append((nxt, pool.submit(read, nxt)))
+            yield (sample, *future.result())
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Parse options, label every image of this rank's share, and return this rank's summary."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    split = args.split or DEFAULT_SPLITS.get(args.dataset, "all")
+    cfg = config_from_args(args, "voc" if args.dataset == "demo" else args.dataset, split)
+    notes = demo_weights(cfg) if args.dataset == "demo" else []
+    rank, world, local_rank = distributed()
+    device = args.device
+    if device == "auto":
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+
+    dataset = load_dataset(args, args.dataset, split)
+    out = args.out or Path("outputs") / (args.dataset if args.dataset == "demo" else f"{args.dataset}_{split}")
+    cam = SkipCAM.from_config(cfg.cam, dataset.class_set, device)
+    refiner = SAMRefiner.from_config(cfg.refine, device, cfg.cam.seed) if cfg.refine.enabled else None
+    weights = {"clip": cam.weights, "sam": refiner.weights if refiner else None}
+    random_weights = any(w and w.get("kind") == "random" for w in weights.values())
+    if random_weights:
+        print(f"{BANNER}\n!! RANDOM WEIGHTS: {'; '.join(notes) or 'requested'}.\n!! The pipeline runs end to end "
+              f"with seeded random weights; the labels are NOT meaningful.\n{BANNER}", file=sys.stderr)
+    attrs = {"dataset": dataset.name, "split": split, "config": cfg.to_dict(), "weights": weights,
+             "random_weights": random_weights,
+             "versions": {p: version(p) for p in ("torch", "open_clip_torch", "segment-anything", "h5py", "numpy")}}
+    store = RunStore(out, rank, dataset.class_set, attrs, args.shard_size)
+    store.check_writable()
+    if args.overwrite and rank == 0:
+        store.clear()
+    barrier(world)
+    store.check_config({**cfg.to_dict(), "weights": weights}, args.overwrite)
+    done = store.resume()
+    mine = dataset.samples[rank::world]
+    if args.limit:
+        mine = [s for s in dataset.samples[: args.limit]][rank::world]
+    todo = [s for s in mine if s.image_id not in done]
+    failures = [dict(p, stage="dataset") for p in dataset.problems] if rank == 0 else []
+    stage_seconds = collections.Counter()
+    start = time.perf_counter()
+    LOG.info("rank %d/%d: %d images (%d already done) -> %s", rank, world, len(todo), len(mine) - len(todo), out)
+    progress = tqdm(total=len(todo), desc=f"rank {rank}", unit="img", dynamic_ncols=True)
+    for sample, image, decode_seconds in prefetch(todo, args.workers):
+        stage_seconds["decode"] += decode_seconds
+        if isinstance(image, ImageReadError):
+            failures.append({"image_id": sample.image_id, "path": image.path, "reason": image.reason, "stage": "read"})
+            LOG.warning("skipped %s: %s", sample.image_id, image.reason)
+            progress.update()
+            continue
+        cam_out = cam(image, sample.class_ids)
+        stage_seconds["skipcam"] += sum(cam_out.timings.values())
+        refined = refiner.refine(image, cam_out.y0, cam_out.scores, sample.class_ids) if refiner else cam_out.y0
+        stage_seconds["sam"] += sum(refiner.timings.values()) if refiner else 0.0
+        tick = time.perf_counter()
+        store.stage(LabelRecord(sample.image_id, refined, cam_out.y0, cam_out.loc_maps_lowres, sample.class_ids,
+                                sample.class_ids, image.shape[:2]))
+        stage_seconds["write"] += time.perf_counter() - tick
+        progress.update()
+    progress.close()
+    tick = time.perf_counter()
+    store.pack()
+    stage_seconds["write"] += time.perf_counter() - tick
+    wall = time.perf_counter() - start
+    labelled = len(todo) - sum(f["stage"] == "read" for f in failures)
+    summary = {"rank": rank, "images": labelled, "already_done": len(mine) - len(todo), "failures": len(failures),
+               "wall_seconds": round(wall, 2), "images_per_second": round(labelled / wall, 3) if wall else None,
+               "ms_per_image": {k: round(1000 * v / max(labelled, 1), 1) for k, v in stage_seconds.items()},
+               "device": device, "random_weights": random_weights}
+    store.write_json(f"failures-r{rank:03d}.json", failures)
+    store.write_json(f"summary-r{rank:03d}.json", summary)
+    barrier(world)
+    if rank == 0:
+        manifest = store.write_manifest(world)
+        print(f"\nstage one done: {manifest['num_images']} images in {len(manifest['shards'])} shard(s), "
+              f"{len(manifest['failures'])} failure(s) -> {out}")
+    print(f"rank {rank}: {labelled} labelled this run ({summary['already_done']} already done), "
+          f"{len(failures)} failed, {wall:.1f} s, ms/image by stage {summary['ms_per_image']}")
+    if random_weights:
+        print("NOTE: produced with RANDOM weights (recorded as random_weights=True in the shards).", file=sys.stderr)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        run(argv)
+    except (OutputError, FileNotFoundError, ValueError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Crash-safe, resumable storage of a stage-one run.
+
+Each finished image is first staged atomically as a small ``.npz`` (temp file, fsync, rename) under
+``<out>/.staging/r<rank>/``; every ``shard_size`` staged images are packed into a shard written under a temp name and
+renamed into place, then the staged files are removed. After a crash (even ``kill -9``) a rerun finds every finished
+image either in a shard or staged, so only images that were in flight are computed again, and no half-written file
+is ever read: temp files are deleted on start.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from pseudolabel.classes import ClassSet
+from pseudolabel.config import differences
+from pseudolabel.shards import MANIFEST, SHARD_GLOB, LabelRecord, ShardWriter
+
+CONFIG_FILE = "config.json"
+WRITE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EACCES: "permission denied", errno.EROFS: "read-only file system",
+                errno.EDQUOT: "disk quota exceeded"}
+
+
+class OutputError(RuntimeError):
+    """The output directory cannot be written; everything finalized so far is kept."""
+
+
+def _fsync_write(path: Path, write) -> None:
+    """Write through ``write(handle)`` to a temp file, fsync, then atomically rename to ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def guard_write(action, where: Path):
+    """Run ``action()``; a disk-full or permission error becomes an :class:`OutputError` with the fix."""
+    try:
+        return action()
+    except OSError as error:
+        if error.errno in WRITE_ERRNOS:
+            raise OutputError(f"cannot write to '{where}': {WRITE_ERRNOS[error.errno]}. Everything finished so far is "
+                              "kept; free space or fix permissions, then rerun the same command to resume") from None
+        raise
+
+
+def shard_image_ids(path: Path) -> list[str]:
+    with h5py.File(path, "r") as handle:
+        return [str(g.attrs["image_id"]) for g in handle["images"].values()]
+
+
+class RunStore:
+    """The output directory of one rank."""
+
+    def __init__(self, out: Path, rank: int, class_set: ClassSet, attrs: dict, shard_size: int = 200):
+        self.out, self.rank, self.class_set, self.attrs, self.shard_size = Path(out), rank, class_set, attrs, shard_size
+        self.staging = self.out / ".staging" / f"r{rank:03d}"
+
+    # -- set-up -------------------------------------------------------------------------------------------------
+    def check_writable(self) -> None:
+        def probe():
+            self.out.mkdir(parents=True, exist_ok=True)
+            test = self.out / f".write-test-r{self.rank:03d}"
+            test.write_bytes(b"ok")
+            test.unlink()
+        guard_write(probe, self.out)
+
+    def clear(self) -> None:
+        """Remove a previous run's outputs (``--overwrite``; rank 0 only)."""
+        for path in list(self.out.glob(SHARD_GLOB)) + list(self.out.glob("*-r*.json")):
+            path.unlink()
+        for name in (MANIFEST, CONFIG_FILE):
+            (self.out / name).unlink(missing_ok=True)
+        shutil.rmtree(self.out / ".staging", ignore_errors=True)
+
+    def check_config(self, config: dict, overwrite: bool) -> None:
+        """Refuse to mix with shards of another config (unless ``overwrite``); record the config (rank 0)."""
+        path = self.out / CONFIG_FILE
+        if path.is_file() and not overwrite:
+            old = json.loads(path.read_text())
+            changed = differences(old, config)
+            if changed:
+                raise ValueError(f"'{self.out}' holds labels made with another configuration ({'; '.join(changed)}). "
+                                 "Use another --out, or --overwrite to delete them and start again")
+        if self.rank == 0:
+            guard_write(lambda: _fsync_write(path, lambda h: h.write(json.dumps(config, indent=1).encode())), path)
+
+    def resume(self) -> set[str]:
+        """Clean temp files and already-packed staged records; return the ids finished in any shard or staged."""
+        for tmp in list(self.out.glob("*.tmp")) + list(self.staging.glob("*.tmp")):
+            tmp.unlink()
+        done = set()
+        for shard in sorted(self.out.glob(SHARD_GLOB)):
+            done.update(shard_image_ids(shard))
+        for staged in self.staging.glob("*.npz"):
+            with np.load(staged, allow_pickle=False) as arrays:
+                image_id = str(arrays["image_id"])
+            if image_id in done:  # packed, but the crash came before the staged file was removed
+                staged.unlink()
+            else:
+                done.add(image_id)
+        return done
+
+    # -- writing ------------------------------------------------------------------------------------------------
+    def stage(self, record: LabelRecord) -> None:
+        """Persist one finished image atomically; pack a shard when enough are staged."""
+        name = hashlib.sha1(record.image_id.encode()).hexdigest()[:20] + ".npz"
+
+        def write():
+            self.staging.mkdir(parents=True, exist_ok=True)
+            _fsync_write(self.staging / name, lambda h: np.savez(h, **record.to_arrays()))
+        guard_write(write, self.staging)
+        if len(list(self.staging.glob("*.npz"))) >= self.shard_size:
+            self.pack()
+
+    def pack(self) -> Path | None:
+        """Move every staged record into a new shard (temp name, then atomic rename)."""
+        staged = sorted(self.staging.glob("*.npz"))
+        if not staged:
+            return None
+        existing = [int(p.stem.split("-")[-1]) for p in self.out.glob(f"shard-r{self.rank:03d}-*.h5")]
+        path = self.out / f"shard-r{self.rank:03d}-{max(existing, default=-1) + 1:05d}.h5"
+        tmp = path.with_name(path.name + ".tmp")
+
+        def write():
+            with ShardWriter(tmp, self.class_set, dict(self.attrs, rank=self.rank)) as writer:
+                for file in staged:
+                    with np.load(file, allow_pickle=False) as arrays:
+                        writer.write(LabelRecord.from_arrays(arrays))
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        guard_write(write, self.out)
+        for file in staged:
+            file.unlink()
+        return path
+
+    def write_json(self, name: str, data) -> None:
+        path = self.out / name
+        guard_write(lambda: _fsync_write(path, lambda h: h.write(json.dumps(data, indent=1).encode())), path)
+
+    def write_manifest(self, world_size: int) -> dict:
+        """List every shard with its images, every failure and each rank's summary (rank 0, after all ranks)."""
+        shards = {p.name: shard_image_ids(p) for p in sorted(self.out.glob(SHARD_GLOB))}
+        failures, summaries = [], []
+        for rank in range(world_size):
+            for name, target in ((f"failures-r{rank:03d}.json", failures), (f"summary-r{rank:03d}.json", summaries)):
+                path = self.out / name
+                if path.is_file():
+                    loaded = json.loads(path.read_text())
+                    target.extend(loaded if isinstance(loaded, list) else [loaded])
+        manifest = {"format": "cep-pseudolabel-run", "config": json.loads((self.out / CONFIG_FILE).read_text()),
+                    "num_images": sum(len(v) for v in shards.values()), "shards": shards, "failures": failures,
+                    "summaries": summaries}
+        self.write_json(MANIFEST, manifest)
+        return manifest

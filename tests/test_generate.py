@@ -1,0 +1,120 @@
+"""End-to-end stage one through the CLI on a tiny VOC layout with tiny random-weight models."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from pseudolabel.generate import main, run
+from pseudolabel.shards import open_shards
+from tests.fixtures.tiny_datasets import make_voc
+
+TINY = ["--clip-model", "ViT-T-16-cep-test", "--clip-weights", "random", "--sam-model", "vit_tiny_test",
+        "--sam-checkpoint", "random", "--device", "cpu"]
+
+
+def args_for(voc, out, *extra):
+    return ["voc", "--data-root", str(voc), "--split", "train", "--out", str(out), "--shard-size", "2", *TINY, *extra]
+
+
+def labels_of(out):
+    shards = open_shards(out)
+    return {i: (shards[i].refined, shards[i].initial) for i in shards}
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory):
+    return make_voc(tmp_path_factory.mktemp("data"), n_train=5, n_val=1, size=(40, 56))
+
+
+@pytest.fixture(scope="module")
+def full_run(voc, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    summary = run(args_for(voc, out))
+    return out, summary
+
+
+def test_shards_layout_attributes_and_values(full_run, voc):
+    out, summary = full_run
+    assert summary["images"] == 5 and summary["failures"] == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["num_images"] == 5 and len(manifest["shards"]) == 3  # shard size 2
+    shards = open_shards(out)
+    assert shards.attrs["random_weights"] is True and shards.attrs["dataset"] == "voc"
+    assert shards.attrs["config"]["cam"]["tau"] == 0.4 and shards.attrs["config"]["cam"]["num_skips"] == 3
+    assert shards.attrs["weights"]["clip"]["kind"] == "random"
+    from pseudolabel.datasets import build_dataset
+
+    data = build_dataset("voc", voc, "train")
+    for sample in data:
+        record = shards[sample.image_id]
+        assert record.size == (40, 56) and record.class_ids == sample.class_ids
+        assert set(np.unique(record.refined)) <= {0, *sample.class_ids}
+        assert set(np.unique(record.initial)) <= {0, *sample.class_ids}
+        assert record.loc_maps.shape == (len(sample.class_ids), 40, 56)
+    assert not list(out.glob("*.tmp")) and not list((out / ".staging").rglob("*.npz"))
+
+
+def test_ablation_flags_reach_the_labels(voc, tmp_path, full_run):
+    run(args_for(voc, tmp_path, "--num-skips", "0", "--no-refine", "--limit", "2"))
+    shards = open_shards(tmp_path)
+    assert shards.attrs["config"]["cam"]["num_skips"] == 0 and shards.attrs["config"]["refine"]["enabled"] is False
+    for image_id in shards:
+        assert np.array_equal(shards[image_id].refined, shards[image_id].initial)  # no refinement
+
+
+def test_config_change_is_refused_unless_overwrite(voc, tmp_path, capsys):
+    run(args_for(voc, tmp_path, "--limit", "1"))
+    assert main(args_for(voc, tmp_path, "--limit", "1", "--tau", "0.6")) == 2
+    assert "cam.tau: 0.4 -> 0.6" in capsys.readouterr().err
+    run(args_for(voc, tmp_path, "--limit", "1", "--tau", "0.6", "--overwrite"))
+    assert open_shards(tmp_path).attrs["config"]["cam"]["tau"] == 0.6
+
+
+def test_corrupt_image_is_recorded_and_skipped(tmp_path):
+    voc = make_voc(tmp_path / "data", n_train=3, n_val=1, size=(40, 56))
+    (voc / "JPEGImages" / "2007_000001.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    summary = run(args_for(voc, tmp_path / "out"))
+    assert summary["images"] == 2 and summary["failures"] == 1
+    failures = open_shards(tmp_path / "out").failures
+    assert failures[0]["image_id"] == "2007_000001" and "cannot decode" in failures[0]["reason"]
+    assert "2007_000001" not in open_shards(tmp_path / "out")
+
+
+def test_unwritable_output_is_a_clear_error(voc, tmp_path, capsys):
+    if os.geteuid() == 0:
+        target = "/proc/cep-cannot-write-here"  # root ignores permissions; /proc refuses new files
+    else:
+        (tmp_path / "ro").mkdir(mode=0o500)
+        target = str(tmp_path / "ro" / "out")
+    assert main(args_for(voc, target)) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_resume_after_kill_9_gives_the_same_labels(voc, tmp_path, full_run):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "pseudolabel.generate", *args_for(voc, out, "--shard-size", "2")]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("shard-*.h5")) and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished_before = len(list(out.glob("shard-*.h5")))
+    summary = run(args_for(voc, out))
+    assert summary["already_done"] >= 2 * min(finished_before, 1)
+    assert summary["images"] + summary["already_done"] == 5
+    expected, got = labels_of(full_run[0]), labels_of(out)
+    assert expected.keys() == got.keys()
+    for image_id in expected:
+        assert all(np.array_equal(a, b) for a, b in zip(expected[image_id], got[image_id]))
+    assert not list(out.glob("*.tmp"))
+    for shard in out.glob("shard-*.h5"):
+        with h5py.File(shard, "r") as handle:  # every shard is complete and readable
+            assert len(handle["images"]) >= 1
