@@ -165,6 +165,7 @@ def run(argv: list[str] | None = None) -> dict:
         print(f"{BANNER}\n!! RANDOM WEIGHTS: {'; '.join(notes) or 'requested'}.\n!! The pipeline runs end to end "
               f"with seeded random weights; the labels are NOT meaningful.\n{BANNER}", file=sys.stderr)
     attrs = {"dataset": dataset.name, "split": split, "config": cfg.to_dict(), "weights": weights,
+             **({"image_dir": str(Path(dataset.root).resolve())} if args.dataset in ("custom", "demo") else {}),
              "random_weights": random_weights,
              "versions": {p: version(p) for p in ("torch", "open_clip_torch", "segment-anything", "h5py", "numpy")}}
     store = RunStore(out, rank, dataset.class_set, attrs, args.shard_size)

@@ -1,0 +1,285 @@
+"""Integrity check of a stage-one output directory (``shard-*.h5`` + ``manifest.json``), layout of docs/design.md.
+
+Checked for every shard: it opens (a truncated or non-HDF5 file is reported, never raised); the format attributes
+are present; ``/palette`` follows the HDF5 Palette spec and every label dataset references it; each image group
+has its attributes, ``refined``/``initial`` of shape ``(height, width)`` uint8 with values in
+``{0} ∪ class_ids ∪ {255}``, ``loc_maps`` whose first dimension equals its number of class ids; the config JSON
+parses and is the same in every shard; every image is in exactly one shard and the shards hold exactly the
+manifest's images (none missing, none extra).
+
+``check_shards(directory) -> list[str]`` gives the problems; ``run_check`` also gives the counts the CLI prints.
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from pseudolabel.shards import FORMAT, FORMAT_VERSION, MANIFEST, SHARD_GLOB, image_key
+
+REQUIRED_ROOT_ATTRS = ("format", "format_version", "dataset", "split", "class_names", "config", "versions",
+                       "weights", "random_weights", "rank")
+IGNORE = 255
+MAX_PROBLEMS_PER_SHARD = 50
+
+
+@dataclass
+class CheckResult:
+    directory: Path
+    shards: int = 0
+    images: int = 0
+    failures: int = 0
+    random_weights: bool = False
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        lines = [f"{self.directory}: {self.shards} shard(s), {self.images} image(s), "
+                 f"{self.failures} failure(s) recorded in the manifest, {len(self.problems)} problem(s)"]
+        if self.random_weights:
+            lines.append("note: produced with RANDOM WEIGHTS")
+        lines += [f"  - {p}" for p in self.problems]
+        lines.append("OK" if self.ok else "FAILED")
+        return "\n".join(lines)
+
+
+def _text(value) -> str:
+    if isinstance(value, (bytes, np.bytes_)):
+        return bytes(value).decode("utf-8", "replace")
+    return str(value)
+
+
+def _manifest_shards(manifest: dict) -> dict[str, list[str]] | None:
+    """``shard file name -> image ids`` from the manifest's ``shards`` entry (a mapping name -> ids or
+    name -> {"image_ids": [...]}, or a list of {"file"/"name"/"path", "image_ids"/"ids"})."""
+    shards = manifest.get("shards")
+    if shards is None:
+        return None
+    out: dict[str, list[str]] = {}
+    items = shards.items() if isinstance(shards, dict) else \
+        ((s.get("file") or s.get("name") or s.get("path") or s.get("shard"), s) for s in shards)
+    for name, value in items:
+        if isinstance(value, dict):
+            value = value.get("image_ids", value.get("ids", []))
+        out[Path(str(name)).name] = [str(v) for v in value]
+    return out
+
+
+def _check_label(name: str, data, where: str, size, allowed: set[int], palette_ref_ok, problems: list[str]) -> None:
+    if data.shape != size:
+        problems.append(f"{where}/{name}: shape {data.shape} != (height, width) {size}")
+    if data.dtype != np.uint8:
+        problems.append(f"{where}/{name}: dtype {data.dtype}, expected uint8")
+    if "PALETTE" not in data.attrs:
+        problems.append(f"{where}/{name}: no PALETTE attribute (HDFView shows it grey)")
+    elif not palette_ref_ok(data.attrs["PALETTE"]):
+        problems.append(f"{where}/{name}: PALETTE attribute does not reference /palette")
+    if _text(data.attrs.get("CLASS", b"")) != "IMAGE":
+        problems.append(f"{where}/{name}: CLASS attribute is not 'IMAGE'")
+    values = set(int(v) for v in np.unique(data[()]))
+    bad = sorted(values - allowed)
+    if bad:
+        problems.append(f"{where}/{name}: label values {bad} outside {{0}} ∪ class_ids {sorted(allowed - {0, IGNORE})}"
+                        " ∪ {255}")
+
+
+def _check_shard(path: Path, handle: h5py.File, problems: list[str], ids_in: dict[str, list[str]]) -> dict | None:
+    """Check one open shard; returns its parsed config (None if missing/unparsable)."""
+    name = path.name
+    attrs = handle.attrs
+    for key in REQUIRED_ROOT_ATTRS:
+        if key not in attrs:
+            problems.append(f"{name}: root attribute '{key}' missing")
+    if "format" in attrs and _text(attrs["format"]) != FORMAT:
+        problems.append(f"{name}: format '{_text(attrs['format'])}' is not '{FORMAT}'")
+    if "format_version" in attrs and int(attrs["format_version"]) != FORMAT_VERSION:
+        problems.append(f"{name}: format_version {attrs['format_version']} (this checker knows {FORMAT_VERSION})")
+    config = None
+    if "config" in attrs:
+        try:
+            config = json.loads(_text(attrs["config"]))
+        except ValueError as error:
+            problems.append(f"{name}: config attribute is not valid JSON ({error})")
+    num_classes = None
+    if "class_names" in attrs:
+        try:
+            num_classes = len(json.loads(_text(attrs["class_names"])))
+        except ValueError as error:
+            problems.append(f"{name}: class_names attribute is not valid JSON ({error})")
+
+    palette = handle.get("palette")
+    if palette is None or not isinstance(palette, h5py.Dataset):
+        problems.append(f"{name}: /palette missing")
+        palette = None
+    else:
+        if palette.shape != (256, 3) or palette.dtype != np.uint8:
+            problems.append(f"{name}: /palette has shape {palette.shape} {palette.dtype}, expected (256, 3) uint8")
+        if _text(palette.attrs.get("CLASS", b"")) != "PALETTE":
+            problems.append(f"{name}: /palette lacks CLASS='PALETTE'")
+
+    def palette_ref_ok(ref) -> bool:
+        try:
+            return palette is not None and isinstance(ref, h5py.Reference) and bool(ref) and \
+                handle[ref].name == "/palette"
+        except (ValueError, KeyError, OSError):
+            return False
+
+    images = handle.get("images")
+    if images is None:
+        problems.append(f"{name}: /images group missing")
+        return config
+    start = len(problems)
+    for key in images:
+        if len(problems) - start > MAX_PROBLEMS_PER_SHARD:
+            problems.append(f"{name}: more problems not listed")
+            break
+        where = f"{name}:/images/{key}"
+        try:
+            group = images[key]
+            if "image_id" not in group.attrs:
+                problems.append(f"{where}: attribute image_id missing")
+                image_id = key.replace("|", "/")
+            else:
+                image_id = _text(group.attrs["image_id"])
+                if image_key(image_id) != key:
+                    problems.append(f"{where}: group name does not match image_id '{image_id}'")
+            ids_in[image_id].append(name)
+            missing = [a for a in ("height", "width", "class_ids") if a not in group.attrs]
+            if missing:
+                problems.append(f"{where}: attribute(s) {missing} missing")
+                continue
+            size = (int(group.attrs["height"]), int(group.attrs["width"]))
+            class_ids = [int(c) for c in np.atleast_1d(group.attrs["class_ids"])]
+            if num_classes is not None and any(not 0 < c < num_classes for c in class_ids):
+                problems.append(f"{where}: class_ids {class_ids} outside 1..{num_classes - 1}")
+            allowed = {0, IGNORE, *class_ids}
+            for label in ("refined", "initial"):
+                if label not in group:
+                    problems.append(f"{where}: dataset '{label}' missing")
+                else:
+                    _check_label(label, group[label], where, size, allowed, palette_ref_ok, problems)
+            if "loc_maps" not in group:
+                problems.append(f"{where}: dataset 'loc_maps' missing")
+            else:
+                loc = group["loc_maps"]
+                loc_ids = np.atleast_1d(loc.attrs.get("class_ids", np.zeros(0, np.int64)))
+                if "class_ids" not in loc.attrs:
+                    problems.append(f"{where}/loc_maps: attribute class_ids missing")
+                if loc.ndim != 3 or loc.shape[0] != len(loc_ids):
+                    problems.append(f"{where}/loc_maps: shape {loc.shape}, expected ({len(loc_ids)}, h, w) "
+                                    f"for loc class ids {[int(c) for c in loc_ids]}")
+                elif loc.size:
+                    loc[()]  # decompresses every chunk: a damaged chunk is reported here
+        except (OSError, KeyError, ValueError, RuntimeError) as error:
+            problems.append(f"{where}: unreadable ({type(error).__name__}: {error})")
+    return config
+
+
+def run_check(directory: str | Path, require_manifest: bool = True) -> CheckResult:
+    """Check a shard directory; never raises for a damaged shard (it becomes a problem)."""
+    directory = Path(directory)
+    result = CheckResult(directory)
+    problems = result.problems
+    if not directory.is_dir():
+        problems.append(f"'{directory}' is not a directory")
+        return result
+    paths = sorted(directory.glob(SHARD_GLOB))
+    result.shards = len(paths)
+    if not paths:
+        problems.append(f"no {SHARD_GLOB} files in '{directory}'")
+    manifest = None
+    manifest_path = directory / MANIFEST
+    if manifest_path.is_file():
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            result.failures = len(manifest.get("failures", []))
+        except ValueError as error:
+            problems.append(f"{MANIFEST}: not valid JSON ({error})")
+    elif require_manifest:
+        problems.append(f"{MANIFEST} missing (the run did not finish, or this is not a stage-one output directory)")
+
+    ids_in: dict[str, list[str]] = defaultdict(list)
+    configs: dict[str, dict | None] = {}
+    for path in paths:
+        try:
+            handle = h5py.File(path, "r")
+        except (OSError, ValueError) as error:
+            problems.append(f"{path.name}: cannot be opened ({error}); truncated or not an HDF5 file")
+            continue
+        with handle:
+            try:
+                configs[path.name] = _check_shard(path, handle, problems, ids_in)
+                result.random_weights |= bool(handle.attrs.get("random_weights", False))
+            except (OSError, KeyError, ValueError, RuntimeError) as error:
+                problems.append(f"{path.name}: unreadable ({type(error).__name__}: {error})")
+    result.images = len(ids_in)
+
+    parsed = {n: c for n, c in configs.items() if c is not None}
+    if parsed:
+        first_name, first = next(iter(parsed.items()))
+        for other, config in parsed.items():
+            if config != first:
+                problems.append(f"{other}: config differs from {first_name}'s")
+
+    for image_id, where in ids_in.items():
+        if len(where) > 1:
+            problems.append(f"image '{image_id}' stored {len(where)} times: {', '.join(where)}")
+
+    if manifest is not None:
+        listed = _manifest_shards(manifest)
+        if listed is None:
+            problems.append(f"{MANIFEST}: no 'shards' entry (shard file -> image ids)")
+        else:
+            on_disk = {p.name for p in paths}
+            for shard in sorted(set(listed) - on_disk):
+                problems.append(f"{MANIFEST} lists shard '{shard}' which does not exist")
+            for shard in sorted(on_disk - set(listed)):
+                problems.append(f"shard '{shard}' is not listed in {MANIFEST}")
+            expected: dict[str, list[str]] = defaultdict(list)
+            for shard, ids in listed.items():
+                for image_id in ids:
+                    expected[image_id].append(shard)
+            for image_id, shards in expected.items():
+                if len(shards) > 1:
+                    problems.append(f"{MANIFEST} lists image '{image_id}' {len(shards)} times ({', '.join(shards)})")
+            missing = [i for i in expected if i not in ids_in]
+            extra = [i for i in ids_in if i not in expected]
+            if missing:
+                problems.append(f"{len(missing)} manifest image(s) missing from the shards: "
+                                f"{', '.join(sorted(missing)[:10])}{' ...' if len(missing) > 10 else ''}")
+            if extra:
+                problems.append(f"{len(extra)} image(s) in the shards but not in {MANIFEST}: "
+                                f"{', '.join(sorted(extra)[:10])}{' ...' if len(extra) > 10 else ''}")
+            for image_id, shards in expected.items():
+                if image_id in ids_in and shards[0] in on_disk and shards[0] not in ids_in[image_id]:
+                    problems.append(f"image '{image_id}' is in {', '.join(ids_in[image_id])}, "
+                                    f"the manifest says {shards[0]}")
+    return result
+
+
+def check_shards(directory: str | Path, require_manifest: bool = True) -> list[str]:
+    """Problems found in a shard directory (empty list: all good)."""
+    return run_check(directory, require_manifest).problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``tools/check_shards.py DIR``; exit 1 when any problem is found."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="check_shards.py",
+        description="Check a stage-one shard directory (layout in docs/design.md); exit status 1 on any problem.")
+    parser.add_argument("directory", help="stage-one output directory holding shard-*.h5 and manifest.json")
+    parser.add_argument("--no-manifest", action="store_true",
+                        help="do not require manifest.json (e.g. shards copied without it)")
+    args = parser.parse_args(argv)
+    result = run_check(args.directory, require_manifest=not args.no_manifest)
+    print(result.summary())
+    return 0 if result.ok else 1

@@ -1,0 +1,13 @@
+#!/usr/bin/env python
+"""Check a stage-one shard directory: every shard opens, layout and labels are consistent, the manifest's images are
+all present exactly once. Prints a summary; exit status 1 on any problem. See docs/viewing.md or --help."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import pseudolabel  # noqa: E402,F401  (compatibility shims first)
+from pseudolabel.shard_check import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
