@@ -1,6 +1,7 @@
 """Reading images and label maps, with clear errors naming the file.
 
-Images keep their stored orientation (no EXIF rotation): dataset GT masks are aligned with the stored pixels.
+Images keep their stored orientation: EXIF rotation is *not* applied, because the datasets' GT masks are aligned
+with the stored pixels (rotating the photo would misalign it with its mask).
 """
 from __future__ import annotations
 
@@ -10,7 +11,22 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile
 
-ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG must fail, never decode as grey
+# A truncated JPEG must fail, never decode with a grey bottom. This is PIL's default; some libraries turn it on.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+LABEL_MODES = ("P", "L")
+_CONVERSION_NOTES = {
+    "L": "greyscale image used as RGB (3 equal channels)",
+    "1": "1-bit image used as RGB (3 equal channels)",
+    "LA": "greyscale image with alpha: alpha dropped, grey used as RGB",
+    "CMYK": "CMYK image converted to RGB",
+    "RGBA": "RGBA image: alpha channel dropped",
+    "RGBa": "RGBA image: alpha channel dropped",
+    "P": "palette image converted to RGB",
+    "PA": "palette image with alpha converted to RGB, alpha dropped",
+    "YCbCr": "YCbCr image converted to RGB",
+}
 
 
 class ImageReadError(Exception):
@@ -21,35 +37,39 @@ class ImageReadError(Exception):
         self.reason = reason
         super().__init__(f"{path}: {reason}")
 
+    def __reduce__(self):  # keep it picklable (data-loader workers send exceptions between processes)
+        return type(self), (self.path, self.reason)
+
+
+def _scale_to_uint8(image: Image.Image, path: Path) -> np.ndarray:
+    """A 16/32-bit single-channel image linearly mapped from its actual value range [min, max] to 0..255.
+
+    The actual range, not the nominal 0..65535: 12-bit sensors and depth maps stored in 16 bits would
+    otherwise come out nearly black.
+    """
+    values = np.asarray(image, dtype=np.float64)
+    low, high = float(values.min()), float(values.max())
+    scaled = np.zeros_like(values) if high <= low else (values - low) * (255.0 / (high - low))
+    warnings.warn(f"{path}: {image.mode} image scaled from its range [{low:g}, {high:g}] to 8-bit, "
+                  "used as RGB (3 equal channels)", stacklevel=4)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
 
 def _to_rgb(image: Image.Image, path: Path) -> np.ndarray:
-    mode = image.mode
-    if mode == "RGB":
-        return np.asarray(image, dtype=np.uint8).copy()
-    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16-bit / 32-bit single channel: scale its true value range to 0..255.
-        values = np.asarray(image, dtype=np.float64)
-        low, high = float(values.min()), float(values.max())
-        scaled = np.zeros_like(values) if high <= low else (values - low) * (255.0 / (high - low))
-        gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-        warnings.warn(f"{path}: {mode} image scaled from [{low:g}, {high:g}] to 8-bit and used as grey RGB", stacklevel=3)
-        return np.repeat(gray[..., None], 3, axis=2)
-    if mode in ("L", "1", "LA"):
-        warnings.warn(f"{path}: greyscale image used as RGB (3 equal channels)", stacklevel=3)
-    elif mode == "CMYK":
-        warnings.warn(f"{path}: CMYK image converted to RGB", stacklevel=3)
-    elif mode in ("RGBA", "P", "PA"):
-        if mode != "P":
-            warnings.warn(f"{path}: {mode} image, alpha channel dropped", stacklevel=3)
-    else:
-        warnings.warn(f"{path}: {mode} image converted to RGB", stacklevel=3)
-    return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+    if image.mode == "RGB":
+        return np.array(image, dtype=np.uint8)
+    if image.mode in HIGH_BIT_DEPTH_MODES:
+        return np.repeat(_scale_to_uint8(image, path)[..., None], 3, axis=2)
+    note = _CONVERSION_NOTES.get(image.mode, f"{image.mode} image converted to RGB")
+    warnings.warn(f"{path}: {note}", stacklevel=3)
+    return np.array(image.convert("RGB"), dtype=np.uint8)
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
-    """Read an image as ``(H, W, 3) uint8`` RGB.
+    """Read an image as ``(H, W, 3) uint8`` RGB, in its stored orientation (no EXIF rotation).
 
-    Greyscale, CMYK, palette, RGBA and 16-bit images are converted (with a warning naming the file); an unreadable,
+    Greyscale, CMYK, palette, RGBA and 16-bit images are converted, with a warning naming the file and the
+    conversion (16-bit: linearly scaled from the image's own [min, max] to 0..255). A missing, unreadable,
     truncated or empty file raises :class:`ImageReadError`.
     """
     path = Path(path)
@@ -57,11 +77,9 @@ def read_rgb(path: str | Path) -> np.ndarray:
         raise ImageReadError(path, "file does not exist; check the dataset root and the split/label list")
     try:
         with Image.open(path) as image:
-            image.load()
+            image.load()  # decode now: a truncated file fails here instead of later as a grey image
             array = _to_rgb(image, path)
-    except ImageReadError:
-        raise
-    except (OSError, SyntaxError, ValueError) as error:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ImageReadError(path, f"cannot decode image ({error}); re-download or remove this file") from None
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ImageReadError(path, "image has zero size; re-download or remove this file")
@@ -69,18 +87,24 @@ def read_rgb(path: str | Path) -> np.ndarray:
 
 
 def read_label_png(path: str | Path) -> np.ndarray:
-    """Read an index (palette or single-channel) label PNG as ``(H, W) uint8``."""
+    """Read an index label map (palette or 8-bit single-channel PNG) as ``(H, W) uint8``.
+
+    The stored indices are returned as they are (a palette PNG's colours are ignored).
+    """
     path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(path, "label file does not exist; check the GT folder")
     try:
         with Image.open(path) as image:
             image.load()
-            if image.mode not in ("P", "L"):
-                raise ImageReadError(path, f"label maps must be palette or 8-bit single-channel PNGs, got mode {image.mode}")
-            return np.asarray(image, dtype=np.uint8).copy()
-    except FileNotFoundError:
-        raise ImageReadError(path, "label file does not exist") from None
-    except (OSError, SyntaxError) as error:
-        raise ImageReadError(path, f"cannot decode label map ({error})") from None
+            mode = image.mode
+            labels = np.array(image, dtype=np.uint8) if mode in LABEL_MODES else None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageReadError(path, f"cannot decode label map ({error}); re-download or re-create it") from None
+    if labels is None:
+        raise ImageReadError(path, f"label maps must be palette (P) or 8-bit single-channel (L) PNGs of class "
+                                   f"indices, got mode {mode}; colour (RGB) masks must be converted to indices first")
+    return labels
 
 
 def write_label_png(path: str | Path, labels: np.ndarray, palette: np.ndarray) -> None:

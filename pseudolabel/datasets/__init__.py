@@ -12,20 +12,23 @@ DATASETS = ("voc", "coco", "custom")
 DEFAULT_SPLITS = {"voc": "train_aug", "coco": "train", "custom": "all"}
 
 
-def build_dataset(name: str, root: str | Path | None = None, split: str | None = None, **options) -> WeakDataset:
-    """A dataset by name. ``custom`` needs ``images``, ``labels`` and ``classes`` (and optional ``gt_dir``) options;
-    ``root`` is then the images folder if ``images`` is not given."""
-    split = split or DEFAULT_SPLITS.get(name)
-    if name == "voc":
+def build_dataset(dataset: str, root: str | Path | None = None, split: str | None = None, **options) -> WeakDataset:
+    """A dataset by name: ``voc``, ``coco`` or ``custom`` (split None: its default split).
+
+    Options: VOC ``label_source``; custom ``labels``, ``classes`` (file or ClassSet), optional ``images`` (else
+    ``root`` is the images folder), ``gt_dir`` and ``name``. See docs/datasets.md.
+    """
+    split = split or DEFAULT_SPLITS.get(dataset)
+    if dataset == "voc":
         return VOCDataset(root, split, **options)
-    if name == "coco":
+    if dataset == "coco":
         return COCODataset(root, split, **options)
-    if name == "custom":
+    if dataset == "custom":
         images = options.pop("images", None) or root
         if images is None or "labels" not in options or "classes" not in options:
             raise ValueError("the custom dataset needs --images DIR, --labels FILE (CSV/JSON) and --classes FILE")
         return CustomDataset(images, split=split, **options)
-    raise ValueError(f"unknown dataset '{name}'; choose one of {DATASETS}")
+    raise ValueError(f"unknown dataset '{dataset}'; choose one of {DATASETS}")
 
 
 __all__ = ["Sample", "WeakDataset", "VOCDataset", "COCODataset", "CustomDataset", "build_dataset", "data_root"]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from pseudolabel.classes import DATA_DIR, ClassSet
 from pseudolabel.image_io import read_label_png
@@ -28,6 +29,16 @@ def data_root() -> Path:
     return Path(os.environ.get("CEP_DATA_ROOT", DATA_DIR))
 
 
+def problem(image_id: str, path: Path, reason: str) -> dict:
+    """One entry of ``dataset.problems``: an image left out of the dataset, and why."""
+    return {"image_id": image_id, "path": str(path), "reason": reason}
+
+
+def progress(items, desc: str):
+    """``tqdm`` over a long construction loop (VOC train_aug, COCO); silent for small lists."""
+    return tqdm(items, desc=desc, unit="img", leave=False, disable=len(items) < 2000)
+
+
 def require_dir(path: Path, what: str, fix: str) -> Path:
     """Return ``path`` if it is a directory, else raise a FileNotFoundError naming it and the fix."""
     if not path.is_dir():
@@ -35,8 +46,13 @@ def require_dir(path: Path, what: str, fix: str) -> Path:
     return path
 
 
-class WeakDataset(Sequence):
-    """A list of :class:`Sample` (images usable for training) plus ``problems``: images left out, with reasons."""
+class WeakDataset(Sequence[Sample]):
+    """A list of :class:`Sample` (images usable for training) plus ``problems``: images left out, with reasons.
+
+    Policy: structural problems (missing root or split file, unknown class name) raise at construction; an image
+    without any foreground class or whose file is missing is left out, recorded in ``problems`` as
+    ``{"image_id", "path", "reason"}`` and counted in one warning.
+    """
 
     def __init__(self, name: str, split: str, class_set: ClassSet, root: Path,
                  samples: list[Sample], problems: list[dict]):
@@ -74,4 +90,5 @@ class WeakDataset(Sequence):
         return None if sample.gt_path is None else read_label_png(sample.gt_path)
 
     def describe(self) -> str:
+        """One line: name, split, size, classes and root."""
         return f"{self.name}:{self.split} ({len(self)} images, {self.class_set.num_classes} classes, root {self.root})"

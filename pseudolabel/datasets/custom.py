@@ -7,9 +7,15 @@ import re
 from pathlib import Path
 
 from pseudolabel.classes import ClassSet
-from pseudolabel.datasets.base import Sample, WeakDataset, require_dir
+from pseudolabel.datasets.base import Sample, WeakDataset, problem, progress, require_dir
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def split_tags(value: str | list) -> list[str]:
+    """Class names from a list, or from one string with ``;`` or ``|`` between names."""
+    names = re.split(r"[;|]", value) if isinstance(value, str) else [str(name) for name in value]
+    return [name.strip() for name in names if name.strip()]
 
 
 def read_tag_list(path: Path) -> dict[str, list[str]]:
@@ -18,17 +24,36 @@ def read_tag_list(path: Path) -> dict[str, list[str]]:
     if not path.is_file():
         raise FileNotFoundError(f"label list '{path}' does not exist; give a CSV (image_id,classes) or JSON file")
     if path.suffix.lower() == ".json":
-        data = json.loads(path.read_text())
-        if isinstance(data, list):
-            data = {str(item["image_id"]): item["classes"] for item in data}
-        return {str(k): [str(c) for c in v] for k, v in data.items()}
-    tags = {}
-    with path.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            if "image_id" not in row or "classes" not in row:
-                raise ValueError(f"{path}: the CSV header must be 'image_id,classes'")
-            tags[row["image_id"].strip()] = [c.strip() for c in re.split(r"[;|]", row["classes"] or "") if c.strip()]
+        rows = _json_rows(path)
+    else:
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            if not {"image_id", "classes"} <= set(reader.fieldnames or ()):
+                raise ValueError(f"{path}: the CSV header must be 'image_id,classes' (got {reader.fieldnames})")
+            rows = [(row["image_id"] or "", row["classes"] or "") for row in reader]
+    tags: dict[str, list[str]] = {}
+    for image_id, classes in rows:
+        image_id = str(image_id).strip()
+        if image_id in tags:
+            raise ValueError(f"{path}: image '{image_id}' is listed twice; merge its classes into one entry")
+        tags[image_id] = split_tags(classes)
+    if not tags:
+        raise ValueError(f"{path}: the label list names no image")
     return tags
+
+
+def _json_rows(path: Path) -> list[tuple[str, str | list]]:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    if isinstance(data, dict):
+        return list(data.items())
+    if isinstance(data, list) and all(isinstance(item, dict) and {"image_id", "classes"} <= item.keys()
+                                      for item in data):
+        return [(item["image_id"], item["classes"]) for item in data]
+    raise ValueError(f'{path}: expected {{"image_id": ["cat", ...]}} '
+                     'or a list of {"image_id": ..., "classes": [...]}')
 
 
 def find_image(images_dir: Path, image_id: str) -> Path | None:
@@ -49,23 +74,27 @@ class CustomDataset(WeakDataset):
     def __init__(self, images_dir: str | Path, labels: str | Path, classes: str | Path | ClassSet,
                  gt_dir: str | Path | None = None, split: str = "all", name: str = "custom"):
         images_dir = require_dir(Path(images_dir), "image folder", "Pass --images DIR with your photos.")
+        if gt_dir is not None:
+            gt_dir = require_dir(Path(gt_dir), "GT folder",
+                                 "Pass --gt-dir DIR of <image_id>.png index maps, or omit it.")
         class_set = classes if isinstance(classes, ClassSet) else ClassSet.from_file(classes, name)
         labels = Path(labels)
         samples, problems = [], []
-        for image_id, names in read_tag_list(labels).items():
+        for image_id, names in progress(list(read_tag_list(labels).items()), f"{name} labels"):
             image_path = find_image(images_dir, image_id)
             if image_path is None:
-                problems.append({"image_id": image_id, "path": str(images_dir / image_id),
-                                 "reason": f"listed in {labels.name} but no image file found"})
+                problems.append(problem(image_id, images_dir / image_id,
+                                        f"listed in {labels} but no image file found in {images_dir}"))
                 continue
             try:
                 class_ids = tuple(sorted({class_set.index(n) for n in names} - {0}))
             except KeyError as error:
-                raise ValueError(f"{labels}: image '{image_id}': {error.args[0]}; fix the tag or the class list") from None
+                raise ValueError(f"{labels}: image '{image_id}': {error.args[0]}; "
+                                 "fix the tag or the class list") from None
             if not class_ids:
-                problems.append({"image_id": image_id, "path": str(image_path),
-                                 "reason": f"empty label list in {labels.name}; an image-level label is required"})
+                problems.append(problem(image_id, image_path,
+                                        f"empty label list in {labels}; an image-level label is required"))
                 continue
-            gt = Path(gt_dir) / f"{Path(image_id).stem}.png" if gt_dir else None
+            gt = gt_dir / f"{Path(image_id).stem}.png" if gt_dir is not None else None
             samples.append(Sample(image_id, image_path, class_ids, gt if gt is not None and gt.is_file() else None))
         super().__init__(name, split, class_set, images_dir, samples, problems)

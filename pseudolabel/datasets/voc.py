@@ -7,13 +7,16 @@ from pathlib import Path
 import numpy as np
 
 from pseudolabel.classes import IGNORE_INDEX, get_class_set
-from pseudolabel.datasets.base import Sample, WeakDataset, data_root, require_dir
+from pseudolabel.datasets.base import Sample, WeakDataset, data_root, problem, progress, require_dir
 from pseudolabel.image_io import ImageReadError, read_label_png
 
 VOC_SPLITS = ("train", "train_aug", "val")
 LABEL_SOURCES = ("xml", "mask")
 FIX_ROOT = ("Put the dataset there (VOCdevkit/VOC2012 with JPEGImages, Annotations, ImageSets/Segmentation), "
             "pass --data-root, or run: tools/prepare_data.sh voc")
+FIX_TRAIN_AUG = ("train_aug needs the SBD augmentation: put train_aug.txt (10,582 ids) in ImageSets/Segmentation and "
+                 "the SegmentationClassAug/ PNGs next to SegmentationClass/ (tools/prepare_data.sh voc fetches both, "
+                 "or prints where to get them), or use --split train")
 
 
 def xml_class_names(path: Path) -> list[str]:
@@ -23,6 +26,12 @@ def xml_class_names(path: Path) -> list[str]:
     except (ET.ParseError, OSError) as error:
         raise ValueError(f"{path}: unreadable annotation XML ({error}); re-extract Annotations/") from None
     return [(obj.findtext("name") or "").strip() for obj in root.iter("object")]
+
+
+def split_ids(split_file: Path) -> list[str]:
+    """Image ids of a split list: one id per line, or DeepLab-style lines ``/JPEGImages/<id>.jpg /Seg.../<id>.png``."""
+    lines = (line.split() for line in split_file.read_text().splitlines())
+    return [Path(parts[0]).stem for parts in lines if parts]
 
 
 def mask_class_ids(labels: np.ndarray, num_classes: int, path: Path) -> tuple[int, ...]:
@@ -51,25 +60,22 @@ class VOCDataset(WeakDataset):
         class_set = get_class_set("voc")
         split_file = root / "ImageSets" / "Segmentation" / f"{split}.txt"
         if not split_file.is_file():
-            fix = FIX_ROOT
-            if split == "train_aug":
-                fix = ("train_aug needs the SBD augmentation: put train_aug.txt in ImageSets/Segmentation and the "
-                       "SegmentationClassAug/ PNGs next to SegmentationClass/ (tools/prepare_data.sh voc fetches "
-                       "both), or use --split train")
+            fix = FIX_TRAIN_AUG if split == "train_aug" else FIX_ROOT
+            if split == "train_aug" and (root / "SegmentationClassAug").is_dir():
+                fix = "SegmentationClassAug/ is there but its id list is not. " + fix
             raise FileNotFoundError(f"split file '{split_file}' does not exist. {fix}")
-        ids = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+        ids = split_ids(split_file)
         samples, problems = [], []
-        for image_id in ids:
+        for image_id in progress(ids, f"voc:{split} labels"):
             image_path = root / "JPEGImages" / f"{image_id}.jpg"
-            gt_path = self._gt_path(root, image_id)
             if not image_path.is_file():
-                problems.append({"image_id": image_id, "path": str(image_path),
-                                 "reason": f"listed in {split_file.name} but the image is missing"})
+                problems.append(problem(image_id, image_path, f"listed in {split_file} but the image is missing"))
                 continue
+            gt_path = self._gt_path(root, image_id)
             class_ids = self._labels(root, image_id, gt_path, label_source, class_set)
             if not class_ids:
-                problems.append({"image_id": image_id, "path": str(image_path),
-                                 "reason": "no foreground class in its labels; an image-level label is required"})
+                problems.append(problem(image_id, image_path, f"no foreground class in its {label_source} labels; "
+                                                              "an image-level label is required"))
                 continue
             samples.append(Sample(image_id, image_path, class_ids, gt_path))
         super().__init__("voc", split, class_set, root, samples, problems)
@@ -86,14 +92,16 @@ class VOCDataset(WeakDataset):
     def _labels(root: Path, image_id: str, gt_path: Path | None, label_source: str, class_set) -> tuple[int, ...]:
         if label_source == "mask":
             if gt_path is None:
-                raise FileNotFoundError(f"no GT mask for '{image_id}' in SegmentationClass(Aug); use label_source='xml'")
+                raise FileNotFoundError(f"no GT mask for '{image_id}' in {root}/SegmentationClass(Aug); "
+                                        "use label_source='xml' or add the SBD masks (tools/prepare_data.sh voc)")
             try:
                 return mask_class_ids(read_label_png(gt_path), class_set.num_classes, gt_path)
             except ImageReadError as error:
                 raise ValueError(str(error)) from None
         xml_path = root / "Annotations" / f"{image_id}.xml"
         if not xml_path.is_file():
-            raise FileNotFoundError(f"annotation '{xml_path}' is missing; re-extract Annotations/ or use label_source='mask'")
+            raise FileNotFoundError(f"annotation '{xml_path}' is missing; "
+                                    "re-extract Annotations/ or use label_source='mask'")
         ids = set()
         for name in xml_class_names(xml_path):
             try:
