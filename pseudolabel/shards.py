@@ -210,6 +210,13 @@ class ShardSet(Mapping):
             size=(int(group.attrs["height"]), int(group.attrs["width"])),
         )
 
+    def read_label(self, image_id: str, kind: str = "refined") -> np.ndarray:
+        """Only one label map (``refined`` or ``initial``): what training reads, without the localization maps."""
+        if kind not in ("refined", "initial"):
+            raise ValueError(f"label kind must be 'refined' or 'initial', not {kind!r}")
+        index, key = self._where[image_id]
+        return self._file(index)[f"images/{key}/{kind}"][()]  # one path lookup: the cheapest h5py access
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._where)
 

@@ -112,3 +112,12 @@ def test_bytes_per_voc_sized_image_under_300kb(tmp_path):
     per_image = (tmp_path / "shard-r000-00000.h5").stat().st_size / 10
     print(f"bytes per VOC-sized image: {per_image:.0f}")
     assert per_image < 300_000
+
+
+def test_read_label_reads_one_map(tmp_path):
+    record = make_record("a")
+    shards = open_shards(write_shards(tmp_path, [record]))
+    assert np.array_equal(shards.read_label("a"), record.refined)
+    assert np.array_equal(shards.read_label("a", "initial"), record.initial)
+    with pytest.raises(ValueError, match="refined"):
+        shards.read_label("a", "loc_maps")

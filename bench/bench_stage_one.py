@@ -1,0 +1,52 @@
+"""Whole stage one per image at VOC-like size (500x375): Skip-CAM (ViT-B/16) + SAM ViT-B refinement, random weights,
+by stage, with peak process memory. Usage: python bench/bench_stage_one.py [--images 2] [--device cpu|cuda]
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.bench_sam_refine import synthetic_input  # noqa: E402
+from pseudolabel.classes import get_class_set  # noqa: E402
+from pseudolabel.sam_refine import SAMRefineConfig, SAMRefiner  # noqa: E402
+from pseudolabel.skipcam import SkipCAM, SkipCAMConfig  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--images", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    args = parser.parse_args()
+    cam = SkipCAM.from_config(SkipCAMConfig(clip_weights="random", precision=args.precision), get_class_set("voc"),
+                              args.device)
+    refiner = SAMRefiner.from_config(SAMRefineConfig(sam_checkpoint="random"), args.device)
+    totals: dict[str, float] = {}
+    start = time.perf_counter()
+    for seed in range(args.images):
+        image, _, _, classes = synthetic_input(seed=seed)
+        out = cam(image, classes)
+        refiner.refine(image, out.y0, out.scores, classes)
+        for key, value in {**out.timings, **refiner.timings}.items():
+            totals[key] = totals.get(key, 0.0) + value
+    wall = time.perf_counter() - start
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    gpu = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if args.device.startswith("cuda") else ""
+    print(f"\nstage one at 500x375 (ViT-B/16 + SAM ViT-B, random weights), {args.images} image(s), device "
+          f"{args.device}, threads {torch.get_num_threads()}")
+    print(f"{'stage':20s} {'ms/image':>10s}")
+    for key, value in totals.items():
+        print(f"{key:20s} {1000 * value / args.images:10.0f}")
+    print(f"{'total (wall)':20s} {1000 * wall / args.images:10.0f}")
+    print(f"images/s {args.images / wall:.3f}; peak process RSS {peak_rss:.0f} MiB{gpu}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Train a segmenter on stage-one shards with mmengine's Runner (``tools/train_seg.sh``; ``python -m segtrain.train``).
+
+Before the Runner starts, the shards are checked against the config (classes, dataset, images present; failures
+and random weights are warned about), the pretrained backbone is fetched (or dropped with ``--no-pretrained``) and the
+package versions are written to ``<work dir>/versions.json`` (mmengine writes the config there itself).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import segtrain  # noqa: F401  (shims + registrations before mmseg builds anything)
+from mmengine.config import Config, DictAction
+from mmengine.runner import Runner, find_latest_checkpoint
+from mmseg.registry import DATASETS
+
+from pseudolabel.shards import open_shards
+from segtrain.datasets import ShardMismatchError, check_shards, class_names
+from segtrain.pretrained import PretrainedUnavailableError, drop_pretrained, ensure_pretrained
+
+PACKAGES = ("torch", "torchvision", "numpy", "mmengine", "mmcv-lite", "mmcv", "mmsegmentation", "h5py",
+            "pydensecrf2", "cep-pseudolabel")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train an MMSegmentation model on stage-one pseudo-label shards.")
+    parser.add_argument("config", help="mmseg config, e.g. segtrain/configs/deeplabv3plus_r101_voc_pseudo.py")
+    parser.add_argument("--shards", help="stage-one shard directory (overrides the config's shards_dir)")
+    parser.add_argument("--work-dir", help="checkpoints, logs, config copy (default: work_dirs/<config name>)")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the work dir")
+    parser.add_argument("--no-pretrained", action="store_true", help="random init instead of ImageNet weights")
+    parser.add_argument("--launcher", choices=["none", "pytorch"], default="none",
+                        help="'pytorch' under torchrun for several GPUs (train_seg.sh --gpus N does this)")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
+                        help="override config entries, e.g. train_cfg.max_iters=1000 train_dataloader.batch_size=2")
+    return parser
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    """The config with the command-line overrides applied."""
+    if not Path(args.config).is_file():
+        raise FileNotFoundError(f"config '{args.config}' does not exist; see segtrain/configs/")
+    cfg = Config.fromfile(args.config)
+    cfg.merge_from_dict(args.cfg_options)
+    if args.shards:
+        cfg.train_dataloader.dataset.shards_dir = args.shards
+    cfg.work_dir = args.work_dir or cfg.get("work_dir") or str(Path("work_dirs") / Path(args.config).stem)
+    cfg.launcher = args.launcher
+    cfg.resume = args.resume
+    if args.no_pretrained:
+        drop_pretrained(cfg.model)
+    if args.launcher != "none":
+        cfg.sync_bn = "torch"   # BN in the configs (CPU/one GPU); SyncBN across GPUs
+    return cfg
+
+
+def validation_class_names(cfg: Config) -> tuple[str, ...] | None:
+    """Class names of the validation dataset (the GT the model is scored on), if the config has one."""
+    val_loader = cfg.get("val_dataloader")
+    if not val_loader:
+        return None
+    dataset_cfg = val_loader["dataset"]
+    names = (dataset_cfg.get("metainfo") or {}).get("classes")
+    if names is None and dataset_cfg.get("class_set"):
+        return class_names(dataset_cfg["class_set"])
+    return names or DATASETS.get(dataset_cfg["type"]).METAINFO.get("classes")
+
+
+def preflight(cfg: Config) -> dict:
+    """Check the shards against the config before any model is built; returns the shards' attributes."""
+    dataset_cfg = cfg.train_dataloader.dataset
+    shards = open_shards(dataset_cfg.shards_dir)
+    check_shards(shards, cfg.model.decode_head.num_classes, dataset_cfg.get("expected_dataset"),
+                 validation_class_names(cfg))
+    DATASETS.build({**dataset_cfg, "pipeline": []})   # lists the images: fails on images missing from the data root
+    return shards.attrs
+
+
+def package_versions() -> dict[str, str]:
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def write_run_info(cfg: Config, shard_attrs: dict) -> None:
+    """``<work dir>/versions.json``: package versions and what the shards were made with."""
+    work_dir = Path(cfg.work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    shards = {key: shard_attrs.get(key) for key in ("dataset", "split", "weights", "random_weights", "versions")}
+    shards["class_set"] = shard_attrs["class_set"].name
+    info = {"packages": package_versions(), "python": sys.version.split()[0], "argv": sys.argv,
+            "shards_dir": str(cfg.train_dataloader.dataset.shards_dir), "shards": shards}
+    (work_dir / "versions.json").write_text(json.dumps(info, indent=2, default=str))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    local_rank_zero = os.environ.get("LOCAL_RANK", "0") == "0"
+    try:
+        cfg = load_config(args)
+        shard_attrs = preflight(cfg)
+        if local_rank_zero and not args.no_pretrained:
+            ensure_pretrained(cfg.model)   # other ranks wait inside mmengine's own download barrier
+    except (ShardMismatchError, PretrainedUnavailableError, FileNotFoundError, KeyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.resume and find_latest_checkpoint(cfg.work_dir) is None:
+        print(f"warning: --resume but no checkpoint in {cfg.work_dir}; starting from iteration 0", file=sys.stderr)
+    if local_rank_zero:
+        write_run_info(cfg, shard_attrs)
+    Runner.from_cfg(cfg).train()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Stage two: the shard-backed mmseg dataset, config checks, CRF, and train -> resume -> TTA/CRF test end to end."""
+from __future__ import annotations
+
+import json
+import urllib.error
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mmengine.dataset import pseudo_collate
+from mmseg.utils import register_all_modules
+from PIL import Image
+
+import segtrain
+from pseudolabel.classes import get_class_set
+from pseudolabel.image_io import read_label_png
+from pseudolabel.shards import LabelRecord, ShardWriter, open_shards
+from segtrain import pretrained
+from segtrain.crf import dense_crf
+from segtrain.datasets import ShardMismatchError, ShardPseudoLabelDataset
+from tests.fixtures.tiny_datasets import make_voc
+
+REPO = Path(__file__).resolve().parents[1]
+VOC = get_class_set("voc")
+
+
+def write_shards(out: Path, voc_root: Path, ids: list[str], random_weights=False, failures=(), dataset="voc",
+                 class_set=VOC) -> Path:
+    """Shards whose refined labels are the images' GT masks (so a test can tell which image a label belongs to)."""
+    out.mkdir(parents=True, exist_ok=True)
+    attrs = {"dataset": dataset, "split": "train", "config": {}, "versions": {}, "weights": {},
+             "random_weights": random_weights, "rank": 0}
+    with ShardWriter(out / "shard-r000-00000.h5", class_set, attrs) as writer:
+        for image_id in ids:
+            labels = read_label_png(voc_root / "SegmentationClass" / f"{image_id}.png")
+            classes = tuple(int(c) for c in np.unique(labels) if 0 < c < 255)
+            writer.write(LabelRecord(image_id, labels, np.zeros_like(labels), np.zeros((0, 2, 2), np.float32),
+                                     (), classes, labels.shape))
+    (out / "manifest.json").write_text(json.dumps({"failures": list(failures)}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    register_all_modules(init_default_scope=True)   # outside a Runner, build transforms from mmseg's registries
+    root = tmp_path_factory.mktemp("segtrain")
+    voc = make_voc(root, n_train=4, n_val=2, size=(48, 64))
+    ids = (voc / "ImageSets/Segmentation/train.txt").read_text().split()
+    return {"root": root, "voc": voc, "ids": ids, "shards": write_shards(root / "shards", voc, ids)}
+
+
+def shard_dataset(tiny, shards=None, **kwargs):
+    pipeline = [dict(type="LoadImageFromFile"), dict(type="LoadShardLabel"), dict(type="PackSegInputs")]
+    return ShardPseudoLabelDataset(shards_dir=str(shards or tiny["shards"]), data_root=str(tiny["voc"]),
+                                   data_prefix=dict(img_path="JPEGImages"), pipeline=pipeline, **kwargs)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_dataset_returns_the_shard_label_of_each_image(tiny, workers):
+    dataset = shard_dataset(tiny, num_classes=21, expected_dataset="voc")
+    assert dataset.metainfo["classes"] == VOC.classes and len(dataset) == len(tiny["ids"])
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=workers, collate_fn=pseudo_collate)
+    shards = open_shards(tiny["shards"])
+    seen = []
+    for batch in loader:
+        for sample in batch["data_samples"]:
+            image_id = Path(sample.img_path).stem
+            np.testing.assert_array_equal(sample.gt_sem_seg.data[0].numpy(), shards[image_id].refined)
+            seen.append(image_id)
+    assert sorted(seen) == sorted(tiny["ids"])
+    # the labels differ between images, so a shifted lookup would have failed above
+    assert len({shards[i].refined.tobytes() for i in tiny["ids"]}) == len(tiny["ids"])
+
+
+def test_mismatched_shards_fail_before_training(tiny, tmp_path):
+    with pytest.raises(ShardMismatchError, match="num_classes=81"):
+        shard_dataset(tiny, num_classes=81)
+    with pytest.raises(ShardMismatchError, match="dataset 'voc' but the config expects 'coco'"):
+        shard_dataset(tiny, expected_dataset="coco")
+    with pytest.raises(ShardMismatchError, match="class names"):
+        segtrain.check_shards(open_shards(tiny["shards"]), class_names=get_class_set("coco").classes)
+    extra = write_shards(tmp_path / "extra", tiny["voc"], tiny["ids"] + ["2008_000000"])
+    (tiny["voc"] / "JPEGImages" / "2008_000000.jpg").rename(tmp_path / "moved.jpg")
+    try:
+        with pytest.raises(ShardMismatchError, match="1 of 5 image.*missing from"):
+            shard_dataset(tiny, shards=extra)
+    finally:
+        (tmp_path / "moved.jpg").rename(tiny["voc"] / "JPEGImages" / "2008_000000.jpg")
+
+
+def test_failures_and_random_weights_are_warned_about(tiny, tmp_path):
+    failures = [{"image_id": "x", "path": "x.jpg", "reason": "unreadable"}] * 3
+    shards = write_shards(tmp_path / "s", tiny["voc"], tiny["ids"], random_weights=True, failures=failures)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        shard_dataset(tiny, shards=shards)
+    messages = " ".join(str(w.message) for w in caught)
+    assert "3 failed image(s)" in messages and "RANDOM model weights" in messages
+
+
+def test_crf_aligns_a_noisy_prediction_to_the_image_edge():
+    image = np.full((48, 64, 3), 40, np.uint8)
+    image[:, 32:] = 210
+    truth = np.zeros((48, 64), int)
+    truth[:, 32:] = 1
+    rng = np.random.default_rng(0)
+    foreground = np.where(np.arange(64) >= 28, 0.7, 0.3)[None].repeat(48, 0) + rng.uniform(-0.25, 0.25, (48, 64))
+    foreground = np.clip(foreground, 0.02, 0.98)
+    probs = np.stack([1 - foreground, foreground]).astype(np.float32)
+    refined = dense_crf(image, probs)
+    assert refined.shape == probs.shape and np.allclose(refined.sum(0), 1, atol=1e-4)
+    before, after = (probs.argmax(0) == truth).mean(), (refined.argmax(0) == truth).mean()
+    assert before < 0.9 and after > 0.97
+
+
+def test_offline_pretrained_download_fails_with_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+    monkeypatch.setattr(pretrained.urllib.request, "urlopen", offline)
+    model = dict(pretrained="open-mmlab://resnet101_v1c", backbone=dict())
+    with pytest.raises(pretrained.PretrainedUnavailableError, match="--no-pretrained") as error:
+        pretrained.ensure_pretrained(model)
+    assert "resnet101_v1c-e67eebb6.pth" in str(error.value)
+    (tmp_path / "hub" / "checkpoints" / "resnet101_v1c-e67eebb6.pth").write_bytes(b"cached")
+    assert pretrained.ensure_pretrained(model)[0].name == "resnet101_v1c-e67eebb6.pth"
+    pretrained.drop_pretrained(model)
+    assert pretrained.ensure_pretrained(model) == []
+
+
+def tiny_voc_config(tiny, path: Path) -> Path:
+    """demo_tiny retargeted to the tiny VOC layout, validated and tested on its GT (as a user's config would be)."""
+    path.write_text(f"""
+_base_ = ['{REPO / 'segtrain/configs/demo_tiny.py'}']
+data_root = '{tiny['voc']}'
+train_dataloader = dict(dataset=dict(data_root=data_root, data_prefix=dict(img_path='JPEGImages'),
+                                     shards_dir='{tiny['shards']}', expected_dataset='voc'))
+gt_pipeline = [dict(type='LoadImageFromFile'), dict(type='Resize', scale=(128, 64), keep_ratio=True),
+               dict(type='LoadAnnotations'), dict(type='PackSegInputs')]
+val_dataloader = dict(_delete_=True, batch_size=1, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=False),
+                      dataset=dict(type='PascalVOCDataset', data_root=data_root, pipeline=gt_pipeline,
+                                   ann_file='ImageSets/Segmentation/val.txt',
+                                   data_prefix=dict(img_path='JPEGImages', seg_map_path='SegmentationClass')))
+test_dataloader = val_dataloader
+val_evaluator = dict(_delete_=True, type='IoUMetric', iou_metrics=['mIoU'])
+val_cfg = dict(_delete_=True, type='ValLoop')
+eval_gt = 'voc:val'
+eval_data_root = data_root
+""")
+    return path
+
+
+def test_train_resume_and_test_with_tta_and_crf(tiny, tmp_path):
+    from segtrain import test as seg_test
+    from segtrain import train as seg_train
+
+    config = tiny_voc_config(tiny, tmp_path / "tiny_voc.py")
+    work = tmp_path / "work"
+    common = [str(config), "--work-dir", str(work), "--no-pretrained"]
+    options = ["train_cfg.val_interval=2", "default_hooks.checkpoint.interval=2", "default_hooks.logger.interval=1"]
+    assert seg_train.main(common + ["--cfg-options", "train_cfg.max_iters=2", *options]) == 0
+    assert (work / "iter_2.pth").is_file() and (work / "tiny_voc.py").is_file()
+    assert json.loads((work / "versions.json").read_text())["packages"]["mmsegmentation"] == "1.2.2"
+
+    assert seg_train.main(common + ["--resume", "--cfg-options", "train_cfg.max_iters=3", *options]) == 0
+    assert torch.load(work / "iter_3.pth", weights_only=False)["meta"]["iter"] == 3
+    logs = sorted(work.glob("*/*.log"))
+    resumed = logs[-1].read_text()
+    assert "resumed" in resumed.lower() and "Iter(train) [3/3]" in resumed and "Iter(train) [1/3]" not in resumed
+
+    out = tmp_path / "test"
+    args = [str(work / "iter_3.pth"), "--tta", "--scales", "1.0", "0.75", "--crf", "--out", str(out),
+            "--bootstrap", "0"]
+    assert seg_test.main(args) == 0
+    val_ids = (tiny["voc"] / "ImageSets/Segmentation/val.txt").read_text().split()
+    for image_id in val_ids:
+        with Image.open(out / "pred" / f"{image_id}.png") as png:
+            assert png.mode == "P" and png.size == (64, 48)
+            assert np.array(png).max() < 21
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["num_images"] == len(val_ids) and 0 <= report["mIoU"] <= 100
+    settings = json.loads((out / "test_settings.json").read_text())
+    assert settings["scales"] == [1.0, 0.75] and settings["crf"]["iterations"] == 10

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Stage two: train an MMSegmentation model on stage-one shards (mmengine Runner).
+# Usage: tools/train_seg.sh [CONFIG] [--shards DIR] [--gpus N] [--resume] [--work-dir DIR] [--no-pretrained]
+#                           [--cfg-options KEY=VALUE ...]
+# CONFIG defaults to segtrain/configs/deeplabv3plus_r101_voc_pseudo.py. --gpus 0 (or no GPU) trains on the CPU,
+# 1 on one GPU, N > 1 with torchrun on N GPUs (mmengine's 'pytorch' launcher, SyncBN).
+source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
+export PYTHONUNBUFFERED=1
+CONFIG=segtrain/configs/deeplabv3plus_r101_voc_pseudo.py
+if [ $# -gt 0 ] && [[ "$1" != --* ]]; then CONFIG="$1"; shift; fi
+GPUS=1
+ARGS=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --gpus) GPUS="$2"; shift 2 ;;
+        --gpus=*) GPUS="${1#*=}"; shift ;;
+        *) ARGS+=("$1"); shift ;;
+    esac
+done
+if [ "$GPUS" -gt 1 ]; then
+    exec torchrun --nproc_per_node="$GPUS" --master_port="${PORT:-29500}" -m segtrain.train "$CONFIG" \
+        --launcher pytorch "${ARGS[@]}"
+fi
+[ "$GPUS" -eq 0 ] && export CUDA_VISIBLE_DEVICES=""
+exec python -m segtrain.train "$CONFIG" "${ARGS[@]}"
