@@ -174,6 +174,7 @@ def run(argv: list[str] | None = None) -> dict:
         store.clear()
     barrier(world)
     store.check_config({**cfg.to_dict(), "weights": weights}, args.overwrite)
+    barrier(world)
     done = store.resume()
     mine = dataset.samples[rank::world]
     if args.limit:

@@ -94,9 +94,13 @@ class RunStore:
             guard_write(lambda: _fsync_write(path, lambda h: h.write(json.dumps(config, indent=1).encode())), path)
 
     def resume(self) -> set[str]:
-        """Clean temp files and already-packed staged records; return the ids finished in any shard or staged."""
-        for tmp in list(self.out.glob("*.tmp")) + list(self.staging.glob("*.tmp")):
-            tmp.unlink()
+        """Clean this rank's temp files and already-packed staged records; return the ids finished in any shard or
+        staged. Other ranks' temp files are left alone: they may be writing them right now."""
+        own = [f"shard-r{self.rank:03d}-*.tmp", f"*-r{self.rank:03d}.json.tmp"]
+        if self.rank == 0:
+            own += [f"{CONFIG_FILE}.tmp", f"{MANIFEST}.tmp"]
+        for tmp in [p for pattern in own for p in self.out.glob(pattern)] + list(self.staging.glob("*.tmp")):
+            tmp.unlink(missing_ok=True)
         done = set()
         for shard in sorted(self.out.glob(SHARD_GLOB)):
             done.update(shard_image_ids(shard))

@@ -118,3 +118,19 @@ def test_resume_after_kill_9_gives_the_same_labels(voc, tmp_path, full_run):
     for shard in out.glob("shard-*.h5"):
         with h5py.File(shard, "r") as handle:  # every shard is complete and readable
             assert len(handle["images"]) >= 1
+
+
+def test_two_ranks_under_torchrun_share_the_work(voc, tmp_path, full_run):
+    out = tmp_path / "ddp"
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", "29547", "-m", "pseudolabel.generate",
+           *args_for(voc, out)]
+    result = subprocess.run(cmd, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    by_rank = {name.split("-")[1] for name in manifest["shards"]}
+    assert by_rank == {"r000", "r001"} and manifest["num_images"] == 5 and len(manifest["summaries"]) == 2
+    expected, got = labels_of(full_run[0]), labels_of(out)
+    assert expected.keys() == got.keys()
+    for image_id in expected:  # the same labels as one process
+        assert all(np.array_equal(a, b) for a, b in zip(expected[image_id], got[image_id]))
