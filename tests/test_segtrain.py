@@ -131,13 +131,13 @@ def test_offline_pretrained_download_fails_with_the_fix(tmp_path, monkeypatch):
     assert pretrained.ensure_pretrained(model) == []
 
 
-def tiny_voc_config(tiny, path: Path) -> Path:
+def tiny_voc_config(tiny, path: Path, shards: Path) -> Path:
     """demo_tiny retargeted to the tiny VOC layout, validated and tested on its GT (as a user's config would be)."""
     path.write_text(f"""
 _base_ = ['{REPO / 'segtrain/configs/demo_tiny.py'}']
 data_root = '{tiny['voc']}'
 train_dataloader = dict(dataset=dict(data_root=data_root, data_prefix=dict(img_path='JPEGImages'),
-                                     shards_dir='{tiny['shards']}', expected_dataset='voc'))
+                                     shards_dir='{shards}', expected_dataset='voc'))
 gt_pipeline = [dict(type='LoadImageFromFile'), dict(type='Resize', scale=(128, 64), keep_ratio=True),
                dict(type='LoadAnnotations'), dict(type='PackSegInputs')]
 val_dataloader = dict(_delete_=True, batch_size=1, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=False),
@@ -154,10 +154,16 @@ eval_data_root = data_root
 
 
 def test_train_resume_and_test_with_tta_and_crf(tiny, tmp_path):
+    """Stage one (tiny random-weight models) -> train -> resume -> test with TTA + CRF -> evaluation report."""
+    from pseudolabel.generate import run as stage_one
     from segtrain import test as seg_test
     from segtrain import train as seg_train
 
-    config = tiny_voc_config(tiny, tmp_path / "tiny_voc.py")
+    shards = tmp_path / "stage_one"
+    stage_one(["voc", "--data-root", str(tiny["voc"]), "--split", "train", "--out", str(shards), "--device", "cpu",
+               "--clip-model", "ViT-T-16-cep-test", "--clip-weights", "random", "--sam-model", "vit_tiny_test",
+               "--sam-checkpoint", "random"])
+    config = tiny_voc_config(tiny, tmp_path / "tiny_voc.py", shards)
     work = tmp_path / "work"
     common = [str(config), "--work-dir", str(work), "--no-pretrained"]
     options = ["train_cfg.val_interval=2", "default_hooks.checkpoint.interval=2", "default_hooks.logger.interval=1"]

@@ -7,7 +7,7 @@ _base_ = [
 custom_imports = dict(imports=['segtrain'], allow_failed_imports=False)
 
 data_root = 'data/demo'
-shards_dir = 'work_dirs/shards/demo'
+shards_dir = 'outputs/demo'  # the output of tools/gen_pseudo.sh demo
 num_classes = 21
 class_set = 'voc'
 crop_size = (64, 64)
