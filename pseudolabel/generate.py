@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", choices=("voc", "coco", "custom", "demo"), help="what to label")
     run = parser.add_argument_group("run")
-    run.add_argument("--out", type=Path, help="output directory (default: outputs/<dataset>_<split>)")
+    run.add_argument("--out", type=Path, help="output directory (default: <repo>/outputs/<dataset>_<split>, "
+                                              "<repo>/outputs/demo for the demo)")
     run.add_argument("--split", help="split (default: voc train_aug, coco train, custom/demo all)")
     run.add_argument("--data-root", type=Path, help="dataset root (default: data/VOCdevkit/VOC2012, data/coco)")
     run.add_argument("--label-source", choices=("xml", "mask"), default="xml",
@@ -156,7 +157,7 @@ def run(argv: list[str] | None = None) -> dict:
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
 
     dataset = load_dataset(args, args.dataset, split)
-    out = args.out or Path("outputs") / (args.dataset if args.dataset == "demo" else f"{args.dataset}_{split}")
+    out = args.out or DATA_DIR.parent / "outputs" / (args.dataset if args.dataset == "demo" else f"{args.dataset}_{split}")
     cam = SkipCAM.from_config(cfg.cam, dataset.class_set, device)
     refiner = SAMRefiner.from_config(cfg.refine, device, cfg.cam.seed) if cfg.refine.enabled else None
     weights = {"clip": cam.weights, "sam": refiner.weights if refiner else None}

@@ -1,4 +1,5 @@
 # Sourced by the entry scripts: create (first run) and activate the project's virtual environment.
+# It does not change the working directory, so relative paths given by the user keep their meaning.
 # The venv lives in .venv at the repository root; it is reinstalled when requirements.txt changes.
 # Override the interpreter with PYTHON=/path/to/python3 (3.10 or 3.11).
 set -euo pipefail
@@ -17,4 +18,3 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; 
 fi
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
-cd "$REPO_ROOT"

@@ -1,5 +1,7 @@
-#!/usr/bin/env python
+#!/usr/bin/env python3
 """Evaluate label maps: mIoU, mBIoU, bootstrap CIs, paired test. See docs/evaluation.md or --help."""
+if __name__ == "__main__":
+    import _venv  # noqa: F401  (re-runs this tool inside the project's virtual environment)
 import sys
 from pathlib import Path
 

@@ -5,6 +5,7 @@
 # CONFIG defaults to segtrain/configs/deeplabv3plus_r101_voc_pseudo.py. --gpus 0 (or no GPU) trains on the CPU,
 # 1 on one GPU, N > 1 with torchrun on N GPUs (mmengine's 'pytorch' launcher, SyncBN).
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
+cd "$REPO_ROOT"  # configs name their data and shard paths relative to the repository root
 export PYTHONUNBUFFERED=1
 CONFIG=segtrain/configs/deeplabv3plus_r101_voc_pseudo.py
 if [ $# -gt 0 ] && [[ "$1" != --* ]]; then CONFIG="$1"; shift; fi

@@ -1,4 +1,4 @@
-#!/usr/bin/env python
+#!/usr/bin/env python3
 """Render inspection panels (photo, localization maps, Y0, refined label, GT + IoU) of stage-one shards as PNGs,
 optionally with a static HTML contact sheet. See docs/viewing.md or --help.
 
@@ -8,6 +8,8 @@ optionally with a static HTML contact sheet. See docs/viewing.md or --help.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":
+    import _venv  # noqa: F401  (re-runs this tool inside the project's virtual environment)
 import argparse
 import math
 import sys
