@@ -17,7 +17,8 @@ import open_clip
 LOG = logging.getLogger(__name__)
 MODEL_CONFIGS = Path(__file__).with_name("model_configs")
 open_clip.add_model_config(MODEL_CONFIGS)
-OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+# In OpenAI's files but not in open_clip's state dict (attn_mask is a non-persistent buffer there).
+OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 
 
 def available_models() -> list[str]:

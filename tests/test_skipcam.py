@@ -11,6 +11,12 @@ from pseudolabel.skipcam import SkipCAM, SkipCAMConfig, default_tau
 from tests.fixtures.clipes_reference import clipes_reference_maps, sinkhorn_reference
 from tests.fixtures.tiny_clip import TINY_CLIP, tiny_skipcam
 
+def open_clip_tokens(texts):
+    import open_clip
+
+    return open_clip.get_tokenizer(TINY_CLIP)(texts)
+
+
 IMAGE = np.random.default_rng(1).integers(0, 255, (61, 83, 3), dtype=np.uint8)
 
 
@@ -119,8 +125,11 @@ def test_local_openai_and_open_clip_state_dicts_give_the_same_maps(tmp_path):
                   vocab_size=torch.tensor(49408))
     torch.save(openai, tmp_path / "openai.pt")
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "open_clip.pt")
+    # OpenAI's own ViT-B-16.pt is a traced TorchScript archive: make one the same way
+    example = (torch.rand(1, 3, 64, 64), open_clip_tokens(["a photo"]))
+    torch.jit.trace(model, example, strict=False, check_trace=False).save(str(tmp_path / "archive.pt"))
     maps = []
-    for name in ("openai.pt", "open_clip.pt"):
+    for name in ("openai.pt", "open_clip.pt", "archive.pt"):
         cfg = SkipCAMConfig(clip_model=TINY_CLIP, clip_weights=str(tmp_path / name))
         from pseudolabel.classes import get_class_set
 
@@ -128,6 +137,7 @@ def test_local_openai_and_open_clip_state_dicts_give_the_same_maps(tmp_path):
         assert cam.weights["kind"] == "file" and len(cam.weights["sha256"]) == 64
         maps.append(cam(IMAGE, (3, 15)).loc_maps_lowres)
     np.testing.assert_array_equal(maps[0], maps[1])
+    np.testing.assert_array_equal(maps[0], maps[2])
     assert not np.allclose(maps[0], tiny_skipcam()(IMAGE, (3, 15)).loc_maps_lowres)  # seed 7 != seed 0
 
 
