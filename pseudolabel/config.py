@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import types
 import typing
 from dataclasses import dataclass, field
 
@@ -26,9 +26,6 @@ class PseudoLabelConfig:
     def to_dict(self) -> dict:
         return {"dataset": self.dataset, "split": self.split, "cam": self.cam.to_dict(),
                 "refine": self.refine.to_dict()}
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict) -> "PseudoLabelConfig":
@@ -63,8 +60,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, title: str) ->
                                help=help_text)
             continue
         kind = hints[f.name]
-        kind = str if typing.get_origin(kind) in (typing.Union, getattr(__import__("types"), "UnionType", None)) \
-            else kind
+        kind = str if typing.get_origin(kind) in (typing.Union, types.UnionType) else kind  # "str | None" -> str
         group.add_argument(f"--{name}", dest=f.name, type=kind, default=None, choices=meta.get("choices"),
                            help=help_text)
 

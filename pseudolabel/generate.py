@@ -184,7 +184,8 @@ def run(argv: list[str] | None = None) -> dict:
     failures = [dict(p, stage="dataset") for p in dataset.problems] if rank == 0 else []
     stage_seconds = collections.Counter()
     start = time.perf_counter()
-    LOG.info("rank %d/%d: %d images (%d already done) -> %s", rank, world, len(todo), len(mine) - len(todo), out)
+    LOG.info("%s; rank %d/%d: %d images to label (%d already done) -> %s", dataset.describe(), rank, world,
+             len(todo), len(mine) - len(todo), out)
     progress = tqdm(total=len(todo), desc=f"rank {rank}", unit="img", dynamic_ncols=True)
     for sample, image, decode_seconds in prefetch(todo, args.workers):
         stage_seconds["decode"] += decode_seconds

@@ -134,3 +134,12 @@ def test_two_ranks_under_torchrun_share_the_work(voc, tmp_path, full_run):
     assert expected.keys() == got.keys()
     for image_id in expected:  # the same labels as one process
         assert all(np.array_equal(a, b) for a, b in zip(expected[image_id], got[image_id]))
+
+
+def test_config_round_trips_through_the_shard_attributes(full_run):
+    from pseudolabel.config import PseudoLabelConfig
+
+    stored = open_shards(full_run[0]).attrs["config"]
+    config = PseudoLabelConfig.from_dict(stored)
+    assert config.to_dict() == stored
+    assert config.cam.num_skips == 3 and config.refine.delta == 0.5 and config.refine.grid_size == 16
