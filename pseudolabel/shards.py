@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,6 +179,7 @@ class ShardSet(Mapping):
         self.manifest = json.loads(manifest.read_text()) if manifest.is_file() else None
         self.failures = self.manifest.get("failures", []) if self.manifest else []
         self._handles: dict[int, h5py.File] = {}
+        self._raw: dict[int, tuple[int, dict]] = {}  # shard index -> (fd, label chunk index), per process
         self._pid = os.getpid()
 
     @property
@@ -186,14 +188,14 @@ class ShardSet(Mapping):
 
     def _file(self, index: int) -> h5py.File:
         if self._pid != os.getpid():  # forked: the parent's handles must not be used here
-            self._handles, self._pid = {}, os.getpid()
+            self._handles, self._raw, self._pid = {}, {}, os.getpid()
         if index not in self._handles:
             self._handles[index] = h5py.File(self.shard_paths[index], "r")
         return self._handles[index]
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_handles"] = {}
+        state["_handles"], state["_raw"] = {}, {}
         return state
 
     def __getitem__(self, image_id: str) -> LabelRecord:
@@ -210,12 +212,37 @@ class ShardSet(Mapping):
             size=(int(group.attrs["height"]), int(group.attrs["width"])),
         )
 
+    def _label_chunks(self, index: int) -> tuple[int, dict]:
+        """File descriptor and ``(key, kind) -> (byte offset, size, shape)`` of every gzip-only single-chunk label map.
+
+        Hand-written fast path: h5py's per-read selection machinery costs more than inflating the chunk, and makes
+        shard labels slower to load than PNGs; each label map is exactly one deflate-compressed chunk, so reading
+        its bytes and inflating them with zlib gives the identical array.
+        """
+        handle = self._file(index)
+        if index not in self._raw:
+            chunks = {}
+            for key, group in handle["images"].items():
+                for kind in ("refined", "initial"):
+                    data = group[kind]
+                    plain_gzip = (data.chunks == data.shape and data.compression == "gzip" and not data.shuffle
+                                  and not data.fletcher32 and data.scaleoffset is None and data.dtype == np.uint8)
+                    info = data.id.get_chunk_info(0) if plain_gzip else None
+                    if info is not None and info.filter_mask == 0:
+                        chunks[key, kind] = (info.byte_offset, info.size, data.shape)
+            self._raw[index] = (os.open(self.shard_paths[index], os.O_RDONLY), chunks)
+        return self._raw[index]
+
     def read_label(self, image_id: str, kind: str = "refined") -> np.ndarray:
         """Only one label map (``refined`` or ``initial``): what training reads, without the localization maps."""
         if kind not in ("refined", "initial"):
             raise ValueError(f"label kind must be 'refined' or 'initial', not {kind!r}")
         index, key = self._where[image_id]
-        return self._file(index)[f"images/{key}/{kind}"][()]  # one path lookup: the cheapest h5py access
+        fd, chunks = self._label_chunks(index)
+        if (key, kind) not in chunks:  # not a plain single gzip chunk: let HDF5 decode it
+            return self._file(index)[f"images/{key}/{kind}"][()]
+        offset, size, shape = chunks[key, kind]
+        return np.frombuffer(zlib.decompress(os.pread(fd, size, offset)), np.uint8).reshape(shape)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._where)
@@ -226,7 +253,9 @@ class ShardSet(Mapping):
     def close(self) -> None:
         for handle in self._handles.values():
             handle.close()
-        self._handles = {}
+        for fd, _ in self._raw.values():
+            os.close(fd)
+        self._handles, self._raw = {}, {}
 
 
 def open_shards(directory: str | Path) -> ShardSet:

@@ -115,9 +115,12 @@ def test_bytes_per_voc_sized_image_under_300kb(tmp_path):
 
 
 def test_read_label_reads_one_map(tmp_path):
-    record = make_record("a")
-    shards = open_shards(write_shards(tmp_path, [record]))
-    assert np.array_equal(shards.read_label("a"), record.refined)
-    assert np.array_equal(shards.read_label("a", "initial"), record.initial)
+    records = [make_record(f"id/{i}", size=(30 + i, 41), seed=i) for i in range(5)]
+    shards = open_shards(write_shards(tmp_path, records))
+    for record in records:  # the raw-chunk fast path gives exactly what HDF5 decodes
+        assert np.array_equal(shards.read_label(record.image_id), record.refined)
+        assert np.array_equal(shards.read_label(record.image_id, "initial"), record.initial)
+        assert np.array_equal(shards.read_label(record.image_id), shards[record.image_id].refined)
+    assert all(len(chunks) == 2 * n for (_, chunks), n in zip(shards._raw.values(), (2, 2, 1)))
     with pytest.raises(ValueError, match="refined"):
         shards.read_label("a", "loc_maps")
