@@ -1,8 +1,9 @@
 """A static HTML contact sheet of inspection panels: one self-contained file, no server, no external scripts or CSS.
 
-Each entry is ``<figure class="entry" data-id=... data-score=...>`` with the panel (``<img>`` by relative path),
-the image id, its classes and, when GT was given, the per-image IoU of the refined label. Entries are written in
-ascending score order when scores exist (worst first), else in id order; small inline JavaScript re-sorts them.
+Each entry is ``<figure class="entry" data-id=... data-score=... data-foreground=...>`` with the panel (``<img>`` by
+relative path, so the report folder can be copied as a whole), the image id, its classes with their coverage and, when
+GT was given, the per-image IoU of the refined label. Entries are written in ascending score order when scores exist
+(worst first), else in id order; a few lines of inline JavaScript re-sort them.
 """
 from __future__ import annotations
 
@@ -18,9 +19,14 @@ from pathlib import Path
 class ReportEntry:
     image_id: str
     panel: str                               # path of the panel PNG (made relative to the HTML file)
-    classes: tuple[str, ...] = ()
+    coverage: dict[str, float] = field(default_factory=dict)  # image class -> share of the refined label's pixels
     score: float | None = None               # per-image IoU (percent) of the refined label vs GT
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # shown in the caption, e.g. "photo not found"
+
+    @property
+    def foreground(self) -> float:
+        """Fraction of the pixels labelled with one of the image's classes."""
+        return sum(self.coverage.values())
 
 
 def _has_score(entry: ReportEntry) -> bool:
@@ -52,8 +58,8 @@ function sortEntries(key, ascending) {
   var items = Array.prototype.slice.call(sheet.querySelectorAll('figure.entry'));
   items.sort(function (a, b) {
     var x, y;
-    if (key === 'score') {
-      x = parseFloat(a.getAttribute('data-score')); y = parseFloat(b.getAttribute('data-score'));
+    if (key !== 'id') {
+      x = parseFloat(a.getAttribute('data-' + key)); y = parseFloat(b.getAttribute('data-' + key));
       if (isNaN(x) && isNaN(y)) { return 0; }
       if (isNaN(x)) { return 1; }
       if (isNaN(y)) { return -1; }
@@ -81,7 +87,7 @@ def render_html(entries: list[ReportEntry], title: str = "Pseudo labels", base_d
                      "(untrained) model weights and say nothing about the method.</p>")
     if description:
         parts.append(f"<p>{esc(description)}</p>")
-    summary = f"{len(entries)} image(s)"
+    summary = f"{len(entries)} image(s); the % after a class is its share of the refined label's pixels"
     if scored:
         values = [e.score for e in entries if _has_score(e)]
         summary += f"; refined-vs-GT IoU of listed images: mean {sum(values) / len(values):.1f}, " \
@@ -91,7 +97,8 @@ def render_html(entries: list[ReportEntry], title: str = "Pseudo labels", base_d
     if scored:
         parts.append('<button onclick="sortEntries(\'score\', true)">IoU ascending</button>'
                      '<button onclick="sortEntries(\'score\', false)">IoU descending</button>')
-    parts.append('<button onclick="sortEntries(\'id\', true)">image id</button></p>')
+    parts.append('<button onclick="sortEntries(\'foreground\', true)">coverage ascending</button>'
+                 '<button onclick="sortEntries(\'id\', true)">image id</button></p>')
     parts.append("</header>")
     parts.append('<main id="sheet">')
     for entry in entries:
@@ -100,13 +107,14 @@ def render_html(entries: list[ReportEntry], title: str = "Pseudo labels", base_d
             panel = os.path.relpath(panel, base_dir)
         panel = quote(Path(panel).as_posix())
         score_attr = f"{entry.score:.4f}" if _has_score(entry) else ""
-        caption = f"<b>{esc(entry.image_id)}</b> — {esc(', '.join(entry.classes) or 'no foreground class')}"
+        classes = ", ".join(f"{name} {100 * share:.1f}%" for name, share in entry.coverage.items())
+        caption = f"<b>{esc(entry.image_id)}</b> — {esc(classes or 'no foreground class')}"
         if scored:
-            caption += f' — <span class="score">IoU {esc(score_attr[:-2] if score_attr else "n/a")}</span>'
+            caption += f' — <span class="score">IoU {f"{entry.score:.2f}" if score_attr else "n/a"}</span>'
         for note in entry.notes:
             caption += f' — <span class="note">{esc(note)}</span>'
         parts.append(f'<figure class="entry" data-id="{esc(entry.image_id, quote=True)}" '
-                     f'data-score="{score_attr}">'
+                     f'data-score="{score_attr}" data-foreground="{100 * entry.foreground:.4f}">'
                      f'<img src="{esc(panel, quote=True)}" alt="{esc(entry.image_id, quote=True)}" loading="lazy">'
                      f"<figcaption>{caption}</figcaption></figure>")
     parts += ["</main>", "</body>", "</html>", ""]

@@ -2,10 +2,11 @@
 
 Checked for every shard: it opens (a truncated or non-HDF5 file is reported, never raised); the format attributes
 are present; ``/palette`` follows the HDF5 Palette spec and every label dataset references it; each image group
-has its attributes, ``refined``/``initial`` of shape ``(height, width)`` uint8 with values in
-``{0} ∪ class_ids ∪ {255}``, ``loc_maps`` whose first dimension equals its number of class ids; the config JSON
-parses and is the same in every shard; every image is in exactly one shard and the shards hold exactly the
-manifest's images (none missing, none extra).
+has its attributes (``class_names`` naming its ``class_ids``), ``refined``/``initial`` of shape ``(height, width)``
+uint8 with values in ``{0} ∪ class_ids ∪ {255}``, ``loc_maps`` whose first dimension equals its number of class ids
+(all among the image's); the JSON attributes parse, and config, class set, dataset and split are the same in every
+shard; every image is in exactly one shard and the shards hold exactly the manifest's images (none missing, none
+extra, ``num_images`` right).
 
 ``check_shards(directory) -> list[str]`` gives the problems; ``run_check`` also gives the counts the CLI prints.
 """
@@ -21,8 +22,10 @@ import numpy as np
 
 from pseudolabel.shards import FORMAT, FORMAT_VERSION, MANIFEST, SHARD_GLOB, image_key
 
-REQUIRED_ROOT_ATTRS = ("format", "format_version", "dataset", "split", "class_names", "config", "versions",
-                       "weights", "random_weights", "rank")
+REQUIRED_ROOT_ATTRS = ("format", "format_version", "dataset", "split", "class_names", "class_set", "config",
+                       "versions", "weights", "random_weights", "rank")
+SHARED_ROOT_ATTRS = ("format_version", "dataset", "split", "class_names", "class_set", "config")  # same in all shards
+JSON_ROOT_ATTRS = ("class_names", "class_set", "config")
 IGNORE = 255
 MAX_PROBLEMS_PER_SHARD = 50
 
@@ -56,20 +59,13 @@ def _text(value) -> str:
     return str(value)
 
 
-def _manifest_shards(manifest: dict) -> dict[str, list[str]] | None:
-    """``shard file name -> image ids`` from the manifest's ``shards`` entry (a mapping name -> ids or
-    name -> {"image_ids": [...]}, or a list of {"file"/"name"/"path", "image_ids"/"ids"})."""
+def _manifest_shards(manifest: dict, problems: list[str]) -> dict[str, list[str]] | None:
+    """``shard file name -> image ids`` from the manifest's ``shards`` entry (None, with a problem, if malformed)."""
     shards = manifest.get("shards")
-    if shards is None:
+    if not isinstance(shards, dict) or not all(isinstance(ids, list) for ids in shards.values()):
+        problems.append(f"{MANIFEST}: no 'shards' mapping (shard file name -> list of image ids)")
         return None
-    out: dict[str, list[str]] = {}
-    items = shards.items() if isinstance(shards, dict) else \
-        ((s.get("file") or s.get("name") or s.get("path") or s.get("shard"), s) for s in shards)
-    for name, value in items:
-        if isinstance(value, dict):
-            value = value.get("image_ids", value.get("ids", []))
-        out[Path(str(name)).name] = [str(v) for v in value]
-    return out
+    return {str(name): [str(i) for i in ids] for name, ids in shards.items()}
 
 
 def _check_label(name: str, data, where: str, size, allowed: set[int], palette_ref_ok, problems: list[str]) -> None:
@@ -90,8 +86,72 @@ def _check_label(name: str, data, where: str, size, allowed: set[int], palette_r
                         " ∪ {255}")
 
 
-def _check_shard(path: Path, handle: h5py.File, problems: list[str], ids_in: dict[str, list[str]]) -> dict | None:
-    """Check one open shard; returns its parsed config (None if missing/unparsable)."""
+def _shared_root_attrs(name: str, attrs, problems: list[str]) -> dict:
+    """The root attributes every shard must agree on, JSON ones parsed (left out, with a problem, if unparsable)."""
+    shared = {}
+    for key in SHARED_ROOT_ATTRS:
+        if key not in attrs:
+            continue
+        text = _text(attrs[key])
+        if key not in JSON_ROOT_ATTRS:
+            shared[key] = text
+            continue
+        try:
+            shared[key] = json.loads(text)
+        except ValueError as error:
+            problems.append(f"{name}: {key} attribute is not valid JSON ({error})")
+    class_set, class_names = shared.get("class_set"), shared.get("class_names")
+    if isinstance(class_set, dict) and class_names is not None and class_set.get("classes") != class_names:
+        problems.append(f"{name}: class_set classes differ from class_names")
+    return shared
+
+
+def _check_image(group: h5py.Group, key: str, where: str, class_names: list | None, palette_ref_ok,
+                 problems: list[str]) -> str:
+    """Check one image group; returns its image id."""
+    if "image_id" not in group.attrs:
+        problems.append(f"{where}: attribute image_id missing")
+        image_id = key.replace("|", "/")
+    else:
+        image_id = _text(group.attrs["image_id"])
+        if image_key(image_id) != key:
+            problems.append(f"{where}: group name does not match image_id '{image_id}'")
+    missing = [a for a in ("height", "width", "class_ids", "class_names") if a not in group.attrs]
+    if missing:
+        problems.append(f"{where}: attribute(s) {missing} missing")
+        return image_id
+    size = (int(group.attrs["height"]), int(group.attrs["width"]))
+    class_ids = [int(c) for c in np.atleast_1d(group.attrs["class_ids"])]
+    if class_names is not None:
+        if any(not 0 < c < len(class_names) for c in class_ids):
+            problems.append(f"{where}: class_ids {class_ids} outside 1..{len(class_names) - 1}")
+        elif json.loads(_text(group.attrs["class_names"])) != [class_names[c] for c in class_ids]:
+            problems.append(f"{where}: class_names attribute does not name class_ids {class_ids}")
+    allowed = {0, IGNORE, *class_ids}
+    for label in ("refined", "initial"):
+        if label not in group:
+            problems.append(f"{where}: dataset '{label}' missing")
+        else:
+            _check_label(label, group[label], where, size, allowed, palette_ref_ok, problems)
+    if "loc_maps" not in group:
+        problems.append(f"{where}: dataset 'loc_maps' missing")
+        return image_id
+    loc = group["loc_maps"]
+    if "class_ids" not in loc.attrs:
+        problems.append(f"{where}/loc_maps: attribute class_ids missing")
+    loc_ids = [int(c) for c in np.atleast_1d(loc.attrs.get("class_ids", np.zeros(0, np.int64)))]
+    if not set(loc_ids) <= set(class_ids):
+        problems.append(f"{where}/loc_maps: class ids {loc_ids} not all among the image's {class_ids}")
+    if loc.ndim != 3 or loc.shape[0] != len(loc_ids):
+        problems.append(f"{where}/loc_maps: shape {loc.shape}, expected ({len(loc_ids)}, h, w) "
+                        f"for loc class ids {loc_ids}")
+    elif loc.size:
+        loc[()]  # decompresses every chunk: a damaged chunk is reported here
+    return image_id
+
+
+def _check_shard(path: Path, handle: h5py.File, problems: list[str], ids_in: dict[str, list[str]]) -> dict:
+    """Check one open shard; returns its :data:`SHARED_ROOT_ATTRS` (parsed) for the cross-shard comparison."""
     name = path.name
     attrs = handle.attrs
     for key in REQUIRED_ROOT_ATTRS:
@@ -101,18 +161,8 @@ def _check_shard(path: Path, handle: h5py.File, problems: list[str], ids_in: dic
         problems.append(f"{name}: format '{_text(attrs['format'])}' is not '{FORMAT}'")
     if "format_version" in attrs and int(attrs["format_version"]) != FORMAT_VERSION:
         problems.append(f"{name}: format_version {attrs['format_version']} (this checker knows {FORMAT_VERSION})")
-    config = None
-    if "config" in attrs:
-        try:
-            config = json.loads(_text(attrs["config"]))
-        except ValueError as error:
-            problems.append(f"{name}: config attribute is not valid JSON ({error})")
-    num_classes = None
-    if "class_names" in attrs:
-        try:
-            num_classes = len(json.loads(_text(attrs["class_names"])))
-        except ValueError as error:
-            problems.append(f"{name}: class_names attribute is not valid JSON ({error})")
+    shared = _shared_root_attrs(name, attrs, problems)
+    class_names = shared.get("class_names") if isinstance(shared.get("class_names"), list) else None
 
     palette = handle.get("palette")
     if palette is None or not isinstance(palette, h5py.Dataset):
@@ -134,7 +184,7 @@ def _check_shard(path: Path, handle: h5py.File, problems: list[str], ids_in: dic
     images = handle.get("images")
     if images is None:
         problems.append(f"{name}: /images group missing")
-        return config
+        return shared
     start = len(problems)
     for key in images:
         if len(problems) - start > MAX_PROBLEMS_PER_SHARD:
@@ -142,44 +192,10 @@ def _check_shard(path: Path, handle: h5py.File, problems: list[str], ids_in: dic
             break
         where = f"{name}:/images/{key}"
         try:
-            group = images[key]
-            if "image_id" not in group.attrs:
-                problems.append(f"{where}: attribute image_id missing")
-                image_id = key.replace("|", "/")
-            else:
-                image_id = _text(group.attrs["image_id"])
-                if image_key(image_id) != key:
-                    problems.append(f"{where}: group name does not match image_id '{image_id}'")
-            ids_in[image_id].append(name)
-            missing = [a for a in ("height", "width", "class_ids") if a not in group.attrs]
-            if missing:
-                problems.append(f"{where}: attribute(s) {missing} missing")
-                continue
-            size = (int(group.attrs["height"]), int(group.attrs["width"]))
-            class_ids = [int(c) for c in np.atleast_1d(group.attrs["class_ids"])]
-            if num_classes is not None and any(not 0 < c < num_classes for c in class_ids):
-                problems.append(f"{where}: class_ids {class_ids} outside 1..{num_classes - 1}")
-            allowed = {0, IGNORE, *class_ids}
-            for label in ("refined", "initial"):
-                if label not in group:
-                    problems.append(f"{where}: dataset '{label}' missing")
-                else:
-                    _check_label(label, group[label], where, size, allowed, palette_ref_ok, problems)
-            if "loc_maps" not in group:
-                problems.append(f"{where}: dataset 'loc_maps' missing")
-            else:
-                loc = group["loc_maps"]
-                loc_ids = np.atleast_1d(loc.attrs.get("class_ids", np.zeros(0, np.int64)))
-                if "class_ids" not in loc.attrs:
-                    problems.append(f"{where}/loc_maps: attribute class_ids missing")
-                if loc.ndim != 3 or loc.shape[0] != len(loc_ids):
-                    problems.append(f"{where}/loc_maps: shape {loc.shape}, expected ({len(loc_ids)}, h, w) "
-                                    f"for loc class ids {[int(c) for c in loc_ids]}")
-                elif loc.size:
-                    loc[()]  # decompresses every chunk: a damaged chunk is reported here
+            ids_in[_check_image(images[key], key, where, class_names, palette_ref_ok, problems)].append(name)
         except (OSError, KeyError, ValueError, RuntimeError) as error:
             problems.append(f"{where}: unreadable ({type(error).__name__}: {error})")
-    return config
+    return shared
 
 
 def run_check(directory: str | Path, require_manifest: bool = True) -> CheckResult:
@@ -206,7 +222,7 @@ def run_check(directory: str | Path, require_manifest: bool = True) -> CheckResu
         problems.append(f"{MANIFEST} missing (the run did not finish, or this is not a stage-one output directory)")
 
     ids_in: dict[str, list[str]] = defaultdict(list)
-    configs: dict[str, dict | None] = {}
+    shared_attrs: dict[str, dict] = {}
     for path in paths:
         try:
             handle = h5py.File(path, "r")
@@ -215,28 +231,26 @@ def run_check(directory: str | Path, require_manifest: bool = True) -> CheckResu
             continue
         with handle:
             try:
-                configs[path.name] = _check_shard(path, handle, problems, ids_in)
+                shared_attrs[path.name] = _check_shard(path, handle, problems, ids_in)
                 result.random_weights |= bool(handle.attrs.get("random_weights", False))
             except (OSError, KeyError, ValueError, RuntimeError) as error:
                 problems.append(f"{path.name}: unreadable ({type(error).__name__}: {error})")
     result.images = len(ids_in)
 
-    parsed = {n: c for n, c in configs.items() if c is not None}
-    if parsed:
-        first_name, first = next(iter(parsed.items()))
-        for other, config in parsed.items():
-            if config != first:
-                problems.append(f"{other}: config differs from {first_name}'s")
+    if shared_attrs:
+        first_name, first = next(iter(shared_attrs.items()))
+        for other, values in shared_attrs.items():
+            differing = [k for k in SHARED_ROOT_ATTRS if k in values and k in first and values[k] != first[k]]
+            if differing:
+                problems.append(f"{other}: root attribute(s) {', '.join(differing)} differ from {first_name}'s")
 
     for image_id, where in ids_in.items():
         if len(where) > 1:
             problems.append(f"image '{image_id}' stored {len(where)} times: {', '.join(where)}")
 
     if manifest is not None:
-        listed = _manifest_shards(manifest)
-        if listed is None:
-            problems.append(f"{MANIFEST}: no 'shards' entry (shard file -> image ids)")
-        else:
+        listed = _manifest_shards(manifest, problems)
+        if listed is not None:
             on_disk = {p.name for p in paths}
             for shard in sorted(set(listed) - on_disk):
                 problems.append(f"{MANIFEST} lists shard '{shard}' which does not exist")
@@ -246,6 +260,9 @@ def run_check(directory: str | Path, require_manifest: bool = True) -> CheckResu
             for shard, ids in listed.items():
                 for image_id in ids:
                     expected[image_id].append(shard)
+            listed_count = sum(len(ids) for ids in listed.values())
+            if manifest.get("num_images", listed_count) != listed_count:
+                problems.append(f"{MANIFEST}: num_images {manifest['num_images']} but its shards list {listed_count}")
             for image_id, shards in expected.items():
                 if len(shards) > 1:
                     problems.append(f"{MANIFEST} lists image '{image_id}' {len(shards)} times ({', '.join(shards)})")

@@ -60,24 +60,19 @@ def heatmap(values: np.ndarray, photo: np.ndarray | None = None, cmap: str = "je
 
 
 def image_iou(gt: np.ndarray, pred: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX) -> float:
-    """Per-image mean IoU in percent over the classes present in GT or prediction (GT ``ignore_index`` pixels
-    not scored; NaN when nothing is scored). Shapes must match."""
-    gt = np.asarray(gt)
-    pred = np.asarray(pred)
-    if gt.shape != pred.shape:
-        raise ValueError(f"GT shape {gt.shape} != prediction shape {pred.shape}")
-    scored = (gt != ignore_index) & (gt < num_classes)
-    g = gt[scored].astype(np.int64)
-    p = pred[scored].astype(np.int64)
-    valid_p = p < num_classes
-    inter = np.bincount(g[g == p], minlength=num_classes)[:num_classes]
-    gt_count = np.bincount(g, minlength=num_classes)[:num_classes]
-    pred_count = np.bincount(p[valid_p], minlength=num_classes)[:num_classes]
-    union = gt_count + pred_count - inter
-    present = union > 0
-    if not present.any():
-        return float("nan")
-    return float(100.0 * np.mean(inter[present] / union[present]))
+    """Per-image mIoU in percent over the classes present in GT or prediction (mmseg rule, GT ``ignore_index``
+    pixels not scored; NaN when nothing is scored), computed by :mod:`pseudolabel.evaluation`."""
+    from pseudolabel.evaluation import CountTable, count_image, image_miou
+
+    counts = count_image(np.asarray(gt), np.asarray(pred), num_classes, ignore_index, boundary=None)
+    return float(image_miou(CountTable.stack(["image"], [counts], num_classes))[0])
+
+
+def class_coverage(labels: np.ndarray, class_ids) -> dict[int, float]:
+    """Fraction of the pixels of a label map carrying each of ``class_ids`` (0.0 for a class with no pixel)."""
+    labels = np.asarray(labels, np.uint8)
+    counts = np.bincount(labels.ravel(), minlength=256)
+    return {int(c): float(counts[c] / max(1, labels.size)) for c in class_ids}
 
 
 def _class_name(class_set: ClassSet, index: int) -> str:
@@ -161,14 +156,14 @@ def render_panel(record, class_set: ClassSet, photo: np.ndarray | None = None, g
     num_classes = class_set.num_classes
     y0_title, refined_title = "Y0 (initial)", "refined"
     if gt_ok:
+        refined_iou = _format_iou(image_iou(gt, record.refined, num_classes))
         y0_title += f"  IoU {_format_iou(image_iou(gt, record.initial, num_classes))}"
-        refined_title += f"  IoU {_format_iou(image_iou(gt, record.refined, num_classes))}"
+        refined_title += f"  IoU {refined_iou}"
     tiles.append((y0_title, _resize(colorize_labels(record.initial), tile_wh, nearest=True), TEXT))
     tiles.append((refined_title, _resize(colorize_labels(record.refined), tile_wh, nearest=True), TEXT))
     if gt is not None:
         if gt_ok:
-            iou = image_iou(gt, record.refined, num_classes)
-            tiles.append((f"GT  IoU {_format_iou(iou)}", _resize(colorize_labels(gt), tile_wh, nearest=True), TEXT))
+            tiles.append((f"GT  IoU {refined_iou}", _resize(colorize_labels(gt), tile_wh, nearest=True), TEXT))
         else:
             tiles.append((f"GT size {tuple(np.asarray(gt).shape)}",
                           _placeholder(tile_wh, f"GT size mismatch\n{np.asarray(gt).shape} vs {(height, width)}"), WARN))

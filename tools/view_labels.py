@@ -29,30 +29,40 @@ def panel_name(image_id: str) -> str:
 
 
 class PhotoFinder:
-    """Photos from ``--images DIR`` (``<id>.<ext>``), else the image folder recorded in the shards (custom and demo
-    datasets), else the dataset named in the shard attributes."""
+    """Photos from ``--images`` (a folder of ``<id>.<ext>`` or a dataset spec ``name:split``), else the image folder
+    recorded in the shards (custom and demo datasets), else the dataset named in the shard attributes."""
 
     def __init__(self, attrs: dict, data_root: str | None, images: str | None):
-        images = images or attrs.get("image_dir")
-        self.images = Path(images) if images else None
+        from pseudolabel.evaluation.sources import DATASET_SPEC
+
+        self.folder: Path | None = None
         self.dataset = None
-        self.reason = ""
-        if self.images is None:
+        spec = DATASET_SPEC.match(images) if images and not Path(images).exists() else None
+        if images and spec is None:
+            self.folder = Path(images)
+            if not self.folder.is_dir():
+                raise ValueError(f"--images '{images}' is neither a folder nor a dataset spec like voc:train")
+        elif images is None and attrs.get("image_dir"):
+            self.folder = Path(attrs["image_dir"])
+            if not self.folder.is_dir():
+                print(f"warning: the image folder recorded in the shards, '{self.folder}', does not exist; "
+                      "pass --images DIR", file=sys.stderr)
+        else:
+            name, split = (spec["name"], spec["split"]) if spec else (attrs.get("dataset"), attrs.get("split"))
             try:
                 from pseudolabel.datasets import build_dataset
 
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    self.dataset = build_dataset(str(attrs.get("dataset")), data_root, str(attrs.get("split")))
+                    self.dataset = build_dataset(str(name), data_root, str(split))
             except Exception as error:  # noqa: BLE001  (any dataset problem: panels get a placeholder)
-                self.reason = f"{attrs.get('dataset')}:{attrs.get('split')} not readable ({error})"
-                print(f"warning: photos unavailable: {self.reason}; pass --data-root or --images DIR",
-                      file=sys.stderr)
+                print(f"warning: photos unavailable: dataset {name}:{split} not readable ({error}); "
+                      "pass --data-root DIR or --images DIR", file=sys.stderr)
 
     def path(self, image_id: str) -> Path | None:
-        if self.images is not None:
+        if self.folder is not None:
             for ext in IMAGE_EXTENSIONS:
-                candidate = self.images / f"{image_id}{ext}"
+                candidate = self.folder / f"{image_id}{ext}"
                 if candidate.is_file():
                     return candidate
             return None
@@ -93,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-root", default=None,
                         help="dataset root for the photos (and for a --gt dataset spec); default $CEP_DATA_ROOT "
                              "or data/")
-    parser.add_argument("--images", default=None, help="take photos from this folder (<id>.jpg/.png) instead")
+    parser.add_argument("--images", default=None,
+                        help="take photos from this folder (<id>.jpg/.png) or dataset spec (e.g. voc:train, read "
+                             "under --data-root) instead of the dataset named in the shards")
     parser.add_argument("--kind", choices=("refined", "initial"), default="refined",
                         help="label scored against GT for --worst and the HTML score (default refined)")
     parser.add_argument("--html", action="store_true", help="also write <out>/index.html, a static contact sheet")
@@ -109,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     from pseudolabel.evaluation import open_source
     from pseudolabel.html_report import ReportEntry, write_html
     from pseudolabel.shards import open_shards
-    from pseudolabel.visualize import image_iou, render_panel, save_panel
+    from pseudolabel.visualize import class_coverage, image_iou, render_panel, save_panel
 
     if args.worst is not None and not args.gt:
         print("error: --worst needs --gt (a folder of GT PNGs or a dataset spec like voc:train)", file=sys.stderr)
@@ -141,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: cannot open GT '{args.gt}': {error}", file=sys.stderr)
             return 2
 
+    try:
+        photos = PhotoFinder(attrs, args.data_root, args.images)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
     def read_gt(image_id):
         if gt_source is None or image_id not in gt_ids:
             return None
@@ -150,10 +168,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: GT of {image_id}: {error}", file=sys.stderr)
             return None
 
-    def score(record, gt):
-        if gt is None or gt.shape != tuple(record.size):
+    def score(labels, gt):
+        if gt is None or gt.shape != labels.shape:
             return None
-        return image_iou(gt, getattr(record, args.kind), class_set.num_classes)
+        return image_iou(gt, labels, class_set.num_classes)
 
     scores: dict[str, float | None] = {}
     if args.worst is not None:
@@ -162,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: no shard image has GT in '{args.gt}'", file=sys.stderr)
             return 2
         for image_id in tqdm(candidates, desc="scoring", file=sys.stderr):
-            value = score(shards[image_id], read_gt(image_id))
+            value = score(shards.read_label(image_id, args.kind), read_gt(image_id))
             if value is not None and not math.isnan(value):
                 scores[image_id] = value
         ids = sorted(scores, key=lambda i: (scores[i], i))[: args.worst]
@@ -171,7 +189,6 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    photos = PhotoFinder(attrs, args.data_root, args.images)
     entries = []
     missing_photos = 0
     for image_id in tqdm(ids, desc="panels", file=sys.stderr):
@@ -183,8 +200,12 @@ def main(argv: list[str] | None = None) -> int:
                              tile_height=args.tile_height)
         name = panel_name(image_id)
         save_panel(panel, out / name)
-        value = scores.get(image_id) if image_id in scores else score(record, gt)
-        entries.append(ReportEntry(image_id, name, tuple(class_set.classes[c] for c in record.class_ids), value))
+        value = scores.get(image_id) if image_id in scores else score(getattr(record, args.kind), gt)
+        coverage = {class_set.classes[c]: share for c, share in class_coverage(record.refined, record.class_ids).items()}
+        notes = ["photo not found"] if photo is None else []
+        if gt_source is not None and gt is None:
+            notes.append("no GT")
+        entries.append(ReportEntry(image_id, name, coverage, value, notes))
     print(f"wrote {len(entries)} panel(s) to {out}" + (f" ({missing_photos} without photo)" if missing_photos else ""),
           file=sys.stderr)
     if args.html:

@@ -1,0 +1,126 @@
+"""pseudolabel.shard_check and tools/check_shards.py: a good stage-one output passes; each kind of damage is caught
+(as exactly the problem it is, where that can be pinned down) and gives exit status 1."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from pseudolabel.shard_check import check_shards, run_check
+from tests.fixtures.viewer_shards import REPO, load_tool, make_voc_run
+
+FIRST, SECOND = "shard-r000-00000.h5", "shard-r000-00001.h5"
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    return make_voc_run(tmp_path_factory.mktemp("check"))[1]
+
+
+@pytest.fixture()
+def shards(pristine, tmp_path):
+    """A fresh copy of the good output, free to damage."""
+    return shutil.copytree(pristine, tmp_path / "shards")
+
+
+def first_group(handle: h5py.File) -> h5py.Group:
+    return next(iter(handle["images"].values()))
+
+
+def test_a_good_output_passes(shards):
+    result = run_check(shards)
+    assert result.problems == [] and result.ok
+    assert (result.shards, result.images, result.failures, result.random_weights) == (2, 4, 1, True)
+
+
+def test_a_deleted_image_group(shards):
+    with h5py.File(shards / SECOND, "a") as f:
+        victim = next(iter(f["images"]))
+        del f["images"][victim]
+    problems = check_shards(shards)
+    assert len(problems) == 1 and "missing from the shards" in problems[0] and victim in problems[0]
+
+
+def test_a_label_outside_the_image_classes(shards):
+    with h5py.File(shards / FIRST, "a") as f:
+        group = first_group(f)
+        absent = next(c for c in range(1, 21) if c not in group.attrs["class_ids"])
+        data = group["refined"][()]
+        data[0, 0] = absent
+        group["refined"][()] = data
+    problems = check_shards(shards)
+    assert len(problems) == 1 and "refined" in problems[0] and f"[{absent}]" in problems[0]
+
+
+def test_ignore_label_is_allowed(shards):
+    with h5py.File(shards / FIRST, "a") as f:
+        data = first_group(f)["initial"][()]
+        data[:2] = 255
+        first_group(f)["initial"][()] = data
+    assert check_shards(shards) == []
+
+
+def test_duplicates_differing_config_and_missing_palette_reference(shards):
+    with h5py.File(shards / FIRST, "r") as a, h5py.File(shards / SECOND, "a") as b:
+        key = next(iter(a["images"]))
+        a.copy(a["images"][key], b["images"], name=key)
+        b.attrs["config"] = json.dumps({"seed": 1})
+        del b["images"][key]["initial"].attrs["PALETTE"]
+    text = "\n".join(check_shards(shards))
+    assert "stored 2 times" in text and "config differ" in text and "no PALETTE" in text
+
+
+def test_shape_and_attribute_inconsistencies(shards):
+    with h5py.File(shards / FIRST, "a") as f:
+        group = first_group(f)
+        group.attrs["width"] = int(group.attrs["width"]) + 1          # refined/initial no longer (height, width)
+        loc = group["loc_maps"]
+        loc.attrs["class_ids"] = np.array([*loc.attrs["class_ids"], 20])  # K != number of loc class ids
+        group.attrs["class_names"] = json.dumps(["nothing"])
+        del f.attrs["class_set"]
+    text = "\n".join(check_shards(shards))
+    assert "refined: shape" in text and "initial: shape" in text
+    assert "loc_maps: class ids" in text and "loc_maps: shape" in text
+    assert "class_names attribute does not name" in text and "'class_set' missing" in text
+
+
+def test_a_truncated_file_and_cli_exit_codes(shards, capsys):
+    tool = load_tool("check_shards")
+    assert tool.main([str(shards)]) == 0
+    out = capsys.readouterr().out
+    assert "2 shard(s), 4 image(s), 1 failure(s)" in out and out.rstrip().endswith("OK")
+
+    data = (shards / SECOND).read_bytes()
+    (shards / SECOND).write_bytes(data[: len(data) // 2])
+    problems = check_shards(shards)
+    assert any(SECOND in p and ("cannot be opened" in p or "unreadable" in p) for p in problems)
+    bad = subprocess.run([sys.executable, str(REPO / "tools" / "check_shards.py"), str(shards)],
+                         capture_output=True, text=True, timeout=60)   # the real script, as a user runs it
+    assert bad.returncode == 1 and bad.stdout.rstrip().endswith("FAILED"), bad.stdout + bad.stderr
+    assert tool.main([str(shards), "--no-manifest"]) == 1              # still truncated
+
+
+def test_manifest_missing_malformed_or_disagreeing(shards):
+    manifest = json.loads((shards / "manifest.json").read_text())
+    (shards / "manifest.json").unlink()
+    assert any("manifest.json missing" in p for p in check_shards(shards))
+    assert check_shards(shards, require_manifest=False) == []
+
+    (shards / "manifest.json").write_text(json.dumps({**manifest, "shards": ["x"]}))
+    assert any("no 'shards' mapping" in p for p in check_shards(shards))
+
+    listing = {**manifest["shards"], "shard-r000-00009.h5": ["ghost"]}
+    (shards / "manifest.json").write_text(json.dumps({**manifest, "shards": listing}))
+    text = "\n".join(check_shards(shards))
+    assert "'shard-r000-00009.h5' which does not exist" in text and "1 manifest image(s) missing" in text
+    assert "num_images 4 but its shards list 5" in text
+
+
+def test_not_a_directory(tmp_path):
+    assert "is not a directory" in check_shards(tmp_path / "nope")[0]
+    assert load_tool("check_shards").main([str(tmp_path / "nope")]) == 1
