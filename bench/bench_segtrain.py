@@ -6,11 +6,14 @@ read from shards vs from palette PNGs (0, 2, 4 workers). One command, prints tab
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import tools._venv  # noqa: E402,F401  (re-runs inside the project venv with tools/_env.sh settings)
+import numpy as np  # noqa: E402
 import segtrain  # noqa: F401  (shims + registrations)
 import torch
 from mmengine.config import Config

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import tools._venv  # noqa: E402,F401  (re-runs inside the project venv with tools/_env.sh settings)
 from bench.bench_sam_refine import synthetic_input  # noqa: E402
 from pseudolabel.classes import get_class_set  # noqa: E402
 from pseudolabel.sam_refine import SAMRefineConfig, SAMRefiner  # noqa: E402

@@ -68,12 +68,11 @@ class SAMRefiner:
 
     @classmethod
     def from_config(cls, cfg: SAMRefineConfig, device="cpu", seed: int = 0) -> "SAMRefiner":
-        from segment_anything import SamPredictor
-
         from pseudolabel.sam_models import load_sam
+        from pseudolabel.sam_predictor import BatchedPointPredictor
 
         model, weights = load_sam(cfg.sam_model, cfg.sam_checkpoint, device, seed)
-        return cls(SamPredictor(model), cfg, weights)
+        return cls(BatchedPointPredictor(model), cfg, weights)
 
     def prompts(self, y0: np.ndarray, scores: np.ndarray, class_ids) -> tuple[np.ndarray, np.ndarray]:
         """Prompt points ``(P, 2)`` xy and the index (into ``class_ids``) of the class each one prompts."""

@@ -146,6 +146,8 @@ def test_disabled_refinement_returns_y0():
 def test_batched_path_equals_the_per_point_predict_loop():
     from segment_anything import SamPredictor
 
+    from pseudolabel.sam_predictor import BatchedPointPredictor
+
     model, _ = load_sam("vit_tiny_test", "random", seed=3)
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)
@@ -153,7 +155,7 @@ def test_batched_path_equals_the_per_point_predict_loop():
     y0[5:30, 5:40], y0[25:48, 35:68] = 3, 15
     s = rng.random((3, 50, 70)).astype(np.float32)
     for cfg in (SAMRefineConfig(delta=0.0, points_per_batch=7), SAMRefineConfig(delta=0.3, mask_select="sam_score")):
-        fast = SAMRefiner(SamPredictor(model), cfg).refine(image, y0, s, (3, 15))
+        fast = SAMRefiner(BatchedPointPredictor(model), cfg).refine(image, y0, s, (3, 15))
         loop = LoopSAMRefiner(SamPredictor(model), cfg).refine(image, y0, s, (3, 15))
         assert np.array_equal(fast, loop)
 

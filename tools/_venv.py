@@ -1,5 +1,6 @@
-"""Imported first by the Python tools: re-run the tool inside the project's virtual environment (created on first use
-by ``tools/_env.sh``), so ``tools/evaluate.py ...`` works from any shell."""
+"""Imported first by the Python tools and benchmarks: re-run the script inside the project's virtual environment
+(created on first use by ``tools/_env.sh``) with the runtime settings that script exports, so ``tools/evaluate.py ...``
+works from any shell and benchmarks measure what the entry scripts run."""
 import os
 import sys
 from pathlib import Path
@@ -7,6 +8,6 @@ from pathlib import Path
 TOOLS = Path(__file__).resolve().parent
 VENV = Path(os.environ.get("CEP_VENV", TOOLS.parent / ".venv"))
 
-if Path(sys.prefix).resolve() != VENV.resolve():
+if Path(sys.prefix).resolve() != VENV.resolve() or "THP_MEM_ALLOC_ENABLE" not in os.environ:
     os.execvp("bash", ["bash", "-c", 'source "$0" && exec python "$@"', str(TOOLS / "_env.sh"),
                        str(Path(sys.argv[0]).resolve()), *sys.argv[1:]])

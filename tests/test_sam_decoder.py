@@ -1,0 +1,114 @@
+"""The shared-image SAM decoder, the banded mask resize and the predictor against segment-anything's own code."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from segment_anything import SamPredictor
+from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from segment_anything.utils.transforms import ResizeLongestSide
+
+from pseudolabel.sam_decoder import SharedImageMaskDecoder
+from pseudolabel.sam_models import load_sam
+from pseudolabel.sam_predictor import BatchedPointPredictor, MaskResize
+
+
+def vit_b_decoder(seed: int = 0) -> tuple[MaskDecoder, PromptEncoder]:
+    """SAM ViT-B's prompt encoder and mask decoder (the same for vit_l / vit_h) with seeded random weights."""
+    torch.manual_seed(seed)
+    decoder = MaskDecoder(num_multimask_outputs=3, transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256,
+                          transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8))
+    encoder = PromptEncoder(embed_dim=256, image_embedding_size=(64, 64), input_image_size=(1024, 1024),
+                            mask_in_chans=16)
+    with torch.no_grad():  # the output tokens are N(0, 1) by default; make the rest as large, so logits span > 1
+        for name, p in decoder.named_parameters():
+            if "weight" in name and p.ndim > 1:
+                p.mul_(3.0)
+    return decoder.eval(), encoder.eval()
+
+
+def assert_close_at_scale(actual: torch.Tensor, expected: torch.Tensor, rel: float = 2e-5) -> None:
+    """Float32 rounding only: the largest difference is tiny against the largest value (here up to about 30)."""
+    assert actual.shape == expected.shape
+    assert (actual - expected).abs().max() <= rel * expected.abs().max()
+
+
+def tiny_decoder() -> tuple[MaskDecoder, PromptEncoder]:
+    model, _ = load_sam("vit_tiny_test", "random", seed=5)
+    return model.mask_decoder, model.prompt_encoder
+
+
+@pytest.mark.parametrize("build", [vit_b_decoder, tiny_decoder], ids=["vit_b_dims_depth2", "tiny_depth1"])
+def test_shared_decoder_equals_sam_mask_decoder(build):
+    decoder, prompts = build()
+    side = prompts.image_embedding_size[0]
+    generator = torch.Generator().manual_seed(1)
+    embedding = torch.randn(1, 256, side, side, generator=generator)
+    points = torch.rand(6, 1, 2, generator=generator) * prompts.input_image_size[0]
+    labels = torch.ones(6, 1, dtype=torch.int64)
+    with torch.no_grad():
+        sparse, dense = prompts(points=(points, labels), boxes=None, masks=None)
+        expected, expected_iou = decoder(embedding, prompts.get_dense_pe(), sparse, dense, multimask_output=True)
+        shared = SharedImageMaskDecoder(decoder)
+        shared.set_image(embedding, prompts.get_dense_pe(), dense[:1])
+        masks, iou = shared(sparse)
+        one_by_one = torch.cat([shared(sparse[i: i + 1])[0] for i in range(len(sparse))])
+        shared.set_image(embedding, prompts.get_dense_pe(), dense[:1], used_grid=(side - 3, side - 1))
+        cropped, _ = shared(sparse)
+    assert expected.std() > 0.05  # not a degenerate (constant) output
+    assert_close_at_scale(masks, expected)
+    assert_close_at_scale(iou, expected_iou)
+    assert_close_at_scale(one_by_one, masks)
+    assert_close_at_scale(cropped, masks[..., : 4 * (side - 3), : 4 * (side - 1)])
+
+
+def test_shared_decoder_needs_an_image():
+    with pytest.raises(RuntimeError, match="set_image"):
+        SharedImageMaskDecoder(tiny_decoder()[0])(torch.zeros(1, 2, 256))
+
+
+@pytest.mark.parametrize("size", [(375, 500), (500, 375), (333, 500), (50, 70), (1, 9), (1024, 1024)])
+@pytest.mark.parametrize("canvas", [1024, 256])
+def test_mask_resize_equals_sam_postprocess_masks(size, canvas):
+    input_size = ResizeLongestSide.get_preprocess_shape(*size, canvas)
+    low = canvas // 4
+    logits = torch.randn(2, 3, low, low, generator=torch.Generator().manual_seed(0))
+    sam = SimpleNamespace(image_encoder=SimpleNamespace(img_size=canvas))
+    expected = Sam.postprocess_masks(sam, logits, input_size, size)
+    resize = MaskResize(low, canvas, input_size, size)
+    rows, cols = resize.used
+    assert rows <= low and cols <= low
+    beyond = logits.clone()
+    beyond[..., rows:, :] = beyond[..., :, cols:] = float("nan")  # what the resize must not read
+    out = resize(beyond[..., :rows, :cols])
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    # `used` is tight: the last used row and column carry weight
+    assert (resize.rows[1][resize.rows[0] == rows - 1] != 0).any()
+    assert (resize.cols[1][resize.cols[0] == cols - 1] != 0).any()
+
+
+@pytest.mark.parametrize("shape", [(50, 70), (70, 50)])
+def test_batched_point_predictor_matches_sam_predictor(shape):
+    model, _ = load_sam("vit_tiny_test", "random", seed=3)
+    image = np.random.default_rng(0).integers(0, 255, (*shape, 3), dtype=np.uint8)
+    reference, fast = SamPredictor(model), BatchedPointPredictor(model, prompts_per_step=3)
+    reference.set_image(image)
+    fast.set_image(image)
+    xy = torch.from_numpy(np.random.default_rng(1).random((8, 1, 2)) * [shape[1], shape[0]]).float()
+    coords = reference.transform.apply_coords_torch(xy, shape)
+    labels = torch.ones(8, 1, dtype=torch.int64)
+    logits, expected_iou, _ = reference.predict_torch(coords, labels, return_logits=True)
+    masks, iou, _ = fast.predict_torch(coords, labels)
+    assert masks.dtype == torch.bool and masks.shape == logits.shape
+    clear = logits.abs() > 1e-5  # logits here are about 0.1; their float32 rounding differs by about 1e-7
+    assert torch.equal(masks[clear], logits[clear] > 0) and clear.float().mean() > 0.999
+    torch.testing.assert_close(iou, expected_iou, rtol=1e-4, atol=1e-6)
+    one_at_a_time = BatchedPointPredictor(model, prompts_per_step=1)
+    one_at_a_time.set_image(image)
+    assert torch.equal(one_at_a_time.predict_torch(coords, labels)[0], masks)
+    # anything but single positive points goes to SamPredictor unchanged
+    box = reference.transform.apply_boxes_torch(torch.tensor([[5.0, 5.0, 40.0, 30.0]]), shape)
+    assert torch.equal(fast.predict_torch(None, None, boxes=box)[0], reference.predict_torch(None, None, boxes=box)[0])
