@@ -105,6 +105,20 @@ def bench_loading(root: Path, source: str, workers: int, full: bool) -> float:
     return len(data) / (time.perf_counter() - start)
 
 
+def bench_label_transform(root: Path, source: str) -> float:
+    """Microseconds per image for the label-loading transform alone (no dataset, loader or collate), best of 3."""
+    data = dataset(root, source, full=False)
+    transform, infos = data.pipeline.transforms[0], [data.get_data_info(i) for i in range(len(data))]
+    transform(dict(infos[0], seg_fields=[]))  # opens the files
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for info in infos:
+            transform(dict(info, seg_fields=[]))
+        best = min(best, time.perf_counter() - start)
+    return 1e6 * best / len(infos)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=2, help="timed training iterations")
@@ -121,6 +135,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         make_data(root, args.images)
+        print("\n| label transform alone | µs/image |\n|---|---|")
+        for source, transform in (("shards", "LoadShardLabel"), ("png", "LoadAnnotations")):
+            print(f"| {transform} ({source}) | {bench_label_transform(root, source):.0f} |")
         print(f"\n| pipeline | labels from | workers | images/s |\n|---|---|---|---|")
         for full in (False, True):
             for workers in (0, 2, 4):

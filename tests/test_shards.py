@@ -114,7 +114,13 @@ def test_bytes_per_voc_sized_image_under_300kb(tmp_path):
     assert per_image < 300_000
 
 
-def test_read_label_reads_one_map(tmp_path):
+@pytest.mark.parametrize("inflater", ["zlib_ng", "zlib"])
+def test_read_label_reads_one_map(tmp_path, monkeypatch, inflater):
+    import zlib
+
+    from zlib_ng import zlib_ng
+
+    monkeypatch.setattr("pseudolabel.shards.deflate", {"zlib_ng": zlib_ng, "zlib": zlib}[inflater])
     records = [make_record(f"id/{i}", size=(30 + i, 41), seed=i) for i in range(5)]
     shards = open_shards(write_shards(tmp_path, records))
     for record in records:  # the raw-chunk fast path gives exactly what HDF5 decodes
