@@ -175,8 +175,12 @@ def run(argv: list[str] | None = None) -> dict:
         store.clear()
     barrier(world)
     store.check_config({**cfg.to_dict(), "weights": weights}, args.overwrite)
+    if rank == 0:
+        recovered = store.recover()
+        if recovered:
+            LOG.info("packed %d image(s) finished by an interrupted run", recovered)
     barrier(world)
-    done = store.resume()
+    done = store.finished()
     mine = dataset.samples[rank::world]
     if args.limit:
         mine = [s for s in dataset.samples[: args.limit]][rank::world]

@@ -3,8 +3,9 @@
 Each finished image is first staged atomically as a small ``.npz`` (temp file, fsync, rename) under
 ``<out>/.staging/r<rank>/``; every ``shard_size`` staged images are packed into a shard written under a temp name and
 renamed into place, then the staged files are removed. After a crash (even ``kill -9``) a rerun finds every finished
-image either in a shard or staged, so only images that were in flight are computed again, and no half-written file
-is ever read: temp files are deleted on start.
+image either in a shard or staged; before any rank starts, rank 0 deletes the temp files and packs what every rank
+had staged (so the number of ranks may change between runs). Only images that were in flight are computed again, and
+no half-written file is ever read.
 """
 from __future__ import annotations
 
@@ -93,25 +94,29 @@ class RunStore:
         if self.rank == 0:
             guard_write(lambda: _fsync_write(path, lambda h: h.write(json.dumps(config, indent=1).encode())), path)
 
-    def resume(self) -> set[str]:
-        """Clean this rank's temp files and already-packed staged records; return the ids finished in any shard or
-        staged. Other ranks' temp files are left alone: they may be writing them right now."""
-        own = [f"shard-r{self.rank:03d}-*.tmp", f"*-r{self.rank:03d}.json.tmp"]
-        if self.rank == 0:
-            own += [f"{CONFIG_FILE}.tmp", f"{MANIFEST}.tmp"]
-        for tmp in [p for pattern in own for p in self.out.glob(pattern)] + list(self.staging.glob("*.tmp")):
+    def recover(self) -> int:
+        """Rank 0, while the other ranks wait at a barrier: finish what an interrupted run left. Every temp file is
+        removed and the records staged by every rank are packed into shards, whatever the number of ranks was then
+        (records already in a shard, packed just before a crash, are dropped). Returns the number of records packed."""
+        temps = [*self.out.glob("*.tmp"), *self.out.glob(".staging/r*/*.tmp")]
+        for tmp in temps:
             tmp.unlink(missing_ok=True)
-        done = set()
-        for shard in sorted(self.out.glob(SHARD_GLOB)):
-            done.update(shard_image_ids(shard))
-        for staged in self.staging.glob("*.npz"):
-            with np.load(staged, allow_pickle=False) as arrays:
+        in_shards = self.finished()
+        staged: dict[str, Path] = {}
+        for path in sorted(self.out.glob(".staging/r*/*.npz")):
+            with np.load(path, allow_pickle=False) as arrays:
                 image_id = str(arrays["image_id"])
-            if image_id in done:  # packed, but the crash came before the staged file was removed
-                staged.unlink()
+            if image_id in in_shards or image_id in staged:
+                path.unlink()
             else:
-                done.add(image_id)
-        return done
+                staged[image_id] = path
+        for start in range(0, len(staged), self.shard_size):
+            self.pack(list(staged.values())[start: start + self.shard_size])
+        return len(staged)
+
+    def finished(self) -> set[str]:
+        """Ids of the images in this directory's shards."""
+        return {image_id for shard in sorted(self.out.glob(SHARD_GLOB)) for image_id in shard_image_ids(shard)}
 
     # -- writing ------------------------------------------------------------------------------------------------
     def stage(self, record: LabelRecord) -> None:
@@ -125,9 +130,9 @@ class RunStore:
         if len(list(self.staging.glob("*.npz"))) >= self.shard_size:
             self.pack()
 
-    def pack(self) -> Path | None:
-        """Move every staged record into a new shard (temp name, then atomic rename)."""
-        staged = sorted(self.staging.glob("*.npz"))
+    def pack(self, staged: list[Path] | None = None) -> Path | None:
+        """Move staged records (default: all of this rank's) into a new shard (temp name, then atomic rename)."""
+        staged = sorted(self.staging.glob("*.npz")) if staged is None else staged
         if not staged:
             return None
         existing = [int(p.stem.split("-")[-1]) for p in self.out.glob(f"shard-r{self.rank:03d}-*.h5")]
