@@ -70,13 +70,37 @@ def validation_class_names(cfg: Config) -> tuple[str, ...] | None:
     return names or DATASETS.get(dataset_cfg["type"]).METAINFO.get("classes")
 
 
+NO_VALIDATION = "--cfg-options val_cfg=None val_dataloader=None val_evaluator=None"
+
+
+def check_validation_gt(cfg: Config) -> None:
+    """Fail before training when validation images lack their GT masks (else the first validation, hours in, does)."""
+    val_loader = cfg.get("val_dataloader")
+    if not val_loader:
+        return
+    dataset_cfg = val_loader["dataset"]
+    fix = (f"For COCO, render the GT with tools/render_coco_gt.py --data-root {dataset_cfg.get('data_root')} (part of "
+           f"tools/prepare_data.sh coco); to train without validation add {NO_VALIDATION}")
+    listing = Path(dataset_cfg.get("data_root") or "") / dataset_cfg["ann_file"] if dataset_cfg.get("ann_file") else None
+    if listing is not None and not listing.is_file():
+        raise FileNotFoundError(f"validation image list {listing} does not exist. {fix}")
+    dataset = DATASETS.build({**dataset_cfg, "pipeline": []})
+    gt_paths = (dataset.get_data_info(index)["seg_map_path"] for index in range(len(dataset)))
+    missing = [path for path in gt_paths if not Path(path).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of {len(dataset)} validation images have no GT mask "
+                                f"(e.g. {missing[0]}). {fix}")
+
+
 def preflight(cfg: Config) -> dict:
-    """Check the shards against the config before any model is built; returns the shards' attributes."""
+    """Check the shards and the validation GT against the config before any model is built; returns the shards'
+    attributes."""
     dataset_cfg = cfg.train_dataloader.dataset
     shards = open_shards(dataset_cfg.shards_dir)
     check_shards(shards, cfg.model.decode_head.num_classes, dataset_cfg.get("expected_dataset"),
                  validation_class_names(cfg))
     DATASETS.build({**dataset_cfg, "pipeline": []})   # lists the images: fails on images missing from the data root
+    check_validation_gt(cfg)
     return shards.attrs
 
 

@@ -150,6 +150,22 @@ def test_coco_rendered_masks_match_numpy_reference(tmp_path):
     assert second[15, 25] == 255 and second[5, 5] == 2  # crowd region is ignore
 
 
+def test_coco_gt_pngs_are_rendered_once_and_listed(tmp_path):
+    from tools.render_coco_gt import main as render
+
+    root = make_coco(tmp_path, n_images=3, n_unannotated=1)
+    assert render(["--data-root", str(root), "--split", "val"]) == 0
+    data = build_dataset("coco", root, "val")
+    listed = (root / "SegmentationClass" / "val2014.txt").read_text().split()
+    assert listed == data.ids() and len(listed) == 3  # the unannotated image has no GT and is not listed
+    for index, sample in enumerate(data):
+        assert sample.gt_path is not None  # the reader now takes the PNGs
+        with Image.open(sample.gt_path) as png:
+            assert png.mode == "P" and np.array_equal(np.array(png), coco_expected_mask(index, (40, 56)))
+    assert data.write_gt_pngs()[0] == 0  # resumable: nothing left to render
+    assert not list((root / "SegmentationClass").rglob(".*"))  # no partial file left
+
+
 def test_coco_prefers_voc_style_pngs(tmp_path):
     root = make_coco(tmp_path, n_images=2, png_gt=True)
     data = build_dataset("coco", root, "val")

@@ -20,7 +20,7 @@ from pseudolabel.shards import LabelRecord, ShardWriter, open_shards
 from segtrain import pretrained
 from segtrain.crf import dense_crf
 from segtrain.datasets import ShardMismatchError, ShardPseudoLabelDataset
-from tests.fixtures.tiny_datasets import make_voc
+from tests.fixtures.tiny_datasets import make_coco, make_voc
 
 REPO = Path(__file__).resolve().parents[1]
 VOC = get_class_set("voc")
@@ -88,6 +88,42 @@ def test_mismatched_shards_fail_before_training(tiny, tmp_path):
             shard_dataset(tiny, shards=extra)
     finally:
         (tmp_path / "moved.jpg").rename(tiny["voc"] / "JPEGImages" / "2008_000000.jpg")
+
+
+def test_missing_validation_gt_fails_before_training(tiny, tmp_path):
+    from mmengine.config import Config
+
+    from segtrain.train import preflight
+
+    cfg = Config.fromfile(tiny_voc_config(tiny, tmp_path / "cfg.py", tiny["shards"]))
+    assert preflight(cfg)["dataset"] == "voc"
+    gt = tiny["voc"] / "SegmentationClass"
+    val_id = (tiny["voc"] / "ImageSets/Segmentation/val.txt").read_text().split()[0]
+    (gt / f"{val_id}.png").rename(tmp_path / "moved.png")
+    try:
+        with pytest.raises(FileNotFoundError, match=r"1 of 2 validation images have no GT mask.*render_coco_gt"):
+            preflight(cfg)
+    finally:
+        (tmp_path / "moved.png").rename(gt / f"{val_id}.png")
+    cfg.val_dataloader.dataset.ann_file = "ImageSets/Segmentation/absent.txt"
+    with pytest.raises(FileNotFoundError, match=r"validation image list .*absent\.txt does not exist.*val_dataloader=None"):
+        preflight(cfg)
+
+
+def test_coco_config_validates_on_the_rendered_gt(tmp_path):
+    from mmengine.config import Config
+
+    from segtrain.train import check_validation_gt
+    from tools.render_coco_gt import main as render
+
+    register_all_modules(init_default_scope=True)
+    root = make_coco(tmp_path / "coco", n_images=3, n_unannotated=1)
+    cfg = Config.fromfile(REPO / "segtrain/configs/deeplabv3plus_r101_coco_pseudo.py")
+    cfg.val_dataloader.dataset.data_root = str(root)
+    with pytest.raises(FileNotFoundError, match=r"val2014\.txt does not exist.*render_coco_gt"):
+        check_validation_gt(cfg)
+    assert render(["--data-root", str(root)]) == 0
+    check_validation_gt(cfg)  # the 3 annotated images, each with its GT
 
 
 def test_failures_and_random_weights_are_warned_about(tiny, tmp_path):

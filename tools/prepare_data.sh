@@ -2,6 +2,7 @@
 # Download and unpack PASCAL VOC 2012 (+ SBD SegmentationClassAug and train_aug.txt) or MS COCO 2014.
 #   tools/prepare_data.sh voc  [DEST]   -> DEST/VOCdevkit/VOC2012   (about 2 GB download)
 #   tools/prepare_data.sh coco [DEST]   -> DEST/coco/{train2014,val2014,annotations}   (about 19 GB download)
+#                                          + SegmentationClass/val2014/*.png GT rendered from the instances
 # DEST defaults to $CEP_DATA_ROOT, else the repository's data/ (where the dataset readers look by default).
 # Archives go to DEST/downloads/ first; one already there (copied by hand) is used as it is, so on a machine
 # without internet: copy the files this script names into DEST/downloads/ and run it again.
@@ -89,7 +90,10 @@ prepare_coco() {
         echo "[prepare_data] unpacking $archive" >&2
         unzip_into "$archive" "$coco"
     done
-    echo "[prepare_data] COCO 2014 ready in $coco (VOC-style GT PNGs are optional: $coco/SegmentationClass/{train2014,val2014}/)" >&2
+    echo "[prepare_data] rendering the val GT masks (segtrain validates on them; a few minutes, resumable)" >&2
+    python3 "$(dirname "${BASH_SOURCE[0]}")/render_coco_gt.py" --data-root "$coco" --split val
+    echo "[prepare_data] COCO 2014 ready in $coco (train GT PNGs, for scoring train pseudo labels against PNGs, are" \
+         "optional: tools/render_coco_gt.py --split train)" >&2
 }
 
 case "$what" in

@@ -8,9 +8,11 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from pseudolabel.classes import IGNORE_INDEX, get_class_set
+from pseudolabel.classes import IGNORE_INDEX, get_class_set, pascal_palette
 from pseudolabel.datasets.base import Sample, WeakDataset, data_root, problem, progress, require_dir
+from pseudolabel.image_io import write_label_png
 
 LOGGER = logging.getLogger(__name__)
 COCO_SPLITS = ("train", "val")
@@ -66,6 +68,24 @@ class COCODataset(WeakDataset):
         if self.by_id(image_id).gt_path is not None:
             return super().read_gt(image_id)
         return self._render_mask(self._coco_ids[image_id])
+
+    def write_gt_pngs(self) -> tuple[int, Path]:
+        """Write the GT of every image as a VOC-style palette PNG in ``SegmentationClass/<split>2014/`` (the layout
+        peers and ``segtrain``'s COCO config validate on) and the list of those images as
+        ``SegmentationClass/<split>2014.txt``. PNGs already there are kept, so an interrupted run resumes. Images
+        without any annotation have no GT and are not listed. Returns the number of PNGs written and the list."""
+        png_dir = self.root / "SegmentationClass" / f"{self.split}2014"
+        png_dir.mkdir(parents=True, exist_ok=True)
+        missing = [sample for sample in self.samples if sample.gt_path is None]
+        palette = pascal_palette()
+        for sample in tqdm(missing, desc=f"coco:{self.split} GT PNGs", unit="img", disable=len(missing) < 100):
+            path = png_dir / f"{sample.image_id}.png"
+            partial = path.with_name(f".{path.stem}.partial.png")  # renamed into place when complete
+            write_label_png(partial, self._render_mask(self._coco_ids[sample.image_id]), palette)
+            partial.replace(path)
+        listing = png_dir.with_suffix(".txt")
+        listing.write_text("".join(f"{sample.image_id}\n" for sample in self.samples))
+        return len(missing), listing
 
     def _render_mask(self, coco_image_id: int) -> np.ndarray:
         """Semantic mask of one image from its instances: uint8, 0 background, crowd regions 255.
