@@ -46,12 +46,12 @@ class SharedImageMaskDecoder:
     stay in cache, and larger batches are slower per prompt.
     """
 
-    used_tokens = (0, 2, 3, 4)  # IoU token and the 3 multimask mask tokens (mask token 0 is the single-mask output)
-
     def __init__(self, decoder) -> None:
         transformer = decoder.transformer
         self.decoder, self.transformer = decoder, transformer
         self.num_heads = transformer.num_heads
+        # the IoU token and the multimask mask tokens (mask token 0, at position 1, is the single-mask output)
+        self.used_tokens = [0, *range(2, 2 + decoder.num_multimask_outputs)]
         self.output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
         conv1, norm, act1, conv2, act2 = decoder.output_upscaling
         # ConvTranspose2d(k=2, s=2) weights (C_in, C_out, 2, 2) as (C_in, 2*2*C_out) for channels-last products.
@@ -101,7 +101,7 @@ class SharedImageMaskDecoder:
             logits = self._image_to_token_logits(layer, queries + tokens, keys_pe)
             keys = layer.norm4(self._image_to_token(layer.cross_attn_image_to_token, logits, queries, keys))
         # Final attention, only for the used tokens.
-        used = list(self.used_tokens)
+        used = self.used_tokens
         final = self.transformer.final_attn_token_to_image
         out = queries[:, used] + self._token_to_image(final, (queries + tokens)[:, used], keys, keys + self.key_pe)
         out = self.transformer.norm_final_attn(out)

