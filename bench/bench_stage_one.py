@@ -1,9 +1,10 @@
 """Whole stage one per image at VOC-like size (500x375): Skip-CAM (ViT-B/16) + SAM ViT-B refinement, random weights,
-by stage, with peak process memory. Usage: python bench/bench_stage_one.py [--images 2] [--device cpu|cuda]
+by stage, with process memory. Usage: python bench/bench_stage_one.py [--images 2] [--mixed-sizes] [--device cpu|cuda]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 import time
@@ -20,19 +21,25 @@ from pseudolabel.sam_refine import SAMRefineConfig, SAMRefiner  # noqa: E402
 from pseudolabel.skipcam import SkipCAM, SkipCAMConfig  # noqa: E402
 
 
+VOC_SIZES = ((375, 500), (500, 375), (333, 500), (500, 500), (281, 500))  # (height, width)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    parser.add_argument("--mixed-sizes", action="store_true",
+                        help=f"cycle through the common VOC sizes {VOC_SIZES} instead of 375x500 only")
     args = parser.parse_args()
     cam = SkipCAM.from_config(SkipCAMConfig(clip_weights="random", precision=args.precision), get_class_set("voc"),
                               args.device)
     refiner = SAMRefiner.from_config(SAMRefineConfig(sam_checkpoint="random"), args.device)
     totals: dict[str, float] = {}
     start = time.perf_counter()
+    sizes = VOC_SIZES if args.mixed_sizes else VOC_SIZES[:1]
     for seed in range(args.images):
-        image, _, _, classes = synthetic_input(seed=seed)
+        image, _, _, classes = synthetic_input(*sizes[seed % len(sizes)], seed=seed)
         out = cam(image, classes)
         refiner.refine(image, out.y0, out.scores, classes)
         for key, value in {**out.timings, **refiner.timings}.items():
@@ -40,13 +47,15 @@ def main() -> None:
     wall = time.perf_counter() - start
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     gpu = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if args.device.startswith("cuda") else ""
-    print(f"\nstage one at 500x375 (ViT-B/16 + SAM ViT-B, random weights), {args.images} image(s), device "
+    print(f"\nstage one at {'mixed VOC sizes' if args.mixed_sizes else '500x375'} (ViT-B/16 + SAM ViT-B, random "
+          f"weights), {args.images} image(s), device "
           f"{args.device}, threads {torch.get_num_threads()}")
     print(f"{'stage':20s} {'ms/image':>10s}")
     for key, value in totals.items():
         print(f"{key:20s} {1000 * value / args.images:10.0f}")
     print(f"{'total (wall)':20s} {1000 * wall / args.images:10.0f}")
-    print(f"images/s {args.images / wall:.3f}; peak process RSS {peak_rss:.0f} MiB{gpu}")
+    rss_now = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    print(f"images/s {args.images / wall:.3f}; process RSS peak {peak_rss:.0f} MiB, at the end {rss_now:.0f} MiB{gpu}")
 
 
 if __name__ == "__main__":

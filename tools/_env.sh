@@ -20,7 +20,8 @@ fi
 source "$VENV/bin/activate"
 # CPU speed. By default glibc hands large freed blocks back to the kernel and PyTorch's big tensors are faulted in
 # 4 KB pages, so SAM's image encoder spends about 40% of its time in page faults on a CPU. Keeping freed memory in
-# the process and asking for transparent huge pages took the ViT-B encoder from 16 s to 6.5 s per image on 2 cores
-# (docs/stage_one.md). Values already set by the user are kept.
-export GLIBC_TUNABLES="${GLIBC_TUNABLES:-glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=17179869184}"
+# the process and asking for transparent huge pages took the ViT-B encoder from 16 s to 6.5-8 s per image on 2 cores,
+# at the cost of holding the peak memory (docs/stage_one.md). Values already set are kept; an empty
+# GLIBC_TUNABLES= and THP_MEM_ALLOC_ENABLE=0 turn this off.
+export GLIBC_TUNABLES="${GLIBC_TUNABLES-glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=17179869184}"
 export THP_MEM_ALLOC_ENABLE="${THP_MEM_ALLOC_ENABLE:-1}"
