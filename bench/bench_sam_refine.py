@@ -3,8 +3,9 @@
 Side by side in one run on the same image, Y0 and points: the batched path (``SAMRefiner`` with
 ``BatchedPointPredictor``) and the plain recipe, one ``SamPredictor.predict`` call per point followed by the same
 filtering and merge (tests/fixtures/fake_sam.py ``LoopSAMRefiner``). Both share one image-encoder pass per image.
-Prints ms by stage, the speed-up and whether the labels are identical.
-Usage: python bench/bench_sam_refine.py [--grid-size 16] [--repeats 3] [--points-per-batch 64] [--device cpu|cuda]
+Prints ms by stage, the speed-up and whether the labels are identical. ``--library-batched`` adds ``SAMRefiner`` on
+segment-anything's own ``SamPredictor``, which batches prompts through the library decoder.
+Usage: python bench/bench_sam_refine.py [--grid-size 16] [--repeats 3] [--points-per-batch 64] [--library-batched] [--device cpu|cuda]
 """
 from __future__ import annotations
 
@@ -42,14 +43,19 @@ def main() -> None:
     parser.add_argument("--grid-size", type=int, default=16)
     parser.add_argument("--model", default="vit_b")
     parser.add_argument("--points-per-batch", type=int, default=SAMRefineConfig.points_per_batch)
-    parser.add_argument("--repeats", type=int, default=1, help="runs of both paths, alternating; the best is shown")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of every path, alternating; the best is shown")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--library-batched", action="store_true",
+                        help="also time SAMRefiner on segment-anything's own SamPredictor (batches of prompts through "
+                             "its decoder and postprocess_masks)")
     args = parser.parse_args()
     model, _ = load_sam(args.model, "random", args.device, seed=0)
     image, y0, scores, classes = synthetic_input()
     cfg = SAMRefineConfig(grid_size=args.grid_size, points_per_batch=args.points_per_batch)
     paths = {"batched (SAMRefiner)": SAMRefiner(BatchedPointPredictor(model), cfg),
              "loop of SamPredictor.predict": LoopSAMRefiner(SamPredictor(model), cfg)}
+    if args.library_batched:
+        paths["batched SamPredictor"] = SAMRefiner(SamPredictor(model), cfg)
     best: dict[str, dict[str, float]] = {}
     labels = {}
     for _ in range(args.repeats):
@@ -68,12 +74,15 @@ def main() -> None:
         per_point = t["sam_decoder"] + t["filter_merge"]
         print(f"{name:30s} {1000 * t['total']:9.0f} {1000 * t['sam_encoder']:9.0f} {1000 * t['sam_decoder']:14.0f} "
               f"{1000 * t['filter_merge']:13.0f} {1000 * per_point / points:8.1f}ms")
-    batched, loop = best.values()
-    fast_labels, loop_labels = labels.values()
+    batched, loop = best["batched (SAMRefiner)"], best["loop of SamPredictor.predict"]
+    fast_labels, loop_labels = labels["batched (SAMRefiner)"], labels["loop of SamPredictor.predict"]
     per_point = (loop["sam_decoder"] + loop["filter_merge"]) / (batched["sam_decoder"] + batched["filter_merge"])
     print(f"speed-up of the per-point work (masks + filter + merge): {per_point:.1f}x; whole refinement incl. the "
           f"shared encoder: {loop['total'] / batched['total']:.1f}x; labels identical: "
           f"{np.array_equal(fast_labels, loop_labels)} ({int((fast_labels != loop_labels).sum())} pixels differ)")
+    if args.library_batched:
+        print("labels of the batched SamPredictor identical to the loop's: "
+              f"{np.array_equal(labels['batched SamPredictor'], loop_labels)}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 ``segment_anything``'s ``MaskDecoder`` repeats the 64x64 image embedding once per prompt and then runs every linear
 projection of those 4096 image tokens per prompt, although a prompt has only 7 tokens. On a CPU this costs about 1.7
-GMAC and 60 ms per prompt, and batching makes it slower (the per-prompt copies no longer fit in cache). No library
+GMAC and 60 ms per prompt, and batching gains little (the per-prompt copies no longer fit in cache). No library
 offers another evaluation order, so :class:`SharedImageMaskDecoder` writes one by hand. It reads the decoder's own
 modules and weights and computes the same function with these changes:
 
