@@ -110,9 +110,10 @@ class RunStore:
                 path.unlink()
             else:
                 staged[image_id] = path
-        for start in range(0, len(staged), self.shard_size):
-            self.pack(list(staged.values())[start: start + self.shard_size])
-        return len(staged)
+        paths = list(staged.values())
+        for start in range(0, len(paths), self.shard_size):
+            self.pack(paths[start: start + self.shard_size])
+        return len(paths)
 
     def finished(self) -> set[str]:
         """Ids of the images in this directory's shards."""

@@ -71,12 +71,13 @@ class SharedImageMaskDecoder:
         keys = (image_embeddings + dense_embeddings).flatten(2)[0].T.contiguous()  # (N, D)
         self.image_tokens = keys
         self.key_pe = image_pe.flatten(2)[0].T.contiguous()
+        keys_pe = keys + self.key_pe
         first = self.transformer.layers[0]
         heads = self.num_heads
         token_to_image, image_to_token = first.cross_attn_token_to_image, first.cross_attn_image_to_token
-        self.first_keys = token_to_image.k_proj(keys + self.key_pe).unflatten(1, (heads, -1)).transpose(0, 1)
+        self.first_keys = token_to_image.k_proj(keys_pe).unflatten(1, (heads, -1)).transpose(0, 1)
         self.first_values = token_to_image.v_proj(keys).unflatten(1, (heads, -1)).transpose(0, 1)
-        queries = image_to_token.q_proj(keys + self.key_pe).unflatten(1, (heads, -1))  # (N, H, c)
+        queries = image_to_token.q_proj(keys_pe).unflatten(1, (heads, -1))  # (N, H, c)
         self.first_queries = (queries / math.sqrt(queries.shape[-1])).permute(1, 2, 0).contiguous()  # (H, c, N)
 
     @torch.no_grad()
