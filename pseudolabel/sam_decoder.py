@@ -2,35 +2,63 @@
 
 ``segment_anything``'s ``MaskDecoder`` repeats the 64x64 image embedding once per prompt and then runs every linear
 projection of those 4096 image tokens per prompt, although a prompt has only 7 tokens. On a CPU this costs about 1.7
-GMAC and 60 ms per prompt, and batching gains little (the per-prompt copies no longer fit in cache). No library
-offers another evaluation order, so :class:`SharedImageMaskDecoder` writes one by hand. It reads the decoder's own
-modules and weights and computes the same function with these changes:
+GMAC and 60 ms per prompt, and batching gains little. No library offers another evaluation order, so
+:class:`SharedImageMaskDecoder` writes one by hand. It reads the decoder's own modules and weights and computes the
+same function, using that a prompt changes the image tokens only by a few vectors:
 
-- In the first layer the image tokens are the same for every prompt, so their key, value and query projections are
-  computed once per image.
-- Attention against the 7 prompt tokens is re-associated: ``softmax(q Kᵀ) V W_o = softmax(q Kᵀ) (V W_o)`` and
-  ``(x W_q)(k)ᵀ = x (W_q kᵀ)``, so no projection of 4096 image tokens runs per prompt. In softmaxes over the image
-  tokens, the key bias is dropped, which is exact because it adds a constant to every logit of a row.
+- An image-to-token attention adds to image token ``n`` a mix ``Σ_t a[n,h,t] W_o^h v_t^h`` of the prompt's 7 value
+  vectors per head, and a LayerNorm ``γ ⊙ (x - mean x) / std(x) + β`` is linear up to one scale per token. So after
+  any layer the image tokens are ``keys[n] = σ[n] base[n] + Σ_m c[n,m] z[m] + β``: ``base`` is the image embedding
+  through the LayerNorms' linear parts (the same for every prompt, precomputed per image), and each prompt has its
+  own ``σ (N)``, coefficients ``c (N, M)`` and vectors ``z (M, D)`` with ``M`` about 50 per layer (``7 - 1`` tokens
+  per head, as the mix weights sum to one, plus a constant).
+- Every projection of the image tokens then splits into a per-image product of ``base`` and a per-prompt product of
+  the ``M`` vectors, and attention against the prompt tokens is re-associated (``(x W_q) kᵀ = x (W_q kᵀ)``).
+  A LayerNorm's variance follows from a Gram matrix of the vectors and their products with ``base``; those products
+  are computed per image in each head's 16-dimensional value space, where the prompt's vectors come from. Logit
+  terms that are constant along a softmax (key biases) are dropped.
 - The last cross-attention is evaluated only for the tokens that are used (the IoU token and the 3 multimask tokens).
-- The two ``ConvTranspose2d(k=2, s=2)`` of the upscaling are matrix products on channels-last data, with
-  ``LayerNorm2d`` as ``F.layer_norm`` over the channels.
+- The upscaling runs only over the image tokens that SAM's crop keeps. Its first ``ConvTranspose2d(k=2, s=2)`` is
+  linear in the tokens, so it too splits into a per-image and a per-prompt product. Both transposed convolutions run
+  as matrix products on channels-last data, with ``LayerNorm2d`` as ``F.layer_norm`` over the channels.
 
 The result equals ``MaskDecoder(..., multimask_output=True)`` exactly in real arithmetic. In float32 only the
 rounding differs; ``tests/test_sam_decoder.py`` checks this against the library decoder.
 """
 from __future__ import annotations
 
-import itertools
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 
-def _heads(weight: Tensor, num_heads: int) -> Tensor:
-    """``(H*c, D)`` projection weight -> ``(H, c, D)``."""
-    return weight.reshape(num_heads, -1, weight.shape[-1])
+def _affine_part(x: Tensor, norm) -> Tensor:
+    """The linear part ``γ ⊙ (x - mean x)`` of a LayerNorm, applied to the rows of ``x``."""
+    return (x - x.mean(dim=-1, keepdim=True)) * norm.weight
+
+
+def _centred(x: Tensor) -> Tensor:
+    return x - x.mean(dim=-1, keepdim=True)
+
+
+@dataclass
+class _PromptTokens:
+    """The image tokens of one prompt: ``σ[n] base[n] + Σ_m coef[m, n] z[m] + β`` (see the module).
+
+    The vectors are kept as what they are made of: per layer that has run, the prompt's values ``v (H, T, c)``,
+    which the layer's output projection and the later LayerNorms map to ``z``. Per layer, ``coef`` has ``H*(T-1)``
+    rows for the mix weights of ``v_t - v_0`` (``t > 0``, head-major) and one for the constant (``W_o v_0`` plus the
+    biases).
+    """
+
+    sigma: Tensor | None  # (N,); None means 1
+    coef: Tensor  # (M, N): the first M rows of `rows`
+    values: list[Tensor]
+    rows: Tensor  # (M of all layers, N), filled layer by layer
+    vectors: dict[int, Tensor] = field(default_factory=dict)  # by layer index: see `_vectors`
 
 
 class SharedImageMaskDecoder:
@@ -49,17 +77,38 @@ class SharedImageMaskDecoder:
     def __init__(self, decoder) -> None:
         transformer = decoder.transformer
         self.decoder, self.transformer = decoder, transformer
+        self.layers = list(transformer.layers)
         self.num_heads = transformer.num_heads
         # the IoU token and the multimask mask tokens (mask token 0, at position 1, is the single-mask output)
         self.used_tokens = [0, *range(2, 2 + decoder.num_multimask_outputs)]
         self.output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
         conv1, norm, act1, conv2, act2 = decoder.output_upscaling
         # ConvTranspose2d(k=2, s=2) weights (C_in, C_out, 2, 2) as (C_in, 2*2*C_out) for channels-last products.
-        self.upscale1 = (conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, -1), conv1.bias)
-        self.upscale2 = (conv2.weight.permute(0, 2, 3, 1).reshape(conv2.in_channels, -1), conv2.bias)
+        self.upscale1 = (conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, -1), conv1.bias.repeat(4))
+        self.upscale2 = (conv2.weight.permute(0, 2, 3, 1).reshape(conv2.in_channels, -1), conv2.bias.repeat(4))
         self.norm, self.act1, self.act2 = norm, act1, act2
-        self.image_tokens: Tensor | None = None
+        # Where layer s's attention output lands after the LayerNorms of layers s..j-1 (the image tokens' space
+        # entering layer j, or the final one for j = depth): rows of `maps[s][j]` are the images of the output
+        # projection's input units; `constants[s][j]` is that of layer s's constant (β of layer s-1 plus the
+        # output projection's bias).
+        self.maps: list[dict[int, Tensor]] = []
+        self.constants: list[dict[int, Tensor]] = []
+        with torch.no_grad():
+            previous_beta = torch.zeros_like(self.layers[0].norm4.bias)
+            for s, layer in enumerate(self.layers):
+                attn = layer.cross_attn_image_to_token
+                rows, constant = attn.out_proj.weight.T, previous_beta + attn.out_proj.bias
+                self.maps.append({s: rows})
+                self.constants.append({s: constant})
+                for j in range(s + 1, len(self.layers) + 1):
+                    rows = _affine_part(rows, self.layers[j - 1].norm4)
+                    constant = _affine_part(constant, self.layers[j - 1].norm4)
+                    self.maps[s][j], self.constants[s][j] = rows, constant
+                previous_beta = layer.norm4.bias
+        self.final_beta = previous_beta
+        self.image: dict | None = None
 
+    # ----------------------------------------------------------------------------------------------- per image
     @torch.no_grad()
     def set_image(self, image_embeddings: Tensor, image_pe: Tensor, dense_embeddings: Tensor,
                   used_grid: tuple[int, int] | None = None) -> None:
@@ -68,48 +117,91 @@ class SharedImageMaskDecoder:
             raise ValueError("SharedImageMaskDecoder works on one image at a time")
         self.grid = tuple(image_embeddings.shape[-2:])
         self.used_grid = tuple(used_grid or self.grid)
-        keys = (image_embeddings + dense_embeddings).flatten(2)[0].T.contiguous()  # (N, D)
-        self.image_tokens = keys
-        self.key_pe = image_pe.flatten(2)[0].T.contiguous()
-        keys_pe = keys + self.key_pe
-        first = self.transformer.layers[0]
-        heads = self.num_heads
-        token_to_image, image_to_token = first.cross_attn_token_to_image, first.cross_attn_image_to_token
-        self.first_keys = token_to_image.k_proj(keys_pe).unflatten(1, (heads, -1)).transpose(0, 1)
-        self.first_values = token_to_image.v_proj(keys).unflatten(1, (heads, -1)).transpose(0, 1)
-        queries = image_to_token.q_proj(keys_pe).unflatten(1, (heads, -1))  # (N, H, c)
-        self.first_queries = (queries / math.sqrt(queries.shape[-1])).permute(1, 2, 0).contiguous()  # (H, c, N)
+        base = (image_embeddings + dense_embeddings).flatten(2)[0].T.contiguous()  # (N, D)
+        pe = image_pe.flatten(2)[0].T.contiguous()
+        beta = torch.zeros_like(base[0])
+        layers = []
+        for j, layer in enumerate(self.layers):
+            centred = _centred(base)
+            layers.append({
+                "token_to_image": self._attention_keys(layer.cross_attn_token_to_image, base, pe, beta, j == 0),
+                "image_to_token": self._attention_queries(layer.cross_attn_image_to_token, base, pe, beta, j == 0),
+                # norm4's variance: |P base|² and P base against the vectors of this and every earlier layer
+                "base_norm": centred.square().sum(dim=-1),
+                "cross": [self._by_head(centred @ self.maps[s][j].T).transpose(1, 2).contiguous()
+                          for s in range(j + 1)],  # (H, c, N)
+                "cross_constant": [centred @ self.constants[s][j] for s in range(j + 1)],
+            })
+            base, beta = _affine_part(base, layer.norm4), layer.norm4.bias
+        rows, cols = self.used_grid
+        used = base.unflatten(0, self.grid)[:rows, :cols].flatten(0, 1)
+        weight1, bias1 = self.upscale1
+        self.image = {
+            "layers": layers,
+            "final": self._attention_keys(self.transformer.final_attn_token_to_image, base, pe, beta, False),
+            "upscale_base": used @ weight1,  # (rows * cols, 2*2*C1)
+            "upscale_constant": beta @ weight1 + bias1,
+        }
 
+    def _by_head(self, x: Tensor) -> Tensor:
+        """``(N, H*c)`` -> ``(H, N, c)``."""
+        return x.unflatten(-1, (self.num_heads, -1)).transpose(0, 1).contiguous()
+
+    def _attention_keys(self, attn, base: Tensor, pe: Tensor, beta: Tensor, first: bool) -> dict:
+        """Per-image parts of a token-to-image attention: keys (the image tokens plus ``pe``, see
+        :meth:`_with_pe`) and values (the image tokens, ``(H, N, c)``)."""
+        return {"keys": self._with_pe(attn.k_proj.weight, base, pe, first),
+                "values": self._by_head(F.linear(base, attn.v_proj.weight)), "value_constant": attn.v_proj(beta)}
+
+    def _attention_queries(self, attn, base: Tensor, pe: Tensor, beta: Tensor, first: bool) -> dict:
+        """Per-image parts of an image-to-token attention: queries (the image tokens plus ``pe``)."""
+        return {"queries": self._with_pe(attn.q_proj.weight, base, pe, first), "query_constant": attn.q_proj(beta)}
+
+    def _with_pe(self, weight: Tensor, base: Tensor, pe: Tensor, first: bool) -> Tensor:
+        """``weight`` times the image tokens plus ``pe``, by head: ``(H, c, N)`` of ``base + pe`` in the first layer
+        (where the image tokens are ``base``), else ``(H, c, 2N)``: ``base``'s, to be scaled by σ, then ``pe``'s."""
+        by_head = lambda x: self._by_head(F.linear(x, weight)).transpose(1, 2)  # noqa: E731
+        return by_head(base + pe) if first else torch.cat([by_head(base), by_head(pe)], dim=2)
+
+    # ---------------------------------------------------------------------------------------------- per prompt
     @torch.no_grad()
     def __call__(self, sparse_embeddings: Tensor) -> tuple[Tensor, Tensor]:
-        if self.image_tokens is None:
+        """The token side, and the image side's products with per-image tensors, run batched over the prompts; the
+        rest of the image side (the per-prompt coefficients over all image tokens) runs one prompt at a time."""
+        if self.image is None:
             raise RuntimeError("call set_image first")
         batch = sparse_embeddings.shape[0]
         tokens = torch.cat([self.output_tokens.expand(batch, -1, -1), sparse_embeddings], dim=1)
-        first = self.transformer.layers[0]
-        # Layer 1: the image tokens are shared by all prompts.
-        queries = self._self_attention(first, tokens, tokens)
-        queries = self._token_mlp(first, queries + self._token_to_shared_image(first, queries + tokens))
-        attn = first.cross_attn_image_to_token
-        logits = attn.k_proj(queries + tokens).unflatten(2, (self.num_heads, -1)).transpose(1, 2) @ self.first_queries
-        keys = first.norm4(self._image_to_token(attn, logits, queries, self.image_tokens))
-        # Further layers: the image tokens differ per prompt.
-        for layer in self.transformer.layers[1:]:
+        queries = tokens
+        rows = len(self.layers) * (self.num_heads * (tokens.shape[1] - 1) + 1)
+        images = []
+        for _ in range(batch):
+            buffer = tokens.new_empty(rows, self.grid[0] * self.grid[1])
+            images.append(_PromptTokens(None, buffer[:0], [], buffer))
+        layer_values = []  # per layer, the image-to-token values of all prompts (B, H, T, c)
+        for layer, parts in zip(self.layers, self.image["layers"]):
             queries = self._self_attention(layer, queries, tokens)
-            keys_pe = keys + self.key_pe
-            token_to_image = self._token_to_image(layer.cross_attn_token_to_image, queries + tokens, keys, keys_pe)
-            queries = self._token_mlp(layer, queries + token_to_image)
-            logits = self._image_to_token_logits(layer, queries + tokens, keys_pe)
-            keys = layer.norm4(self._image_to_token(layer.cross_attn_image_to_token, logits, queries, keys))
+            attended = self._token_to_image(layer.cross_attn_token_to_image, queries + tokens, images,
+                                            parts["token_to_image"])
+            queries = layer.norm2(queries + attended)
+            queries = layer.norm3(queries + layer.mlp(queries))
+            attn = layer.cross_attn_image_to_token
+            keys = self._by_prompt_head(attn.k_proj(queries + tokens), scaled=True)
+            layer_values.append(self._by_prompt_head(attn.v_proj(queries)))
+            # P base · (each layer's values through its maps): (H, B*T, N) per layer
+            by_value = [self._across_prompts(values) @ cross for values, cross in zip(layer_values, parts["cross"])]
+            products = self._across_prompts(keys) @ parts["image_to_token"]["queries"]
+            images = [self._image_to_token(keys[b], self._prompt(products, b, tokens.shape[1]), images[b],
+                                           [self._prompt(x, b, tokens.shape[1]) for x in by_value],
+                                           layer_values[-1][b], parts, layer.norm4) for b in range(batch)]
         # Final attention, only for the used tokens.
-        used = self.used_tokens
-        final = self.transformer.final_attn_token_to_image
-        out = queries[:, used] + self._token_to_image(final, (queries + tokens)[:, used], keys, keys + self.key_pe)
+        used, final = self.used_tokens, self.transformer.final_attn_token_to_image
+        out = queries[:, used] + self._token_to_image(final, (queries + tokens)[:, used], images, self.image["final"])
         out = self.transformer.norm_final_attn(out)
         iou_pred = self.decoder.iou_prediction_head(out[:, 0])[:, 1:]
         hyper = torch.stack([mlp(out[:, 1 + i]) for i, mlp in enumerate(self.decoder.output_hypernetworks_mlps[1:])],
                             dim=1)
-        return self._masks(keys, hyper), iou_pred
+        return torch.stack([self._masks(image, h) for image, h in zip(images, hyper)]), iou_pred
 
     @staticmethod
     def _self_attention(layer, queries: Tensor, tokens: Tensor) -> Tensor:
@@ -119,66 +211,131 @@ class SharedImageMaskDecoder:
         q = queries + tokens
         return layer.norm1(queries + layer.self_attn(q=q, k=q, v=queries))
 
+    def _by_prompt_head(self, x: Tensor, scaled: bool = False) -> Tensor:
+        """``(B, T, H*c)`` -> ``(B, H, T, c)``, divided by ``sqrt(c)`` if ``scaled`` (attention logits)."""
+        x = x.unflatten(2, (self.num_heads, -1)).transpose(1, 2)
+        return x / math.sqrt(x.shape[-1]) if scaled else x
+
     @staticmethod
-    def _token_mlp(layer, queries: Tensor) -> Tensor:
-        """norm2, MLP, norm3 of a two-way block (token side only)."""
-        queries = layer.norm2(queries)
-        return layer.norm3(queries + layer.mlp(queries))
+    def _across_prompts(x: Tensor) -> Tensor:
+        """``(B, H, T, c)`` -> ``(H, B*T, c)``: one product per head with a per-image ``(H, c, N)`` for all prompts."""
+        return x.transpose(0, 1).flatten(1, 2)
 
-    def _token_to_shared_image(self, layer, q: Tensor) -> Tensor:
-        """Layer 1 token-to-image attention against the precomputed shared keys and values."""
-        attn = layer.cross_attn_token_to_image
-        q = attn.q_proj(q).unflatten(2, (self.num_heads, -1)).transpose(1, 2)  # (B, H, T, c)
-        weights = torch.softmax(q @ self.first_keys.transpose(1, 2) / math.sqrt(q.shape[-1]), dim=-1)
-        return attn.out_proj((weights @ self.first_values).transpose(1, 2).flatten(2))
+    @staticmethod
+    def _prompt(x: Tensor, b: int, tokens: int) -> Tensor:
+        """Prompt ``b``'s ``(H, T, ...)`` rows of a ``(H, B*T, ...)`` product, ``T = tokens``."""
+        return x[:, b * tokens: (b + 1) * tokens]
 
-    def _token_to_image(self, attn, q: Tensor, keys: Tensor, keys_pe: Tensor) -> Tensor:
-        """Token-to-image attention with per-prompt image tokens ``keys (B, N, D)`` (``keys_pe``: plus the
-        positional encoding), re-associated."""
-        heads = self.num_heads
-        q = attn.q_proj(q).unflatten(2, (heads, -1))  # (B, T, H, c)
-        tokens = q.shape[1]
-        q_keys = torch.einsum("bthc,hcd->bhtd", q / math.sqrt(q.shape[-1]), _heads(attn.k_proj.weight, heads))
-        logits = q_keys.flatten(1, 2) @ keys_pe.transpose(1, 2)  # (B, H*T, N)
-        mixed = torch.softmax(logits, dim=-1) @ keys  # (B, H*T, D); the values' bias passes through (rows sum to 1)
-        values = torch.einsum("bhtd,hcd->bthc", mixed.unflatten(1, (heads, tokens)), _heads(attn.v_proj.weight, heads))
-        return attn.out_proj(values.flatten(2) + attn.v_proj.bias)
+    def _vectors(self, image: _PromptTokens, j: int | None = None) -> Tensor:
+        """The vectors ``z (M, D)`` of ``image`` in the space of the image tokens entering layer ``j`` (default:
+        the layer after the last one that ran)."""
+        j = len(image.values) if j is None else j
+        if j in image.vectors:
+            return image.vectors[j]
+        parts = [image.coef.new_zeros(0, self.output_tokens.shape[-1])]
+        for s, values in enumerate(image.values):
+            rows = self.maps[s][j].unflatten(0, (self.num_heads, -1))  # (H, c, D)
+            parts.append(((values[:, 1:] - values[:, :1]) @ rows).flatten(0, 1))
+            parts.append((values[:, 0].flatten() @ self.maps[s][j] + self.constants[s][j])[None])
+        image.vectors[j] = torch.cat(parts)
+        return image.vectors[j]
+    def _token_to_image(self, attn, q: Tensor, images: list[_PromptTokens], parts: dict) -> Tensor:
+        """Token-to-image attention of tokens ``q (B, T, D)`` to each prompt's image tokens, re-associated and split
+        into the per-image ``parts`` and the per-prompt vectors."""
+        q = self._by_prompt_head(attn.q_proj(q), scaled=True)  # (B, H, T, c)
+        heads, tokens = q.shape[1:3]
+        products = self._across_prompts(q) @ parts["keys"]  # (H, B*T, N or 2N); key biases: constant along softmax
+        weights = torch.empty_like(products[..., : self.grid[0] * self.grid[1]])
+        mixed = []
+        for b, image in enumerate(images):
+            logits, qb = self._scaled_by_sigma(self._prompt(products, b, tokens), image.sigma), q[b]
+            vectors = self._vectors(image)
+            if len(vectors):
+                vector_keys = F.linear(vectors, attn.k_proj.weight).unflatten(1, (heads, -1))  # (M, H, c)
+                by_vector = torch.einsum("htc,mhc->htm", qb, vector_keys)
+                logits = logits + (by_vector.flatten(0, 1) @ image.coef).view_as(logits)
+            prompt_weights = torch.softmax(logits, dim=-1)  # (H, T, N)
+            if len(vectors):
+                vector_values = F.linear(vectors, attn.v_proj.weight).unflatten(1, (heads, -1))
+                by_vector = (prompt_weights.flatten(0, 1) @ image.coef.T).view(heads, tokens, -1)  # (H, T, M)
+                mixed.append(torch.einsum("htm,mhc->htc", by_vector, vector_values))
+            self._prompt(weights, b, tokens)[:] = (prompt_weights if image.sigma is None
+                                                   else prompt_weights * image.sigma)
+        values = (weights @ parts["values"]).unflatten(1, (-1, tokens)).transpose(0, 1)  # (B, H, T, c)
+        if mixed:
+            values = values + torch.stack(mixed)
+        return attn.out_proj(values.transpose(1, 2).flatten(2) + parts["value_constant"])
 
-    def _image_to_token_logits(self, layer, k: Tensor, keys_pe: Tensor) -> Tensor:
-        """Image-to-token logits ``(B, H, T, N)`` with per-prompt image tokens (plus positional encoding)
-        ``keys_pe (B, N, D)``, re-associated."""
-        attn, heads = layer.cross_attn_image_to_token, self.num_heads
-        k = attn.k_proj(k).unflatten(2, (heads, -1))  # (B, T, H, c)
-        k = k / math.sqrt(k.shape[-1])
-        key_queries = torch.einsum("bthc,hcd->bhtd", k, _heads(attn.q_proj.weight, heads)).flatten(1, 2)
-        bias = torch.einsum("hc,bthc->bht", attn.q_proj.bias.reshape(heads, -1), k).flatten(1)[..., None]
-        return torch.baddbmm(bias, key_queries, keys_pe.transpose(1, 2)).unflatten(1, (heads, -1))
+    @staticmethod
+    def _scaled_by_sigma(products: Tensor, sigma: Tensor | None) -> Tensor:
+        """Logits from a product with :meth:`_with_pe`'s ``(H, c, N)`` (first layer) or ``(H, c, 2N)``."""
+        if sigma is None:
+            return products
+        return torch.addcmul(products[..., len(sigma):], products[..., : len(sigma)], sigma)
 
-    def _image_to_token(self, attn, logits: Tensor, queries: Tensor, residual: Tensor) -> Tensor:
-        """``residual`` plus the image-to-token attention output ``(B, N, D)`` from its logits ``(B, H, T, N)``,
-        re-associated. The softmax runs over the tokens (dim 2), with the image tokens contiguous."""
-        heads = self.num_heads
-        values = attn.v_proj(queries).unflatten(2, (heads, -1))  # (B, T, H, c)
-        out_weight = attn.out_proj.weight.reshape(-1, heads, values.shape[-1])  # (D, H, c)
-        projected = torch.einsum("bthc,dhc->bhtd", values, out_weight).flatten(1, 2)  # (B, H*T, D)
-        weights = torch.softmax(logits, dim=2).flatten(1, 2).transpose(1, 2)  # (B, N, H*T)
-        return torch.baddbmm(residual + attn.out_proj.bias, weights, projected)
+    def _image_to_token(self, k: Tensor, products: Tensor, image: _PromptTokens, by_value: list[Tensor],
+                        v: Tensor, parts: dict, norm) -> _PromptTokens:
+        """One prompt's image-to-token attention and the LayerNorm ``norm`` after it: the image tokens gain the
+        layer's vectors and are rescaled per token. ``k``: the prompt's keys (scaled), ``(H, T, c)``; ``products``:
+        ``k`` times the per-image queries; ``by_value``: ``(P base) · z`` per layer so far; ``v``: the values."""
+        logits = self._scaled_by_sigma(products, image.sigma)  # (H, T, N)
+        bias = k @ parts["image_to_token"]["query_constant"].unflatten(0, (self.num_heads, -1, 1))  # (H, T, 1)
+        logits = logits + bias
+        vectors = self._vectors(image)
+        if len(vectors):
+            vector_queries = F.linear(vectors, self.layers[len(image.values)].cross_attn_image_to_token.q_proj.weight)
+            by_vector = torch.einsum("mhc,htc->htm", vector_queries.unflatten(1, (self.num_heads, -1)), k)
+            logits = logits + (by_vector.flatten(0, 1) @ image.coef).view_as(logits)
+        mix = torch.softmax(logits, dim=1)  # over the prompt tokens; the image tokens stay contiguous
+        # Σ_t mix_t W_o v_t = W_o v_0 + Σ_{t>0} mix_t W_o (v_t - v_0): the constant's row absorbs W_o v_0
+        start, stop = len(image.coef), len(image.coef) + mix[:, 1:].flatten(0, 1).shape[0]
+        image.rows[start: stop] = mix[:, 1:].flatten(0, 1)
+        image.rows[stop] = 1
+        grown = _PromptTokens(image.sigma, image.rows[: stop + 1], [*image.values, v], image.rows)
+        return self._layer_norm(grown, by_value, parts, norm)
 
-    def _masks(self, keys: Tensor, hyper: Tensor) -> Tensor:
-        """Upscaling and hypernetwork product: ``(B, N, D)`` image tokens -> ``(B, 3, 4 rows, 4 cols)`` logits of the
-        used grid. Each image token gives its own 4x4 block of logits; on a CPU they go through 16 rows of tokens at a
-        time, which keeps the 16x larger intermediate activations in cache (about 1.5x faster than one pass)."""
-        batch, (rows, cols) = keys.shape[0], self.used_grid
-        keys = keys.unflatten(1, self.grid)[:, :rows, :cols].flatten(1, 2)  # (B, rows * cols, D)
-        (weight1, bias1), (weight2, bias2) = self.upscale1, self.upscale2
-        bias1, bias2 = bias1.repeat(4), bias2.repeat(4)
-        step = 16 * cols if keys.device.type == "cpu" else rows * cols
-        masks = keys.new_empty(batch, rows * cols, 16, hyper.shape[1])
-        for b, start in itertools.product(range(batch), range(0, rows * cols, step)):
-            x = torch.addmm(bias1, keys[b, start: start + step], weight1).unflatten(1, (4, -1))  # (n, 2*2, C1)
+    def _layer_norm(self, image: _PromptTokens, by_value: list[Tensor], parts: dict, norm) -> _PromptTokens:
+        """Rescale ``image`` (the tokens before ``norm``) by ``norm``'s per-token ``1 / sqrt(var + eps)``. With
+        ``y = σ base + coefᵀ z``: ``|P y|² = σ² |P base|² + 2 σ coefᵀ (P base · z) + coefᵀ (P z)(P z)ᵀ coef``,
+        where ``P`` subtracts the mean. ``by_value``: per layer, ``(H, T, N)`` products of the values with
+        ``P base``'s maps."""
+        coef, vectors = image.coef, self._vectors(image, len(image.values) - 1)
+        cross = []  # P base[n] · z[m], (M, N)
+        for products, constant in zip(by_value, parts["cross_constant"]):
+            cross.append((products[:, 1:] - products[:, :1]).flatten(0, 1))
+            cross.append((products[:, 0].sum(dim=0) + constant)[None])
+        cross = torch.cat(cross)
+        centred = _centred(vectors)
+        quadratic = ((centred @ centred.T @ coef) * coef).sum(dim=0)
+        linear = (cross * coef).sum(dim=0)
+        if image.sigma is None:
+            squares = parts["base_norm"] + 2 * linear + quadratic
+        else:
+            squares = image.sigma.square() * parts["base_norm"] + 2 * image.sigma * linear + quadratic
+        scale = torch.rsqrt(squares / vectors.shape[-1] + norm.eps)
+        sigma = scale if image.sigma is None else image.sigma * scale
+        return _PromptTokens(sigma, coef.mul_(scale), image.values, image.rows)
+
+    def _masks(self, image: _PromptTokens, hyper: Tensor) -> Tensor:
+        """Upscaling and hypernetwork product of one prompt for the used grid: ``(3, 4 rows, 4 cols)`` logits. Each
+        image token gives its own 4x4 block of logits; on a CPU they go through 16 rows of tokens at a time, which
+        keeps the 16x larger intermediate activations in cache (about 1.5x faster than one pass)."""
+        rows, cols = self.used_grid
+        weight1, _ = self.upscale1
+        weight2, bias2 = self.upscale2
+        upscale_base, constant = self.image["upscale_base"], self.image["upscale_constant"]
+        coef = image.coef.unflatten(1, self.grid)[:, :rows, :cols].flatten(1)  # (M, rows * cols)
+        sigma = image.sigma.unflatten(0, self.grid)[:rows, :cols].flatten()[:, None]
+        vectors = self._vectors(image) @ weight1
+        step = 16 * cols if hyper.device.type == "cpu" else rows * cols
+        masks = hyper.new_empty(hyper.shape[0], rows * cols * 16)
+        for start in range(0, rows * cols, step):
+            window = slice(start, start + step)
+            x = torch.addmm(constant, coef[:, window].T, vectors)
+            x = torch.addcmul(x, sigma[window], upscale_base[window]).unflatten(1, (4, -1))  # (n, 2*2, C1)
             x = self.act1(F.layer_norm(x, x.shape[-1:], self.norm.weight, self.norm.bias, self.norm.eps))
             x = self.act2(torch.addmm(bias2, x.flatten(0, 1), weight2))  # (n * 2*2, 2*2 * C2)
-            masks[b, start: start + step] = (x.reshape(-1, hyper.shape[-1]) @ hyper[b].T).unflatten(0, (-1, 16))
-        # (token (i, j), sub-pixel (a, b, c, e), mask) -> pixel (4i + 2a + c, 4j + 2b + e)
-        masks = masks.reshape(batch, rows, cols, 2, 2, 2, 2, -1).permute(0, 7, 1, 3, 5, 2, 4, 6)
-        return masks.reshape(batch, -1, 4 * rows, 4 * cols)
+            masks[:, 16 * start: 16 * (start + step)] = hyper @ x.reshape(-1, hyper.shape[-1]).T
+        # (mask, token (i, j), sub-pixel (a, b, c, e)) -> pixel (4i + 2a + c, 4j + 2b + e), in two cheap steps
+        masks = masks.view(-1, rows, cols, 2, 2, 2, 2).transpose(2, 3).contiguous()  # (m, i, a, j, b, c, e)
+        return masks.permute(0, 1, 2, 5, 3, 4, 6).reshape(-1, 4 * rows, 4 * cols)

@@ -99,9 +99,9 @@ class SAMRefiner:
 
     def _select_and_filter(self, masks, iou_pred, regions) -> tuple[torch.Tensor, torch.Tensor]:
         """Chosen mask per point and whether it passes δ. ``regions (B, H, W)``: R for each point."""
-        inter = (masks & regions[:, None]).sum(dim=(-2, -1)).double()
-        area = masks.sum(dim=(-2, -1)).double()
-        region_area = regions.sum(dim=(-2, -1)).double()[:, None]
+        flat, regions = masks.flatten(2), regions.flatten(1)
+        count = lambda m: m.view(torch.uint8).sum(dim=-1, dtype=torch.int32).double()  # noqa: E731  (fast popcount)
+        inter, area, region_area = count(flat & regions[:, None]), count(flat), count(regions)[:, None]
         iou = inter / (area + region_area - inter).clamp(min=1)
         if self.cfg.mask_select == "region_iou":
             best = iou == iou.max(dim=1, keepdim=True).values
