@@ -27,8 +27,9 @@ rounding differs; ``tests/test_sam_decoder.py`` checks this against the library 
 """
 from __future__ import annotations
 
+import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -46,19 +47,18 @@ def _centred(x: Tensor) -> Tensor:
 
 @dataclass
 class _PromptTokens:
-    """The image tokens of one prompt: ``σ[n] base[n] + Σ_m coef[m, n] z[m] + β`` (see the module).
+    """The image tokens of a batch of prompts: ``σ[b, n] base[n] + Σ_m coef[b, m, n] z[b, m] + β`` (see the
+    module). The vectors ``z`` follow from the image-to-token values of the layers that ran (:meth:`_vectors`):
+    per layer, ``coef`` has ``H*(T-1)`` rows for the mix weights of ``v_t - v_0`` (``t > 0``, head-major) and one
+    for the constant (``W_o v_0`` plus the biases)."""
 
-    The vectors are kept as what they are made of: per layer that has run, the prompt's values ``v (H, T, c)``,
-    which the layer's output projection and the later LayerNorms map to ``z``. Per layer, ``coef`` has ``H*(T-1)``
-    rows for the mix weights of ``v_t - v_0`` (``t > 0``, head-major) and one for the constant (``W_o v_0`` plus the
-    biases).
-    """
+    sigma: Tensor | None  # (B, N); None means 1
+    rows: Tensor  # (B, M of all layers, N), filled layer by layer
+    used: int = 0  # M so far
 
-    sigma: Tensor | None  # (N,); None means 1
-    coef: Tensor  # (M, N): the first M rows of `rows`
-    values: list[Tensor]
-    rows: Tensor  # (M of all layers, N), filled layer by layer
-    vectors: dict[int, Tensor] = field(default_factory=dict)  # by layer index: see `_vectors`
+    @property
+    def coef(self) -> Tensor:
+        return self.rows[:, : self.used]
 
 
 class SharedImageMaskDecoder:
@@ -166,42 +166,36 @@ class SharedImageMaskDecoder:
     # ---------------------------------------------------------------------------------------------- per prompt
     @torch.no_grad()
     def __call__(self, sparse_embeddings: Tensor) -> tuple[Tensor, Tensor]:
-        """The token side, and the image side's products with per-image tensors, run batched over the prompts; the
-        rest of the image side (the per-prompt coefficients over all image tokens) runs one prompt at a time."""
         if self.image is None:
             raise RuntimeError("call set_image first")
         batch = sparse_embeddings.shape[0]
         tokens = torch.cat([self.output_tokens.expand(batch, -1, -1), sparse_embeddings], dim=1)
         queries = tokens
         rows = len(self.layers) * (self.num_heads * (tokens.shape[1] - 1) + 1)
-        images = []
-        for _ in range(batch):
-            buffer = tokens.new_empty(rows, self.grid[0] * self.grid[1])
-            images.append(_PromptTokens(None, buffer[:0], [], buffer))
+        image = _PromptTokens(None, tokens.new_empty(batch, rows, self.grid[0] * self.grid[1]))
         layer_values = []  # per layer, the image-to-token values of all prompts (B, H, T, c)
-        for layer, parts in zip(self.layers, self.image["layers"]):
+        for j, (layer, parts) in enumerate(zip(self.layers, self.image["layers"])):
             queries = self._self_attention(layer, queries, tokens)
-            attended = self._token_to_image(layer.cross_attn_token_to_image, queries + tokens, images,
+            vectors = self._vectors(layer_values, j)
+            attended = self._token_to_image(layer.cross_attn_token_to_image, queries + tokens, image, vectors,
                                             parts["token_to_image"])
             queries = layer.norm2(queries + attended)
             queries = layer.norm3(queries + layer.mlp(queries))
             attn = layer.cross_attn_image_to_token
             keys = self._by_prompt_head(attn.k_proj(queries + tokens), scaled=True)
+            self._image_to_token(attn, keys, image, vectors, parts["image_to_token"])
             layer_values.append(self._by_prompt_head(attn.v_proj(queries)))
-            # P base · (each layer's values through its maps): (H, B*T, N) per layer
-            by_value = [self._across_prompts(values) @ cross for values, cross in zip(layer_values, parts["cross"])]
-            products = self._across_prompts(keys) @ parts["image_to_token"]["queries"]
-            images = [self._image_to_token(keys[b], self._prompt(products, b, tokens.shape[1]), images[b],
-                                           [self._prompt(x, b, tokens.shape[1]) for x in by_value],
-                                           layer_values[-1][b], parts, layer.norm4) for b in range(batch)]
+            self._layer_norm(image, layer_values, parts, layer.norm4)
         # Final attention, only for the used tokens.
         used, final = self.used_tokens, self.transformer.final_attn_token_to_image
-        out = queries[:, used] + self._token_to_image(final, (queries + tokens)[:, used], images, self.image["final"])
+        vectors = self._vectors(layer_values, len(self.layers))
+        out = queries[:, used] + self._token_to_image(final, (queries + tokens)[:, used], image, vectors,
+                                                      self.image["final"])
         out = self.transformer.norm_final_attn(out)
         iou_pred = self.decoder.iou_prediction_head(out[:, 0])[:, 1:]
         hyper = torch.stack([mlp(out[:, 1 + i]) for i, mlp in enumerate(self.decoder.output_hypernetworks_mlps[1:])],
                             dim=1)
-        return torch.stack([self._masks(image, h) for image, h in zip(images, hyper)]), iou_pred
+        return self._masks(image, vectors, hyper), iou_pred
 
     @staticmethod
     def _self_attention(layer, queries: Tensor, tokens: Tensor) -> Tensor:
@@ -217,125 +211,117 @@ class SharedImageMaskDecoder:
         return x / math.sqrt(x.shape[-1]) if scaled else x
 
     @staticmethod
-    def _across_prompts(x: Tensor) -> Tensor:
-        """``(B, H, T, c)`` -> ``(H, B*T, c)``: one product per head with a per-image ``(H, c, N)`` for all prompts."""
-        return x.transpose(0, 1).flatten(1, 2)
+    def _per_image(x: Tensor, per_image: Tensor) -> Tensor:
+        """``x (B, H, T, c)`` times a per-image ``(H, c, X)``, as ``(H, B, T, X)``: one product per head for all
+        prompts (a broadcast product would copy the per-image tensor once per prompt)."""
+        batch, heads, tokens, _ = x.shape
+        return (x.transpose(0, 1).flatten(1, 2) @ per_image).view(heads, batch, tokens, -1)
 
-    @staticmethod
-    def _prompt(x: Tensor, b: int, tokens: int) -> Tensor:
-        """Prompt ``b``'s ``(H, T, ...)`` rows of a ``(H, B*T, ...)`` product, ``T = tokens``."""
-        return x[:, b * tokens: (b + 1) * tokens]
+    def _logits(self, products: Tensor, sigma: Tensor | None) -> Tensor:
+        """Prompt-major logits ``(B, H, T, N)`` from :meth:`_per_image` products with :meth:`_with_pe`'s tensors."""
+        heads, batch, tokens, _ = products.shape
+        out = products.new_empty(batch, heads, tokens, self.grid[0] * self.grid[1])
+        if sigma is None:
+            return out.copy_(products.transpose(0, 1))
+        pe, base = products[..., out.shape[-1]:], products[..., : out.shape[-1]]
+        return torch.mul(base, sigma[:, None], out=out.transpose(0, 1)).add_(pe).transpose(0, 1)
 
-    def _vectors(self, image: _PromptTokens, j: int | None = None) -> Tensor:
-        """The vectors ``z (M, D)`` of ``image`` in the space of the image tokens entering layer ``j`` (default:
-        the layer after the last one that ran)."""
-        j = len(image.values) if j is None else j
-        if j in image.vectors:
-            return image.vectors[j]
-        parts = [image.coef.new_zeros(0, self.output_tokens.shape[-1])]
-        for s, values in enumerate(image.values):
+    def _vectors(self, layer_values: list[Tensor], j: int) -> Tensor:
+        """The prompts' vectors ``z (B, M, D)`` from the values of the layers so far, in the space of the image
+        tokens entering layer ``j``."""
+        parts = [self.output_tokens.new_zeros(len(layer_values[0]) if layer_values else 0, 0,
+                                              self.output_tokens.shape[-1])]
+        for s, values in enumerate(layer_values):
             rows = self.maps[s][j].unflatten(0, (self.num_heads, -1))  # (H, c, D)
-            parts.append(((values[:, 1:] - values[:, :1]) @ rows).flatten(0, 1))
-            parts.append((values[:, 0].flatten() @ self.maps[s][j] + self.constants[s][j])[None])
-        image.vectors[j] = torch.cat(parts)
-        return image.vectors[j]
-    def _token_to_image(self, attn, q: Tensor, images: list[_PromptTokens], parts: dict) -> Tensor:
-        """Token-to-image attention of tokens ``q (B, T, D)`` to each prompt's image tokens, re-associated and split
+            parts.append(((values[:, :, 1:] - values[:, :, :1]) @ rows).flatten(1, 2))
+            parts.append((values[:, :, 0].flatten(1) @ self.maps[s][j] + self.constants[s][j])[:, None])
+        return torch.cat(parts, dim=1)
+
+    def _token_to_image(self, attn, q: Tensor, image: _PromptTokens, vectors: Tensor, parts: dict) -> Tensor:
+        """Token-to-image attention of tokens ``q (B, T, D)`` to the prompts' image tokens, re-associated and split
         into the per-image ``parts`` and the per-prompt vectors."""
         q = self._by_prompt_head(attn.q_proj(q), scaled=True)  # (B, H, T, c)
-        heads, tokens = q.shape[1:3]
-        products = self._across_prompts(q) @ parts["keys"]  # (H, B*T, N or 2N); key biases: constant along softmax
-        weights = torch.empty_like(products[..., : self.grid[0] * self.grid[1]])
-        mixed = []
-        for b, image in enumerate(images):
-            logits, qb = self._scaled_by_sigma(self._prompt(products, b, tokens), image.sigma), q[b]
-            vectors = self._vectors(image)
-            if len(vectors):
-                vector_keys = F.linear(vectors, attn.k_proj.weight).unflatten(1, (heads, -1))  # (M, H, c)
-                by_vector = torch.einsum("htc,mhc->htm", qb, vector_keys)
-                logits = logits + (by_vector.flatten(0, 1) @ image.coef).view_as(logits)
-            prompt_weights = torch.softmax(logits, dim=-1)  # (H, T, N)
-            if len(vectors):
-                vector_values = F.linear(vectors, attn.v_proj.weight).unflatten(1, (heads, -1))
-                by_vector = (prompt_weights.flatten(0, 1) @ image.coef.T).view(heads, tokens, -1)  # (H, T, M)
-                mixed.append(torch.einsum("htm,mhc->htc", by_vector, vector_values))
-            self._prompt(weights, b, tokens)[:] = (prompt_weights if image.sigma is None
-                                                   else prompt_weights * image.sigma)
-        values = (weights @ parts["values"]).unflatten(1, (-1, tokens)).transpose(0, 1)  # (B, H, T, c)
-        if mixed:
-            values = values + torch.stack(mixed)
+        batch, heads, tokens, _ = q.shape
+        logits = self._logits(self._per_image(q, parts["keys"]), image.sigma)  # key biases: constant along softmax
+        if image.used:
+            vector_keys = F.linear(vectors, attn.k_proj.weight).unflatten(2, (heads, -1))  # (B, M, H, c)
+            by_vector = torch.einsum("bhtc,bmhc->bhtm", q, vector_keys).flatten(1, 2)
+            logits = torch.baddbmm(logits.flatten(1, 2), by_vector, image.coef).view_as(logits)
+        weights = torch.softmax(logits, dim=-1)  # (B, H, T, N)
+        scaled = weights.new_empty(heads, batch, tokens, weights.shape[-1])
+        if image.sigma is None:
+            scaled.transpose(0, 1).copy_(weights)
+        else:
+            torch.mul(weights, image.sigma[:, None, None], out=scaled.transpose(0, 1))
+        values = (scaled.flatten(1, 2) @ parts["values"]).view(heads, batch, tokens, -1).transpose(0, 1)
+        if image.used:
+            vector_values = F.linear(vectors, attn.v_proj.weight).unflatten(2, (heads, -1))
+            mixed = (weights.flatten(1, 2) @ image.coef.transpose(1, 2)).view(batch, heads, tokens, -1)
+            values = values + torch.einsum("bhtm,bmhc->bhtc", mixed, vector_values)
         return attn.out_proj(values.transpose(1, 2).flatten(2) + parts["value_constant"])
 
-    @staticmethod
-    def _scaled_by_sigma(products: Tensor, sigma: Tensor | None) -> Tensor:
-        """Logits from a product with :meth:`_with_pe`'s ``(H, c, N)`` (first layer) or ``(H, c, 2N)``."""
-        if sigma is None:
-            return products
-        return torch.addcmul(products[..., len(sigma):], products[..., : len(sigma)], sigma)
-
-    def _image_to_token(self, k: Tensor, products: Tensor, image: _PromptTokens, by_value: list[Tensor],
-                        v: Tensor, parts: dict, norm) -> _PromptTokens:
-        """One prompt's image-to-token attention and the LayerNorm ``norm`` after it: the image tokens gain the
-        layer's vectors and are rescaled per token. ``k``: the prompt's keys (scaled), ``(H, T, c)``; ``products``:
-        ``k`` times the per-image queries; ``by_value``: ``(P base) · z`` per layer so far; ``v``: the values."""
-        logits = self._scaled_by_sigma(products, image.sigma)  # (H, T, N)
-        bias = k @ parts["image_to_token"]["query_constant"].unflatten(0, (self.num_heads, -1, 1))  # (H, T, 1)
-        logits = logits + bias
-        vectors = self._vectors(image)
-        if len(vectors):
-            vector_queries = F.linear(vectors, self.layers[len(image.values)].cross_attn_image_to_token.q_proj.weight)
-            by_vector = torch.einsum("mhc,htc->htm", vector_queries.unflatten(1, (self.num_heads, -1)), k)
-            logits = logits + (by_vector.flatten(0, 1) @ image.coef).view_as(logits)
-        mix = torch.softmax(logits, dim=1)  # over the prompt tokens; the image tokens stay contiguous
+    def _image_to_token(self, attn, k: Tensor, image: _PromptTokens, vectors: Tensor, parts: dict) -> None:
+        """Image-to-token attention with the prompts' keys ``k (B, H, T, c)`` (scaled): appends the mix weights
+        (and the constant's row) to ``image.rows``."""
+        heads = self.num_heads
+        logits = self._logits(self._per_image(k, parts["queries"]), image.sigma)  # (B, H, T, N)
+        logits += k @ parts["query_constant"].unflatten(0, (heads, -1, 1))
+        if image.used:
+            vector_queries = F.linear(vectors, attn.q_proj.weight).unflatten(2, (heads, -1))  # (B, M, H, c)
+            by_vector = torch.einsum("bmhc,bhtc->bhtm", vector_queries, k).flatten(1, 2)
+            logits = torch.baddbmm(logits.flatten(1, 2), by_vector, image.coef).view_as(logits)
+        mix = torch.softmax(logits, dim=2)  # over the prompt tokens; the image tokens stay contiguous
         # Σ_t mix_t W_o v_t = W_o v_0 + Σ_{t>0} mix_t W_o (v_t - v_0): the constant's row absorbs W_o v_0
-        start, stop = len(image.coef), len(image.coef) + mix[:, 1:].flatten(0, 1).shape[0]
-        image.rows[start: stop] = mix[:, 1:].flatten(0, 1)
-        image.rows[stop] = 1
-        grown = _PromptTokens(image.sigma, image.rows[: stop + 1], [*image.values, v], image.rows)
-        return self._layer_norm(grown, by_value, parts, norm)
+        stop = image.used + heads * (mix.shape[2] - 1)
+        image.rows[:, image.used: stop].view_as(mix[:, :, 1:]).copy_(mix[:, :, 1:])
+        image.rows[:, stop] = 1
+        image.used = stop + 1
 
-    def _layer_norm(self, image: _PromptTokens, by_value: list[Tensor], parts: dict, norm) -> _PromptTokens:
-        """Rescale ``image`` (the tokens before ``norm``) by ``norm``'s per-token ``1 / sqrt(var + eps)``. With
-        ``y = σ base + coefᵀ z``: ``|P y|² = σ² |P base|² + 2 σ coefᵀ (P base · z) + coefᵀ (P z)(P z)ᵀ coef``,
-        where ``P`` subtracts the mean. ``by_value``: per layer, ``(H, T, N)`` products of the values with
-        ``P base``'s maps."""
-        coef, vectors = image.coef, self._vectors(image, len(image.values) - 1)
-        cross = []  # P base[n] · z[m], (M, N)
-        for products, constant in zip(by_value, parts["cross_constant"]):
-            cross.append((products[:, 1:] - products[:, :1]).flatten(0, 1))
-            cross.append((products[:, 0].sum(dim=0) + constant)[None])
-        cross = torch.cat(cross)
+    def _layer_norm(self, image: _PromptTokens, layer_values: list[Tensor], parts: dict, norm) -> None:
+        """Rescale ``image`` (the tokens before ``norm``) by ``norm``'s per-token ``1 / sqrt(var + eps)``, in place.
+        With ``y = σ base + coefᵀ z``: ``|P y|² = σ² |P base|² + 2 σ coefᵀ (P base · z) + coefᵀ (P z)(P z)ᵀ coef``,
+        where ``P`` subtracts the mean; ``P base · z`` comes from the values and ``parts["cross"]``."""
+        coef, vectors = image.coef, self._vectors(layer_values, len(layer_values) - 1)
+        cross = torch.empty_like(coef)  # P base[n] · z[m], (B, M, N)
+        row = 0
+        for values, by_head, constant in zip(layer_values, parts["cross"], parts["cross_constant"]):
+            by_value = self._per_image(values, by_head)  # (H, B, T, N)
+            stop = row + by_value.shape[0] * (by_value.shape[2] - 1)
+            torch.sub(by_value[:, :, 1:], by_value[:, :, :1], out=cross[:, row: stop].unflatten(
+                1, (by_value.shape[0], -1)).transpose(0, 1))
+            torch.add(by_value[:, :, 0].sum(dim=0), constant, out=cross[:, stop])
+            row = stop + 1
         centred = _centred(vectors)
-        quadratic = ((centred @ centred.T @ coef) * coef).sum(dim=0)
-        linear = (cross * coef).sum(dim=0)
+        quadratic = ((centred @ centred.transpose(1, 2) @ coef) * coef).sum(dim=1)
+        linear = (cross * coef).sum(dim=1)
         if image.sigma is None:
             squares = parts["base_norm"] + 2 * linear + quadratic
         else:
             squares = image.sigma.square() * parts["base_norm"] + 2 * image.sigma * linear + quadratic
         scale = torch.rsqrt(squares / vectors.shape[-1] + norm.eps)
-        sigma = scale if image.sigma is None else image.sigma * scale
-        return _PromptTokens(sigma, coef.mul_(scale), image.values, image.rows)
+        image.sigma = scale if image.sigma is None else image.sigma * scale
+        coef.mul_(scale[:, None])
 
-    def _masks(self, image: _PromptTokens, hyper: Tensor) -> Tensor:
-        """Upscaling and hypernetwork product of one prompt for the used grid: ``(3, 4 rows, 4 cols)`` logits. Each
-        image token gives its own 4x4 block of logits; on a CPU they go through 16 rows of tokens at a time, which
-        keeps the 16x larger intermediate activations in cache (about 1.5x faster than one pass)."""
+    def _masks(self, image: _PromptTokens, vectors: Tensor, hyper: Tensor) -> Tensor:
+        """Upscaling and hypernetwork product for the used grid: ``(B, 3, 4 rows, 4 cols)`` logits. Each image token
+        gives its own 4x4 block of logits; on a CPU they go through 16 rows of tokens at a time, which keeps the 16x
+        larger intermediate activations in cache (about 1.5x faster than one pass)."""
         rows, cols = self.used_grid
         weight1, _ = self.upscale1
         weight2, bias2 = self.upscale2
         upscale_base, constant = self.image["upscale_base"], self.image["upscale_constant"]
-        coef = image.coef.unflatten(1, self.grid)[:, :rows, :cols].flatten(1)  # (M, rows * cols)
-        sigma = image.sigma.unflatten(0, self.grid)[:rows, :cols].flatten()[:, None]
-        vectors = self._vectors(image) @ weight1
+        coef = image.coef.unflatten(2, self.grid)[..., :rows, :cols].flatten(2)  # (B, M, rows * cols)
+        sigma = image.sigma.unflatten(1, self.grid)[:, :rows, :cols].flatten(1)[..., None]
+        vectors = vectors @ weight1
         step = 16 * cols if hyper.device.type == "cpu" else rows * cols
-        masks = hyper.new_empty(hyper.shape[0], rows * cols * 16)
-        for start in range(0, rows * cols, step):
+        masks = hyper.new_empty(*hyper.shape[:2], rows * cols * 16)
+        for b, start in itertools.product(range(len(hyper)), range(0, rows * cols, step)):
             window = slice(start, start + step)
-            x = torch.addmm(constant, coef[:, window].T, vectors)
-            x = torch.addcmul(x, sigma[window], upscale_base[window]).unflatten(1, (4, -1))  # (n, 2*2, C1)
+            x = torch.addmm(constant, coef[b, :, window].T, vectors[b])
+            x = torch.addcmul(x, sigma[b, window], upscale_base[window]).unflatten(1, (4, -1))  # (n, 2*2, C1)
             x = self.act1(F.layer_norm(x, x.shape[-1:], self.norm.weight, self.norm.bias, self.norm.eps))
             x = self.act2(torch.addmm(bias2, x.flatten(0, 1), weight2))  # (n * 2*2, 2*2 * C2)
-            masks[:, 16 * start: 16 * (start + step)] = hyper @ x.reshape(-1, hyper.shape[-1]).T
+            masks[b, :, 16 * start: 16 * (start + step)] = hyper[b] @ x.reshape(-1, hyper.shape[-1]).T
         # (mask, token (i, j), sub-pixel (a, b, c, e)) -> pixel (4i + 2a + c, 4j + 2b + e), in two cheap steps
-        masks = masks.view(-1, rows, cols, 2, 2, 2, 2).transpose(2, 3).contiguous()  # (m, i, a, j, b, c, e)
-        return masks.permute(0, 1, 2, 5, 3, 4, 6).reshape(-1, 4 * rows, 4 * cols)
+        masks = masks.view(*hyper.shape[:2], rows, cols, 2, 2, 2, 2).transpose(3, 4).contiguous()
+        return masks.permute(0, 1, 2, 3, 6, 4, 5, 7).reshape(*hyper.shape[:2], 4 * rows, 4 * cols)
