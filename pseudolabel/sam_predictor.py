@@ -63,7 +63,7 @@ class MaskResize:
         lead, x = logits.shape[:-2], logits.reshape(-1, rows, cols)
         x = (x.reshape(-1, cols) @ self.col_matrix_t).view(-1, rows, width)  # columns first: (K, rows, W)
         x = self.row_matrix @ x.transpose(0, 1).reshape(rows, -1)  # (H, K * W)
-        return x.view(height, -1, width).transpose(0, 1).reshape(*lead, height, width)
+        return x.view(height, *lead, width).movedim(0, -2)  # a view: the caller's next pass reads it once
 
     @staticmethod
     def _matrix(index: Tensor, weight: Tensor, columns: int) -> Tensor:
@@ -83,7 +83,7 @@ class BatchedPointPredictor(SamPredictor):
     """
 
     def __init__(self, sam_model, prompts_per_step: int | None = None, threads: int | None = None) -> None:
-        """``prompts_per_step``: prompts decoded together; default 8 on a CPU, all on a GPU. ``threads``: on a CPU,
+        """``prompts_per_step``: prompts decoded together; default 4 on a CPU, all on a GPU. ``threads``: on a CPU,
         steps decoded at once, each single-threaded (default: torch's thread count). The decoder's many small
         products keep one thread busy far better than two, and the masks do not depend on the thread count."""
         super().__init__(sam_model)
@@ -113,24 +113,30 @@ class BatchedPointPredictor(SamPredictor):
             raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
         sparse, _ = self.model.prompt_encoder(points=(point_coords, point_labels), boxes=None, masks=None)
         on_cpu = self.device.type == "cpu"
-        steps = sparse.split(self.prompts_per_step or (8 if on_cpu else len(sparse)))
-        threads = min(self.threads or torch.get_num_threads(), len(steps)) if on_cpu else 1
+        size = self.prompts_per_step or (4 if on_cpu else len(sparse))
+        starts = range(0, len(sparse), size)
+        masks = torch.empty(len(sparse), self.decoder.decoder.num_multimask_outputs, *self.original_size,
+                            dtype=torch.bool, device=self.device)
+        decode = lambda start: self._decode(sparse[start: start + size], masks[start: start + size])  # noqa: E731
+        threads = min(self.threads or torch.get_num_threads(), len(starts)) if on_cpu else 1
         if threads > 1:
             torch_threads = torch.get_num_threads()
             torch.set_num_threads(1)
             try:
                 with ThreadPoolExecutor(threads) as pool:
-                    outputs = list(pool.map(self._decode, steps))
+                    outputs = list(pool.map(decode, starts))
             finally:
                 torch.set_num_threads(torch_threads)
         else:
-            outputs = [self._decode(step) for step in steps]
-        masks, iou_predictions, low_res = zip(*outputs)
-        return torch.cat(masks), torch.cat(iou_predictions), torch.cat(low_res)
+            outputs = [decode(start) for start in starts]
+        iou_predictions, low_res = zip(*outputs)
+        return masks, torch.cat(iou_predictions), torch.cat(low_res)
 
     @torch.no_grad()
-    def _decode(self, sparse: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Thresholded masks at the original size, predicted IoUs and low-resolution logits of a step of prompts."""
+    def _decode(self, sparse: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+        """Decode a step of prompts: thresholded masks at the original size into ``masks``; returns the predicted
+        IoUs and the low-resolution logits."""
         logits, iou = self.decoder(sparse)
         used_rows, used_cols = self.resize.used
-        return self.resize(logits[..., :used_rows, :used_cols]) > self.model.mask_threshold, iou, logits
+        torch.gt(self.resize(logits[..., :used_rows, :used_cols]), self.model.mask_threshold, out=masks)
+        return iou, logits
