@@ -233,7 +233,7 @@ class SharedImageMaskDecoder:
                                               self.output_tokens.shape[-1])]
         for s, values in enumerate(layer_values):
             rows = self.maps[s][j].unflatten(0, (self.num_heads, -1))  # (H, c, D)
-            parts.append(((values[:, :, 1:] - values[:, :, :1]) @ rows).flatten(1, 2))
+            parts.append(self._per_image(values[:, :, 1:] - values[:, :, :1], rows).transpose(0, 1).flatten(1, 2))
             parts.append((values[:, :, 0].flatten(1) @ self.maps[s][j] + self.constants[s][j])[:, None])
         return torch.cat(parts, dim=1)
 

@@ -114,11 +114,15 @@ class BatchedPointPredictor(SamPredictor):
         sparse, _ = self.model.prompt_encoder(points=(point_coords, point_labels), boxes=None, masks=None)
         on_cpu = self.device.type == "cpu"
         size = self.prompts_per_step or (4 if on_cpu else len(sparse))
+        threads = (self.threads or torch.get_num_threads()) if on_cpu else 1
+        steps = -(-len(sparse) // size)
+        if steps > threads:  # as many steps per thread, and prompts per step, as can be: no thread idles long
+            size = -(-len(sparse) // (-(-steps // threads) * threads))
         starts = range(0, len(sparse), size)
+        threads = min(threads, len(starts))
         masks = torch.empty(len(sparse), self.decoder.decoder.num_multimask_outputs, *self.original_size,
                             dtype=torch.bool, device=self.device)
         decode = lambda start: self._decode(sparse[start: start + size], masks[start: start + size])  # noqa: E731
-        threads = min(self.threads or torch.get_num_threads(), len(starts)) if on_cpu else 1
         if threads > 1:
             torch_threads = torch.get_num_threads()
             torch.set_num_threads(1)
