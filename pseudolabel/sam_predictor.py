@@ -142,5 +142,6 @@ class BatchedPointPredictor(SamPredictor):
         IoUs and the low-resolution logits."""
         logits, iou = self.decoder(sparse)
         used_rows, used_cols = self.resize.used
-        torch.gt(self.resize(logits[..., :used_rows, :used_cols]), self.model.mask_threshold, out=masks)
+        for prompt_logits, prompt_masks in zip(logits[..., :used_rows, :used_cols], masks):  # in cache: 1.5x faster
+            torch.gt(self.resize(prompt_logits), self.model.mask_threshold, out=prompt_masks)
         return iou, logits
