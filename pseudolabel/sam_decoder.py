@@ -8,9 +8,9 @@ same function, using that a prompt changes the image tokens only by a few vector
 
 - An image-to-token attention adds to image token ``n`` a mix ``Σ_t a[n,h,t] W_o^h v_t^h`` of the prompt's 7 value
   vectors per head, and a LayerNorm ``γ ⊙ (x - mean x) / std(x) + β`` is linear up to one scale per token. So after
-  any layer the image tokens are ``keys[n] = σ[n] base[n] + Σ_m c[n,m] z[m] + β``: ``base`` is the image embedding
+  any layer the image tokens are ``keys[n] = σ[n] base[n] + Σ_m c[m,n] z[m] + β``: ``base`` is the image embedding
   through the LayerNorms' linear parts (the same for every prompt, precomputed per image), and each prompt has its
-  own ``σ (N)``, coefficients ``c (N, M)`` and vectors ``z (M, D)`` with ``M`` about 50 per layer (``7 - 1`` tokens
+  own ``σ (N)``, coefficients ``c (M, N)`` and vectors ``z (M, D)`` with ``M`` about 50 per layer (``7 - 1`` tokens
   per head, as the mix weights sum to one, plus a constant).
 - Every projection of the image tokens then splits into a per-image product of ``base`` and a per-prompt product of
   the ``M`` vectors, and attention against the prompt tokens is re-associated (``(x W_q) kᵀ = x (W_q kᵀ)``).
@@ -42,6 +42,7 @@ def _affine_part(x: Tensor, norm) -> Tensor:
 
 
 def _centred(x: Tensor) -> Tensor:
+    """Rows of ``x`` minus their means (``P x``)."""
     return x - x.mean(dim=-1, keepdim=True)
 
 
@@ -70,8 +71,8 @@ class SharedImageMaskDecoder:
 
     ``used_grid=(rows, cols)`` in ``set_image`` computes the logits of the top-left ``rows x cols`` image tokens only
     (``(B, 3, 4 rows, 4 cols)``): SAM's postprocessing crops the padding of its square canvas away, so for a 4:3 image
-    a quarter of the logits is never used. On a CPU, give it a prompt or two at a time: the per-prompt tensors then
-    stay in cache, and larger batches are slower per prompt.
+    a quarter of the logits is never used. On a CPU, give it a few prompts at a time (about 4): the per-prompt
+    coefficients (about 1.6 MB each) then stay in cache.
     """
 
     def __init__(self, decoder) -> None:
@@ -105,7 +106,6 @@ class SharedImageMaskDecoder:
                     constant = _affine_part(constant, self.layers[j - 1].norm4)
                     self.maps[s][j], self.constants[s][j] = rows, constant
                 previous_beta = layer.norm4.bias
-        self.final_beta = previous_beta
         self.image: dict | None = None
 
     # ----------------------------------------------------------------------------------------------- per image
@@ -176,7 +176,7 @@ class SharedImageMaskDecoder:
         layer_values = []  # per layer, the image-to-token values of all prompts (B, H, T, c)
         for j, (layer, parts) in enumerate(zip(self.layers, self.image["layers"])):
             queries = self._self_attention(layer, queries, tokens)
-            vectors = self._vectors(layer_values, j)
+            vectors = self._vectors(layer_values, j) if layer_values else None  # no vectors before layer 0
             attended = self._token_to_image(layer.cross_attn_token_to_image, queries + tokens, image, vectors,
                                             parts["token_to_image"])
             queries = layer.norm2(queries + attended)
@@ -229,15 +229,14 @@ class SharedImageMaskDecoder:
     def _vectors(self, layer_values: list[Tensor], j: int) -> Tensor:
         """The prompts' vectors ``z (B, M, D)`` from the values of the layers so far, in the space of the image
         tokens entering layer ``j``."""
-        parts = [self.output_tokens.new_zeros(len(layer_values[0]) if layer_values else 0, 0,
-                                              self.output_tokens.shape[-1])]
+        parts = []
         for s, values in enumerate(layer_values):
             rows = self.maps[s][j].unflatten(0, (self.num_heads, -1))  # (H, c, D)
             parts.append(self._per_image(values[:, :, 1:] - values[:, :, :1], rows).transpose(0, 1).flatten(1, 2))
             parts.append((values[:, :, 0].flatten(1) @ self.maps[s][j] + self.constants[s][j])[:, None])
         return torch.cat(parts, dim=1)
 
-    def _token_to_image(self, attn, q: Tensor, image: _PromptTokens, vectors: Tensor, parts: dict) -> Tensor:
+    def _token_to_image(self, attn, q: Tensor, image: _PromptTokens, vectors: Tensor | None, parts: dict) -> Tensor:
         """Token-to-image attention of tokens ``q (B, T, D)`` to the prompts' image tokens, re-associated and split
         into the per-image ``parts`` and the per-prompt vectors."""
         q = self._by_prompt_head(attn.q_proj(q), scaled=True)  # (B, H, T, c)
@@ -260,7 +259,7 @@ class SharedImageMaskDecoder:
             values = values + torch.einsum("bhtm,bmhc->bhtc", mixed, vector_values)
         return attn.out_proj(values.transpose(1, 2).flatten(2) + parts["value_constant"])
 
-    def _image_to_token(self, attn, k: Tensor, image: _PromptTokens, vectors: Tensor, parts: dict) -> None:
+    def _image_to_token(self, attn, k: Tensor, image: _PromptTokens, vectors: Tensor | None, parts: dict) -> None:
         """Image-to-token attention with the prompts' keys ``k (B, H, T, c)`` (scaled): appends the mix weights
         (and the constant's row) to ``image.rows``."""
         heads = self.num_heads

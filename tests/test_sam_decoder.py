@@ -106,9 +106,10 @@ def test_batched_point_predictor_matches_sam_predictor(shape):
     clear = logits.abs() > 1e-5  # logits here are about 0.1; their float32 rounding differs by about 1e-7
     assert torch.equal(masks[clear], logits[clear] > 0) and clear.float().mean() > 0.999
     torch.testing.assert_close(iou, expected_iou, rtol=1e-4, atol=1e-6)
-    one_at_a_time = BatchedPointPredictor(model, prompts_per_step=1)
-    one_at_a_time.set_image(image)
-    assert torch.equal(one_at_a_time.predict_torch(coords, labels)[0], masks)
+    for steps, threads in [(1, 1), (1, 2), (5, 2)]:  # step sizes and worker threads change nothing
+        other = BatchedPointPredictor(model, prompts_per_step=steps, threads=threads)
+        other.set_image(image)
+        assert torch.equal(other.predict_torch(coords, labels)[0], masks)
     # anything but single positive points goes to SamPredictor unchanged
     box = reference.transform.apply_boxes_torch(torch.tensor([[5.0, 5.0, 40.0, 30.0]]), shape)
     assert torch.equal(fast.predict_torch(None, None, boxes=box)[0], reference.predict_torch(None, None, boxes=box)[0])
