@@ -245,7 +245,7 @@ class SharedImageMaskDecoder:
         if image.used:
             vector_keys = F.linear(vectors, attn.k_proj.weight).unflatten(2, (heads, -1))  # (B, M, H, c)
             by_vector = torch.einsum("bhtc,bmhc->bhtm", q, vector_keys).flatten(1, 2)
-            logits = torch.baddbmm(logits.flatten(1, 2), by_vector, image.coef).view_as(logits)
+            torch.baddbmm(logits.flatten(1, 2), by_vector, image.coef, out=logits.flatten(1, 2))
         weights = torch.softmax(logits, dim=-1)  # (B, H, T, N)
         scaled = weights.new_empty(heads, batch, tokens, weights.shape[-1])
         if image.sigma is None:
@@ -268,7 +268,7 @@ class SharedImageMaskDecoder:
         if image.used:
             vector_queries = F.linear(vectors, attn.q_proj.weight).unflatten(2, (heads, -1))  # (B, M, H, c)
             by_vector = torch.einsum("bmhc,bhtc->bhtm", vector_queries, k).flatten(1, 2)
-            logits = torch.baddbmm(logits.flatten(1, 2), by_vector, image.coef).view_as(logits)
+            torch.baddbmm(logits.flatten(1, 2), by_vector, image.coef, out=logits.flatten(1, 2))
         mix = torch.softmax(logits, dim=2)  # over the prompt tokens; the image tokens stay contiguous
         # Σ_t mix_t W_o v_t = W_o v_0 + Σ_{t>0} mix_t W_o (v_t - v_0): the constant's row absorbs W_o v_0
         stop = image.used + heads * (mix.shape[2] - 1)
@@ -291,8 +291,8 @@ class SharedImageMaskDecoder:
             torch.add(by_value[:, :, 0].sum(dim=0), constant, out=cross[:, stop])
             row = stop + 1
         centred = _centred(vectors)
-        quadratic = ((centred @ centred.transpose(1, 2) @ coef) * coef).sum(dim=1)
-        linear = (cross * coef).sum(dim=1)
+        quadratic = (centred @ centred.transpose(1, 2) @ coef).mul_(coef).sum(dim=1)
+        linear = cross.mul_(coef).sum(dim=1)
         if image.sigma is None:
             squares = parts["base_norm"] + 2 * linear + quadratic
         else:
@@ -316,8 +316,8 @@ class SharedImageMaskDecoder:
         masks = hyper.new_empty(*hyper.shape[:2], rows * cols * 16)
         for b, start in itertools.product(range(len(hyper)), range(0, rows * cols, step)):
             window = slice(start, start + step)
-            x = torch.addmm(constant, coef[b, :, window].T, vectors[b])
-            x = torch.addcmul(x, sigma[b, window], upscale_base[window]).unflatten(1, (4, -1))  # (n, 2*2, C1)
+            x = torch.addcmul(constant, sigma[b, window], upscale_base[window])
+            x = torch.addmm(x, coef[b, :, window].T, vectors[b], out=x).unflatten(1, (4, -1))  # (n, 2*2, C1)
             x = self.act1(F.layer_norm(x, x.shape[-1:], self.norm.weight, self.norm.bias, self.norm.eps))
             x = self.act2(torch.addmm(bias2, x.flatten(0, 1), weight2))  # (n * 2*2, 2*2 * C2)
             masks[b, :, 16 * start: 16 * (start + step)] = hyper[b] @ x.reshape(-1, hyper.shape[-1]).T
