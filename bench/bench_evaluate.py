@@ -19,12 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
-from PIL import Image
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tools._venv  # noqa: E402,F401  (re-runs inside the project venv with tools/_env.sh settings)
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 import pseudolabel  # noqa: E402,F401
 from pseudolabel.evaluation import CountTable, EvaluationConfig, count_image, evaluate  # noqa: E402
 from pseudolabel.evaluation.pipeline import bootstrap_means  # noqa: E402

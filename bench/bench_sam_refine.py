@@ -14,11 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tools._venv  # noqa: E402,F401  (re-runs inside the project venv with tools/_env.sh settings)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 import pseudolabel  # noqa: E402,F401  (compatibility shims before segment_anything imports torchvision)
 from pseudolabel.sam_models import load_sam  # noqa: E402
 from segment_anything import SamPredictor  # noqa: E402

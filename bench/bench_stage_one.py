@@ -10,11 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tools._venv  # noqa: E402,F401  (re-runs inside the project venv with tools/_env.sh settings)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from bench.bench_sam_refine import synthetic_input  # noqa: E402
 from pseudolabel.classes import get_class_set  # noqa: E402
 from pseudolabel.sam_refine import SAMRefineConfig, SAMRefiner  # noqa: E402
