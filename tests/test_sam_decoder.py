@@ -71,13 +71,14 @@ def test_shared_decoder_needs_an_image():
 
 @pytest.mark.parametrize("size", [(375, 500), (500, 375), (333, 500), (50, 70), (1, 9), (1024, 1024)])
 @pytest.mark.parametrize("canvas", [1024, 256])
-def test_mask_resize_equals_sam_postprocess_masks(size, canvas):
+@pytest.mark.parametrize("sparse", [True, False], ids=["csr", "taps"])
+def test_mask_resize_equals_sam_postprocess_masks(size, canvas, sparse):
     input_size = ResizeLongestSide.get_preprocess_shape(*size, canvas)
     low = canvas // 4
     logits = torch.randn(2, 3, low, low, generator=torch.Generator().manual_seed(0))
     sam = SimpleNamespace(image_encoder=SimpleNamespace(img_size=canvas))
     expected = Sam.postprocess_masks(sam, logits, input_size, size)
-    resize = MaskResize(low, canvas, input_size, size)
+    resize = MaskResize(low, canvas, input_size, size, sparse=sparse)
     rows, cols = resize.used
     assert rows <= low and cols <= low
     beyond = logits.clone()
@@ -106,10 +107,32 @@ def test_batched_point_predictor_matches_sam_predictor(shape):
     clear = logits.abs() > 1e-5  # logits here are about 0.1; their float32 rounding differs by about 1e-7
     assert torch.equal(masks[clear], logits[clear] > 0) and clear.float().mean() > 0.999
     torch.testing.assert_close(iou, expected_iou, rtol=1e-4, atol=1e-6)
-    for steps, threads in [(1, 1), (1, 2), (5, 2)]:  # step sizes and worker threads change nothing
+    for steps, threads, sparse in [(1, 1, True), (1, 2, True), (5, 2, True), (3, 1, False)]:
+        # step sizes, worker threads and the resize's form (CSR on a CPU, taps on a GPU) change nothing
         other = BatchedPointPredictor(model, prompts_per_step=steps, threads=threads)
         other.set_image(image)
+        other.resize = MaskResize(4 * other.features.shape[-1], model.image_encoder.img_size, other.input_size,
+                                  other.original_size, sparse=sparse)
         assert torch.equal(other.predict_torch(coords, labels)[0], masks)
     # anything but single positive points goes to SamPredictor unchanged
     box = reference.transform.apply_boxes_torch(torch.tensor([[5.0, 5.0, 40.0, 30.0]]), shape)
     assert torch.equal(fast.predict_torch(None, None, boxes=box)[0], reference.predict_torch(None, None, boxes=box)[0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_batched_point_predictor_on_cuda_matches_sam_predictor():
+    model, _ = load_sam("vit_tiny_test", "random", seed=3)
+    model = model.cuda()
+    image = np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)
+    reference, fast = SamPredictor(model), BatchedPointPredictor(model)
+    reference.set_image(image)
+    fast.set_image(image)
+    assert not fast.resize.sparse
+    xy = torch.from_numpy(np.random.default_rng(1).random((16, 1, 2)) * [70, 50]).float().cuda()
+    coords = reference.transform.apply_coords_torch(xy, (50, 70))
+    labels = torch.ones(16, 1, dtype=torch.int64, device="cuda")
+    logits, expected_iou, _ = reference.predict_torch(coords, labels, return_logits=True)
+    masks, iou, _ = fast.predict_torch(coords, labels)
+    clear = logits.abs() > 1e-4  # TF32 and kernel order round differently from the CPU
+    assert torch.equal(masks[clear], logits[clear] > 0) and clear.float().mean() > 0.99
+    torch.testing.assert_close(iou, expected_iou, rtol=1e-3, atol=1e-4)
