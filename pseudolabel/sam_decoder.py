@@ -36,20 +36,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def _affine_part(x: Tensor, norm) -> Tensor:
-    """The linear part ``γ ⊙ (x - mean x)`` of a LayerNorm, applied to the rows of ``x``."""
-    return (x - x.mean(dim=-1, keepdim=True)) * norm.weight
-
-
 def _centred(x: Tensor) -> Tensor:
     """Rows of ``x`` minus their means (``P x``)."""
     return x - x.mean(dim=-1, keepdim=True)
 
 
+def _affine_part(x: Tensor, norm) -> Tensor:
+    """The linear part ``γ ⊙ (x - mean x)`` of a LayerNorm, applied to the rows of ``x``."""
+    return _centred(x) * norm.weight
+
+
 @dataclass
 class _PromptTokens:
     """The image tokens of a batch of prompts: ``σ[b, n] base[n] + Σ_m coef[b, m, n] z[b, m] + β`` (see the
-    module). The vectors ``z`` follow from the image-to-token values of the layers that ran (:meth:`_vectors`):
+    module). The vectors ``z`` follow from the image-to-token values of the layers that ran (:meth:`_layer_vectors`):
     per layer, ``coef`` has ``H*(T-1)`` rows for the mix weights of ``v_t - v_0`` (``t > 0``, head-major) and one
     for the constant (``W_o v_0`` plus the biases)."""
 
@@ -89,9 +89,9 @@ class SharedImageMaskDecoder:
         self.upscale2 = (conv2.weight.permute(0, 2, 3, 1).reshape(conv2.in_channels, -1), conv2.bias.repeat(4))
         self.norm, self.act1, self.act2 = norm, act1, act2
         # Where layer s's attention output lands after the LayerNorms of layers s..j-1 (the image tokens' space
-        # entering layer j, or the final one for j = depth): rows of `maps[s][j]` are the images of the output
-        # projection's input units; `constants[s][j]` is that of layer s's constant (β of layer s-1 plus the
-        # output projection's bias).
+        # entering layer j > s, for the per-image LayerNorm products of `set_image`): rows of `maps[s][j]` are the
+        # images of the output projection's input units; `constants[s][j]` is that of layer s's constant (β of
+        # layer s-1 plus the output projection's bias).
         self.maps: list[dict[int, Tensor]] = []
         self.constants: list[dict[int, Tensor]] = []
         with torch.no_grad():
@@ -101,7 +101,7 @@ class SharedImageMaskDecoder:
                 rows, constant = attn.out_proj.weight.T, previous_beta + attn.out_proj.bias
                 self.maps.append({s: rows})
                 self.constants.append({s: constant})
-                for j in range(s + 1, len(self.layers) + 1):
+                for j in range(s + 1, len(self.layers)):
                     rows = _affine_part(rows, self.layers[j - 1].norm4)
                     constant = _affine_part(constant, self.layers[j - 1].norm4)
                     self.maps[s][j], self.constants[s][j] = rows, constant
@@ -174,9 +174,9 @@ class SharedImageMaskDecoder:
         rows = len(self.layers) * (self.num_heads * (tokens.shape[1] - 1) + 1)
         image = _PromptTokens(None, tokens.new_empty(batch, rows, self.grid[0] * self.grid[1]))
         layer_values = []  # per layer, the image-to-token values of all prompts (B, H, T, c)
+        vectors = None  # the prompts' vectors z (B, M, D) in the space of the image tokens; none before layer 0
         for j, (layer, parts) in enumerate(zip(self.layers, self.image["layers"])):
             queries = self._self_attention(layer, queries, tokens)
-            vectors = self._vectors(layer_values, j) if layer_values else None  # no vectors before layer 0
             attended = self._token_to_image(layer.cross_attn_token_to_image, queries + tokens, image, vectors,
                                             parts["token_to_image"])
             queries = layer.norm2(queries + attended)
@@ -185,10 +185,11 @@ class SharedImageMaskDecoder:
             keys = self._by_prompt_head(attn.k_proj(queries + tokens), scaled=True)
             self._image_to_token(attn, keys, image, vectors, parts["image_to_token"])
             layer_values.append(self._by_prompt_head(attn.v_proj(queries)))
-            self._layer_norm(image, layer_values, parts, layer.norm4)
+            added = self._layer_vectors(layer_values[-1], j)
+            vectors = added if vectors is None else torch.cat([vectors, added], dim=1)
+            vectors = self._layer_norm(image, vectors, layer_values, parts, layer.norm4)
         # Final attention, only for the used tokens.
         used, final = self.used_tokens, self.transformer.final_attn_token_to_image
-        vectors = self._vectors(layer_values, len(self.layers))
         out = queries[:, used] + self._token_to_image(final, (queries + tokens)[:, used], image, vectors,
                                                       self.image["final"])
         out = self.transformer.norm_final_attn(out)
@@ -226,15 +227,23 @@ class SharedImageMaskDecoder:
         pe, base = products[..., out.shape[-1]:], products[..., : out.shape[-1]]
         return torch.mul(base, sigma[:, None], out=out.transpose(0, 1)).add_(pe).transpose(0, 1)
 
-    def _vectors(self, layer_values: list[Tensor], j: int) -> Tensor:
-        """The prompts' vectors ``z (B, M, D)`` from the values of the layers so far, in the space of the image
-        tokens entering layer ``j``."""
-        parts = []
-        for s, values in enumerate(layer_values):
-            rows = self.maps[s][j].unflatten(0, (self.num_heads, -1))  # (H, c, D)
-            parts.append(self._per_image(values[:, :, 1:] - values[:, :, :1], rows).transpose(0, 1).flatten(1, 2))
-            parts.append((values[:, :, 0].flatten(1) @ self.maps[s][j] + self.constants[s][j])[:, None])
-        return torch.cat(parts, dim=1)
+    def _layer_vectors(self, values: Tensor, s: int) -> Tensor:
+        """Layer ``s``'s vectors ``z (B, H*(T-1) + 1, D)`` from its image-to-token values ``(B, H, T, c)``, as its
+        attention adds them to the image tokens: ``W_o (v_t - v_0)`` by head, then ``W_o v_0`` plus the constant."""
+        rows = self.maps[s][s].unflatten(0, (self.num_heads, -1))  # (H, c, D)
+        mixed = self._per_image(values[:, :, 1:] - values[:, :, :1], rows).transpose(0, 1).flatten(1, 2)
+        constant = values[:, :, 0].flatten(1) @ self.maps[s][s] + self.constants[s][s]
+        return torch.cat([mixed, constant[:, None]], dim=1)
+
+    def _add_vector_logits(self, logits: Tensor, x: Tensor, weight: Tensor, image: _PromptTokens,
+                           vectors: Tensor | None) -> None:
+        """Add the prompts' part of the attention logits of ``x (B, H, T, c)`` against the image tokens projected by
+        ``weight``, ``Σ_m (x · W z_m) coef[m, n]``, to ``logits (B, H, T, N)`` in place."""
+        if not image.used:
+            return
+        projected = F.linear(vectors, weight).unflatten(2, (self.num_heads, -1))  # (B, M, H, c)
+        by_vector = torch.einsum("bhtc,bmhc->bhtm", x, projected).flatten(1, 2)
+        torch.baddbmm(logits.flatten(1, 2), by_vector, image.coef, out=logits.flatten(1, 2))
 
     def _token_to_image(self, attn, q: Tensor, image: _PromptTokens, vectors: Tensor | None, parts: dict) -> Tensor:
         """Token-to-image attention of tokens ``q (B, T, D)`` to the prompts' image tokens, re-associated and split
@@ -242,10 +251,7 @@ class SharedImageMaskDecoder:
         q = self._by_prompt_head(attn.q_proj(q), scaled=True)  # (B, H, T, c)
         batch, heads, tokens, _ = q.shape
         logits = self._logits(self._per_image(q, parts["keys"]), image.sigma)  # key biases: constant along softmax
-        if image.used:
-            vector_keys = F.linear(vectors, attn.k_proj.weight).unflatten(2, (heads, -1))  # (B, M, H, c)
-            by_vector = torch.einsum("bhtc,bmhc->bhtm", q, vector_keys).flatten(1, 2)
-            torch.baddbmm(logits.flatten(1, 2), by_vector, image.coef, out=logits.flatten(1, 2))
+        self._add_vector_logits(logits, q, attn.k_proj.weight, image, vectors)
         weights = torch.softmax(logits, dim=-1)  # (B, H, T, N)
         scaled = weights.new_empty(heads, batch, tokens, weights.shape[-1])
         if image.sigma is None:
@@ -265,10 +271,7 @@ class SharedImageMaskDecoder:
         heads = self.num_heads
         logits = self._logits(self._per_image(k, parts["queries"]), image.sigma)  # (B, H, T, N)
         logits += k @ parts["query_constant"].unflatten(0, (heads, -1, 1))
-        if image.used:
-            vector_queries = F.linear(vectors, attn.q_proj.weight).unflatten(2, (heads, -1))  # (B, M, H, c)
-            by_vector = torch.einsum("bmhc,bhtc->bhtm", vector_queries, k).flatten(1, 2)
-            torch.baddbmm(logits.flatten(1, 2), by_vector, image.coef, out=logits.flatten(1, 2))
+        self._add_vector_logits(logits, k, attn.q_proj.weight, image, vectors)
         mix = torch.softmax(logits, dim=2)  # over the prompt tokens; the image tokens stay contiguous
         # Σ_t mix_t W_o v_t = W_o v_0 + Σ_{t>0} mix_t W_o (v_t - v_0): the constant's row absorbs W_o v_0
         stop = image.used + heads * (mix.shape[2] - 1)
@@ -276,11 +279,13 @@ class SharedImageMaskDecoder:
         image.rows[:, stop] = 1
         image.used = stop + 1
 
-    def _layer_norm(self, image: _PromptTokens, layer_values: list[Tensor], parts: dict, norm) -> None:
-        """Rescale ``image`` (the tokens before ``norm``) by ``norm``'s per-token ``1 / sqrt(var + eps)``, in place.
+    def _layer_norm(self, image: _PromptTokens, vectors: Tensor, layer_values: list[Tensor], parts: dict,
+                    norm) -> Tensor:
+        """Rescale ``image`` (the tokens before ``norm``, with ``vectors``) by ``norm``'s per-token
+        ``1 / sqrt(var + eps)``, in place, and return the vectors after ``norm``'s linear part.
         With ``y = σ base + coefᵀ z``: ``|P y|² = σ² |P base|² + 2 σ coefᵀ (P base · z) + coefᵀ (P z)(P z)ᵀ coef``,
         where ``P`` subtracts the mean; ``P base · z`` comes from the values and ``parts["cross"]``."""
-        coef, vectors = image.coef, self._vectors(layer_values, len(layer_values) - 1)
+        coef = image.coef
         cross = torch.empty_like(coef)  # P base[n] · z[m], (B, M, N)
         row = 0
         for values, by_head, constant in zip(layer_values, parts["cross"], parts["cross_constant"]):
@@ -300,6 +305,7 @@ class SharedImageMaskDecoder:
         scale = torch.rsqrt(squares / vectors.shape[-1] + norm.eps)
         image.sigma = scale if image.sigma is None else image.sigma * scale
         coef.mul_(scale[:, None])
+        return centred.mul_(norm.weight)
 
     def _masks(self, image: _PromptTokens, vectors: Tensor, hyper: Tensor) -> Tensor:
         """Upscaling and hypernetwork product for the used grid: ``(B, 3, 4 rows, 4 cols)`` logits. Each image token

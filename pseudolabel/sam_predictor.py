@@ -7,6 +7,7 @@ as SAM's decoder and ``postprocess_masks`` in a cheaper order; any other request
 """
 from __future__ import annotations
 
+import math
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -116,9 +117,10 @@ class BatchedPointPredictor(SamPredictor):
         on_cpu = self.device.type == "cpu"
         size = self.prompts_per_step or (4 if on_cpu else len(sparse))
         threads = (self.threads or torch.get_num_threads()) if on_cpu else 1
-        steps = -(-len(sparse) // size)
-        if steps > threads:  # as many steps per thread, and prompts per step, as can be: no thread idles long
-            size = -(-len(sparse) // (-(-steps // threads) * threads))
+        steps = math.ceil(len(sparse) / size)
+        if steps > threads:  # the same number of steps for every thread, each as full as can be: none idles long
+            steps = math.ceil(steps / threads) * threads
+            size = math.ceil(len(sparse) / steps)
         starts = range(0, len(sparse), size)
         threads = min(threads, len(starts))
         masks = torch.empty(len(sparse), self.decoder.decoder.num_multimask_outputs, *self.original_size,
