@@ -19,10 +19,10 @@ import tools._venv  # noqa: E402,F401  (re-runs inside the project venv with too
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import pseudolabel  # noqa: E402,F401  (compatibility shims before segment_anything imports torchvision)
-from pseudolabel.sam_models import load_sam  # noqa: E402
+from pseudolabel.sam.models import load_sam  # noqa: E402
 from segment_anything import SamPredictor  # noqa: E402
-from pseudolabel.sam_predictor import BatchedPointPredictor  # noqa: E402
-from pseudolabel.sam_refine import SAMRefineConfig, SAMRefiner  # noqa: E402
+from pseudolabel.sam.predictor import BatchedPointPredictor  # noqa: E402
+from pseudolabel.sam.refine import SAMRefineConfig, SAMRefiner  # noqa: E402
 from tests.fixtures.fake_sam import LoopSAMRefiner  # noqa: E402
 
 

@@ -27,7 +27,7 @@ from PIL import Image
 
 from pseudolabel.classes import get_class_set, pascal_palette
 from pseudolabel.image_io import write_label_png
-from pseudolabel.shards import LabelRecord, ShardWriter
+from pseudolabel.storage.shards import LabelRecord, ShardWriter
 from segtrain.pretrained import drop_pretrained
 
 VOC_CONFIG = Path(__file__).resolve().parents[1] / "segtrain/configs/deeplabv3plus_r101_voc_pseudo.py"

@@ -17,8 +17,8 @@ import tools._venv  # noqa: E402,F401  (re-runs inside the project venv with too
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from pseudolabel.classes import get_class_set  # noqa: E402
-from pseudolabel.clip_models import load_clip  # noqa: E402
-from pseudolabel.skipcam import SkipCAM, SkipCAMConfig  # noqa: E402
+from pseudolabel.cam.clip_models import load_clip  # noqa: E402
+from pseudolabel.cam.skipcam import SkipCAM, SkipCAMConfig  # noqa: E402
 from tests.fixtures.clipes_reference import clipes_reference_maps  # noqa: E402
 
 

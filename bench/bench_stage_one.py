@@ -17,9 +17,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from bench.bench_sam_refine import synthetic_input  # noqa: E402
 from pseudolabel.classes import get_class_set  # noqa: E402
-from pseudolabel.sam_refine import SAMRefineConfig, SAMRefiner  # noqa: E402
-from pseudolabel.shards import LabelRecord, ShardWriter  # noqa: E402
-from pseudolabel.skipcam import SkipCAM, SkipCAMConfig  # noqa: E402
+from pseudolabel.sam.refine import SAMRefineConfig, SAMRefiner  # noqa: E402
+from pseudolabel.storage.shards import LabelRecord, ShardWriter  # noqa: E402
+from pseudolabel.cam.skipcam import SkipCAM, SkipCAMConfig  # noqa: E402
 
 
 VOC_SIZES = ((375, 500), (500, 375), (333, 500), (500, 500), (281, 500))  # (height, width)

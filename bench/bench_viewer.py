@@ -25,9 +25,9 @@ from PIL import Image  # noqa: E402
 import pseudolabel  # noqa: E402,F401
 from pseudolabel.classes import get_class_set, pascal_palette  # noqa: E402
 from pseudolabel.image_io import write_label_png  # noqa: E402
-from pseudolabel.shard_check import run_check  # noqa: E402
-from pseudolabel.shards import LabelRecord, ShardWriter, open_shards  # noqa: E402
-from pseudolabel.visualize import render_panel  # noqa: E402
+from pseudolabel.storage.check import run_check  # noqa: E402
+from pseudolabel.storage.shards import LabelRecord, ShardWriter, open_shards  # noqa: E402
+from pseudolabel.viewer.visualize import render_panel  # noqa: E402
 from tests.fixtures.viewer_shards import ATTRS, load_tool  # noqa: E402
 
 VOC = get_class_set("voc")

@@ -8,8 +8,8 @@ import types
 import typing
 from dataclasses import dataclass, field
 
-from pseudolabel.sam_refine import SAMRefineConfig
-from pseudolabel.skipcam import SkipCAMConfig, default_tau
+from pseudolabel.sam.refine import SAMRefineConfig
+from pseudolabel.cam.skipcam import SkipCAMConfig, default_tau
 
 FLAG_NAMES = {"use_par": "par", "enabled": "refine"}  # --no-par, --no-refine
 

@@ -24,11 +24,11 @@ from pseudolabel.classes import DATA_DIR, get_class_set
 from pseudolabel.config import PseudoLabelConfig, add_dataclass_arguments, config_from_args
 from pseudolabel.datasets import DEFAULT_SPLITS, build_dataset
 from pseudolabel.image_io import ImageReadError, read_rgb
-from pseudolabel.run_store import OutputError, RunStore
-from pseudolabel.sam_models import SAM_VARIANTS, cache_dir
-from pseudolabel.sam_refine import SAMRefineConfig, SAMRefiner
-from pseudolabel.shards import LabelRecord
-from pseudolabel.skipcam import SkipCAM, SkipCAMConfig
+from pseudolabel.storage.run_store import OutputError, RunStore
+from pseudolabel.sam.models import SAM_VARIANTS, cache_dir
+from pseudolabel.sam.refine import SAMRefineConfig, SAMRefiner
+from pseudolabel.storage.shards import LabelRecord
+from pseudolabel.cam.skipcam import SkipCAM, SkipCAMConfig
 
 LOG = logging.getLogger("pseudolabel.generate")
 DEMO_DIR = DATA_DIR / "demo"

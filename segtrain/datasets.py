@@ -9,7 +9,7 @@ from mmseg.registry import DATASETS
 
 from pseudolabel.classes import BUILTIN_CLASS_SETS, ClassSet, get_class_set, pascal_palette
 from pseudolabel.datasets.custom import find_image
-from pseudolabel.shards import ShardSet, open_shards
+from pseudolabel.storage.shards import ShardSet, open_shards
 
 LABEL_KINDS = ("refined", "initial")
 

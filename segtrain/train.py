@@ -18,7 +18,7 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner, find_latest_checkpoint
 from mmseg.registry import DATASETS
 
-from pseudolabel.shards import open_shards
+from pseudolabel.storage.shards import open_shards
 from segtrain.datasets import ShardMismatchError, check_shards, class_names
 from segtrain.pretrained import PretrainedUnavailableError, drop_pretrained, ensure_pretrained
 

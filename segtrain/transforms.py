@@ -4,7 +4,7 @@ from __future__ import annotations
 from mmcv.transforms import BaseTransform
 from mmseg.registry import TRANSFORMS
 
-from pseudolabel.shards import ShardSet, open_shards
+from pseudolabel.storage.shards import ShardSet, open_shards
 
 
 @TRANSFORMS.register_module()

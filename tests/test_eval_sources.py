@@ -1,5 +1,5 @@
 """Source detection and reading: PNG folders, dataset specs and shard directories (with small fakes of the
-``pseudolabel.datasets`` / ``pseudolabel.shards`` APIs from docs/design.md)."""
+``pseudolabel.datasets`` / ``pseudolabel.storage.shards`` APIs from docs/design.md)."""
 import sys
 import types
 from pathlib import Path
@@ -44,7 +44,7 @@ class FakeDataset:
 def fake_modules(monkeypatch):
     datasets = types.ModuleType("pseudolabel.datasets")
     datasets.build_dataset = lambda name, root, split: FakeDataset(root, split)
-    shards = types.ModuleType("pseudolabel.shards")
+    shards = types.ModuleType("pseudolabel.storage.shards")
 
     class FakeShardSet(dict):
         attrs = {"dataset": "voc", "split": "train", "class_set": get_class_set("voc")}
@@ -52,7 +52,7 @@ def fake_modules(monkeypatch):
     shards.open_shards = lambda directory: FakeShardSet(
         {i: SimpleNamespace(refined=REFINED[i], initial=INITIAL[i]) for i in REFINED})
     monkeypatch.setitem(sys.modules, "pseudolabel.datasets", datasets)
-    monkeypatch.setitem(sys.modules, "pseudolabel.shards", shards)
+    monkeypatch.setitem(sys.modules, "pseudolabel.storage.shards", shards)
 
 
 def test_detection(tmp_path, fake_modules):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pseudolabel.generate import main, run
-from pseudolabel.shards import open_shards
+from pseudolabel.storage.shards import open_shards
 from tests.fixtures.tiny_datasets import make_voc
 
 TINY = ["--clip-model", "ViT-T-16-cep-test", "--clip-weights", "random", "--sam-model", "vit_tiny_test",

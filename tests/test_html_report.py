@@ -1,4 +1,4 @@
-"""The static HTML contact sheet (pseudolabel.html_report), parsed with html.parser, alone and from
+"""The static HTML contact sheet (pseudolabel.viewer.html_report), parsed with html.parser, alone and from
 tools/view_labels.py --html on small real shards."""
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from html.parser import HTMLParser
 
 import pytest
 
-from pseudolabel.html_report import ReportEntry, render_html, write_html
-from pseudolabel.shards import open_shards
-from pseudolabel.visualize import class_coverage, image_iou
+from pseudolabel.viewer.html_report import ReportEntry, render_html, write_html
+from pseudolabel.storage.shards import open_shards
+from pseudolabel.viewer.visualize import class_coverage, image_iou
 from tests.fixtures.viewer_shards import VOC, load_tool, make_voc_run
 
 

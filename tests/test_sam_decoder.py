@@ -10,9 +10,9 @@ from segment_anything import SamPredictor
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from pseudolabel.sam_decoder import SharedImageMaskDecoder
-from pseudolabel.sam_models import load_sam
-from pseudolabel.sam_predictor import BatchedPointPredictor, MaskResize
+from pseudolabel.sam.decoder import SharedImageMaskDecoder
+from pseudolabel.sam.models import load_sam
+from pseudolabel.sam.predictor import BatchedPointPredictor, MaskResize
 
 
 def vit_b_decoder(seed: int = 0) -> tuple[MaskDecoder, PromptEncoder]:

@@ -4,8 +4,8 @@ import pytest
 import torch
 from segment_anything.utils.amg import build_point_grid
 
-from pseudolabel.sam_models import SAM_VARIANTS, download_checkpoint, load_sam
-from pseudolabel.sam_refine import SAMRefineConfig, SAMRefiner, grid_points
+from pseudolabel.sam.models import SAM_VARIANTS, download_checkpoint, load_sam
+from pseudolabel.sam.refine import SAMRefineConfig, SAMRefiner, grid_points
 from tests.fixtures.fake_sam import FakePredictor, LoopSAMRefiner
 
 H, W = 64, 64
@@ -146,7 +146,7 @@ def test_disabled_refinement_returns_y0():
 def test_batched_path_equals_the_per_point_predict_loop():
     from segment_anything import SamPredictor
 
-    from pseudolabel.sam_predictor import BatchedPointPredictor
+    from pseudolabel.sam.predictor import BatchedPointPredictor
 
     model, _ = load_sam("vit_tiny_test", "random", seed=3)
     rng = np.random.default_rng(0)

@@ -16,7 +16,7 @@ from PIL import Image
 import segtrain
 from pseudolabel.classes import get_class_set
 from pseudolabel.image_io import read_label_png
-from pseudolabel.shards import LabelRecord, ShardWriter, open_shards
+from pseudolabel.storage.shards import LabelRecord, ShardWriter, open_shards
 from segtrain import pretrained
 from segtrain.crf import dense_crf
 from segtrain.datasets import ShardMismatchError, ShardPseudoLabelDataset

@@ -1,4 +1,4 @@
-"""pseudolabel.shard_check and tools/check_shards.py: a good stage-one output passes; each kind of damage is caught
+"""pseudolabel.storage.check and tools/check_shards.py: a good stage-one output passes; each kind of damage is caught
 (as exactly the problem it is, where that can be pinned down) and gives exit status 1."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from pseudolabel.shard_check import check_shards, run_check
+from pseudolabel.storage.check import check_shards, run_check
 from tests.fixtures.viewer_shards import REPO, load_tool, make_voc_run
 
 FIRST, SECOND = "shard-r000-00000.h5", "shard-r000-00001.h5"

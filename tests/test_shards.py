@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pseudolabel.classes import get_class_set, pascal_palette
 from pseudolabel.loc_maps import resize_maps
-from pseudolabel.shards import LabelRecord, ShardWriter, open_shards
+from pseudolabel.storage.shards import LabelRecord, ShardWriter, open_shards
 
 VOC = get_class_set("voc")
 
@@ -120,7 +120,7 @@ def test_read_label_reads_one_map(tmp_path, monkeypatch, inflater):
 
     from zlib_ng import zlib_ng
 
-    monkeypatch.setattr("pseudolabel.shards.deflate", {"zlib_ng": zlib_ng, "zlib": zlib}[inflater])
+    monkeypatch.setattr("pseudolabel.storage.shards.deflate", {"zlib_ng": zlib_ng, "zlib": zlib}[inflater])
     records = [make_record(f"id/{i}", size=(30 + i, 41), seed=i) for i in range(5)]
     shards = open_shards(write_shards(tmp_path, records))
     for record in records:  # the raw-chunk fast path gives exactly what HDF5 decodes

@@ -4,10 +4,10 @@ import pytest
 import scipy.ndimage as ndi
 import torch
 
-from pseudolabel.caa import affinity_from_attention, box_mask
-from pseudolabel.clip_models import load_clip
-from pseudolabel.par import PARConfig, par_refine
-from pseudolabel.skipcam import SkipCAM, SkipCAMConfig, default_tau
+from pseudolabel.cam.caa import affinity_from_attention, box_mask
+from pseudolabel.cam.clip_models import load_clip
+from pseudolabel.cam.par import PARConfig, par_refine
+from pseudolabel.cam.skipcam import SkipCAM, SkipCAMConfig, default_tau
 from tests.fixtures.clipes_reference import clipes_reference_maps, sinkhorn_reference
 from tests.fixtures.tiny_clip import TINY_CLIP, tiny_skipcam
 

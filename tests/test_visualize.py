@@ -1,4 +1,4 @@
-"""Inspection panels (pseudolabel.visualize) and tools/view_labels.py on small real shards."""
+"""Inspection panels (pseudolabel.viewer.visualize) and tools/view_labels.py on small real shards."""
 from __future__ import annotations
 
 import math
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pseudolabel.shards import LabelRecord, open_shards
-from pseudolabel.visualize import (GAP, HEADER_H, TITLE_H, class_coverage, colorize_labels, heatmap, image_iou,
+from pseudolabel.storage.shards import LabelRecord, open_shards
+from pseudolabel.viewer.visualize import (GAP, HEADER_H, TITLE_H, class_coverage, colorize_labels, heatmap, image_iou,
                                    legend_entries, render_panel)
 from tests.fixtures.viewer_shards import VOC, load_tool, make_voc_run
 

@@ -119,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from pseudolabel.evaluation import open_source
-    from pseudolabel.html_report import ReportEntry, write_html
-    from pseudolabel.shards import open_shards
-    from pseudolabel.visualize import class_coverage, image_iou, render_panel, save_panel
+    from pseudolabel.viewer.html_report import ReportEntry, write_html
+    from pseudolabel.storage.shards import open_shards
+    from pseudolabel.viewer.visualize import class_coverage, image_iou, render_panel, save_panel
 
     if args.worst is not None and not args.gt:
         print("error: --worst needs --gt (a folder of GT PNGs or a dataset spec like voc:train)", file=sys.stderr)

@@ -118,7 +118,7 @@ class ShardSource:
     class_names: tuple[str, ...] | None = field(init=False)
 
     def __post_init__(self) -> None:
-        from pseudolabel.shards import open_shards  # imported on use: only shard directories need it
+        from pseudolabel.storage.shards import open_shards  # imported on use: only shard directories need it
 
         if self.kind not in PRED_KINDS:
             raise LabelSourceError(f"--pred-kind must be one of {PRED_KINDS} (got {self.kind!r})")

@@ -128,7 +128,7 @@ def _format_iou(value: float) -> str:
 
 def render_panel(record, class_set: ClassSet, photo: np.ndarray | None = None, gt: np.ndarray | None = None,
                  random_weights: bool = False, tile_height: int = 160) -> np.ndarray:
-    """Compose the inspection panel of one :class:`~pseudolabel.shards.LabelRecord` as ``(H, W, 3) uint8`` RGB.
+    """Compose the inspection panel of one :class:`~pseudolabel.storage.shards.LabelRecord` as ``(H, W, 3) uint8`` RGB.
 
     ``photo``: the image (resized to the record size if it differs), or None for a "photo not found" tile.
     ``gt``: GT label map; adds a GT tile whose title gives the per-image IoU of the refined label (and Y0's IoU in

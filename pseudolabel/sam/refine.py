@@ -68,8 +68,8 @@ class SAMRefiner:
 
     @classmethod
     def from_config(cls, cfg: SAMRefineConfig, device="cpu", seed: int = 0) -> "SAMRefiner":
-        from pseudolabel.sam_models import load_sam
-        from pseudolabel.sam_predictor import BatchedPointPredictor
+        from pseudolabel.sam.models import load_sam
+        from pseudolabel.sam.predictor import BatchedPointPredictor
 
         model, weights = load_sam(cfg.sam_model, cfg.sam_checkpoint, device, seed)
         return cls(BatchedPointPredictor(model), cfg, weights)

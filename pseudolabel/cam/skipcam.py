@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pseudolabel.caa import affinity_from_attention, minmax, refine_cams
+from pseudolabel.cam.caa import affinity_from_attention, minmax, refine_cams
 from pseudolabel.classes import ClassSet
-from pseudolabel.clip_models import load_clip
+from pseudolabel.cam.clip_models import load_clip
 from pseudolabel.loc_maps import resize_maps
-from pseudolabel.par import PARConfig, par_refine
-from pseudolabel.prompts import PROMPT_SETS, prompt_texts, text_embeddings
+from pseudolabel.cam.par import PARConfig, par_refine
+from pseudolabel.cam.prompts import PROMPT_SETS, prompt_texts, text_embeddings
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -1,4 +1,4 @@
-"""CLIP models through open_clip: its registry of configs plus ours (``pseudolabel/model_configs``), and weights.
+"""CLIP models through open_clip: its registry of configs plus ours (``pseudolabel/cam/model_configs``), and weights.
 
 Weights: ``"openai"`` (downloaded and cached by open_clip), a local file (OpenAI's original TorchScript archive such as
 ``ViT-B-16.pt``, or a state dict in OpenAI / open_clip key format), or ``"random"`` (seeded; demo, tests, benchmarks).

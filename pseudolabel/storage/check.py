@@ -20,7 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pseudolabel.shards import FORMAT, FORMAT_VERSION, MANIFEST, SHARD_GLOB, image_key
+from pseudolabel.storage.shards import FORMAT, FORMAT_VERSION, MANIFEST, SHARD_GLOB, image_key
 
 REQUIRED_ROOT_ATTRS = ("format", "format_version", "dataset", "split", "class_names", "class_set", "config",
                        "versions", "weights", "random_weights", "rank")

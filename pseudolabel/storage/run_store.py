@@ -21,7 +21,7 @@ import numpy as np
 
 from pseudolabel.classes import ClassSet
 from pseudolabel.config import differences
-from pseudolabel.shards import MANIFEST, SHARD_GLOB, LabelRecord, ShardWriter
+from pseudolabel.storage.shards import MANIFEST, SHARD_GLOB, LabelRecord, ShardWriter
 
 CONFIG_FILE = "config.json"
 WRITE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EACCES: "permission denied", errno.EROFS: "read-only file system",

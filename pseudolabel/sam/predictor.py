@@ -2,7 +2,7 @@
 
 :class:`BatchedPointPredictor` is a drop-in ``segment_anything.SamPredictor``. When ``predict_torch`` gets what the
 refinement asks for (one positive point per prompt, no box or mask input, 3 masks, thresholded), it runs
-:class:`~pseudolabel.sam_decoder.SharedImageMaskDecoder` and :class:`MaskResize`, which compute the same function
+:class:`~pseudolabel.sam.decoder.SharedImageMaskDecoder` and :class:`MaskResize`, which compute the same function
 as SAM's decoder and ``postprocess_masks`` in a cheaper order; any other request goes to ``SamPredictor`` itself.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from segment_anything import SamPredictor
 from torch import Tensor
 
-from pseudolabel.sam_decoder import SharedImageMaskDecoder
+from pseudolabel.sam.decoder import SharedImageMaskDecoder
 
 
 def _resize_taps(low: int, canvas: int, kept: int, out: int, taps: int = 4) -> tuple[Tensor, Tensor]:
