@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "  tools/gen_pseudo.sh coco --split train        # tau 0.7\n"
                     "  tools/gen_pseudo.sh custom --images DIR --labels tags.csv --classes classes.txt\n"
                     "  NPROC=4 tools/gen_pseudo.sh voc               # 4 GPUs through torchrun\n"
-                    "Rerunning the same command resumes an interrupted run.",
+                    "Rerunning the same command resumes an interrupted run.\n"
+                    "The method, every option's role and the paper's tables as commands: docs/method.md",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", choices=("voc", "coco", "custom", "demo"), help="what to label")
     run = parser.add_argument_group("run")

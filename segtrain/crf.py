@@ -1,4 +1,5 @@
-"""DenseCRF post-processing of segmenter probabilities, with WeCLIP's test-time parameters (method.md §2.5)."""
+"""DenseCRF post-processing of segmenter probabilities, with WeCLIP's test-time parameters
+(docs/stage_two.md#test-tta-crf)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

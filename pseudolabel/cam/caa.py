@@ -1,4 +1,5 @@
-"""Class-aware attention affinity (CAA) refinement of CAMs, as in CLIP-ES / WeCLIP (method.md §2.2)."""
+"""Class-aware attention affinity (CAA) refinement of CAMs, as in CLIP-ES / WeCLIP
+(docs/method.md#class-aware-attention-affinity)."""
 from __future__ import annotations
 
 import cv2

@@ -1,5 +1,5 @@
-"""Skip-CAM: localization maps from a frozen CLIP ViT with skip connections into the last block (method.md §2.1),
-refined by class-aware attention affinity, plus the initial pseudo label Y0 (§2.2).
+"""Skip-CAM: localization maps from a frozen CLIP ViT with skip connections into the last block, refined by
+class-aware attention affinity, plus the initial pseudo label Y0 (docs/method.md#skip-cam).
 
 One forward of the frozen blocks 1..N-1 serves every class of an image; the last block runs once on a batch that
 replicates its input per class, so one backward gives every class's Grad-CAM gradient.
@@ -34,14 +34,14 @@ def default_tau(dataset: str) -> float:
 
 @dataclass
 class SkipCAMConfig:
-    """Stage one, part 1. Defaults follow method.md (§2.1, §2.2, §6)."""
+    """Stage one, part 1. Defaults and their reasons: docs/method.md#open-choices-and-their-flags."""
 
     num_skips: int = field(default=3, metadata={"help": "K skip connections: outputs of blocks N-2..N-1-K are fused "
                                                        "with block N-1's (0 = plain CLIP-ES Grad-CAM)"})
     skip_fusion: str = field(default="sum", metadata={"help": "how skip features are fused", "choices": ("sum", "mean")})
     skip_entry: str = field(default="input", metadata={
-        "help": "where skips enter (A1): input = into the last block's input (a); output = added to its output "
-                "before pooling (b); average = last block run on each feature, CAMs averaged (c)",
+        "help": "where skips enter (docs/method.md#skip-fusion): input = into the last block's input; output = added "
+                "to its output before pooling; average = last block run on each feature, CAMs averaged",
         "choices": ("input", "output", "average")})
     tau: float = field(default=0.4, metadata={"help": "CAA box confidence threshold τ (default 0.4 VOC, 0.7 COCO)"})
     bg_power: float = field(default=1.0, metadata={"help": "background score = (1 - max_c M_c) ** bg_power"})
@@ -129,7 +129,7 @@ class SkipCAM:
 
     # -- preprocessing ------------------------------------------------------------------------------------------
     def input_size(self, height: int, width: int) -> tuple[int, int]:
-        """CAM input size (h, w), multiples of the patch size (method.md A15)."""
+        """CAM input size (h, w), multiples of the patch size (docs/method.md#preprocessing)."""
         if self.cfg.image_size != "full":
             scale = int(self.cfg.image_size) / max(height, width)
             height, width = height * scale, width * scale

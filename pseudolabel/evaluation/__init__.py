@@ -1,4 +1,4 @@
-"""Evaluation of label maps: mIoU, mBIoU, bootstrap CIs and paired tests (definitions: shared/eval.md).
+"""Evaluation of label maps: mIoU, mBIoU, bootstrap CIs and paired tests (definitions: docs/evaluation.md).
 
 Typical use::
 

@@ -1,4 +1,4 @@
-"""Bootstrap confidence intervals and the paired test over images (eval.md "Bootstrap").
+"""Bootstrap confidence intervals and the paired test over images (docs/evaluation.md#what-is-computed).
 
 Dataset-level statistics are sums of per-image count vectors, so a resample is a vector of image counts ``w``
 (n entries summing to n) and its sums are ``w @ counts``. Resamples are drawn in chunks of
@@ -79,7 +79,7 @@ class PairedTest:
 
 
 def paired_test(diff: float, diff_samples: np.ndarray, confidence: float = 0.95) -> PairedTest:
-    """Paired test from the full-set Δ and its bootstrap replicates Δ* (eval.md p-value definitions)."""
+    """Paired test from the full-set Δ and its bootstrap replicates Δ* (docs/evaluation.md#what-is-computed)."""
     diff_samples = diff_samples[np.isfinite(diff_samples)]
     b = diff_samples.size
     return PairedTest(

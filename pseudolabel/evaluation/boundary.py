@@ -1,4 +1,4 @@
-"""Boundary bands for mBIoU (eval.md "mBIoU").
+"""Boundary bands for mBIoU (docs/evaluation.md#what-is-computed).
 
 ``band(X) = X ∧ ¬erode(X, ones(k, k))`` for a binary mask X. Two borders:
 

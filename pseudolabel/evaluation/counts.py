@@ -1,4 +1,4 @@
-"""Per-image count vectors from which every dataset-level statistic is a sum (eval.md).
+"""Per-image count vectors from which every dataset-level statistic is a sum (docs/evaluation.md#what-is-computed).
 
 Per image and class c, over the *scored* pixels (GT < C, so GT 255 is dropped):
 

@@ -1,4 +1,5 @@
-"""mIoU and mBIoU from summed counts (eval.md): one accumulation over the split, not a mean of per-image IoUs.
+"""mIoU and mBIoU from summed counts: one accumulation over the split, not a mean of per-image IoUs
+(docs/evaluation.md#what-is-computed).
 
 All functions broadcast over leading axes, so the same code scores the full set ``(C,)`` and bootstrap
 resamples ``(B, C)``.

@@ -24,7 +24,7 @@ class EvaluationError(ValueError):
 
 @dataclass
 class EvaluationConfig:
-    """Options of an evaluation run (defaults follow eval.md)."""
+    """Options of an evaluation run (docs/evaluation.md#usage explains each)."""
 
     num_classes: int | None = field(default=None, metadata={
         "help": "number of classes incl. background; inferred from a dataset/shard source, required for PNG folders"})

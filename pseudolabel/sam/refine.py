@@ -1,5 +1,5 @@
-"""SAM refinement of the initial label Y0 (method.md §2.3-2.4): grid points filtered by class, one positive point
-per prompt (batched), multimask selection, the δ filter and the merge into a label map."""
+"""SAM refinement of the initial label Y0 (docs/method.md#sam-refinement): grid points filtered by class, one
+positive point per prompt (batched), multimask selection, the δ filter and the merge into a label map."""
 from __future__ import annotations
 
 import time
@@ -14,7 +14,7 @@ from pseudolabel.classes import IGNORE_INDEX
 
 @dataclass
 class SAMRefineConfig:
-    """Stage one, part 2. Defaults follow method.md (§2.3, §2.4, §6)."""
+    """Stage one, part 2. Defaults and their reasons: docs/method.md#open-choices-and-their-flags."""
 
     enabled: bool = field(default=True, metadata={"help": "refine Y0 with SAM (off: the output is Y0)"})
     sam_model: str = field(default="vit_b", metadata={"help": "SAM variant (paper Table 6)",
@@ -24,21 +24,22 @@ class SAMRefineConfig:
                 "'random' = seeded random weights (pipeline checks only)"})
     grid_size: int = field(default=16, metadata={"help": "n_h = n_w: candidate points at the cell centres"})
     delta: float = field(default=0.5, metadata={"help": "δ: keep a mask if its filter metric >= δ (Eq. 8)"})
-    filter_metric: str = field(default="iou", metadata={"help": "iou = |m∩R|/|m∪R|; containment = |m∩R|/|m| (A4)",
+    filter_metric: str = field(default="iou", metadata={"help": "iou = |m∩R|/|m∪R|; containment = |m∩R|/|m|",
                                                         "choices": ("iou", "containment")})
     filter_scope: str = field(default="class", metadata={
-        "help": "R = the whole class region, or its connected component holding the point (A5)",
+        "help": "R = the whole class region, or its connected component holding the point",
         "choices": ("class", "component")})
     mask_select: str = field(default="region_iou", metadata={
-        "help": "which of SAM's 3 masks: best IoU with R (ties: SAM score), SAM's score, or the largest (A7)",
+        "help": "which of SAM's 3 masks: best IoU with R (ties: SAM score), SAM's score, or its third output "
+                "(usually the largest)",
         "choices": ("region_iou", "sam_score", "largest")})
     merge: str = field(default="replace", metadata={
-        "help": "replace: class support = union of accepted masks (else R); overwrite: R ∪ accepted masks (A6)",
+        "help": "replace: class support = union of accepted masks (else R); overwrite: R ∪ accepted masks",
         "choices": ("replace", "overwrite")})
     conflict_ignore: bool = field(default=False, metadata={"help": "pixels claimed by several classes -> 255"})
     uncertain_ignore: bool = field(default=False, metadata={"help": "pixels whose label differs from Y0 -> 255"})
     ensure_point_per_class: bool = field(default=False, metadata={
-        "help": "a class with no grid point gets its localization peak as a prompt (A12)"})
+        "help": "a class with no grid point gets its localization peak as a prompt"})
     points_per_batch: int = field(default=64, metadata={"help": "prompts decoded together"})
 
     def to_dict(self) -> dict:
@@ -151,7 +152,8 @@ class SAMRefiner:
         return labels
 
     def merge(self, y0, scores, class_ids, regions: torch.Tensor, accepted: torch.Tensor) -> np.ndarray:
-        """Compose the label map from each class's support (§2.4): conflicts go to the larger refined score."""
+        """Compose the label map from each class's support: conflicts go to the larger refined score
+        (docs/method.md#merge-and-conflicts)."""
         if self.cfg.merge == "replace":
             has_mask = accepted.flatten(1).any(dim=1)[:, None, None]
             support = torch.where(has_mask, accepted, regions).numpy()
