@@ -9,9 +9,8 @@ from mmseg.registry import DATASETS
 
 from pseudolabel.classes import BUILTIN_CLASS_SETS, ClassSet, get_class_set, pascal_palette
 from pseudolabel.datasets.custom import find_image
+from pseudolabel.storage.format import LABEL_KINDS, REFINED
 from pseudolabel.storage.shards import ShardSet, open_shards
-
-LABEL_KINDS = ("refined", "initial")
 
 
 class ShardMismatchError(ValueError):
@@ -66,7 +65,7 @@ class ShardPseudoLabelDataset(BaseSegDataset):
     """
 
     def __init__(self, shards_dir: str, num_classes: int | None = None, expected_dataset: str | None = None,
-                 label_kind: str = "refined", metainfo: dict | None = None, **kwargs):
+                 label_kind: str = REFINED, metainfo: dict | None = None, **kwargs):
         if label_kind not in LABEL_KINDS:
             raise ValueError(f"label_kind must be one of {LABEL_KINDS}, got {label_kind!r}")
         self.shards_dir = str(shards_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from mmcv.transforms import BaseTransform
 from mmseg.registry import TRANSFORMS
 
+from pseudolabel.storage.format import REFINED
 from pseudolabel.storage.shards import ShardSet, open_shards
 
 
@@ -27,7 +28,7 @@ class LoadShardLabel(BaseTransform):
         return self._shards[directory]
 
     def transform(self, results: dict) -> dict:
-        labels = self._open(results["shards_dir"]).read_label(results["shard_id"], results.get("label_kind", "refined"))
+        labels = self._open(results["shards_dir"]).read_label(results["shard_id"], results.get("label_kind", REFINED))
         image_shape = results.get("ori_shape", results.get("img_shape"))
         if image_shape is not None and tuple(image_shape[:2]) != labels.shape:
             raise ValueError(f"shard label of '{results['shard_id']}' is {labels.shape} but the image "

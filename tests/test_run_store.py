@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import Counter
 
 from pseudolabel.classes import get_class_set
-from pseudolabel.storage.run_store import RunStore, shard_image_ids
+from pseudolabel.storage.run_store import RunStore
+from pseudolabel.storage.shards import shard_image_ids
 from tests.test_shards import make_record
 
 VOC = get_class_set("voc")

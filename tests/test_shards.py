@@ -9,6 +9,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from pseudolabel.classes import get_class_set, pascal_palette
 from pseudolabel.loc_maps import resize_maps
+from pseudolabel.storage.check import check_shards
+from pseudolabel.storage.format import image_id_from_key, image_key
 from pseudolabel.storage.shards import LabelRecord, ShardWriter, open_shards
 
 VOC = get_class_set("voc")
@@ -130,3 +132,33 @@ def test_read_label_reads_one_map(tmp_path, monkeypatch, inflater):
     assert all(len(chunks) == 2 * n for (_, chunks), n in zip(shards._raw.values(), (2, 2, 1)))
     with pytest.raises(ValueError, match="refined"):
         shards.read_label("a", "loc_maps")
+
+
+def test_image_keys_are_injective_and_keep_plain_ids():
+    ids = ["sub/x", "sub|x", "sub%2Fx", "sub%x", "%", "/", "%25", "a b/é", "2007_000032"]
+    keys = [image_key(i) for i in ids]
+    assert len(set(keys)) == len(ids) and all("/" not in k for k in keys)
+    assert [image_id_from_key(k) for k in keys] == ids
+    assert image_key("2007_000032") == "2007_000032" and image_key("a b|é") == "a b|é"  # unchanged groups
+
+
+def test_ids_that_differ_only_in_a_slash_are_two_images(tmp_path):
+    records = [make_record("sub/x", seed=1), make_record("sub|x", seed=2), make_record("sub%2Fx", seed=3)]
+    complete = {"versions": {}, "weights": {}, "rank": 0}  # every required root attribute, for the checker
+    shards = open_shards(write_shards(tmp_path, records, per_shard=3, attrs=complete))
+    assert sorted(shards) == sorted(r.image_id for r in records)
+    for record in records:
+        assert np.array_equal(shards.read_label(record.image_id, "initial"), record.initial)
+        assert shards[record.image_id].loc_maps_lowres.shape == record.loc_maps_lowres.shape
+    assert check_shards(tmp_path, require_manifest=False) == []
+
+
+def test_attributes_decode_by_their_declared_type(tmp_path):
+    # text that looks like JSON stays text; JSON attributes come back as data
+    attrs = {"split": "[1, 2]", "dataset": "{voc}", "image_dir": "[photos]", "weights": ["a", {"b": 1}]}
+    shards = open_shards(write_shards(tmp_path, [make_record("x")], attrs=attrs))
+    assert shards.attrs["split"] == "[1, 2]" and shards.attrs["dataset"] == "{voc}"
+    assert shards.attrs["image_dir"] == "[photos]" and shards.attrs["weights"] == ["a", {"b": 1}]
+    assert shards.attrs["random_weights"] is True and shards.attrs["config"] == {"a": 1}
+    with pytest.raises(ValueError, match="not part of the shard format"):
+        write_shards(tmp_path / "bad", [make_record("x")], attrs={"colour": "red"})

@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import pseudolabel  # noqa: E402,F401  (compatibility shims first)
+from pseudolabel.storage.format import LABEL_KINDS, REFINED  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".JPG", ".JPEG", ".PNG")
 
@@ -106,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", default=None,
                         help="take photos from this folder (<id>.jpg/.png) or dataset spec (e.g. voc:train, read "
                              "under --data-root) instead of the dataset named in the shards")
-    parser.add_argument("--kind", choices=("refined", "initial"), default="refined",
+    parser.add_argument("--kind", choices=LABEL_KINDS, default=REFINED,
                         help="label scored against GT for --worst and the HTML score (default refined)")
     parser.add_argument("--html", action="store_true", help="also write <out>/index.html, a static contact sheet")
     parser.add_argument("--tile-height", type=int, default=160, help="height of each tile in pixels")

@@ -7,7 +7,8 @@ from dataclasses import MISSING, fields
 
 from pseudolabel.evaluation.pipeline import EvaluationConfig, EvaluationError, evaluate
 from pseudolabel.evaluation.report import format_table, plot_per_class, write_json
-from pseudolabel.evaluation.sources import PRED_KINDS, LabelSourceError
+from pseudolabel.evaluation.sources import LabelSourceError
+from pseudolabel.storage.format import LABEL_KINDS, REFINED
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -31,9 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gt", required=True, help="GT label source")
     parser.add_argument("--pred", required=True, help="predictions (system 1)")
     parser.add_argument("--pred2", help="second system, compared with system 1 on the same images")
-    parser.add_argument("--pred-kind", default="refined", choices=PRED_KINDS,
+    parser.add_argument("--pred-kind", default=REFINED, choices=LABEL_KINDS,
                         help="which labels of a shard --pred reads")
-    parser.add_argument("--pred2-kind", default="refined", choices=PRED_KINDS, help="the same for --pred2")
+    parser.add_argument("--pred2-kind", default=REFINED, choices=LABEL_KINDS, help="the same for --pred2")
     parser.add_argument("--data-root", help="dataset root for dataset specs (default: the dataset's own default)")
     parser.add_argument("--json", help="write the results as JSON to this file")
     parser.add_argument("--plot", help="write a per-class bar chart PNG to this file")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from pseudolabel.classes import IGNORE_INDEX
 from pseudolabel.evaluation.boundary import label_band
 
 
@@ -53,7 +54,7 @@ def count_image(
     gt: np.ndarray,
     pred: np.ndarray,
     num_classes: int,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     boundary: BoundarySpec | None = BoundarySpec(),
 ) -> ImageCounts:
     """Count vectors of one (GT, prediction) pair of uint8 label maps of equal shape.

@@ -12,10 +12,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from tqdm import tqdm
 
+from pseudolabel.classes import IGNORE_INDEX
 from pseudolabel.evaluation.bootstrap import PairedTest, bootstrap_statistics, paired_test, percentile_interval
 from pseudolabel.evaluation.counts import BoundarySpec, CountTable, ImageCounts, count_image
 from pseudolabel.evaluation.metrics import MEAN_OVER, class_iou, coverage, labelled_only_sums, mean_iou
 from pseudolabel.evaluation.sources import LabelSource, open_source
+from pseudolabel.storage.format import REFINED
 
 
 class EvaluationError(ValueError):
@@ -28,7 +30,7 @@ class EvaluationConfig:
 
     num_classes: int | None = field(default=None, metadata={
         "help": "number of classes incl. background; inferred from a dataset/shard source, required for PNG folders"})
-    ignore_index: int = field(default=255, metadata={"help": "GT label that is not scored"})
+    ignore_index: int = field(default=IGNORE_INDEX, metadata={"help": "GT label that is not scored"})
     mean_over: str = field(default="mmseg", metadata={
         "help": "classes averaged: 'mmseg' = union > 0 (mmseg IoUMetric), 'gt-present' = present in GT "
                 "(CLIP-ES/WeCLIP)", "choices": MEAN_OVER})
@@ -245,8 +247,8 @@ def evaluate(
     pred: str | LabelSource,
     pred2: str | LabelSource | None = None,
     config: EvaluationConfig | None = None,
-    pred_kind: str = "refined",
-    pred2_kind: str = "refined",
+    pred_kind: str = REFINED,
+    pred2_kind: str = REFINED,
     data_root: str | None = None,
     progress: bool = True,
 ) -> EvaluationResult:

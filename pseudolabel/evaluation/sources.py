@@ -14,8 +14,9 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from pseudolabel.storage.format import LABEL_KINDS, REFINED
+
 DATASET_SPEC = re.compile(r"^(?P<name>[A-Za-z0-9_-]+):(?P<split>[A-Za-z0-9_-]+)$")
-PRED_KINDS = ("refined", "initial")
 
 
 class LabelSourceError(ValueError):
@@ -111,7 +112,7 @@ class ShardSource:
     """Stage-one shards (``open_shards``); ``kind`` picks the ``refined`` labels or the initial ``Y0``."""
 
     directory: Path
-    kind: str = "refined"
+    kind: str = REFINED
     description: str = field(init=False)
     split: str | None = field(init=False)
     num_classes: int | None = field(init=False)
@@ -120,8 +121,8 @@ class ShardSource:
     def __post_init__(self) -> None:
         from pseudolabel.storage.shards import open_shards  # imported on use: only shard directories need it
 
-        if self.kind not in PRED_KINDS:
-            raise LabelSourceError(f"--pred-kind must be one of {PRED_KINDS} (got {self.kind!r})")
+        if self.kind not in LABEL_KINDS:
+            raise LabelSourceError(f"--pred-kind must be one of {LABEL_KINDS} (got {self.kind!r})")
         self.directory = Path(self.directory)
         self.shards = open_shards(self.directory)
         attrs = self.shards.attrs
@@ -146,7 +147,7 @@ def _is_shard_dir(path: Path) -> bool:
 
 
 def open_source(
-    spec: str | Path | LabelSource, kind: str = "refined", data_root: str | Path | None = None
+    spec: str | Path | LabelSource, kind: str = REFINED, data_root: str | Path | None = None
 ) -> LabelSource:
     """Open a label source from a CLI string (see module docstring); a ``LabelSource`` passes through."""
     if not isinstance(spec, (str, Path)):

@@ -20,13 +20,29 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pseudolabel.storage.shards import FORMAT, FORMAT_VERSION, MANIFEST, SHARD_GLOB, image_key
+from pseudolabel.storage.format import (
+    FORMAT,
+    FORMAT_VERSION,
+    IGNORE_INDEX,
+    IMAGE_ATTRS,
+    IMAGE_SPEC,
+    IMAGES,
+    LABEL_KINDS,
+    LOC_MAPS,
+    LOC_MAPS_ATTRS,
+    MANIFEST,
+    PALETTE,
+    PALETTE_REF,
+    PALETTE_SPEC,
+    ROOT_ATTRS,
+    SHARD_GLOB,
+    decode_text,
+    image_id_from_key,
+    image_key,
+    read_attrs,
+)
 
-REQUIRED_ROOT_ATTRS = ("format", "format_version", "dataset", "split", "class_names", "class_set", "config",
-                       "versions", "weights", "random_weights", "rank")
-SHARED_ROOT_ATTRS = ("format_version", "dataset", "split", "class_names", "class_set", "config")  # same in all shards
-JSON_ROOT_ATTRS = ("class_names", "class_set", "config")
-IGNORE = 255
+SHARED_ROOT_ATTRS = tuple(name for name, attr in ROOT_ATTRS.items() if attr.shared)  # same in every shard
 MAX_PROBLEMS_PER_SHARD = 50
 
 
@@ -53,12 +69,6 @@ class CheckResult:
         return "\n".join(lines)
 
 
-def _text(value) -> str:
-    if isinstance(value, (bytes, np.bytes_)):
-        return bytes(value).decode("utf-8", "replace")
-    return str(value)
-
-
 def _manifest_shards(manifest: dict, problems: list[str]) -> dict[str, list[str]] | None:
     """``shard file name -> image ids`` from the manifest's ``shards`` entry (None, with a problem, if malformed)."""
     shards = manifest.get("shards")
@@ -73,33 +83,29 @@ def _check_label(name: str, data, where: str, size, allowed: set[int], palette_r
         problems.append(f"{where}/{name}: shape {data.shape} != (height, width) {size}")
     if data.dtype != np.uint8:
         problems.append(f"{where}/{name}: dtype {data.dtype}, expected uint8")
-    if "PALETTE" not in data.attrs:
-        problems.append(f"{where}/{name}: no PALETTE attribute (HDFView shows it grey)")
-    elif not palette_ref_ok(data.attrs["PALETTE"]):
-        problems.append(f"{where}/{name}: PALETTE attribute does not reference /palette")
-    if _text(data.attrs.get("CLASS", b"")) != "IMAGE":
-        problems.append(f"{where}/{name}: CLASS attribute is not 'IMAGE'")
+    if PALETTE_REF not in data.attrs:
+        problems.append(f"{where}/{name}: no {PALETTE_REF} attribute (HDFView shows it grey)")
+    elif not palette_ref_ok(data.attrs[PALETTE_REF]):
+        problems.append(f"{where}/{name}: {PALETTE_REF} attribute does not reference /{PALETTE}")
+    if decode_text(data.attrs.get("CLASS", b"")) != IMAGE_SPEC["CLASS"]:
+        problems.append(f"{where}/{name}: CLASS attribute is not '{IMAGE_SPEC['CLASS']}'")
     values = set(int(v) for v in np.unique(data[()]))
     bad = sorted(values - allowed)
     if bad:
-        problems.append(f"{where}/{name}: label values {bad} outside {{0}} ∪ class_ids {sorted(allowed - {0, IGNORE})}"
-                        " ∪ {255}")
+        problems.append(f"{where}/{name}: label values {bad} outside {{0}} ∪ class_ids "
+                        f"{sorted(allowed - {0, IGNORE_INDEX})} ∪ {{{IGNORE_INDEX}}}")
 
 
 def _shared_root_attrs(name: str, attrs, problems: list[str]) -> dict:
-    """The root attributes every shard must agree on, JSON ones parsed (left out, with a problem, if unparsable)."""
+    """The root attributes every shard must agree on, decoded (left out, with a problem, if undecodable)."""
     shared = {}
     for key in SHARED_ROOT_ATTRS:
         if key not in attrs:
             continue
-        text = _text(attrs[key])
-        if key not in JSON_ROOT_ATTRS:
-            shared[key] = text
-            continue
         try:
-            shared[key] = json.loads(text)
+            shared[key] = ROOT_ATTRS[key].decode(attrs[key])
         except ValueError as error:
-            problems.append(f"{name}: {key} attribute is not valid JSON ({error})")
+            problems.append(f"{name}: {key} attribute is not valid {ROOT_ATTRS[key].encoding.value} ({error})")
     class_set, class_names = shared.get("class_set"), shared.get("class_names")
     if isinstance(class_set, dict) and class_names is not None and class_set.get("classes") != class_names:
         problems.append(f"{name}: class_set classes differ from class_names")
@@ -109,41 +115,43 @@ def _shared_root_attrs(name: str, attrs, problems: list[str]) -> dict:
 def _check_image(group: h5py.Group, key: str, where: str, class_names: list | None, palette_ref_ok,
                  problems: list[str]) -> str:
     """Check one image group; returns its image id."""
-    if "image_id" not in group.attrs:
+    attrs = read_attrs(group.attrs, IMAGE_ATTRS)  # ValueError (undecodable): the caller reports the image
+    if "image_id" not in attrs:
         problems.append(f"{where}: attribute image_id missing")
-        image_id = key.replace("|", "/")
+        image_id = image_id_from_key(key)
     else:
-        image_id = _text(group.attrs["image_id"])
+        image_id = attrs["image_id"]
         if image_key(image_id) != key:
             problems.append(f"{where}: group name does not match image_id '{image_id}'")
-    missing = [a for a in ("height", "width", "class_ids", "class_names") if a not in group.attrs]
+    missing = [name for name in IMAGE_ATTRS if name != "image_id" and name not in attrs]
     if missing:
         problems.append(f"{where}: attribute(s) {missing} missing")
         return image_id
-    size = (int(group.attrs["height"]), int(group.attrs["width"]))
-    class_ids = [int(c) for c in np.atleast_1d(group.attrs["class_ids"])]
+    size = (attrs["height"], attrs["width"])
+    class_ids = list(attrs["class_ids"])
     if class_names is not None:
         if any(not 0 < c < len(class_names) for c in class_ids):
             problems.append(f"{where}: class_ids {class_ids} outside 1..{len(class_names) - 1}")
-        elif json.loads(_text(group.attrs["class_names"])) != [class_names[c] for c in class_ids]:
+        elif attrs["class_names"] != [class_names[c] for c in class_ids]:
             problems.append(f"{where}: class_names attribute does not name class_ids {class_ids}")
-    allowed = {0, IGNORE, *class_ids}
-    for label in ("refined", "initial"):
+    allowed = {0, IGNORE_INDEX, *class_ids}
+    for label in LABEL_KINDS:
         if label not in group:
             problems.append(f"{where}: dataset '{label}' missing")
         else:
             _check_label(label, group[label], where, size, allowed, palette_ref_ok, problems)
-    if "loc_maps" not in group:
-        problems.append(f"{where}: dataset 'loc_maps' missing")
+    if LOC_MAPS not in group:
+        problems.append(f"{where}: dataset '{LOC_MAPS}' missing")
         return image_id
-    loc = group["loc_maps"]
-    if "class_ids" not in loc.attrs:
-        problems.append(f"{where}/loc_maps: attribute class_ids missing")
-    loc_ids = [int(c) for c in np.atleast_1d(loc.attrs.get("class_ids", np.zeros(0, np.int64)))]
+    loc = group[LOC_MAPS]
+    loc_attrs = read_attrs(loc.attrs, LOC_MAPS_ATTRS)
+    if "class_ids" not in loc_attrs:
+        problems.append(f"{where}/{LOC_MAPS}: attribute class_ids missing")
+    loc_ids = list(loc_attrs.get("class_ids", ()))
     if not set(loc_ids) <= set(class_ids):
-        problems.append(f"{where}/loc_maps: class ids {loc_ids} not all among the image's {class_ids}")
+        problems.append(f"{where}/{LOC_MAPS}: class ids {loc_ids} not all among the image's {class_ids}")
     if loc.ndim != 3 or loc.shape[0] != len(loc_ids):
-        problems.append(f"{where}/loc_maps: shape {loc.shape}, expected ({len(loc_ids)}, h, w) "
+        problems.append(f"{where}/{LOC_MAPS}: shape {loc.shape}, expected ({len(loc_ids)}, h, w) "
                         f"for loc class ids {loc_ids}")
     elif loc.size:
         loc[()]  # decompresses every chunk: a damaged chunk is reported here
@@ -154,43 +162,43 @@ def _check_shard(path: Path, handle: h5py.File, problems: list[str], ids_in: dic
     """Check one open shard; returns its :data:`SHARED_ROOT_ATTRS` (parsed) for the cross-shard comparison."""
     name = path.name
     attrs = handle.attrs
-    for key in REQUIRED_ROOT_ATTRS:
-        if key not in attrs:
+    for key, attr in ROOT_ATTRS.items():
+        if attr.required and key not in attrs:
             problems.append(f"{name}: root attribute '{key}' missing")
-    if "format" in attrs and _text(attrs["format"]) != FORMAT:
-        problems.append(f"{name}: format '{_text(attrs['format'])}' is not '{FORMAT}'")
+    if "format" in attrs and decode_text(attrs["format"]) != FORMAT:
+        problems.append(f"{name}: format '{decode_text(attrs['format'])}' is not '{FORMAT}'")
     if "format_version" in attrs and int(attrs["format_version"]) != FORMAT_VERSION:
         problems.append(f"{name}: format_version {attrs['format_version']} (this checker knows {FORMAT_VERSION})")
     shared = _shared_root_attrs(name, attrs, problems)
     class_names = shared.get("class_names") if isinstance(shared.get("class_names"), list) else None
 
-    palette = handle.get("palette")
+    palette = handle.get(PALETTE)
     if palette is None or not isinstance(palette, h5py.Dataset):
-        problems.append(f"{name}: /palette missing")
+        problems.append(f"{name}: /{PALETTE} missing")
         palette = None
     else:
         if palette.shape != (256, 3) or palette.dtype != np.uint8:
-            problems.append(f"{name}: /palette has shape {palette.shape} {palette.dtype}, expected (256, 3) uint8")
-        if _text(palette.attrs.get("CLASS", b"")) != "PALETTE":
-            problems.append(f"{name}: /palette lacks CLASS='PALETTE'")
+            problems.append(f"{name}: /{PALETTE} has shape {palette.shape} {palette.dtype}, expected (256, 3) uint8")
+        if decode_text(palette.attrs.get("CLASS", b"")) != PALETTE_SPEC["CLASS"]:
+            problems.append(f"{name}: /{PALETTE} lacks CLASS='{PALETTE_SPEC['CLASS']}'")
 
     def palette_ref_ok(ref) -> bool:
         try:
             return palette is not None and isinstance(ref, h5py.Reference) and bool(ref) and \
-                handle[ref].name == "/palette"
+                handle[ref].name == f"/{PALETTE}"
         except (ValueError, KeyError, OSError):
             return False
 
-    images = handle.get("images")
+    images = handle.get(IMAGES)
     if images is None:
-        problems.append(f"{name}: /images group missing")
+        problems.append(f"{name}: /{IMAGES} group missing")
         return shared
     start = len(problems)
     for key in images:
         if len(problems) - start > MAX_PROBLEMS_PER_SHARD:
             problems.append(f"{name}: more problems not listed")
             break
-        where = f"{name}:/images/{key}"
+        where = f"{name}:/{IMAGES}/{key}"
         try:
             ids_in[_check_image(images[key], key, where, class_names, palette_ref_ok, problems)].append(name)
         except (OSError, KeyError, ValueError, RuntimeError) as error:

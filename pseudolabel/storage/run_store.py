@@ -16,12 +16,12 @@ import os
 import shutil
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from pseudolabel.classes import ClassSet
 from pseudolabel.config import differences
-from pseudolabel.storage.shards import MANIFEST, SHARD_GLOB, LabelRecord, ShardWriter
+from pseudolabel.storage.format import MANIFEST, RUN_FORMAT, SHARD_GLOB
+from pseudolabel.storage.shards import LabelRecord, ShardWriter, shard_image_ids
 
 CONFIG_FILE = "config.json"
 WRITE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EACCES: "permission denied", errno.EROFS: "read-only file system",
@@ -51,11 +51,6 @@ def guard_write(action, where: Path):
             raise OutputError(f"cannot write to '{where}': {WRITE_ERRNOS[error.errno]}. Everything finished so far is "
                               "kept; free space or fix permissions, then rerun the same command to resume") from None
         raise
-
-
-def shard_image_ids(path: Path) -> list[str]:
-    with h5py.File(path, "r") as handle:
-        return [str(g.attrs["image_id"]) for g in handle["images"].values()]
 
 
 class RunStore:
@@ -167,7 +162,7 @@ class RunStore:
                 if path.is_file():
                     loaded = json.loads(path.read_text())
                     target.extend(loaded if isinstance(loaded, list) else [loaded])
-        manifest = {"format": "cep-pseudolabel-run", "config": json.loads((self.out / CONFIG_FILE).read_text()),
+        manifest = {"format": RUN_FORMAT, "config": json.loads((self.out / CONFIG_FILE).read_text()),
                     "num_images": sum(len(v) for v in shards.values()), "shards": shards, "failures": failures,
                     "summaries": summaries}
         self.write_json(MANIFEST, manifest)

@@ -25,14 +25,31 @@ except ImportError:  # a platform without zlib-ng wheels: same result, slower
 
 from pseudolabel.classes import ClassSet, pascal_palette
 from pseudolabel.loc_maps import resize_maps
-
-FORMAT = "cep-pseudolabel-shard"
-FORMAT_VERSION = 1
-SHARD_GLOB = "shard-*.h5"
-MANIFEST = "manifest.json"
-LOC_CONVENTION = ("CLIP-ES attn_highres: CAA-refined map, min-max normalised at token resolution; "
-                  "resize bilinearly (cv2) to (height, width)")
-COMPRESSION = {"compression": "gzip", "compression_opts": 4}
+from pseudolabel.storage.format import (
+    COMPRESSION,
+    FORMAT,
+    FORMAT_VERSION,
+    IMAGE_ATTRS,
+    IMAGE_SPEC,
+    IMAGES,
+    INITIAL,
+    LABEL_KINDS,
+    LABEL_RANGE_ATTRS,
+    LOC_CONVENTION,
+    LOC_MAPS,
+    LOC_MAPS_ATTRS,
+    MANIFEST,
+    PALETTE,
+    PALETTE_REF,
+    PALETTE_SPEC,
+    REFINED,
+    ROOT_ATTRS,
+    SHARD_GLOB,
+    check_label_kind,
+    image_key,
+    read_attrs,
+    write_attrs,
+)
 
 
 @dataclass
@@ -60,15 +77,11 @@ class LabelRecord:
 
     @classmethod
     def from_arrays(cls, arrays) -> "LabelRecord":
-        return cls(str(arrays["image_id"]), np.asarray(arrays["refined"]), np.asarray(arrays["initial"]),
-                   np.asarray(arrays["loc_maps_lowres"], np.float32),
-                   tuple(int(c) for c in arrays["loc_class_ids"]), tuple(int(c) for c in arrays["class_ids"]),
-                   tuple(int(s) for s in arrays["size"]))
-
-
-def image_key(image_id: str) -> str:
-    """HDF5 group name of an image id ('/' is not allowed in a name)."""
-    return image_id.replace("/", "|")
+        return cls(image_id=str(arrays["image_id"]), refined=np.asarray(arrays["refined"]),
+                   initial=np.asarray(arrays["initial"]),
+                   loc_maps_lowres=np.asarray(arrays["loc_maps_lowres"], np.float32),
+                   loc_class_ids=tuple(int(c) for c in arrays["loc_class_ids"]),
+                   class_ids=tuple(int(c) for c in arrays["class_ids"]), size=tuple(int(s) for s in arrays["size"]))
 
 
 def _ascii(text: str) -> np.bytes_:
@@ -83,29 +96,23 @@ class ShardWriter:
         self.path = Path(path)
         self.class_set = class_set
         self.file = h5py.File(self.path, "w")
-        root = self.file.attrs
-        root["format"] = FORMAT
-        root["format_version"] = FORMAT_VERSION
-        root["class_names"] = json.dumps(list(class_set.classes))
-        root["class_set"] = json.dumps(class_set.to_json())
-        for key, value in attrs.items():
-            root[key] = value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
-        palette = self.file.create_dataset("palette", data=pascal_palette())
-        for key, value in (("CLASS", "PALETTE"), ("PAL_COLORMODEL", "RGB"), ("PAL_TYPE", "STANDARD8"),
-                           ("PAL_VERSION", "1.2")):
+        write_attrs(self.file.attrs, ROOT_ATTRS, {"format": FORMAT, "format_version": FORMAT_VERSION,
+                                                  "class_names": list(class_set.classes),
+                                                  "class_set": class_set.to_json(), **attrs})
+        palette = self.file.create_dataset(PALETTE, data=pascal_palette())
+        for key, value in PALETTE_SPEC.items():
             palette.attrs[key] = _ascii(value)
         self.palette_ref = palette.ref
-        self.images = self.file.create_group("images")
+        self.images = self.file.create_group(IMAGES)
         self.count = 0
 
     def _label_dataset(self, group: h5py.Group, name: str, labels: np.ndarray) -> None:
         data = group.create_dataset(name, data=np.asarray(labels, np.uint8), chunks=labels.shape, **COMPRESSION)
-        for key, value in (("CLASS", "IMAGE"), ("IMAGE_VERSION", "1.2"), ("IMAGE_SUBCLASS", "IMAGE_INDEXED"),
-                           ("DISPLAY_ORIGIN", "UL")):
+        for key, value in IMAGE_SPEC.items():
             data.attrs[key] = _ascii(value)
-        data.attrs["PALETTE"] = self.palette_ref
-        data.attrs["IMAGE_MINMAXRANGE"] = np.array([0, self.class_set.num_classes - 1], np.uint8)
-        data.attrs["valid_range"] = np.array([0, self.class_set.num_classes - 1], np.uint8)
+        data.attrs[PALETTE_REF] = self.palette_ref
+        for key in LABEL_RANGE_ATTRS:
+            data.attrs[key] = np.array([0, self.class_set.num_classes - 1], np.uint8)
 
     def write(self, record: LabelRecord) -> None:
         """Add one image's record."""
@@ -114,17 +121,17 @@ class ShardWriter:
             raise ValueError(f"{record.image_id}: label maps {record.refined.shape}/{record.initial.shape} "
                              f"do not match the image size {record.size}")
         group = self.images.create_group(image_key(record.image_id))
-        names = [self.class_set.classes[c] for c in record.class_ids]
-        group.attrs.update({"image_id": record.image_id, "height": height, "width": width,
-                            "class_ids": np.array(record.class_ids, np.int64), "class_names": json.dumps(names)})
-        self._label_dataset(group, "refined", record.refined)
-        self._label_dataset(group, "initial", record.initial)
+        write_attrs(group.attrs, IMAGE_ATTRS, {"image_id": record.image_id, "height": height, "width": width,
+                                               "class_ids": record.class_ids,
+                                               "class_names": [self.class_set.classes[c] for c in record.class_ids]})
+        self._label_dataset(group, REFINED, record.refined)
+        self._label_dataset(group, INITIAL, record.initial)
         maps = np.asarray(record.loc_maps_lowres, np.float16)
-        loc = group.create_dataset("loc_maps", data=maps, chunks=maps.shape if maps.size else None,
+        loc = group.create_dataset(LOC_MAPS, data=maps, chunks=maps.shape if maps.size else None,
                                    **(COMPRESSION if maps.size else {}))
-        loc.attrs.update({"class_ids": np.array(record.loc_class_ids, np.int64),
-                          "class_names": json.dumps([self.class_set.classes[c] for c in record.loc_class_ids]),
-                          "convention": LOC_CONVENTION})
+        write_attrs(loc.attrs, LOC_MAPS_ATTRS, {
+            "class_ids": record.loc_class_ids,
+            "class_names": [self.class_set.classes[c] for c in record.loc_class_ids], "convention": LOC_CONVENTION})
         self.count += 1
 
     def close(self) -> None:
@@ -139,20 +146,18 @@ class ShardWriter:
         self.close()
 
 
-def _decode_attr(value):
-    if isinstance(value, bytes):
-        value = value.decode()
-    if isinstance(value, str) and value[:1] in "[{":
-        return json.loads(value)
-    return value.item() if isinstance(value, np.generic) else value
-
-
 def read_root_attrs(path: str | Path) -> dict:
-    """Root attributes of one shard, JSON values decoded, ``class_set`` as a :class:`ClassSet`."""
+    """Root attributes of one shard, decoded as the format declares them, ``class_set`` as a :class:`ClassSet`."""
     with h5py.File(path, "r") as handle:
-        attrs = {key: _decode_attr(value) for key, value in handle.attrs.items()}
+        attrs = read_attrs(handle.attrs, ROOT_ATTRS)
     attrs["class_set"] = ClassSet.from_json(attrs["class_set"])
     return attrs
+
+
+def shard_image_ids(path: str | Path) -> list[str]:
+    """Ids of the images of one shard, in storage order."""
+    with h5py.File(path, "r") as handle:
+        return [IMAGE_ATTRS["image_id"].decode(group.attrs["image_id"]) for group in handle[IMAGES].values()]
 
 
 class ShardSet(Mapping):
@@ -172,8 +177,8 @@ class ShardSet(Mapping):
         self._where: dict[str, tuple[int, str]] = {}
         for index, path in enumerate(self.shard_paths):
             with h5py.File(path, "r") as handle:
-                for key, group in handle["images"].items():
-                    image_id = _decode_attr(group.attrs["image_id"])
+                for key, group in handle[IMAGES].items():
+                    image_id = IMAGE_ATTRS["image_id"].decode(group.attrs["image_id"])
                     if image_id in self._where:
                         raise ValueError(f"image '{image_id}' appears in two shards: "
                                          f"{self.shard_paths[self._where[image_id][0]].name} and {path.name}")
@@ -204,16 +209,17 @@ class ShardSet(Mapping):
 
     def __getitem__(self, image_id: str) -> LabelRecord:
         index, key = self._where[image_id]
-        group = self._file(index)["images"][key]
-        loc = group["loc_maps"]
+        group = self._file(index)[IMAGES][key]
+        loc = group[LOC_MAPS]
+        attrs = read_attrs(group.attrs, IMAGE_ATTRS)
         return LabelRecord(
             image_id=image_id,
-            refined=group["refined"][()],
-            initial=group["initial"][()],
+            refined=group[REFINED][()],
+            initial=group[INITIAL][()],
             loc_maps_lowres=loc[()].astype(np.float32),
-            loc_class_ids=tuple(int(c) for c in loc.attrs["class_ids"]),
-            class_ids=tuple(int(c) for c in group.attrs["class_ids"]),
-            size=(int(group.attrs["height"]), int(group.attrs["width"])),
+            loc_class_ids=LOC_MAPS_ATTRS["class_ids"].decode(loc.attrs["class_ids"]),
+            class_ids=attrs["class_ids"],
+            size=(attrs["height"], attrs["width"]),
         )
 
     def _label_chunks(self, index: int) -> tuple[int, dict]:
@@ -226,8 +232,8 @@ class ShardSet(Mapping):
         handle = self._file(index)
         if index not in self._raw:
             chunks = {}
-            for key, group in handle["images"].items():
-                for kind in ("refined", "initial"):
+            for key, group in handle[IMAGES].items():
+                for kind in LABEL_KINDS:
                     data = group[kind]
                     plain_gzip = (data.chunks == data.shape and data.compression == "gzip" and not data.shuffle
                                   and not data.fletcher32 and data.scaleoffset is None and data.dtype == np.uint8)
@@ -237,14 +243,13 @@ class ShardSet(Mapping):
             self._raw[index] = (os.open(self.shard_paths[index], os.O_RDONLY), chunks)
         return self._raw[index]
 
-    def read_label(self, image_id: str, kind: str = "refined") -> np.ndarray:
-        """Only one label map (``refined`` or ``initial``): what training reads, without the localization maps."""
-        if kind not in ("refined", "initial"):
-            raise ValueError(f"label kind must be 'refined' or 'initial', not {kind!r}")
+    def read_label(self, image_id: str, kind: str = REFINED) -> np.ndarray:
+        """Only one label map (one of ``LABEL_KINDS``): what training reads, without the localization maps."""
+        check_label_kind(kind)
         index, key = self._where[image_id]
         fd, chunks = self._label_chunks(index)
         if (key, kind) not in chunks:  # not a plain single gzip chunk: let HDF5 decode it
-            return self._file(index)[f"images/{key}/{kind}"][()]
+            return self._file(index)[IMAGES][key][kind][()]
         offset, size, shape = chunks[key, kind]
         raw = deflate.decompress(os.pread(fd, size, offset), bufsize=shape[0] * shape[1])
         return np.frombuffer(raw, np.uint8).reshape(shape)

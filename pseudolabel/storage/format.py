@@ -1,0 +1,154 @@
+"""The stage-one shard format, in one place: file names, group and dataset names, the label kinds, the ignore value,
+the image-id -> HDF5-key mapping and every attribute with its declared encoding (layout: docs/design.md).
+
+Writers (:mod:`pseudolabel.storage.shards`), the checker (:mod:`pseudolabel.storage.check`), the evaluator, stage
+two's dataset and the viewer name the format only through this module. It needs nothing heavier than numpy.
+"""
+from __future__ import annotations
+
+import enum
+import json
+import re
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from pseudolabel.classes import IGNORE_INDEX  # noqa: F401  (label maps hold the project's ignore value as is)
+
+FORMAT = "cep-pseudolabel-shard"
+FORMAT_VERSION = 1
+SHARD_GLOB = "shard-*.h5"
+MANIFEST = "manifest.json"
+RUN_FORMAT = "cep-pseudolabel-run"  # the manifest's "format"
+
+PALETTE = "palette"                  # /palette
+IMAGES = "images"                    # /images/<key>, one group per image
+REFINED, INITIAL = "refined", "initial"
+LABEL_KINDS = (REFINED, INITIAL)     # the label maps of an image group: SAM-refined, and Skip-CAM's Y0
+LOC_MAPS = "loc_maps"                # /images/<key>/loc_maps
+
+LOC_CONVENTION = ("CLIP-ES attn_highres: CAA-refined map, min-max normalised at token resolution; "
+                  "resize bilinearly (cv2) to (height, width)")
+COMPRESSION = {"compression": "gzip", "compression_opts": 4}
+# HDF5 Image and Palette specifications (fixed-length ASCII strings), so HDFView shows label maps coloured.
+IMAGE_SPEC = {"CLASS": "IMAGE", "IMAGE_VERSION": "1.2", "IMAGE_SUBCLASS": "IMAGE_INDEXED", "DISPLAY_ORIGIN": "UL"}
+PALETTE_SPEC = {"CLASS": "PALETTE", "PAL_COLORMODEL": "RGB", "PAL_TYPE": "STANDARD8", "PAL_VERSION": "1.2"}
+PALETTE_REF = "PALETTE"                                 # a label map's object reference to /palette
+LABEL_RANGE_ATTRS = ("IMAGE_MINMAXRANGE", "valid_range")  # [0, C-1] for HDFView and h5web
+
+_ESCAPED = re.compile(r"[%/]")
+_ESCAPE = re.compile(r"%(25|2F)")
+
+
+def image_key(image_id: str) -> str:
+    """HDF5 group name of an image id: '%' -> '%25' and '/' -> '%2F' (HDF5 names cannot hold '/'), nothing else.
+
+    Injective, so two ids never share a group; ids without '%' or '/' are their own key. Hand-written because
+    ``urllib.parse.quote`` also escapes spaces and non-ASCII characters, which would rename existing groups.
+    """
+    return _ESCAPED.sub(lambda match: f"%{ord(match[0]):02X}", image_id)
+
+
+def image_id_from_key(key: str) -> str:
+    """Inverse of :func:`image_key`."""
+    return _ESCAPE.sub(lambda match: chr(int(match[1], 16)), key)
+
+
+def decode_text(raw) -> str:
+    """A string attribute as ``str``: fixed-length ASCII (the HDF5 Image/Palette spec) or variable-length UTF-8."""
+    return bytes(raw).decode("utf-8", "replace") if isinstance(raw, (bytes, np.bytes_)) else str(raw)
+
+
+class Encoding(enum.Enum):
+    """How an attribute value is stored."""
+
+    TEXT = "text"            # str (variable-length UTF-8)
+    INT = "int"              # int64 scalar
+    BOOL = "bool"            # bool scalar
+    INT_TUPLE = "int tuple"  # int64 array, read back as a tuple of ints
+    JSON = "json"            # a JSON document in a string (lists, dicts)
+
+
+@dataclass(frozen=True)
+class Attr:
+    """One attribute of the format: its name, its encoding, whether every shard must have it and whether every
+    shard of a run must hold the same value (root attributes)."""
+
+    name: str
+    encoding: Encoding
+    required: bool = True
+    shared: bool = False
+
+    def encode(self, value):
+        """The value as it is written to the file."""
+        if self.encoding is Encoding.JSON:
+            return json.dumps(value)
+        if self.encoding is Encoding.INT_TUPLE:
+            return np.array(value, np.int64)
+        return {Encoding.TEXT: str, Encoding.INT: int, Encoding.BOOL: bool}[self.encoding](value)
+
+    def decode(self, raw):
+        """The value read from the file; ``ValueError`` when it does not have the declared encoding."""
+        if self.encoding is Encoding.JSON:
+            if not isinstance(raw, (str, bytes, np.bytes_)):
+                raise ValueError(f"attribute '{self.name}' is not a JSON string")
+            return json.loads(decode_text(raw))
+        if self.encoding is Encoding.TEXT:
+            return decode_text(raw)
+        if self.encoding is Encoding.INT_TUPLE:
+            return tuple(int(v) for v in np.atleast_1d(raw))
+        return int(raw) if self.encoding is Encoding.INT else bool(raw)
+
+
+def _table(*attrs: Attr) -> dict[str, Attr]:
+    return {attr.name: attr for attr in attrs}
+
+
+ROOT_ATTRS = _table(
+    Attr("format", Encoding.TEXT),
+    Attr("format_version", Encoding.INT, shared=True),
+    Attr("class_names", Encoding.JSON, shared=True),
+    Attr("class_set", Encoding.JSON, shared=True),        # ClassSet.to_json()
+    Attr("dataset", Encoding.TEXT, shared=True),
+    Attr("split", Encoding.TEXT, shared=True),
+    Attr("config", Encoding.JSON, shared=True),           # PseudoLabelConfig.to_dict()
+    Attr("weights", Encoding.JSON),                       # identity of the CLIP and SAM weights
+    Attr("image_dir", Encoding.TEXT, required=False),     # custom and demo datasets: where the photos are
+    Attr("random_weights", Encoding.BOOL),
+    Attr("versions", Encoding.JSON),
+    Attr("rank", Encoding.INT),
+)
+IMAGE_ATTRS = _table(
+    Attr("image_id", Encoding.TEXT),
+    Attr("height", Encoding.INT),
+    Attr("width", Encoding.INT),
+    Attr("class_ids", Encoding.INT_TUPLE),
+    Attr("class_names", Encoding.JSON),
+)
+LOC_MAPS_ATTRS = _table(
+    Attr("class_ids", Encoding.INT_TUPLE),
+    Attr("class_names", Encoding.JSON),
+    Attr("convention", Encoding.TEXT),
+)
+
+
+def write_attrs(target: MutableMapping, table: Mapping[str, Attr], values: Mapping) -> None:
+    """Write ``values`` (in their order) into an HDF5 attribute set, each encoded as ``table`` declares."""
+    unknown = [name for name in values if name not in table]
+    if unknown:
+        raise ValueError(f"attribute(s) {unknown} are not part of the shard format (known: {', '.join(table)})")
+    for name, value in values.items():
+        target[name] = table[name].encode(value)
+
+
+def read_attrs(source: Mapping, table: Mapping[str, Attr]) -> dict:
+    """Decode the attributes of ``table`` present in an HDF5 attribute set (others are left out)."""
+    return {name: attr.decode(source[name]) for name, attr in table.items() if name in source}
+
+
+def check_label_kind(kind: str) -> str:
+    """``kind`` if it names a label map of the format, else ``ValueError`` listing them."""
+    if kind not in LABEL_KINDS:
+        raise ValueError(f"label kind must be one of {LABEL_KINDS}, not {kind!r}")
+    return kind
