@@ -1,17 +1,13 @@
-"""The stage-one configuration: Skip-CAM and SAM-refinement configs, JSON round trip, and the command line generated
-from the dataclass fields (so ``--help`` documents every field with its default)."""
+"""The stage-one configuration: Skip-CAM and SAM-refinement configs, JSON round trip, and the config built from the
+command line that :mod:`pseudolabel.cli_options` generates from the dataclass fields."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 
-from pseudolabel.sam.refine import SAMRefineConfig
 from pseudolabel.cam.skipcam import SkipCAMConfig, default_tau
-
-FLAG_NAMES = {"use_par": "par", "enabled": "refine"}  # --no-par, --no-refine
+from pseudolabel.cli_options import config_from_options
+from pseudolabel.sam.refine import SAMRefineConfig
 
 
 @dataclass
@@ -45,33 +41,9 @@ def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, title: str) -> None:
-    """One option per field: ``--field-name VALUE``; booleans as ``--flag`` / ``--no-flag``. Defaults are None so
-    that the caller can tell what was given."""
-    group = parser.add_argument_group(title)
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        meta = f.metadata
-        default = f.default
-        help_text = f"{meta.get('help', '')} (default: {default})"
-        name = FLAG_NAMES.get(f.name, f.name).replace("_", "-")
-        if hints[f.name] is bool:
-            group.add_argument(f"--{name}", dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                               help=help_text)
-            continue
-        kind = hints[f.name]
-        kind = str if typing.get_origin(kind) in (typing.Union, types.UnionType) else kind  # "str | None" -> str
-        group.add_argument(f"--{name}", dest=f.name, type=kind, default=None, choices=meta.get("choices"),
-                           help=help_text)
-
-
 def config_from_args(args: argparse.Namespace, dataset: str, split: str) -> PseudoLabelConfig:
     """Build the config: given options override the dataclass defaults; τ defaults per dataset (0.4 VOC, 0.7 COCO)."""
-    def build(cls):
-        given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name) is not None}
-        return cls(**given)
-
-    cam, refine = build(SkipCAMConfig), build(SAMRefineConfig)
+    cam, refine = config_from_options(args, SkipCAMConfig), config_from_options(args, SAMRefineConfig)
     if args.tau is None:
         cam.tau = default_tau(dataset)
     return PseudoLabelConfig(dataset, split, cam, refine)

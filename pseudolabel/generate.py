@@ -21,7 +21,8 @@ import torch
 from tqdm import tqdm
 
 from pseudolabel.classes import DATA_DIR, get_class_set
-from pseudolabel.config import PseudoLabelConfig, add_dataclass_arguments, config_from_args
+from pseudolabel.cli_options import add_dataclass_options
+from pseudolabel.config import PseudoLabelConfig, config_from_args
 from pseudolabel.datasets import DEFAULT_SPLITS, build_dataset
 from pseudolabel.image_io import ImageReadError, read_rgb
 from pseudolabel.storage.run_store import OutputError, RunStore
@@ -64,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=2, help="image-decoding threads (default: 2)")
     run.add_argument("--limit", type=int, help="only the first N images of the split (quick checks)")
     run.add_argument("--overwrite", action="store_true", help="delete earlier outputs in --out and start again")
-    add_dataclass_arguments(parser, SkipCAMConfig, "Skip-CAM (stage one, part 1)")
-    add_dataclass_arguments(parser, SAMRefineConfig, "SAM refinement (stage one, part 2)")
+    add_dataclass_options(parser, SkipCAMConfig, "Skip-CAM (stage one, part 1)")
+    add_dataclass_options(parser, SAMRefineConfig, "SAM refinement (stage one, part 2)")
     return parser
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from PIL import Image
 
 from pseudolabel.cam.caa import affinity_from_attention, minmax, refine_cams
 from pseudolabel.classes import ClassSet
+from pseudolabel.cli_options import DictConfig
 from pseudolabel.cam.clip_models import load_clip
 from pseudolabel.loc_maps import resize_maps
 from pseudolabel.cam.par import PARConfig, par_refine
@@ -33,7 +34,7 @@ def default_tau(dataset: str) -> float:
 
 
 @dataclass
-class SkipCAMConfig:
+class SkipCAMConfig(DictConfig):
     """Stage one, part 1. Defaults and their reasons: docs/method.md#open-choices-and-their-flags."""
 
     num_skips: int = field(default=3, metadata={"help": "K skip connections: outputs of blocks N-2..N-1-K are fused "
@@ -45,7 +46,8 @@ class SkipCAMConfig:
         "choices": ("input", "output", "average")})
     tau: float = field(default=0.4, metadata={"help": "CAA box confidence threshold τ (default 0.4 VOC, 0.7 COCO)"})
     bg_power: float = field(default=1.0, metadata={"help": "background score = (1 - max_c M_c) ** bg_power"})
-    use_par: bool = field(default=True, metadata={"help": "refine the scores with PAR (WeCLIP's label path)"})
+    use_par: bool = field(default=True, metadata={"help": "refine the scores with PAR (WeCLIP's label path)",
+                                                  "flag": "par"})
     par_max_side: int = field(default=320, metadata={
         "help": "PAR runs with the image's long side scaled to this (WeCLIP's 320 crops); 0 = full resolution"})
     prompt_set: str = field(default="clipes", metadata={"help": "text prompts (paper Table 9: clipes = Prompt1)",
@@ -60,17 +62,6 @@ class SkipCAMConfig:
     seed: int = field(default=0, metadata={"help": "seed for random weights"})
     precision: str = field(default="fp32", metadata={"help": "autocast precision on CUDA (CPU always fp32)",
                                                      "choices": ("fp32", "fp16", "bf16")})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "SkipCAMConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown SkipCAMConfig fields: {sorted(unknown)}")
-        return cls(**data)
 
 
 @dataclass

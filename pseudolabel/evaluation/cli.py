@@ -3,25 +3,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import MISSING, fields
 
+from pseudolabel.cli_options import add_dataclass_options, config_from_options
 from pseudolabel.evaluation.pipeline import EvaluationConfig, EvaluationError, evaluate
 from pseudolabel.evaluation.report import format_table, plot_per_class, write_json
 from pseudolabel.evaluation.sources import LabelSourceError
 from pseudolabel.storage.format import LABEL_KINDS, REFINED
-
-
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    # One --flag per config field (the project convention), so the CLI and the Python API cannot drift apart.
-    for f in fields(EvaluationConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not MISSING else None
-        help_text = f"{f.metadata['help']} (default: {default})"
-        if f.type in ("bool", bool):
-            parser.add_argument(flag, action="store_true", help=help_text)
-        else:
-            kind = int if f.type in ("int", "int | None") else float if f.type == "float" else str
-            parser.add_argument(flag, type=kind, default=default, choices=f.metadata.get("choices"), help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,13 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", help="write the results as JSON to this file")
     parser.add_argument("--plot", help="write a per-class bar chart PNG to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_config_options(parser)
+    add_dataclass_options(parser, EvaluationConfig)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = EvaluationConfig(**{f.name: getattr(args, f.name) for f in fields(EvaluationConfig)})
+    config = config_from_options(args, EvaluationConfig)
     try:
         result = evaluate(args.gt, args.pred, args.pred2, config, args.pred_kind, args.pred2_kind,
                           args.data_root, progress=not args.quiet)

@@ -3,20 +3,22 @@ positive point per prompt (batched), multimask selection, the δ filter and the 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.ndimage as ndi
 import torch
 
 from pseudolabel.classes import IGNORE_INDEX
+from pseudolabel.cli_options import DictConfig
 
 
 @dataclass
-class SAMRefineConfig:
+class SAMRefineConfig(DictConfig):
     """Stage one, part 2. Defaults and their reasons: docs/method.md#open-choices-and-their-flags."""
 
-    enabled: bool = field(default=True, metadata={"help": "refine Y0 with SAM (off: the output is Y0)"})
+    enabled: bool = field(default=True, metadata={"help": "refine Y0 with SAM (off: the output is Y0)",
+                                                  "flag": "refine"})
     sam_model: str = field(default="vit_b", metadata={"help": "SAM variant (paper Table 6)",
                                                       "choices": ("vit_b", "vit_l", "vit_h", "vit_tiny_test")})
     sam_checkpoint: str | None = field(default=None, metadata={
@@ -41,16 +43,6 @@ class SAMRefineConfig:
     ensure_point_per_class: bool = field(default=False, metadata={
         "help": "a class with no grid point gets its localization peak as a prompt"})
     points_per_batch: int = field(default=64, metadata={"help": "prompts decoded together"})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "SAMRefineConfig":
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown SAMRefineConfig fields: {sorted(unknown)}")
-        return cls(**data)
 
 
 def grid_points(height: int, width: int, n: int) -> np.ndarray:

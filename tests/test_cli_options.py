@@ -1,0 +1,71 @@
+"""pseudolabel.cli_options: options generated from dataclass fields by type (string annotations included), flag
+names from field metadata, booleans as --x/--no-x, defaults in the help, and the shared dict round trip."""
+from __future__ import annotations  # every annotation below is a string, as in the project's config modules
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Optional
+
+import pytest
+
+from pseudolabel.cli_options import DictConfig, add_dataclass_options, config_from_options, given_options
+
+
+@dataclass
+class Example(DictConfig):
+    threshold: float | None = field(default=None, metadata={"help": "a threshold"})
+    count: Optional[int] = field(default=3, metadata={"help": "how many"})
+    name: str = field(default="a", metadata={"help": "which", "choices": ("a", "b")})
+    enabled: bool = field(default=True, metadata={"help": "switch", "flag": "feature"})
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_dataclass_options(parser, Example, "example")
+    return parser.parse_args(argv)
+
+
+def test_optional_types_parse_to_their_member_type():
+    config = config_from_options(parse("--threshold", "0.25", "--count", "7"), Example)
+    assert config.threshold == 0.25 and isinstance(config.threshold, float)
+    assert config.count == 7 and isinstance(config.count, int)
+
+
+def test_defaults_apply_where_nothing_was_given():
+    assert given_options(parse(), Example) == {}
+    assert config_from_options(parse(), Example) == Example()
+    assert given_options(parse("--name", "b"), Example) == {"name": "b"}
+
+
+def test_flag_name_from_metadata_and_boolean_pairs():
+    assert config_from_options(parse("--no-feature"), Example).enabled is False
+    assert config_from_options(parse("--feature"), Example).enabled is True
+    with pytest.raises(SystemExit):
+        parse("--enabled")
+    with pytest.raises(SystemExit):
+        parse("--name", "c")  # not among the choices
+
+
+def test_help_shows_every_default(capsys):
+    with pytest.raises(SystemExit):
+        parse("--help")
+    text = " ".join(capsys.readouterr().out.split())
+    for expected in ("--threshold THRESHOLD a threshold (default: None)", "--count COUNT how many (default: 3)",
+                     "--feature, --no-feature switch (default: True)", "(default: a)"):
+        assert expected in text
+
+
+def test_a_type_without_a_command_line_form_is_refused():
+    @dataclass
+    class Bad:
+        sizes: tuple[int, int] = (1, 2)
+
+    with pytest.raises(TypeError, match="Bad.sizes"):
+        add_dataclass_options(argparse.ArgumentParser(), Bad)
+
+
+def test_dict_round_trip_and_unknown_keys():
+    config = Example(threshold=0.5, name="b")
+    assert Example.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match=r"unknown Example fields: \['colour'\]"):
+        Example.from_dict({"colour": "red"})
