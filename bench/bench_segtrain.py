@@ -75,7 +75,9 @@ def make_data(root: Path, count: int, size=(375, 500)) -> None:
                 y, x = rng.integers(0, size[0] - 100), rng.integers(0, size[1] - 100)
                 labels[y:y + 150, x:x + 200] = rng.integers(1, 21)
             write_label_png(root / "labels" / f"{image_id}.png", labels, pascal_palette())
-            writer.write(LabelRecord(image_id, labels, labels, np.zeros((0, 2, 2), np.float32), (), (), size))
+            writer.write(LabelRecord(image_id=image_id, refined=labels, initial=labels,
+                                     loc_maps_lowres=np.zeros((0, 2, 2), np.float32), loc_class_ids=(), class_ids=(),
+                                     size=size))
 
 
 def dataset(root: Path, source: str, full: bool):

@@ -46,7 +46,9 @@ def main() -> None:
         refined = refiner.refine(image, out.y0, out.scores, classes)
         for key, value in {**out.timings, **refiner.timings}.items():
             totals[key] = totals.get(key, 0.0) + value
-        records.append(LabelRecord(f"i{seed}", refined, out.y0, out.loc_maps_lowres, classes, classes, image.shape[:2]))
+        records.append(LabelRecord(image_id=f"i{seed}", refined=refined, initial=out.y0,
+                                   loc_maps_lowres=out.loc_maps_lowres, loc_class_ids=out.class_ids,
+                                   class_ids=classes, size=image.shape[:2]))
     wall = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:  # outside the timing: the write is a few ms per image
         shard = Path(tmp) / "shard.h5"

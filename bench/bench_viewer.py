@@ -45,7 +45,9 @@ def synthetic(rng: np.random.Generator, image_id: str) -> tuple[LabelRecord, np.
     gt = np.roll(refined, int(rng.integers(-30, 30)), axis=1)
     lowres = rng.random((2, -(-h // 16), -(-w // 16))).astype(np.float32)
     photo = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
-    return LabelRecord(image_id, refined, refined.copy(), lowres, class_ids, class_ids, SIZE), gt, photo
+    record = LabelRecord(image_id=image_id, refined=refined, initial=refined.copy(), loc_maps_lowres=lowres,
+                         loc_class_ids=class_ids, class_ids=class_ids, size=SIZE)
+    return record, gt, photo
 
 
 def timed(function) -> tuple[float, object]:

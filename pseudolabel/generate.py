@@ -13,6 +13,7 @@ import os
 import socket
 import sys
 import time
+from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
@@ -20,10 +21,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pseudolabel.classes import DATA_DIR, get_class_set
+from pseudolabel.classes import DATA_DIR, ClassSet, get_class_set
 from pseudolabel.cli_options import add_dataclass_options
 from pseudolabel.config import PseudoLabelConfig, config_from_args
-from pseudolabel.datasets import DEFAULT_SPLITS, build_dataset
+from pseudolabel.datasets import DEFAULT_SPLITS, Sample, WeakDataset, build_dataset
 from pseudolabel.image_io import ImageReadError, read_rgb
 from pseudolabel.storage.run_store import OutputError, RunStore
 from pseudolabel.sam.models import SAM_VARIANTS, cache_dir
@@ -146,91 +147,171 @@ def prefetch(samples, workers: int):
             yield (sample, *future.result())
 
 
-def run(argv: list[str] | None = None) -> dict:
-    """Parse options, label every image of this rank's share, and return this rank's summary."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
-    split = args.split or DEFAULT_SPLITS.get(args.dataset, "all")
-    cfg = config_from_args(args, "voc" if args.dataset == "demo" else args.dataset, split)
-    notes = demo_weights(cfg) if args.dataset == "demo" else []
-    rank, world, local_rank = distributed()
-    device = args.device
+def resolve_device(device: str, local_rank: int) -> str:
+    """``--device``: ``auto`` is this rank's GPU when there is one, else the CPU."""
     if device == "auto":
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+        return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    return device
 
-    dataset = load_dataset(args, args.dataset, split)
-    out = args.out or DATA_DIR.parent / "outputs" / (args.dataset if args.dataset == "demo" else f"{args.dataset}_{split}")
-    cam = SkipCAM.from_config(cfg.cam, dataset.class_set, device)
+
+def load_models(cfg: PseudoLabelConfig, class_set: ClassSet, device: str) -> tuple[SkipCAM, SAMRefiner | None]:
+    """Skip-CAM and, when refinement is on, the SAM refiner."""
+    cam = SkipCAM.from_config(cfg.cam, class_set, device)
     refiner = SAMRefiner.from_config(cfg.refine, device, cfg.cam.seed) if cfg.refine.enabled else None
-    weights = {"clip": cam.weights, "sam": refiner.weights if refiner else None}
-    random_weights = any(w and w.get("kind") == "random" for w in weights.values())
-    if random_weights:
-        print(f"{BANNER}\n!! RANDOM WEIGHTS: {'; '.join(notes) or 'requested'}.\n!! The pipeline runs end to end "
-              f"with seeded random weights; the labels are NOT meaningful.\n{BANNER}", file=sys.stderr)
-    attrs = {"dataset": dataset.name, "split": split, "config": cfg.to_dict(), "weights": weights,
-             **({"image_dir": str(Path(dataset.root).resolve())} if args.dataset in ("custom", "demo") else {}),
-             "random_weights": random_weights,
-             "versions": {p: version(p) for p in ("torch", "open_clip_torch", "segment-anything", "h5py", "numpy")}}
-    store = RunStore(out, rank, dataset.class_set, attrs, args.shard_size)
+    return cam, refiner
+
+
+def output_dir(args: argparse.Namespace, split: str) -> Path:
+    """``--out``, or ``<repo>/outputs/<dataset>_<split>`` (``<repo>/outputs/demo`` for the demo)."""
+    name = args.dataset if args.dataset == "demo" else f"{args.dataset}_{split}"
+    return args.out or DATA_DIR.parent / "outputs" / name
+
+
+def shard_attributes(cfg: PseudoLabelConfig, dataset: WeakDataset, weights: dict, random_weights: bool,
+                     with_image_dir: bool) -> dict:
+    """The run's root attributes of every shard (names and encodings: ``pseudolabel/storage/format.py``)."""
+    image_dir = {"image_dir": str(Path(dataset.root).resolve())} if with_image_dir else {}
+    return {"dataset": dataset.name, "split": cfg.split, "config": cfg.to_dict(), "weights": weights, **image_dir,
+            "random_weights": random_weights,
+            "versions": {p: version(p) for p in ("torch", "open_clip_torch", "segment-anything", "h5py", "numpy")}}
+
+
+def open_store(args: argparse.Namespace, out: Path, rank: int, world: int, class_set: ClassSet, attrs: dict,
+               config: dict) -> RunStore:
+    """This rank's output store, ready to write: writable, emptied on ``--overwrite``, holding no labels of another
+    config, and (rank 0, while the others wait) what an interrupted run left packed into shards."""
+    store = RunStore(out, rank, class_set, attrs, args.shard_size)
     store.check_writable()
     if args.overwrite and rank == 0:
         store.clear()
     barrier(world)
-    store.check_config({**cfg.to_dict(), "weights": weights}, args.overwrite)
+    store.check_config(config, args.overwrite)
     if rank == 0:
         recovered = store.recover()
         if recovered:
             LOG.info("packed %d image(s) finished by an interrupted run", recovered)
     barrier(world)
-    done = store.finished()
-    mine = dataset.samples[rank::world]
-    if args.limit:
-        mine = [s for s in dataset.samples[: args.limit]][rank::world]
-    todo = [s for s in mine if s.image_id not in done]
-    failures = [dict(p, stage="dataset") for p in dataset.problems] if rank == 0 else []
-    stage_seconds = collections.Counter()
-    start = time.perf_counter()
-    LOG.info("%s; rank %d/%d: %d images to label (%d already done) -> %s", dataset.describe(), rank, world,
-             len(todo), len(mine) - len(todo), out)
-    progress = tqdm(total=len(todo), desc=f"rank {rank}", unit="img", dynamic_ncols=True)
-    for sample, image, decode_seconds in prefetch(todo, args.workers):
-        stage_seconds["decode"] += decode_seconds
-        if isinstance(image, ImageReadError):
-            failures.append({"image_id": sample.image_id, "path": image.path, "reason": image.reason, "stage": "read"})
-            LOG.warning("skipped %s: %s", sample.image_id, image.reason)
+    return store
+
+
+@dataclass
+class StageOneRun:
+    """One rank's stage-one run. :meth:`setup` builds it (config, models, dataset, store, the work list),
+    :meth:`label_images` labels the work list into the store, :meth:`finish` packs and reports."""
+
+    args: argparse.Namespace
+    cfg: PseudoLabelConfig
+    dataset: WeakDataset
+    cam: SkipCAM
+    refiner: SAMRefiner | None
+    store: RunStore
+    device: str
+    rank: int
+    world: int
+    random_weights: bool
+    todo: list[Sample]                  # this rank's images not yet in a shard
+    already_done: int                   # this rank's images found in the shards
+    failures: list[dict]                # images left out: by the dataset (rank 0) and unreadable ones
+    stage_seconds: collections.Counter = field(default_factory=collections.Counter)
+    start: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def setup(cls, args: argparse.Namespace) -> "StageOneRun":
+        """Config, device, dataset, models and output store of this rank, and the images it still has to label."""
+        split = args.split or DEFAULT_SPLITS.get(args.dataset, "all")
+        cfg = config_from_args(args, "voc" if args.dataset == "demo" else args.dataset, split)
+        notes = demo_weights(cfg) if args.dataset == "demo" else []
+        rank, world, local_rank = distributed()
+        device = resolve_device(args.device, local_rank)
+        dataset = load_dataset(args, args.dataset, split)
+        out = output_dir(args, split)
+        cam, refiner = load_models(cfg, dataset.class_set, device)
+        weights = {"clip": cam.weights, "sam": refiner.weights if refiner else None}
+        random_weights = any(w and w.get("kind") == "random" for w in weights.values())
+        if random_weights:
+            print(f"{BANNER}\n!! RANDOM WEIGHTS: {'; '.join(notes) or 'requested'}.\n!! The pipeline runs end to end "
+                  f"with seeded random weights; the labels are NOT meaningful.\n{BANNER}", file=sys.stderr)
+        attrs = shard_attributes(cfg, dataset, weights, random_weights,
+                                 with_image_dir=args.dataset in ("custom", "demo"))
+        store = open_store(args, out, rank, world, dataset.class_set, attrs, {**cfg.to_dict(), "weights": weights})
+        mine = dataset.samples[: args.limit][rank::world] if args.limit else dataset.samples[rank::world]
+        done = store.finished()
+        todo = [s for s in mine if s.image_id not in done]
+        LOG.info("%s; rank %d/%d: %d images to label (%d already done) -> %s", dataset.describe(), rank, world,
+                 len(todo), len(mine) - len(todo), out)
+        return cls(args=args, cfg=cfg, dataset=dataset, cam=cam, refiner=refiner, store=store, device=device,
+                   rank=rank, world=world, random_weights=random_weights, todo=todo,
+                   already_done=len(mine) - len(todo),
+                   failures=[dict(p, stage="dataset") for p in dataset.problems] if rank == 0 else [])
+
+    def label_images(self) -> None:
+        """The labelling loop: every image of the work list, decoded ahead in threads, labelled and staged in the
+        store; an unreadable image becomes a failure."""
+        progress = tqdm(total=len(self.todo), desc=f"rank {self.rank}", unit="img", dynamic_ncols=True)
+        for sample, image, decode_seconds in prefetch(self.todo, self.args.workers):
+            self.stage_seconds["decode"] += decode_seconds
+            if isinstance(image, ImageReadError):
+                self.failures.append({"image_id": sample.image_id, "path": image.path, "reason": image.reason,
+                                      "stage": "read"})
+                LOG.warning("skipped %s: %s", sample.image_id, image.reason)
+            else:
+                record = self.label(sample, image)
+                tick = time.perf_counter()
+                self.store.stage(record)
+                self.stage_seconds["write"] += time.perf_counter() - tick
             progress.update()
-            continue
-        cam_out = cam(image, sample.class_ids)
-        stage_seconds["skipcam"] += sum(cam_out.timings.values())
-        refined = refiner.refine(image, cam_out.y0, cam_out.scores, sample.class_ids) if refiner else cam_out.y0
-        stage_seconds["sam"] += sum(refiner.timings.values()) if refiner else 0.0
+        progress.close()
+
+    def label(self, sample: Sample, image: np.ndarray) -> LabelRecord:
+        """Skip-CAM's Y0 and localization maps, then SAM refinement (when on), of one decoded image."""
+        cam_out = self.cam(image, sample.class_ids)
+        self.stage_seconds["skipcam"] += sum(cam_out.timings.values())
+        refined = self.refiner.refine(image, cam_out.y0, cam_out.scores, sample.class_ids) if self.refiner \
+            else cam_out.y0
+        self.stage_seconds["sam"] += sum(self.refiner.timings.values()) if self.refiner else 0.0
+        return LabelRecord(image_id=sample.image_id, refined=refined, initial=cam_out.y0,
+                           loc_maps_lowres=cam_out.loc_maps_lowres, loc_class_ids=cam_out.class_ids,
+                           class_ids=sample.class_ids, size=image.shape[:2])
+
+    def summary(self, wall: float) -> dict:
+        """This rank's totals after ``wall`` seconds: images labelled, failures, throughput, ms per image by stage."""
+        labelled = len(self.todo) - sum(f["stage"] == "read" for f in self.failures)
+        return {"rank": self.rank, "images": labelled, "already_done": self.already_done,
+                "failures": len(self.failures), "wall_seconds": round(wall, 2),
+                "images_per_second": round(labelled / wall, 3) if wall else None,
+                "ms_per_image": {k: round(1000 * v / max(labelled, 1), 1) for k, v in self.stage_seconds.items()},
+                "device": self.device, "random_weights": self.random_weights}
+
+    def finish(self) -> dict:
+        """Pack what is staged, write this rank's failures and summary, the manifest (rank 0, once every rank is
+        done) and print the totals. Returns the summary."""
         tick = time.perf_counter()
-        store.stage(LabelRecord(sample.image_id, refined, cam_out.y0, cam_out.loc_maps_lowres, sample.class_ids,
-                                sample.class_ids, image.shape[:2]))
-        stage_seconds["write"] += time.perf_counter() - tick
-        progress.update()
-    progress.close()
-    tick = time.perf_counter()
-    store.pack()
-    stage_seconds["write"] += time.perf_counter() - tick
-    wall = time.perf_counter() - start
-    labelled = len(todo) - sum(f["stage"] == "read" for f in failures)
-    summary = {"rank": rank, "images": labelled, "already_done": len(mine) - len(todo), "failures": len(failures),
-               "wall_seconds": round(wall, 2), "images_per_second": round(labelled / wall, 3) if wall else None,
-               "ms_per_image": {k: round(1000 * v / max(labelled, 1), 1) for k, v in stage_seconds.items()},
-               "device": device, "random_weights": random_weights}
-    store.write_json(f"failures-r{rank:03d}.json", failures)
-    store.write_json(f"summary-r{rank:03d}.json", summary)
-    barrier(world)
-    if rank == 0:
-        manifest = store.write_manifest(world)
-        print(f"\nstage one done: {manifest['num_images']} images in {len(manifest['shards'])} shard(s), "
-              f"{len(manifest['failures'])} failure(s) -> {out}")
-    print(f"rank {rank}: {labelled} labelled this run ({summary['already_done']} already done), "
-          f"{len(failures)} failed, {wall:.1f} s, ms/image by stage {summary['ms_per_image']}")
-    if random_weights:
-        print("NOTE: produced with RANDOM weights (recorded as random_weights=True in the shards).", file=sys.stderr)
-    return summary
+        self.store.pack()
+        self.stage_seconds["write"] += time.perf_counter() - tick
+        wall = time.perf_counter() - self.start
+        summary = self.summary(wall)
+        self.store.write_json(f"failures-r{self.rank:03d}.json", self.failures)
+        self.store.write_json(f"summary-r{self.rank:03d}.json", summary)
+        barrier(self.world)
+        if self.rank == 0:
+            manifest = self.store.write_manifest(self.world)
+            print(f"\nstage one done: {manifest['num_images']} images in {len(manifest['shards'])} shard(s), "
+                  f"{len(manifest['failures'])} failure(s) -> {self.store.out}")
+        print(f"rank {self.rank}: {summary['images']} labelled this run ({self.already_done} already done), "
+              f"{len(self.failures)} failed, {wall:.1f} s, ms/image by stage {summary['ms_per_image']}")
+        if self.random_weights:
+            print("NOTE: produced with RANDOM weights (recorded as random_weights=True in the shards).",
+                  file=sys.stderr)
+        return summary
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Parse options, label every image of this rank's share, and return this rank's summary."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    stage_one = StageOneRun.setup(args)
+    stage_one.label_images()
+    return stage_one.finish()
 
 
 def main(argv: list[str] | None = None) -> int:

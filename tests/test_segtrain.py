@@ -36,8 +36,9 @@ def write_shards(out: Path, voc_root: Path, ids: list[str], random_weights=False
         for image_id in ids:
             labels = read_label_png(voc_root / "SegmentationClass" / f"{image_id}.png")
             classes = tuple(int(c) for c in np.unique(labels) if 0 < c < 255)
-            writer.write(LabelRecord(image_id, labels, np.zeros_like(labels), np.zeros((0, 2, 2), np.float32),
-                                     (), classes, labels.shape))
+            writer.write(LabelRecord(image_id=image_id, refined=labels, initial=np.zeros_like(labels),
+                                     loc_maps_lowres=np.zeros((0, 2, 2), np.float32), loc_class_ids=(),
+                                     class_ids=classes, size=labels.shape))
     (out / "manifest.json").write_text(json.dumps({"failures": list(failures)}))
     return out
 

@@ -24,7 +24,8 @@ def make_record(image_id: str, size=(37, 53), classes=(3, 15), seed=0) -> LabelR
     refined[h // 2:, w // 2:] = classes[-1]
     initial = np.roll(refined, 2, axis=1)
     lowres = rng.random((len(classes), -(-h // 16), -(-w // 16))).astype(np.float32)
-    return LabelRecord(image_id, refined, initial, lowres, tuple(classes), tuple(classes), size)
+    return LabelRecord(image_id=image_id, refined=refined, initial=initial, loc_maps_lowres=lowres,
+                       loc_class_ids=tuple(classes), class_ids=tuple(classes), size=size)
 
 
 def write_shards(directory, records, per_shard=2, attrs=None):
@@ -108,8 +109,9 @@ def test_bytes_per_voc_sized_image_under_300kb(tmp_path):
     refined[(yy - 90) ** 2 / 2 + (xx - 400) ** 2 < 60 ** 2] = 8
     lowres = np.stack([np.exp(-((yy[::16, ::16] - c) ** 2 + (xx[::16, ::16] - c) ** 2) / 8000.0) for c in (180, 300)])
     lowres = lowres + rng.random(lowres.shape) * 0.05
-    records = [LabelRecord(f"i{k}", refined, np.roll(refined, 7, 1), lowres.astype(np.float32), (8, 15), (8, 15), (h, w))
-               for k in range(10)]
+    records = [LabelRecord(image_id=f"i{k}", refined=refined, initial=np.roll(refined, 7, 1),
+                           loc_maps_lowres=lowres.astype(np.float32), loc_class_ids=(8, 15), class_ids=(8, 15),
+                           size=(h, w)) for k in range(10)]
     write_shards(tmp_path, records, per_shard=10)
     per_image = (tmp_path / "shard-r000-00000.h5").stat().st_size / 10
     print(f"bytes per VOC-sized image: {per_image:.0f}")

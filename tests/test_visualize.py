@@ -65,8 +65,9 @@ def test_panel_width_grows_with_number_of_maps(voc_run):
     h, w = record.size
     widths = []
     for k in (1, 3):
-        rec = LabelRecord("x", record.refined, record.initial, np.random.default_rng(0).random((k, 3, 4), np.float32),
-                          tuple(range(1, k + 1)), record.class_ids, record.size)
+        rec = LabelRecord(image_id="x", refined=record.refined, initial=record.initial,
+                          loc_maps_lowres=np.random.default_rng(0).random((k, 3, 4), np.float32),
+                          loc_class_ids=tuple(range(1, k + 1)), class_ids=record.class_ids, size=record.size)
         panel = render_panel(rec, VOC, photo=np.zeros((h, w, 3), np.uint8), tile_height=96)
         assert panel.dtype == np.uint8 and panel.ndim == 3 and panel.shape[2] == 3
         widths.append(panel.shape[1])
@@ -81,12 +82,15 @@ def test_legend_is_exactly_the_classes_present():
     initial[6:, :2] = 15
     gt = refined.copy()
     gt[4, :] = 255
-    record = LabelRecord("x", refined, initial, np.zeros((2, 1, 1), np.float32), (3, 15), (3, 15), (8, 8))
+    record = LabelRecord(image_id="x", refined=refined, initial=initial, loc_maps_lowres=np.zeros((2, 1, 1), np.float32),
+                         loc_class_ids=(3, 15), class_ids=(3, 15), size=(8, 8))
     entries = legend_entries(record, VOC, gt)
     assert [(i, n) for i, n, _ in entries] == [(0, "background"), (3, "bird"), (15, "person"), (255, "ignore")]
     assert entries[1][2] == (128, 128, 0)                       # PASCAL colour of class 3
     assert [i for i, _, _ in legend_entries(record, VOC)] == [0, 3, 15]
-    refined_only = LabelRecord("x", refined, refined, np.zeros((0, 1, 1), np.float32), (), (3,), (8, 8))
+    refined_only = LabelRecord(image_id="x", refined=refined, initial=refined,
+                               loc_maps_lowres=np.zeros((0, 1, 1), np.float32), loc_class_ids=(), class_ids=(3,),
+                               size=(8, 8))
     assert [i for i, _, _ in legend_entries(refined_only, VOC)] == [0, 3]
 
 

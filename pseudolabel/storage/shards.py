@@ -52,9 +52,9 @@ from pseudolabel.storage.format import (
 )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LabelRecord:
-    """Everything stage one stores for one image."""
+    """Everything stage one stores for one image (built with keyword arguments only)."""
 
     image_id: str
     refined: np.ndarray                 # (H, W) uint8
