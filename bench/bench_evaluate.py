@@ -24,7 +24,6 @@ import tools._venv  # noqa: E402,F401  (re-runs inside the project venv with too
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
-import pseudolabel  # noqa: E402,F401
 from pseudolabel.evaluation import CountTable, EvaluationConfig, count_image, evaluate  # noqa: E402
 from pseudolabel.evaluation.pipeline import bootstrap_means  # noqa: E402
 from pseudolabel.evaluation.sources import read_index_png  # noqa: E402

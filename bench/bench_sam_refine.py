@@ -18,8 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tools._venv  # noqa: E402,F401  (re-runs inside the project venv with tools/_env.sh settings)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import pseudolabel  # noqa: E402,F401  (compatibility shims before segment_anything imports torchvision)
-from pseudolabel.sam.models import load_sam  # noqa: E402
+from pseudolabel.sam.models import load_sam  # noqa: E402  (applies the compatibility shims)
 from segment_anything import SamPredictor  # noqa: E402
 from pseudolabel.sam.predictor import BatchedPointPredictor  # noqa: E402
 from pseudolabel.sam.refine import SAMRefineConfig, SAMRefiner  # noqa: E402

@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tools._venv  # noqa: E402,F401  (re-runs inside the project venv with tools/_env.sh settings)
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
-import pseudolabel  # noqa: E402,F401
 from pseudolabel.classes import get_class_set, pascal_palette  # noqa: E402
 from pseudolabel.image_io import write_label_png  # noqa: E402
 from pseudolabel.storage.check import run_check  # noqa: E402

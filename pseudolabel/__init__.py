@@ -1,6 +1,7 @@
-"""Stage one of the CEP toolkit: Skip-CAM localization maps and SAM-refined pseudo labels."""
-from pseudolabel import compat as _compat
+"""Stage one of the CEP toolkit: Skip-CAM localization maps and SAM-refined pseudo labels.
 
-_compat.apply()  # must run before torchvision / mmcv / mmseg are imported anywhere
+Importing the package has no side effect: the compatibility shims (``pseudolabel.compat``) are applied by the modules
+that import torchvision, mmcv or mmseg users, so the evaluator and the storage layer load without torch.
+"""
 
 __version__ = "0.1.0"

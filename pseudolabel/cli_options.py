@@ -1,5 +1,6 @@
 """Dataclass configs as command-line options and as JSON dicts: the one generator every tool uses, so a tool's
-``--help`` and its Python config cannot drift apart.
+``--help`` and its Python config cannot drift apart; the dict round trip and comparison of configs. Standard
+library only (the storage layer and the evaluator import it).
 
 A config field becomes ``--field-name VALUE`` (``--flag-name`` when its metadata declares ``"flag"``); a boolean
 becomes ``--name`` / ``--no-name``. Field metadata: ``"help"`` (the text; the default is appended), optional
@@ -60,6 +61,18 @@ def given_options(args: argparse.Namespace, cls: type) -> dict:
 def config_from_options(args: argparse.Namespace, cls: type):
     """An instance of ``cls``: the given options over the dataclass defaults."""
     return cls(**given_options(args, cls))
+
+
+def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``dotted.name: old -> new`` of every field whose value differs between two (nested) config dicts."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
 
 
 class DictConfig:

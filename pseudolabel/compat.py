@@ -15,7 +15,10 @@ Three known incompatibilities are handled here, each a no-op where it is not nee
    state (``HistoryBuffer``, numpy scalars) that the safe unpickler rejects, so resume fails. We register a
    local-file loader that trusts *local* files only; checkpoints fetched over HTTP keep ``weights_only=True``.
 
-Call :func:`apply` once, before importing torchvision, mmcv or mmseg (``import pseudolabel`` does it).
+Call :func:`apply` before importing torchvision, mmcv or mmseg or a library that imports them. The modules that do
+call it first: ``pseudolabel/cam/clip_models.py`` (open_clip), ``pseudolabel/sam/models.py`` and
+``pseudolabel/sam/predictor.py`` (segment_anything) and ``segtrain/__init__.py`` (mmseg); ``import pseudolabel``
+alone applies nothing.
 """
 from __future__ import annotations
 

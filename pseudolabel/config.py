@@ -29,18 +29,6 @@ class PseudoLabelConfig:
                    SAMRefineConfig.from_dict(data["refine"]))
 
 
-def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted names of the fields whose values differ between two config dicts."""
-    out = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return out
-
-
 def config_from_args(args: argparse.Namespace, dataset: str, split: str) -> PseudoLabelConfig:
     """Build the config: given options override the dataclass defaults; τ defaults per dataset (0.4 VOC, 0.7 COCO)."""
     cam, refine = config_from_options(args, SkipCAMConfig), config_from_options(args, SAMRefineConfig)

@@ -1,5 +1,7 @@
 """Stage two of the CEP toolkit: train an MMSegmentation model on the stage-one shards."""
-import pseudolabel  # noqa: F401  (applies the compatibility shims before mmseg is imported)
+from pseudolabel import compat
+
+compat.apply()  # before mmseg imports mmcv and torchvision
 
 from segtrain.datasets import (  # noqa: E402  (registers the datasets)
     ClassSetSegDataset,

@@ -4,4 +4,6 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-import pseudolabel  # noqa: E402,F401  (compatibility shims before any test imports torchvision)
+from pseudolabel import compat  # noqa: E402
+
+compat.apply()  # tests import torchvision, segment_anything and mmseg directly

@@ -67,8 +67,28 @@ def test_mmengine_resumes_a_training_state_checkpoint(tmp_path):
     assert loaded["message_hub"]["log"].mean() == 1.5
 
 
-def test_shims_run_before_a_fresh_import_of_open_clip_and_segment_anything():
-    code = "import pseudolabel, open_clip, segment_anything, mmseg.models; print('ok')"
+@pytest.mark.parametrize("module, library", [("pseudolabel.cam.clip_models", "open_clip"),
+                                             ("pseudolabel.sam.predictor", "segment_anything"),
+                                             ("segtrain", "mmseg.models")])
+def test_each_module_importing_a_torchvision_user_applies_the_shims_itself(module, library):
+    # a fresh interpreter: the module is the first thing imported, then the library it wraps
+    code = f"import {module}, {library}; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "ok"
+
+
+LIGHT_MODULES = ("pseudolabel", "pseudolabel.evaluation", "pseudolabel.evaluation.cli", "pseudolabel.storage.format",
+                 "pseudolabel.storage.shards", "pseudolabel.storage.run_store", "pseudolabel.storage.check",
+                 "pseudolabel.viewer.visualize", "pseudolabel.viewer.html_report", "pseudolabel.datasets",
+                 "pseudolabel.cli_options")
+HEAVY_MODULES = ("torch", "torchvision", "mmengine", "mmcv", "mmseg", "open_clip", "segment_anything",
+                 "pseudolabel.compat", "pseudolabel.config")
+
+
+def test_the_evaluator_and_the_storage_layer_import_without_torch_or_the_shims():
+    code = (f"import sys; import {', '.join(LIGHT_MODULES)}; "
+            f"print(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

@@ -8,7 +8,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-import pseudolabel  # noqa: E402,F401  (compatibility shims first)
 from pseudolabel.storage.check import main  # noqa: E402
 
 if __name__ == "__main__":

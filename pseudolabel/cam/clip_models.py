@@ -11,8 +11,10 @@ from pathlib import Path
 
 import torch
 
-import pseudolabel  # noqa: F401  (compat shims before open_clip imports torchvision)
-import open_clip
+from pseudolabel import compat
+
+compat.apply()  # before open_clip imports torchvision
+import open_clip  # noqa: E402
 
 LOG = logging.getLogger(__name__)
 MODEL_CONFIGS = Path(__file__).with_name("model_configs")

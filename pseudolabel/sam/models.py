@@ -14,9 +14,11 @@ from pathlib import Path
 
 import torch
 
-import pseudolabel  # noqa: F401  (compat shims before segment_anything imports torchvision)
-from segment_anything import sam_model_registry
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from pseudolabel import compat
+
+compat.apply()  # before segment_anything imports torchvision
+from segment_anything import sam_model_registry  # noqa: E402
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer  # noqa: E402
 
 LOG = logging.getLogger(__name__)
 URL_ROOT = "https://dl.fbaipublicfiles.com/segment_anything/"

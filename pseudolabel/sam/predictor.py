@@ -13,10 +13,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
-from segment_anything import SamPredictor
 from torch import Tensor
 
-from pseudolabel.sam.decoder import SharedImageMaskDecoder
+from pseudolabel import compat
+
+compat.apply()  # before segment_anything imports torchvision
+from segment_anything import SamPredictor  # noqa: E402
+
+from pseudolabel.sam.decoder import SharedImageMaskDecoder  # noqa: E402
 
 
 def _resize_taps(low: int, canvas: int, kept: int, out: int, taps: int = 4) -> tuple[Tensor, Tensor]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pseudolabel.classes import ClassSet
-from pseudolabel.config import differences
+from pseudolabel.cli_options import config_differences
 from pseudolabel.storage.format import MANIFEST, RUN_FORMAT, SHARD_GLOB
 from pseudolabel.storage.shards import LabelRecord, ShardWriter, shard_image_ids
 
@@ -82,7 +82,7 @@ class RunStore:
         path = self.out / CONFIG_FILE
         if path.is_file() and not overwrite:
             old = json.loads(path.read_text())
-            changed = differences(old, config)
+            changed = config_differences(old, config)
             if changed:
                 raise ValueError(f"'{self.out}' holds labels made with another configuration ({'; '.join(changed)}). "
                                  "Use another --out, or --overwrite to delete them and start again")
