@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -107,8 +108,10 @@ def read_label_png(path: str | Path) -> np.ndarray:
     return labels
 
 
-def write_label_png(path: str | Path, labels: np.ndarray, palette: np.ndarray) -> None:
-    """Write a ``uint8`` label map as a palette PNG (so viewers show colours, not a black image)."""
+def write_label_png(target: str | Path | BinaryIO, labels: np.ndarray, palette: np.ndarray,
+                    compress_level: int = 6) -> None:
+    """Write a ``uint8`` label map as a palette PNG (so viewers show colours, not a black image) to a path or an
+    open binary file. ``compress_level`` (zlib, 0-9) trades file size for speed; any level decodes the same."""
     image = Image.fromarray(np.asarray(labels, dtype=np.uint8), mode="P")
     image.putpalette(np.asarray(palette, dtype=np.uint8).reshape(-1).tolist())
-    image.save(path)
+    image.save(target, format="PNG", compress_level=compress_level)

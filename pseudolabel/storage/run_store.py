@@ -20,6 +20,7 @@ import numpy as np
 
 from pseudolabel.classes import ClassSet
 from pseudolabel.cli_options import config_differences
+from pseudolabel.storage.atomic import atomic_write
 from pseudolabel.storage.format import MANIFEST, RUN_FORMAT, SHARD_GLOB
 from pseudolabel.storage.shards import LabelRecord, ShardWriter, shard_image_ids
 
@@ -30,16 +31,6 @@ WRITE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EACCES: "permission deni
 
 class OutputError(RuntimeError):
     """The output directory cannot be written; everything finalized so far is kept."""
-
-
-def _fsync_write(path: Path, write) -> None:
-    """Write through ``write(handle)`` to a temp file, fsync, then atomically rename to ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def guard_write(action, where: Path):
@@ -87,7 +78,7 @@ class RunStore:
                 raise ValueError(f"'{self.out}' holds labels made with another configuration ({'; '.join(changed)}). "
                                  "Use another --out, or --overwrite to delete them and start again")
         if self.rank == 0:
-            guard_write(lambda: _fsync_write(path, lambda h: h.write(json.dumps(config, indent=1).encode())), path)
+            guard_write(lambda: atomic_write(path, lambda h: h.write(json.dumps(config, indent=1).encode())), path)
 
     def recover(self) -> int:
         """Rank 0, while the other ranks wait at a barrier: finish what an interrupted run left. Every temp file is
@@ -121,7 +112,7 @@ class RunStore:
 
         def write():
             self.staging.mkdir(parents=True, exist_ok=True)
-            _fsync_write(self.staging / name, lambda h: np.savez(h, **record.to_arrays()))
+            atomic_write(self.staging / name, lambda h: np.savez(h, **record.to_arrays()))
         guard_write(write, self.staging)
         if len(list(self.staging.glob("*.npz"))) >= self.shard_size:
             self.pack()
@@ -150,7 +141,7 @@ class RunStore:
 
     def write_json(self, name: str, data) -> None:
         path = self.out / name
-        guard_write(lambda: _fsync_write(path, lambda h: h.write(json.dumps(data, indent=1).encode())), path)
+        guard_write(lambda: atomic_write(path, lambda h: h.write(json.dumps(data, indent=1).encode())), path)
 
     def write_manifest(self, world_size: int) -> dict:
         """List every shard with its images, every failure and each rank's summary (rank 0, after all ranks)."""
