@@ -1,6 +1,7 @@
 """Class sets: class names, CLIP prompt names, background words and the PASCAL palette.
 
-The lists live in ``data/classes/<name>.json``; this module is the only place that reads them.
+The built-in lists live in the package, ``pseudolabel/class_lists/<name>.json`` (package data, so an installed wheel
+has them); this module is the only place that reads them.
 Label convention everywhere in the project: 0 = background, 1..C-1 = foreground classes, 255 = ignore.
 """
 from __future__ import annotations
@@ -12,8 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-DATA_DIR = Path(__file__).resolve().parents[1] / "data"
-CLASSES_DIR = DATA_DIR / "classes"
+REPO_DIR = Path(__file__).resolve().parents[1]
+# Dataset roots and the demo photos: a source checkout's own data/; an installed package (no checkout around it)
+# uses ./data of the working directory.
+DATA_DIR = REPO_DIR / "data" if (REPO_DIR / "pyproject.toml").is_file() else Path("data")
+CLASSES_DIR = Path(__file__).resolve().with_name("class_lists")
 IGNORE_INDEX = 255
 BUILTIN_CLASS_SETS = ("voc", "coco")
 
@@ -81,7 +85,7 @@ class ClassSet:
 
     @classmethod
     def from_file(cls, path: str | Path, name: str = "custom") -> "ClassSet":
-        """Read a class list: a JSON file like ``data/classes/voc.json``, or a text file with one
+        """Read a class list: a JSON file like ``pseudolabel/class_lists/voc.json``, or a text file with one
         foreground class per line (``background`` is prepended if missing; prompt names = class names;
         background words = the VOC ones)."""
         path = Path(path)

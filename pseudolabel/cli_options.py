@@ -10,10 +10,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import types
 import typing
+from pathlib import Path
 
 SCALAR_TYPES = (bool, int, float, str)
+
+
+def program_name(script: str) -> str:
+    """The program name for usage lines: the installed command (``cep-...``) when run as one, else ``script`` (e.g.
+    the ``tools/`` wrapper of a module run with ``python -m``)."""
+    invoked = Path(sys.argv[0]).name
+    return invoked if invoked.startswith("cep-") else script
 
 
 def option_name(field: dataclasses.Field) -> str:

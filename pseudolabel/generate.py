@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from pseudolabel.classes import DATA_DIR, ClassSet, get_class_set
-from pseudolabel.cli_options import add_dataclass_options
+from pseudolabel.cli_options import add_dataclass_options, program_name
 from pseudolabel.config import PseudoLabelConfig, config_from_args
 from pseudolabel.datasets import DEFAULT_SPLITS, Sample, WeakDataset, build_dataset
 from pseudolabel.image_io import ImageReadError, read_rgb
@@ -39,7 +39,7 @@ BANNER = "!" * 78
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="tools/gen_pseudo.sh",
+        prog=program_name("tools/gen_pseudo.sh"),
         description="Stage one of CEP: Skip-CAM localization maps + SAM-refined pseudo labels -> HDF5 shards.\n"
                     "Examples:\n"
                     "  tools/gen_pseudo.sh voc                       # VOC train_aug, paper defaults (tau 0.4)\n"
@@ -52,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", choices=("voc", "coco", "custom", "demo"), help="what to label")
     run = parser.add_argument_group("run")
-    run.add_argument("--out", type=Path, help="output directory (default: <repo>/outputs/<dataset>_<split>, "
-                                              "<repo>/outputs/demo for the demo)")
+    run.add_argument("--out", type=Path, help="output directory (default: outputs/<dataset>_<split>, outputs/demo for "
+                                              "the demo, in the checkout; in the working directory when installed)")
     run.add_argument("--split", help="split (default: voc train_aug, coco train, custom/demo all)")
     run.add_argument("--data-root", type=Path, help="dataset root (default: data/VOCdevkit/VOC2012, data/coco)")
     run.add_argument("--label-source", choices=("xml", "mask"), default="xml",
@@ -102,6 +102,10 @@ def demo_weights(cfg: PseudoLabelConfig) -> list[str]:
 
 def load_dataset(args, name: str, split: str):
     if name == "demo":
+        if not (DEMO_DIR / "tags.json").is_file():
+            raise FileNotFoundError(f"the demo photos are not in '{DEMO_DIR}': they come with the source checkout "
+                                    "(data/demo); run the demo from the checkout (tools/gen_pseudo.sh demo) or from a "
+                                    "folder holding data/demo")
         return build_dataset("custom", DEMO_DIR / "images", split, labels=DEMO_DIR / "tags.json",
                              classes=get_class_set("voc"), name="demo")
     if name == "custom":
@@ -162,7 +166,8 @@ def load_models(cfg: PseudoLabelConfig, class_set: ClassSet, device: str) -> tup
 
 
 def output_dir(args: argparse.Namespace, split: str) -> Path:
-    """``--out``, or ``<repo>/outputs/<dataset>_<split>`` (``<repo>/outputs/demo`` for the demo)."""
+    """``--out``, or ``outputs/<dataset>_<split>`` (``outputs/demo`` for the demo) in the checkout (an installed
+    package: in the working directory)."""
     name = args.dataset if args.dataset == "demo" else f"{args.dataset}_{split}"
     return args.out or DATA_DIR.parent / "outputs" / name
 

@@ -25,7 +25,8 @@ class Sample:
 
 
 def data_root() -> Path:
-    """Where dataset roots live by default: ``$CEP_DATA_ROOT`` or the repository's ``data/``."""
+    """Where dataset roots live by default: ``$CEP_DATA_ROOT``, else the checkout's ``data/`` (an installed package:
+    ``./data``)."""
     return Path(os.environ.get("CEP_DATA_ROOT", DATA_DIR))
 
 

@@ -24,7 +24,7 @@ class COCODataset(WeakDataset):
     """COCO 2014 ``train`` (82,081 annotated images) or ``val`` (40,137).
 
     Image-level labels: every annotated category of the image, crowd annotations included (a crowd of people still
-    shows people); category ids map to class indices 1..80 through ``category_ids`` of ``data/classes/coco.json``.
+    shows people); category ids map to class indices 1..80 through ``category_ids`` of ``pseudolabel/class_lists/coco.json``.
     Images without any annotation are left out (``problems``). GT masks, for evaluation only: VOC-style PNGs in
     ``SegmentationClass/<split>2014/`` when present (what peers use), otherwise rendered from the instances.
     The instances JSON is read once; its annotations are kept only while some image needs its mask rendered.
