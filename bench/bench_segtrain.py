@@ -30,7 +30,7 @@ from pseudolabel.image_io import write_label_png
 from pseudolabel.storage.shards import LabelRecord, ShardWriter
 from segtrain.pretrained import drop_pretrained
 
-VOC_CONFIG = Path(__file__).resolve().parents[1] / "segtrain/configs/deeplabv3plus_r101_voc_pseudo.py"
+VOC_CONFIG = Path(__file__).resolve().parents[1] / "segtrain/configs/deeplabv3plus_r101-d8_4xb4-20k_voc12aug-pseudo-512x512.py"
 
 
 def bench_training(iters: int, batch: int = 2, crop: int = 512) -> tuple[float, str]:

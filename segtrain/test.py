@@ -15,6 +15,7 @@ from mmengine.runner import Runner
 
 from pseudolabel.evaluation import EvaluationConfig, EvaluationError, LabelSourceError, evaluate
 from pseudolabel.evaluation.report import format_table, write_json
+from segtrain.config import read_config
 from segtrain.crf import CRFConfig
 from segtrain.tta import tta_pipeline, wrap_tta
 
@@ -55,7 +56,7 @@ def test_config(args: argparse.Namespace, out_dir: Path) -> Config:
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint '{checkpoint}' does not exist")
-    cfg = Config.fromfile(args.config or find_config(checkpoint))
+    cfg = read_config(args.config or find_config(checkpoint))
     cfg.merge_from_dict(args.cfg_options)
     if not cfg.get("test_dataloader"):
         raise KeyError(f"config has no test_dataloader; add one (see segtrain/configs/)")

@@ -19,6 +19,7 @@ from mmengine.runner import Runner, find_latest_checkpoint
 from mmseg.registry import DATASETS
 
 from pseudolabel.storage.shards import open_shards
+from segtrain.config import read_config
 from segtrain.datasets import ShardMismatchError, check_shards, class_names
 from segtrain.pretrained import PretrainedUnavailableError, drop_pretrained, ensure_pretrained
 
@@ -28,7 +29,7 @@ PACKAGES = ("torch", "torchvision", "numpy", "mmengine", "mmcv-lite", "mmcv", "m
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train an MMSegmentation model on stage-one pseudo-label shards.")
-    parser.add_argument("config", help="mmseg config, e.g. segtrain/configs/deeplabv3plus_r101_voc_pseudo.py")
+    parser.add_argument("config", help="mmseg config, e.g. segtrain/configs/deeplabv3plus_r101-d8_4xb4-20k_voc12aug-pseudo-512x512.py")
     parser.add_argument("--shards", help="stage-one shard directory (overrides the config's shards_dir)")
     parser.add_argument("--work-dir", help="checkpoints, logs, config copy (default: work_dirs/<config name>)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the work dir")
@@ -44,7 +45,7 @@ def load_config(args: argparse.Namespace) -> Config:
     """The config with the command-line overrides applied."""
     if not Path(args.config).is_file():
         raise FileNotFoundError(f"config '{args.config}' does not exist; see segtrain/configs/")
-    cfg = Config.fromfile(args.config)
+    cfg = read_config(args.config)
     cfg.merge_from_dict(args.cfg_options)
     if args.shards:
         cfg.train_dataloader.dataset.shards_dir = args.shards

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import warnings
 from pathlib import Path
@@ -18,6 +19,7 @@ from pseudolabel.classes import get_class_set
 from pseudolabel.image_io import read_label_png
 from pseudolabel.storage.shards import LabelRecord, ShardWriter, open_shards
 from segtrain import pretrained
+from segtrain.config import RENAMED_KEY, read_config
 from segtrain.crf import dense_crf
 from segtrain.datasets import ShardMismatchError, ShardPseudoLabelDataset
 from tests.fixtures.tiny_datasets import make_coco, make_voc
@@ -119,12 +121,38 @@ def test_coco_config_validates_on_the_rendered_gt(tmp_path):
 
     register_all_modules(init_default_scope=True)
     root = make_coco(tmp_path / "coco", n_images=3, n_unannotated=1)
-    cfg = Config.fromfile(REPO / "segtrain/configs/deeplabv3plus_r101_coco_pseudo.py")
+    cfg = Config.fromfile(REPO / "segtrain/configs/deeplabv3plus_r101-d8_4xb4-20k_coco14-pseudo-512x512.py")
     cfg.val_dataloader.dataset.data_root = str(root)
     with pytest.raises(FileNotFoundError, match=r"val2014\.txt does not exist.*render_coco_gt"):
         check_validation_gt(cfg)
     assert render(["--data-root", str(root)]) == 0
     check_validation_gt(cfg)  # the 3 annotated images, each with its GT
+
+
+CONFIGS = REPO / "segtrain" / "configs"
+# mmsegmentation's scheme: {algorithm}_{backbone}_{gpus}xb{batch}-{schedule}_{dataset}-{crop}.py
+MMSEG_NAME = re.compile(r"^[a-z0-9]+_[a-z0-9-]+_\d+xb\d+-\d+(k|iter)_[a-z0-9]+(-[a-z0-9]+)*-\d+x\d+\.py$")
+OLD_NAMES = ("deeplabv3plus_r101_voc_pseudo.py", "deeplabv3plus_r101_coco_pseudo.py", "demo_tiny.py")
+
+
+def test_config_names_follow_mmseg_s_scheme():
+    names = sorted(p.name for p in CONFIGS.glob("*.py"))
+    assert [n for n in names if not MMSEG_NAME.match(n)] == sorted(OLD_NAMES)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        for name in names:
+            if name not in OLD_NAMES:
+                read_config(CONFIGS / name)      # no rename warning
+
+
+@pytest.mark.parametrize("old", OLD_NAMES)
+def test_old_config_names_still_work_and_warn(old):
+    with pytest.warns(FutureWarning, match="renamed to segtrain/configs/.*removed in the next"):
+        alias = read_config(CONFIGS / old)
+    assert MMSEG_NAME.match(alias[RENAMED_KEY])
+    settings = alias.to_dict()
+    settings.pop(RENAMED_KEY)
+    assert settings == read_config(CONFIGS / alias[RENAMED_KEY]).to_dict()
 
 
 def test_failures_and_random_weights_are_warned_about(tiny, tmp_path):
@@ -169,9 +197,9 @@ def test_offline_pretrained_download_fails_with_the_fix(tmp_path, monkeypatch):
 
 
 def tiny_voc_config(tiny, path: Path, shards: Path) -> Path:
-    """demo_tiny retargeted to the tiny VOC layout, validated and tested on its GT (as a user's config would be)."""
+    """The demo config retargeted to the tiny VOC layout, validated and tested on its GT (as a user's config would be)."""
     path.write_text(f"""
-_base_ = ['{REPO / 'segtrain/configs/demo_tiny.py'}']
+_base_ = ['{REPO / 'segtrain/configs/deeplabv3plus_r18-d8_1xb2-20iter_demo-pseudo-64x64.py'}']
 data_root = '{tiny['voc']}'
 train_dataloader = dict(dataset=dict(data_root=data_root, data_prefix=dict(img_path='JPEGImages'),
                                      shards_dir='{shards}', expected_dataset='voc'))

@@ -2,12 +2,12 @@
 # Stage two: train an MMSegmentation model on stage-one shards (mmengine Runner).
 # Usage: tools/train_seg.sh [CONFIG] [--shards DIR] [--gpus N] [--resume] [--work-dir DIR] [--no-pretrained]
 #                           [--cfg-options KEY=VALUE ...]
-# CONFIG defaults to segtrain/configs/deeplabv3plus_r101_voc_pseudo.py. --gpus 0 (or no GPU) trains on the CPU,
-# 1 on one GPU, N > 1 with torchrun on N GPUs (mmengine's 'pytorch' launcher, SyncBN).
+# CONFIG defaults to segtrain/configs/deeplabv3plus_r101-d8_4xb4-20k_voc12aug-pseudo-512x512.py. --gpus 0 (or no
+# GPU) trains on the CPU, 1 on one GPU, N > 1 with torchrun on N GPUs (mmengine's 'pytorch' launcher, SyncBN).
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 cd "$REPO_ROOT"  # configs name their data and shard paths relative to the repository root
 export PYTHONUNBUFFERED=1
-CONFIG=segtrain/configs/deeplabv3plus_r101_voc_pseudo.py
+CONFIG=segtrain/configs/deeplabv3plus_r101-d8_4xb4-20k_voc12aug-pseudo-512x512.py
 if [ $# -gt 0 ] && [[ "$1" != --* ]]; then CONFIG="$1"; shift; fi
 GPUS=1
 ARGS=()
