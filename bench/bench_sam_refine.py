@@ -59,8 +59,9 @@ def main() -> None:
     for _ in range(args.repeats):
         for name, refiner in paths.items():
             start = time.perf_counter()
-            labels[name] = refiner.refine(image, y0, scores, classes)
-            times = dict(refiner.timings, total=time.perf_counter() - start)
+            refinement = refiner.refine(image, y0, scores, classes)
+            labels[name] = refinement.labels
+            times = dict(refinement.timings, total=time.perf_counter() - start)
             best[name] = {k: min(v, best.get(name, times)[k]) for k, v in times.items()}
     points = len(paths["batched (SAMRefiner)"].prompts(y0, scores, classes)[0])
     print(f"\nSAM {args.model} (random weights) refinement at 500x375, grid {args.grid_size}x{args.grid_size}, "

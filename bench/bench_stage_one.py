@@ -43,10 +43,10 @@ def main() -> None:
     for seed in range(args.images):
         image, _, _, classes = synthetic_input(*sizes[seed % len(sizes)], seed=seed)
         out = cam(image, classes)
-        refined = refiner.refine(image, out.y0, out.scores, classes)
-        for key, value in {**out.timings, **refiner.timings}.items():
+        refinement = refiner.refine(image, out.y0, out.scores, classes)
+        for key, value in {**out.timings, **refinement.timings}.items():
             totals[key] = totals.get(key, 0.0) + value
-        records.append(LabelRecord(image_id=f"i{seed}", refined=refined, initial=out.y0,
+        records.append(LabelRecord(image_id=f"i{seed}", refined=refinement.labels, initial=out.y0,
                                    loc_maps_lowres=out.loc_maps_lowres, loc_class_ids=out.class_ids,
                                    class_ids=classes, size=image.shape[:2]))
     wall = time.perf_counter() - start

@@ -271,10 +271,11 @@ class StageOneRun:
         """Skip-CAM's Y0 and localization maps, then SAM refinement (when on), of one decoded image."""
         cam_out = self.cam(image, sample.class_ids)
         self.stage_seconds["skipcam"] += sum(cam_out.timings.values())
-        refined = self.refiner.refine(image, cam_out.y0, cam_out.scores, sample.class_ids) if self.refiner \
-            else cam_out.y0
-        self.stage_seconds["sam"] += sum(self.refiner.timings.values()) if self.refiner else 0.0
-        return LabelRecord(image_id=sample.image_id, refined=refined, initial=cam_out.y0,
+        refinement = self.refiner.refine(image, cam_out.y0, cam_out.scores, sample.class_ids) if self.refiner \
+            else None
+        self.stage_seconds["sam"] += sum(refinement.timings.values()) if refinement else 0.0
+        return LabelRecord(image_id=sample.image_id, refined=refinement.labels if refinement else cam_out.y0,
+                           initial=cam_out.y0,
                            loc_maps_lowres=cam_out.loc_maps_lowres, loc_class_ids=cam_out.class_ids,
                            class_ids=sample.class_ids, size=image.shape[:2])
 

@@ -54,8 +54,8 @@ def test_delta_above_one_keeps_y0_and_delta_zero_replaces_with_masks():
     grown = {3: box(6, 34, 6, 34), 15: box(36, 60, 30, 60)}
     fn = lambda x, y: np.stack([grown[3] if y < 33 else grown[15]] * 3)  # noqa: E731
     s = scores_for(y0, (3, 15))
-    assert np.array_equal(refiner(fn, delta=1.01).refine(None, y0, s, (3, 15)), y0)
-    out = refiner(fn, delta=0.0).refine(None, y0, s, (3, 15))
+    assert np.array_equal(refiner(fn, delta=1.01).refine(None, y0, s, (3, 15)).labels, y0)
+    out = refiner(fn, delta=0.0).refine(None, y0, s, (3, 15)).labels
     assert (out[grown[3]] == 3).all() and (out[~grown[3] & ~grown[15]] == 0).all()
 
 
@@ -64,8 +64,8 @@ def test_iou_versus_containment():
     small = box(10, 16, 10, 16)  # inside R_3: containment 1, IoU 36/576
     fn = lambda x, y: np.stack([small] * 3)  # noqa: E731
     s = scores_for(y0, (3, 15))
-    iou = refiner(fn, delta=0.5).refine(None, y0, s, (3, 15))
-    contain = refiner(fn, delta=0.5, filter_metric="containment").refine(None, y0, s, (3, 15))
+    iou = refiner(fn, delta=0.5).refine(None, y0, s, (3, 15)).labels
+    contain = refiner(fn, delta=0.5, filter_metric="containment").refine(None, y0, s, (3, 15)).labels
     assert np.array_equal(iou, y0)  # rejected: fallback to R
     assert (contain == 3).sum() == 36 and contain[36:60, 30:60].max() == 15  # replaced by the small mask
 
@@ -77,8 +77,8 @@ def test_component_scope_accepts_per_instance_masks():
     inst = {0: box(3, 21, 3, 21), 1: box(39, 57, 39, 57)}
     fn = lambda x, y: np.stack([inst[int(y > 30)]] * 3)  # noqa: E731
     s = scores_for(y0, (3,))
-    by_class = refiner(fn).refine(None, y0, s, (3,))
-    by_component = refiner(fn, filter_scope="component").refine(None, y0, s, (3,))
+    by_class = refiner(fn).refine(None, y0, s, (3,)).labels
+    by_component = refiner(fn, filter_scope="component").refine(None, y0, s, (3,)).labels
     assert np.array_equal(by_class, y0)  # IoU ~0.4 with the whole class region: rejected
     assert np.array_equal(by_component == 3, inst[0] | inst[1])
 
@@ -90,8 +90,8 @@ def test_mask_selection_variants():
     sc = lambda x, y: np.array([0.1, 0.9, 0.2])  # noqa: E731
     s = scores_for(y0, (3,))
     y3 = np.where(y0 == 3, 3, 0).astype(np.uint8)
-    pick = {m: SAMRefiner(FakePredictor(fn, sc), SAMRefineConfig(mask_select=m, delta=0.0)).refine(None, y3, s[:2], (3,))
-            for m in ("region_iou", "sam_score", "largest")}
+    pick = {m: SAMRefiner(FakePredictor(fn, sc), SAMRefineConfig(mask_select=m, delta=0.0))
+            .refine(None, y3, s[:2], (3,)).labels for m in ("region_iou", "sam_score", "largest")}
     assert (pick["region_iou"] == 3).sum() == 24 * 24
     assert (pick["sam_score"] == 3).sum() == 40 * 40
     assert (pick["largest"] == 3).sum() == 12 * 12  # S2C's fixed index 2
@@ -103,15 +103,15 @@ def test_merge_conflicts_and_ignore_flags():
     fn = lambda x, y: np.stack([big] * 3)  # noqa: E731
     s = scores_for(y0, (3, 15))
     s[1, :, :32] += 0.5  # class 3 scores higher on the left half
-    out = refiner(fn, delta=0.0).refine(None, y0, s, (3, 15))
+    out = refiner(fn, delta=0.0).refine(None, y0, s, (3, 15)).labels
     assert (out[:, :32][s[2, :, :32] <= s[1, :, :32]] == 3).all()
     assert set(np.unique(out)) <= {3, 15}
-    ignored = refiner(fn, delta=0.0, conflict_ignore=True).refine(None, y0, s, (3, 15))
+    ignored = refiner(fn, delta=0.0, conflict_ignore=True).refine(None, y0, s, (3, 15)).labels
     assert (ignored == 255).all()
-    unsure = refiner(fn, delta=0.0, uncertain_ignore=True).refine(None, y0, s, (3, 15))
+    unsure = refiner(fn, delta=0.0, uncertain_ignore=True).refine(None, y0, s, (3, 15)).labels
     assert (unsure[out != y0] == 255).all() and np.array_equal(unsure[out == y0], y0[out == y0])
     over = refiner(lambda x, y: np.stack([box(8, 20, 8, 20)] * 3), delta=0.0, merge="overwrite")
-    assert np.array_equal(over.refine(None, y0, s, (3, 15)), y0)  # overwrite can only grow classes
+    assert np.array_equal(over.refine(None, y0, s, (3, 15)).labels, y0)  # overwrite can only grow classes
 
 
 def test_ensure_point_for_a_small_class():
@@ -120,9 +120,9 @@ def test_ensure_point_for_a_small_class():
     fn = lambda x, y: np.stack([box(0, 5, 0, 5)] * 3)  # noqa: E731
     s = scores_for(y0, (7,))
     plain = refiner(fn, delta=0.0)
-    assert np.array_equal(plain.refine(None, y0, s, (7,)), y0) and plain.predictor.prompted == []
+    assert np.array_equal(plain.refine(None, y0, s, (7,)).labels, y0) and plain.predictor.prompted == []
     ensured = refiner(fn, delta=0.0, ensure_point_per_class=True)
-    assert (ensured.refine(None, y0, s, (7,)) == 7).sum() == 25 and len(ensured.predictor.prompted) == 1
+    assert (ensured.refine(None, y0, s, (7,)).labels == 7).sum() == 25 and len(ensured.predictor.prompted) == 1
 
 
 def test_never_a_label_outside_the_image_classes():
@@ -133,14 +133,30 @@ def test_never_a_label_outside_the_image_classes():
         fn = lambda x, y: rng.random((3, H, W)) > 0.5  # noqa: E731
         s = rng.random((4, H, W)).astype(np.float32)
         for cfg in ({}, {"filter_scope": "component"}, {"merge": "overwrite", "delta": 0.0}):
-            out = refiner(fn, **cfg).refine(None, y0, s, classes)
+            out = refiner(fn, **cfg).refine(None, y0, s, classes).labels
             assert set(np.unique(out)) <= {0, *classes}
 
 
 def test_disabled_refinement_returns_y0():
     y0 = y0_two_classes()
-    out = refiner(lambda x, y: None, enabled=False).refine(None, y0, None, (3, 15))
-    assert np.array_equal(out, y0) and out is not y0
+    refinement = refiner(lambda x, y: None, enabled=False).refine(None, y0, None, (3, 15))
+    assert np.array_equal(refinement.labels, y0) and refinement.labels is not y0
+    assert refinement.prompts == refinement.masks_accepted == (0, 0)
+
+
+def test_prompts_and_accepted_masks_per_class_are_returned_with_the_labels():
+    # Grid centres of a 64x64 image at 16x16 are 2, 6, ..., 62. Class 3 (rows and columns 8..31) holds the centres
+    # 10..30 on both axes: 6 x 6 = 36 points; class 15 (rows 36..59, columns 30..59) 6 rows x 8 columns = 48 points.
+    # Class 3's points left of x = 20 (columns 10, 14, 18: 3 x 6 = 18) get the class region itself (IoU 1), its other
+    # points a 1-pixel mask (IoU < 0.5); every class-15 point gets its region.
+    y0 = y0_two_classes()
+    regions = {3: y0 == 3, 15: y0 == 15}
+    fn = lambda x, y: np.stack([regions[15] if y > 33 else regions[3] if x < 20 else box(0, 1, 0, 1)] * 3)  # noqa: E731
+    refinement = refiner(fn, delta=0.5).refine(None, y0, scores_for(y0, (3, 15)), (3, 15))
+    assert refinement.prompts == (36, 48)
+    assert refinement.masks_accepted == (18, 48)
+    assert set(refinement.timings) == {"sam_encoder", "sam_decoder", "filter_merge"}
+    assert refiner(fn, delta=1.01).refine(None, y0, scores_for(y0, (3, 15)), (3, 15)).masks_accepted == (0, 0)
 
 
 def test_batched_path_equals_the_per_point_predict_loop():
@@ -155,8 +171,8 @@ def test_batched_path_equals_the_per_point_predict_loop():
     y0[5:30, 5:40], y0[25:48, 35:68] = 3, 15
     s = rng.random((3, 50, 70)).astype(np.float32)
     for cfg in (SAMRefineConfig(delta=0.0, points_per_batch=7), SAMRefineConfig(delta=0.3, mask_select="sam_score")):
-        fast = SAMRefiner(BatchedPointPredictor(model), cfg).refine(image, y0, s, (3, 15))
-        loop = LoopSAMRefiner(SamPredictor(model), cfg).refine(image, y0, s, (3, 15))
+        fast = SAMRefiner(BatchedPointPredictor(model), cfg).refine(image, y0, s, (3, 15)).labels
+        loop = LoopSAMRefiner(SamPredictor(model), cfg).refine(image, y0, s, (3, 15)).labels
         assert np.array_equal(fast, loop)
 
 

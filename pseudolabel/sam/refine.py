@@ -52,12 +52,22 @@ def grid_points(height: int, width: int, n: int) -> np.ndarray:
     return np.stack([xs.ravel(), ys.ravel()], axis=1)
 
 
+@dataclass
+class Refinement:
+    """What the refiner made of one image: the label map and, per class (order of ``class_ids``), the prompts and the
+    masks that passed δ (stage one stores them for the label-quality report)."""
+
+    labels: np.ndarray                  # (H, W) uint8 refined label map
+    prompts: tuple[int, ...]            # prompt points of each class
+    masks_accepted: tuple[int, ...]     # of those, the points whose chosen mask passed the δ filter
+    timings: dict[str, float] = field(default_factory=dict)    # seconds by stage
+
+
 class SAMRefiner:
     """Refines Y0 with a SAM predictor (``segment_anything.SamPredictor`` or anything with its interface)."""
 
     def __init__(self, predictor, cfg: SAMRefineConfig, weights: dict | None = None):
         self.predictor, self.cfg, self.weights = predictor, cfg, weights or {}
-        self.timings: dict[str, float] = {}
 
     @classmethod
     def from_config(cls, cfg: SAMRefineConfig, device="cpu", seed: int = 0) -> "SAMRefiner":
@@ -107,20 +117,21 @@ class SAMRefiner:
         metric = iou if self.cfg.filter_metric == "iou" else inter / area.clamp(min=1)
         return masks[rows, choice], metric[rows, choice] >= self.cfg.delta
 
-    def refine(self, image: np.ndarray, y0: np.ndarray, scores: np.ndarray, class_ids) -> np.ndarray:
-        """Refined label map ``(H, W) uint8`` from the image, Y0, the ``[bg, classes]`` scores and the classes."""
-        if not self.cfg.enabled:
-            return y0.copy()
+    def refine(self, image: np.ndarray, y0: np.ndarray, scores: np.ndarray, class_ids) -> Refinement:
+        """Refine Y0 (``(H, W) uint8``) given the image, the ``[bg, classes]`` scores and the image's classes."""
         class_ids = tuple(class_ids)
+        if not self.cfg.enabled:
+            return Refinement(y0.copy(), (0,) * len(class_ids), (0,) * len(class_ids))
         height, width = y0.shape
         start = time.perf_counter()
         self.predictor.set_image(image)
-        self.timings = {"sam_encoder": time.perf_counter() - start, "sam_decoder": 0.0}
+        timings = {"sam_encoder": time.perf_counter() - start}
         start = time.perf_counter()
         xy, owner = self.prompts(y0, scores, class_ids)
         regions = torch.from_numpy(np.stack([y0 == c for c in class_ids]))
         components = [ndi.label(r)[0] for r in regions.numpy()] if self.cfg.filter_scope == "component" else None
         accepted = torch.zeros_like(regions)
+        passed = np.zeros(len(class_ids), np.int64)
         decode = 0.0
         for begin in range(0, len(xy), self.cfg.points_per_batch):
             batch, who = xy[begin: begin + self.cfg.points_per_batch], owner[begin: begin + self.cfg.points_per_batch]
@@ -134,14 +145,15 @@ class SAMRefiner:
                 point_regions = torch.from_numpy(np.stack([
                     components[k] == components[k][int(y), int(x)] for (x, y), k in zip(batch, who)]))
             chosen, keep = self._select_and_filter(masks, iou_pred, point_regions)
+            passed += np.bincount(who[keep.numpy()], minlength=len(class_ids))
             for k in np.unique(who):
                 sel = torch.from_numpy(who == k) & keep
                 if sel.any():
                     accepted[k] |= chosen[sel].any(dim=0)
         labels = self.merge(y0, scores, class_ids, regions, accepted)
-        self.timings["sam_decoder"] = decode
-        self.timings["filter_merge"] = time.perf_counter() - start - decode
-        return labels
+        timings.update(sam_decoder=decode, filter_merge=time.perf_counter() - start - decode)
+        prompts = np.bincount(owner, minlength=len(class_ids))
+        return Refinement(labels, tuple(int(p) for p in prompts), tuple(int(p) for p in passed), timings)
 
     def merge(self, y0, scores, class_ids, regions: torch.Tensor, accepted: torch.Tensor) -> np.ndarray:
         """Compose the label map from each class's support: conflicts go to the larger refined score
