@@ -26,6 +26,7 @@ from pseudolabel.cli_options import add_dataclass_options, program_name
 from pseudolabel.config import PseudoLabelConfig, config_from_args
 from pseudolabel.datasets import DEFAULT_SPLITS, Sample, WeakDataset, build_dataset
 from pseudolabel.image_io import ImageReadError, read_rgb
+from pseudolabel.storage.class_stats import ClassStats
 from pseudolabel.storage.run_store import OutputError, RunStore
 from pseudolabel.sam.models import SAM_VARIANTS, cache_dir
 from pseudolabel.sam.refine import SAMRefineConfig, SAMRefiner
@@ -274,10 +275,12 @@ class StageOneRun:
         refinement = self.refiner.refine(image, cam_out.y0, cam_out.scores, sample.class_ids) if self.refiner \
             else None
         self.stage_seconds["sam"] += sum(refinement.timings.values()) if refinement else 0.0
-        return LabelRecord(image_id=sample.image_id, refined=refinement.labels if refinement else cam_out.y0,
-                           initial=cam_out.y0,
+        refined = refinement.labels if refinement else cam_out.y0
+        stats = ClassStats.measure(sample.class_ids, cam_out.y0, refined, refinement and refinement.prompts,
+                                   refinement and refinement.masks_accepted)
+        return LabelRecord(image_id=sample.image_id, refined=refined, initial=cam_out.y0,
                            loc_maps_lowres=cam_out.loc_maps_lowres, loc_class_ids=cam_out.class_ids,
-                           class_ids=sample.class_ids, size=image.shape[:2])
+                           class_ids=sample.class_ids, size=image.shape[:2], class_stats=stats)
 
     def summary(self, wall: float) -> dict:
         """This rank's totals after ``wall`` seconds: images labelled, failures, throughput, ms per image by stage."""

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from pseudolabel.generate import main, run
+from pseudolabel.storage.check import check_shards
 from pseudolabel.storage.shards import open_shards
 from tests.fixtures.tiny_datasets import make_voc
 
@@ -60,12 +61,44 @@ def test_shards_layout_attributes_and_values(full_run, voc):
     assert not list(out.glob("*.tmp")) and not list((out / ".staging").rglob("*.npz"))
 
 
+def grid_prompt_counts(y0, class_ids, n=16):
+    """Prompt points per class, counted by hand: the n x n cell centres ((j + 0.5) W / n, (i + 0.5) H / n) whose
+    pixel in Y0 holds the class."""
+    height, width = y0.shape
+    counts = dict.fromkeys(class_ids, 0)
+    for i in range(n):
+        for j in range(n):
+            value = int(y0[int((i + 0.5) * height / n), int((j + 0.5) * width / n)])
+            if value in counts:
+                counts[value] += 1
+    return tuple(counts[c] for c in class_ids)
+
+
+def test_per_class_records_match_the_labels(full_run):
+    out, _ = full_run
+    shards = open_shards(out)
+    assert check_shards(out) == []        # the checker's class_stats checks pass too
+    for image_id in shards:
+        record = shards[image_id]
+        stats = record.class_stats
+        assert stats is not None and stats == shards.read_class_stats(image_id)
+        assert stats.class_ids == record.class_ids
+        assert stats.y0_pixels == tuple(int((record.initial == c).sum()) for c in record.class_ids)
+        assert stats.refined_pixels == tuple(int((record.refined == c).sum()) for c in record.class_ids)
+        assert stats.changed_pixels == int((record.refined != record.initial).sum())
+        assert stats.prompts == grid_prompt_counts(record.initial, record.class_ids)
+        assert all(0 <= a <= p for a, p in zip(stats.masks_accepted, stats.prompts))
+        assert stats.lost == tuple(int((record.refined == c).sum()) == 0 for c in record.class_ids)
+
+
 def test_ablation_flags_reach_the_labels(voc, tmp_path, full_run):
     run(args_for(voc, tmp_path, "--num-skips", "0", "--no-refine", "--limit", "2"))
     shards = open_shards(tmp_path)
     assert shards.attrs["config"]["cam"]["num_skips"] == 0 and shards.attrs["config"]["refine"]["enabled"] is False
     for image_id in shards:
         assert np.array_equal(shards[image_id].refined, shards[image_id].initial)  # no refinement
+        stats = shards[image_id].class_stats
+        assert stats.prompts == stats.masks_accepted == (0,) * len(stats.class_ids) and stats.changed_pixels == 0
 
 
 def test_config_change_is_refused_unless_overwrite(voc, tmp_path, capsys):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from pseudolabel.storage.check import check_shards, run_check
+from pseudolabel.storage.format import CLASS_STATS_DTYPE
 from tests.fixtures.viewer_shards import REPO, load_tool, make_voc_run
 
 FIRST, SECOND = "shard-r000-00000.h5", "shard-r000-00001.h5"
@@ -124,3 +125,26 @@ def test_manifest_missing_malformed_or_disagreeing(shards):
 def test_not_a_directory(tmp_path):
     assert "is not a directory" in check_shards(tmp_path / "nope")[0]
     assert load_tool("check_shards").main([str(tmp_path / "nope")]) == 1
+
+
+def test_per_class_records_are_checked_against_the_label_maps(shards):
+    with h5py.File(shards / FIRST, "r+") as handle:
+        group = first_group(handle)
+        class_ids = [int(c) for c in group.attrs["class_ids"]]
+        initial, refined = group["initial"][()], group["refined"][()]
+        rows = np.array([(c, 4, 2, (initial == c).sum(), (refined == c).sum()) for c in class_ids], CLASS_STATS_DTYPE)
+        table = group.create_dataset("class_stats", data=rows)
+        table.attrs["changed_pixels"] = int((initial != refined).sum())
+    assert check_shards(shards) == []
+    with h5py.File(shards / FIRST, "r+") as handle:
+        table = first_group(handle)["class_stats"]
+        rows = table[()]
+        rows["refined_pixels"][0] += 1
+        rows["masks_accepted"][0] = 5
+        table[...] = rows
+        table.attrs["changed_pixels"] = -1
+    problems = check_shards(shards)
+    assert len(problems) == 3
+    assert "masks_accepted not within 0..prompts" in problems[0]
+    assert "refined_pixels" in problems[1] and "but the label map has" in problems[1]
+    assert "changed_pixels -1" in problems[2]

@@ -11,6 +11,7 @@ from pseudolabel.classes import get_class_set, pascal_palette
 from pseudolabel.loc_maps import resize_maps
 from pseudolabel.storage.check import check_shards
 from pseudolabel.storage.format import image_id_from_key, image_key
+from pseudolabel.storage.class_stats import ClassStats
 from pseudolabel.storage.shards import LabelRecord, ShardWriter, open_shards
 
 VOC = get_class_set("voc")
@@ -70,6 +71,23 @@ def test_roundtrip_and_full_resolution_maps(tmp_path):
         full = got.loc_maps
         assert full.shape == (2, *record.size)
         np.testing.assert_allclose(full, resize_maps(record.loc_maps_lowres, record.size), atol=1e-3)
+
+
+def test_per_class_records_round_trip_through_staging_and_shards(tmp_path):
+    record = make_record("a")
+    record.class_stats = ClassStats.measure(record.class_ids, record.initial, record.refined, (7, 3), (5, 0))
+    np.savez(tmp_path / "staged.npz", **record.to_arrays())
+    with np.load(tmp_path / "staged.npz", allow_pickle=False) as arrays:
+        staged = LabelRecord.from_arrays(arrays)
+    assert staged.class_stats == record.class_stats
+    shards = open_shards(write_shards(tmp_path / "shards", [staged, make_record("old")]))
+    stats = shards["a"].class_stats
+    assert stats == record.class_stats and stats.prompts == (7, 3) and stats.masks_accepted == (5, 0)
+    assert stats.y0_pixels == tuple(int((record.initial == c).sum()) for c in record.class_ids)
+    assert shards["old"].class_stats is None and shards.read_class_stats("old") is None   # a record without them
+    with h5py.File(shards.shard_paths[0], "r") as handle:   # a table HDF5 viewers show with named columns
+        assert handle["images/a/class_stats"].dtype.names == ("class_id", "prompts", "masks_accepted", "y0_pixels",
+                                                               "refined_pixels")
 
 
 def test_duplicate_ids_and_missing_directory_are_clear_errors(tmp_path):

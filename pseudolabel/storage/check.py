@@ -4,9 +4,10 @@ Checked for every shard: it opens (a truncated or non-HDF5 file is reported, nev
 are present; ``/palette`` follows the HDF5 Palette spec and every label dataset references it; each image group
 has its attributes (``class_names`` naming its ``class_ids``), ``refined``/``initial`` of shape ``(height, width)``
 uint8 with values in ``{0} ∪ class_ids ∪ {255}``, ``loc_maps`` whose first dimension equals its number of class ids
-(all among the image's); the JSON attributes parse, and config, class set, dataset and split are the same in every
-shard; every image is in exactly one shard and the shards hold exactly the manifest's images (none missing, none
-extra, ``num_images`` right).
+(all among the image's), and ``class_stats``, when present, one row per image class whose pixel counts match the
+label maps (``masks_accepted <= prompts``, ``changed_pixels`` right); the JSON attributes parse, and config, class
+set, dataset and split are the same in every shard; every image is in exactly one shard and the shards hold exactly
+the manifest's images (none missing, none extra, ``num_images`` right).
 
 ``check_shards(directory) -> list[str]`` gives the problems; ``run_check`` also gives the counts the CLI prints.
 """
@@ -21,12 +22,16 @@ import h5py
 import numpy as np
 
 from pseudolabel.storage.format import (
+    CLASS_STATS,
+    CLASS_STATS_ATTRS,
+    CLASS_STATS_DTYPE,
     FORMAT,
     FORMAT_VERSION,
     IGNORE_INDEX,
     IMAGE_ATTRS,
     IMAGE_SPEC,
     IMAGES,
+    INITIAL,
     LABEL_KINDS,
     LOC_MAPS,
     LOC_MAPS_ATTRS,
@@ -34,6 +39,7 @@ from pseudolabel.storage.format import (
     PALETTE,
     PALETTE_REF,
     PALETTE_SPEC,
+    REFINED,
     ROOT_ATTRS,
     SHARD_GLOB,
     decode_text,
@@ -112,6 +118,33 @@ def _shared_root_attrs(name: str, attrs, problems: list[str]) -> dict:
     return shared
 
 
+def _check_class_stats(group: h5py.Group, where: str, class_ids: list[int], problems: list[str]) -> None:
+    """The per-class records, when present, against the image's classes and its label maps."""
+    table = group[CLASS_STATS]
+    if table.dtype != CLASS_STATS_DTYPE:
+        problems.append(f"{where}/{CLASS_STATS}: row type {table.dtype}, expected {CLASS_STATS_DTYPE}")
+        return
+    rows = table[()]
+    if rows["class_id"].tolist() != class_ids:
+        problems.append(f"{where}/{CLASS_STATS}: rows for classes {rows['class_id'].tolist()}, the image has "
+                        f"{class_ids}")
+        return
+    if (rows["masks_accepted"] > rows["prompts"]).any() or (rows["masks_accepted"] < 0).any():
+        problems.append(f"{where}/{CLASS_STATS}: masks_accepted not within 0..prompts")
+    if not all(kind in group for kind in LABEL_KINDS):
+        return
+    initial, refined = group[INITIAL][()], group[REFINED][()]
+    for column, labels in (("y0_pixels", initial), ("refined_pixels", refined)):
+        counts = np.bincount(labels.ravel(), minlength=256)[class_ids]
+        if not np.array_equal(rows[column], counts):
+            problems.append(f"{where}/{CLASS_STATS}: {column} {rows[column].tolist()} but the label map has "
+                            f"{counts.tolist()}")
+    changed = read_attrs(table.attrs, CLASS_STATS_ATTRS).get("changed_pixels")
+    if changed != int(np.count_nonzero(initial != refined)):
+        problems.append(f"{where}/{CLASS_STATS}: changed_pixels {changed}, but {np.count_nonzero(initial != refined)} "
+                        "pixels differ between Y0 and the refined label")
+
+
 def _check_image(group: h5py.Group, key: str, where: str, class_names: list | None, palette_ref_ok,
                  problems: list[str]) -> str:
     """Check one image group; returns its image id."""
@@ -140,6 +173,8 @@ def _check_image(group: h5py.Group, key: str, where: str, class_names: list | No
             problems.append(f"{where}: dataset '{label}' missing")
         else:
             _check_label(label, group[label], where, size, allowed, palette_ref_ok, problems)
+    if CLASS_STATS in group:   # absent in shards written before stage one kept per-class records
+        _check_class_stats(group, where, class_ids, problems)
     if LOC_MAPS not in group:
         problems.append(f"{where}: dataset '{LOC_MAPS}' missing")
         return image_id

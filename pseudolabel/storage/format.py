@@ -27,6 +27,11 @@ IMAGES = "images"                    # /images/<key>, one group per image
 REFINED, INITIAL = "refined", "initial"
 LABEL_KINDS = (REFINED, INITIAL)     # the label maps of an image group: SAM-refined, and Skip-CAM's Y0
 LOC_MAPS = "loc_maps"                # /images/<key>/loc_maps
+CLASS_STATS = "class_stats"          # /images/<key>/class_stats: stage one's per-class records (absent in older shards)
+# One row per image class, an HDF5 compound table (HDFView and h5web show it as a table): the SAM prompt points the
+# class got, the masks that passed the δ filter, its pixels in Y0 and in the refined label.
+CLASS_STATS_DTYPE = np.dtype([("class_id", "<i8"), ("prompts", "<i8"), ("masks_accepted", "<i8"),
+                              ("y0_pixels", "<i8"), ("refined_pixels", "<i8")])
 
 LOC_CONVENTION = ("CLIP-ES attn_highres: CAA-refined map, min-max normalised at token resolution; "
                   "resize bilinearly (cv2) to (height, width)")
@@ -125,6 +130,9 @@ IMAGE_ATTRS = _table(
     Attr("width", Encoding.INT),
     Attr("class_ids", Encoding.INT_TUPLE),
     Attr("class_names", Encoding.JSON),
+)
+CLASS_STATS_ATTRS = _table(
+    Attr("changed_pixels", Encoding.INT),                  # pixels whose refined label differs from Y0
 )
 LOC_MAPS_ATTRS = _table(
     Attr("class_ids", Encoding.INT_TUPLE),

@@ -3,8 +3,9 @@
 Layout (docs/design.md): root attributes (dataset, split, class names, config JSON, versions, weights identity,
 random_weights), ``/palette`` (HDF5 Palette spec) and one group per image under ``/images`` holding ``refined`` and
 ``initial`` label maps (HDF5 Image spec, indexed, referencing the palette, so HDFView shows them coloured; a
-``valid_range`` for h5web) and the localization maps at token resolution. gzip only; one chunk per dataset. Nothing
-is ever unpickled: metadata is JSON.
+``valid_range`` for h5web), the localization maps at token resolution and the per-class records ``class_stats``
+(absent in shards written before stage one kept them). gzip only; one chunk per dataset. Nothing is ever unpickled:
+metadata is JSON.
 """
 from __future__ import annotations
 
@@ -25,7 +26,10 @@ except ImportError:  # a platform without zlib-ng wheels: same result, slower
 
 from pseudolabel.classes import ClassSet, pascal_palette
 from pseudolabel.loc_maps import resize_maps
+from pseudolabel.storage.class_stats import ClassStats
 from pseudolabel.storage.format import (
+    CLASS_STATS,
+    CLASS_STATS_ATTRS,
     COMPRESSION,
     FORMAT,
     FORMAT_VERSION,
@@ -63,6 +67,7 @@ class LabelRecord:
     loc_class_ids: tuple[int, ...]
     class_ids: tuple[int, ...]
     size: tuple[int, int]               # (H, W)
+    class_stats: ClassStats | None = None   # per-class records (None: a shard written before stage one kept them)
 
     @property
     def loc_maps(self) -> np.ndarray:
@@ -71,9 +76,13 @@ class LabelRecord:
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Plain arrays (for pickle-free staging with ``np.savez``)."""
-        return {"image_id": np.array(self.image_id), "refined": self.refined, "initial": self.initial,
-                "loc_maps_lowres": self.loc_maps_lowres, "loc_class_ids": np.array(self.loc_class_ids, np.int64),
-                "class_ids": np.array(self.class_ids, np.int64), "size": np.array(self.size, np.int64)}
+        arrays = {"image_id": np.array(self.image_id), "refined": self.refined, "initial": self.initial,
+                  "loc_maps_lowres": self.loc_maps_lowres, "loc_class_ids": np.array(self.loc_class_ids, np.int64),
+                  "class_ids": np.array(self.class_ids, np.int64), "size": np.array(self.size, np.int64)}
+        if self.class_stats is not None:
+            arrays.update(class_stats=self.class_stats.to_rows(),
+                          changed_pixels=np.array(self.class_stats.changed_pixels, np.int64))
+        return arrays
 
     @classmethod
     def from_arrays(cls, arrays) -> "LabelRecord":
@@ -81,7 +90,9 @@ class LabelRecord:
                    initial=np.asarray(arrays["initial"]),
                    loc_maps_lowres=np.asarray(arrays["loc_maps_lowres"], np.float32),
                    loc_class_ids=tuple(int(c) for c in arrays["loc_class_ids"]),
-                   class_ids=tuple(int(c) for c in arrays["class_ids"]), size=tuple(int(s) for s in arrays["size"]))
+                   class_ids=tuple(int(c) for c in arrays["class_ids"]), size=tuple(int(s) for s in arrays["size"]),
+                   class_stats=ClassStats.from_rows(arrays["class_stats"], int(arrays["changed_pixels"]))
+                   if "class_stats" in arrays else None)
 
 
 def _ascii(text: str) -> np.bytes_:
@@ -132,6 +143,12 @@ class ShardWriter:
         write_attrs(loc.attrs, LOC_MAPS_ATTRS, {
             "class_ids": record.loc_class_ids,
             "class_names": [self.class_set.classes[c] for c in record.loc_class_ids], "convention": LOC_CONVENTION})
+        if record.class_stats is not None:
+            if record.class_stats.class_ids != tuple(record.class_ids):
+                raise ValueError(f"{record.image_id}: class records for classes {record.class_stats.class_ids}, "
+                                 f"but the image has {tuple(record.class_ids)}")
+            stats = group.create_dataset(CLASS_STATS, data=record.class_stats.to_rows())
+            write_attrs(stats.attrs, CLASS_STATS_ATTRS, {"changed_pixels": record.class_stats.changed_pixels})
         self.count += 1
 
     def close(self) -> None:
@@ -220,7 +237,20 @@ class ShardSet(Mapping):
             loc_class_ids=LOC_MAPS_ATTRS["class_ids"].decode(loc.attrs["class_ids"]),
             class_ids=attrs["class_ids"],
             size=(attrs["height"], attrs["width"]),
+            class_stats=self._class_stats(group),
         )
+
+    @staticmethod
+    def _class_stats(group: h5py.Group) -> ClassStats | None:
+        if CLASS_STATS not in group:
+            return None
+        table = group[CLASS_STATS]
+        return ClassStats.from_rows(table[()], read_attrs(table.attrs, CLASS_STATS_ATTRS)["changed_pixels"])
+
+    def read_class_stats(self, image_id: str) -> ClassStats | None:
+        """Only the per-class records of one image (None for shards written before stage one kept them)."""
+        index, key = self._where[image_id]
+        return self._class_stats(self._file(index)[IMAGES][key])
 
     def _label_chunks(self, index: int) -> tuple[int, dict]:
         """File descriptor and ``(key, kind) -> (byte offset, size, shape)`` of every gzip-only single-chunk label map.
