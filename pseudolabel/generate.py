@@ -27,6 +27,7 @@ from pseudolabel.config import PseudoLabelConfig, config_from_args
 from pseudolabel.datasets import DEFAULT_SPLITS, Sample, WeakDataset, build_dataset
 from pseudolabel.image_io import ImageReadError, read_rgb
 from pseudolabel.storage.class_stats import ClassStats
+from pseudolabel.storage.run_log import RunLog
 from pseudolabel.storage.run_store import OutputError, RunStore
 from pseudolabel.sam.models import SAM_VARIANTS, cache_dir
 from pseudolabel.sam.refine import SAMRefineConfig, SAMRefiner
@@ -166,6 +167,11 @@ def load_models(cfg: PseudoLabelConfig, class_set: ClassSet, device: str) -> tup
     return cam, refiner
 
 
+def split_of(args: argparse.Namespace) -> str:
+    """The split to label: ``--split`` or the dataset's default."""
+    return args.split or DEFAULT_SPLITS.get(args.dataset, "all")
+
+
 def output_dir(args: argparse.Namespace, split: str) -> Path:
     """``--out``, or ``outputs/<dataset>_<split>`` (``outputs/demo`` for the demo) in the checkout (an installed
     package: in the working directory)."""
@@ -215,6 +221,7 @@ class StageOneRun:
     rank: int
     world: int
     random_weights: bool
+    log: RunLog                         # <out>/run.log
     todo: list[Sample]                  # this rank's images not yet in a shard
     already_done: int                   # this rank's images found in the shards
     failures: list[dict]                # images left out: by the dataset (rank 0) and unreadable ones
@@ -222,31 +229,41 @@ class StageOneRun:
     start: float = field(default_factory=time.perf_counter)
 
     @classmethod
-    def setup(cls, args: argparse.Namespace) -> "StageOneRun":
-        """Config, device, dataset, models and output store of this rank, and the images it still has to label."""
-        split = args.split or DEFAULT_SPLITS.get(args.dataset, "all")
+    def setup(cls, args: argparse.Namespace, log: RunLog) -> "StageOneRun":
+        """Config, device, dataset, models and output store of this rank, and the images it still has to label
+        (each recorded in ``log``)."""
+        split = split_of(args)
         cfg = config_from_args(args, "voc" if args.dataset == "demo" else args.dataset, split)
+        log.detail("configuration", cfg.to_dict())
         notes = demo_weights(cfg) if args.dataset == "demo" else []
         rank, world, local_rank = distributed()
         device = resolve_device(args.device, local_rank)
         dataset = load_dataset(args, args.dataset, split)
+        log.detail("dataset", {"name": dataset.name, "split": split, "root": dataset.root, "images": len(dataset),
+                               "left out": dataset.problems})
         out = output_dir(args, split)
         cam, refiner = load_models(cfg, dataset.class_set, device)
         weights = {"clip": cam.weights, "sam": refiner.weights if refiner else None}
         random_weights = any(w and w.get("kind") == "random" for w in weights.values())
+        log.detail("weights", weights)
         if random_weights:
             print(f"{BANNER}\n!! RANDOM WEIGHTS: {'; '.join(notes) or 'requested'}.\n!! The pipeline runs end to end "
                   f"with seeded random weights; the labels are NOT meaningful.\n{BANNER}", file=sys.stderr)
+            log.detail(f"RANDOM WEIGHTS: {'; '.join(notes) or 'requested'}; the labels are not meaningful",
+                       level=logging.WARNING)
         attrs = shard_attributes(cfg, dataset, weights, random_weights,
                                  with_image_dir=args.dataset in ("custom", "demo"))
+        log.detail("environment", {"device": device, "world size": world, "torch threads": torch.get_num_threads(),
+                                   "versions": attrs["versions"]})
         store = open_store(args, out, rank, world, dataset.class_set, attrs, {**cfg.to_dict(), "weights": weights})
+        log.attach()                    # the output directory exists and is writable
         mine = dataset.samples[: args.limit][rank::world] if args.limit else dataset.samples[rank::world]
         done = store.finished()
         todo = [s for s in mine if s.image_id not in done]
         LOG.info("%s; rank %d/%d: %d images to label (%d already done) -> %s", dataset.describe(), rank, world,
                  len(todo), len(mine) - len(todo), out)
         return cls(args=args, cfg=cfg, dataset=dataset, cam=cam, refiner=refiner, store=store, device=device,
-                   rank=rank, world=world, random_weights=random_weights, todo=todo,
+                   rank=rank, world=world, random_weights=random_weights, log=log, todo=todo,
                    already_done=len(mine) - len(todo),
                    failures=[dict(p, stage="dataset") for p in dataset.problems] if rank == 0 else [])
 
@@ -299,6 +316,9 @@ class StageOneRun:
         self.stage_seconds["write"] += time.perf_counter() - tick
         wall = time.perf_counter() - self.start
         summary = self.summary(wall)
+        self.log.detail(f"{len(self.failures)} failure(s)", self.failures or None,
+                        level=logging.WARNING if self.failures else logging.INFO)
+        self.log.detail("summary (ms per image by stage, throughput)", summary)
         self.store.write_json(f"failures-r{self.rank:03d}.json", self.failures)
         self.store.write_json(f"summary-r{self.rank:03d}.json", summary)
         barrier(self.world)
@@ -318,9 +338,11 @@ def run(argv: list[str] | None = None) -> dict:
     """Parse options, label every image of this rank's share, and return this rank's summary."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
-    stage_one = StageOneRun.setup(args)
-    stage_one.label_images()
-    return stage_one.finish()
+    rank, world, _ = distributed()
+    with RunLog(output_dir(args, split_of(args)), rank, world) as log:
+        stage_one = StageOneRun.setup(args, log)
+        stage_one.label_images()
+        return stage_one.finish()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,7 @@
 """End-to-end stage one through the CLI on a tiny VOC layout with tiny random-weight models."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -91,6 +92,41 @@ def test_per_class_records_match_the_labels(full_run):
         assert stats.lost == tuple(int((record.refined == c).sum()) == 0 for c in record.class_ids)
 
 
+TIMESTAMPED = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} rank 0 (INFO|WARNING|ERROR) ([\w.]+): (.*)$")
+
+
+def log_headers(path) -> list[tuple[str, str, str]]:
+    """(level, logger, message) of every timestamped line of a run.log (JSON blocks follow some of them)."""
+    return [match.groups() for line in path.read_text().splitlines() if (match := TIMESTAMPED.match(line))]
+
+
+def test_run_log_records_each_run_and_the_console_keeps_the_progress_bar(voc, tmp_path, capsys):
+    run(args_for(voc, tmp_path, "--limit", "2"))
+    console = capsys.readouterr()
+    first = (tmp_path / "run.log").read_text()
+    messages = [message for _, _, message in log_headers(tmp_path / "run.log")]
+    assert messages[0].startswith("run started:") and "rank 0 of 1" in messages[0]
+    for title in ("configuration", "dataset", "weights", "environment", "0 failure(s)",
+                  "summary (ms per image by stage, throughput)"):
+        assert title in messages, title
+    assert any("2 images to label (0 already done)" in m for m in messages)
+    assert messages[-1] == "run finished"
+    assert '"tau": 0.4' in first and '"kind": "random"' in first and '"ms_per_image"' in first
+    assert "RANDOM WEIGHTS" in first
+    assert "rank 0: 100%" in console.err and '"tau"' not in console.err + console.out   # details: file only
+    run(args_for(voc, tmp_path, "--limit", "2"))                 # a resumed run appends
+    text = (tmp_path / "run.log").read_text()
+    assert text.startswith(first)
+    messages = [message for _, _, message in log_headers(tmp_path / "run.log")]
+    assert sum(m.startswith("run started:") for m in messages) == 2 and messages[-1] == "run finished"
+    assert any("0 images to label (2 already done)" in m for m in messages)
+
+
+def test_a_run_that_stops_before_its_folder_exists_leaves_no_folder(tmp_path, capsys):
+    assert main(args_for(tmp_path / "no-such-root", tmp_path / "out")) == 2
+    assert "not found" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
 def test_ablation_flags_reach_the_labels(voc, tmp_path, full_run):
     run(args_for(voc, tmp_path, "--num-skips", "0", "--no-refine", "--limit", "2"))
     shards = open_shards(tmp_path)
@@ -105,6 +141,7 @@ def test_config_change_is_refused_unless_overwrite(voc, tmp_path, capsys):
     run(args_for(voc, tmp_path, "--limit", "1"))
     assert main(args_for(voc, tmp_path, "--limit", "1", "--tau", "0.6")) == 2
     assert "cam.tau: 0.4 -> 0.6" in capsys.readouterr().err
+    assert "ERROR pseudolabel.run_log: run stopped by ValueError:" in (tmp_path / "run.log").read_text()
     run(args_for(voc, tmp_path, "--limit", "1", "--tau", "0.6", "--overwrite"))
     assert open_shards(tmp_path).attrs["config"]["cam"]["tau"] == 0.6
 
@@ -117,6 +154,9 @@ def test_corrupt_image_is_recorded_and_skipped(tmp_path):
     failures = open_shards(tmp_path / "out").failures
     assert failures[0]["image_id"] == "2007_000001" and "cannot decode" in failures[0]["reason"]
     assert "2007_000001" not in open_shards(tmp_path / "out")
+    log = (tmp_path / "out" / "run.log").read_text()
+    assert "WARNING pseudolabel.generate: skipped 2007_000001: cannot decode" in log
+    assert "WARNING pseudolabel.run_log: 1 failure(s)" in log and '"image_id": "2007_000001"' in log
 
 
 def test_unwritable_output_is_a_clear_error(voc, tmp_path, capsys):
