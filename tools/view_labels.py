@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Render inspection panels (photo, localization maps, Y0, refined label, GT + IoU) of stage-one shards as PNGs,
-optionally with a static HTML contact sheet. See docs/viewing.md or --help.
+optionally with a static HTML contact sheet; or, with --report, a label-quality report that needs no ground truth.
+See docs/viewing.md or --help.
 
     tools/view_labels.py out/voc_train --out viz --limit 20 --html
     tools/view_labels.py out/voc_train --out viz --worst 30 --gt voc:train --html
     tools/view_labels.py out/voc_train --out viz --ids 2007_000032 2007_000039 --images /data/photos
+    tools/view_labels.py out/voc_train --report --out quality     # label-quality report, no GT needed
 """
 from __future__ import annotations
 
@@ -92,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="view_labels.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("shards", help="stage-one output directory (shard-*.h5)")
-    parser.add_argument("--out", required=True, help="folder for the <id>.png panels (and index.html)")
+    parser.add_argument("--out", required=True, help="folder for the <id>.png panels (and index.html), or for the --report files")
     parser.add_argument("--ids", nargs="+", default=None, help="render these image ids only")
     parser.add_argument("--limit", type=int, default=None, help="render at most N images (in id order)")
     parser.add_argument("--worst", type=int, default=None, metavar="N",
@@ -110,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="label scored against GT for --worst and the HTML score (default refined)")
     parser.add_argument("--html", action="store_true", help="also write <out>/index.html, a static contact sheet")
     parser.add_argument("--tile-height", type=int, default=160, help="height of each tile in pixels")
+    parser.add_argument("--report", action="store_true",
+                        help="instead of panels, write <out>/report.html, the label-quality report without GT "
+                             "(per-class coverage, SAM acceptance, lost classes, pixels SAM changed, the most "
+                             "affected images; one self-contained page), and its numbers as <out>/report.json")
     return parser
 
 
@@ -158,6 +164,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.report:
+        if args.worst is not None or args.gt or args.html:
+            print("error: --report needs no GT and makes its own page: drop --worst, --gt and --html",
+                  file=sys.stderr)
+            return 2
+        from pseudolabel.viewer.quality_report import write_report
+
+        page, numbers = write_report(shards, args.out, ids[: args.limit], photos.read, args.tile_height)
+        print(f"wrote {page} and {numbers}", file=sys.stderr)
+        return 0
 
     def read_gt(image_id):
         if gt_source is None or image_id not in gt_ids:

@@ -247,6 +247,12 @@ class ShardSet(Mapping):
         table = group[CLASS_STATS]
         return ClassStats.from_rows(table[()], read_attrs(table.attrs, CLASS_STATS_ATTRS)["changed_pixels"])
 
+    def image_size(self, image_id: str) -> tuple[int, int]:
+        """``(height, width)`` of an image, from its attributes only."""
+        index, key = self._where[image_id]
+        attrs = read_attrs(self._file(index)[IMAGES][key].attrs, IMAGE_ATTRS)
+        return attrs["height"], attrs["width"]
+
     def read_class_stats(self, image_id: str) -> ClassStats | None:
         """Only the per-class records of one image (None for shards written before stage one kept them)."""
         index, key = self._where[image_id]
