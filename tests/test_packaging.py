@@ -17,10 +17,10 @@ from packaging.requirements import Requirement
 REPO = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 # tools/ entry -> its console script. A new tool goes into one of these two tables (tests below check both).
-COMMANDS = {"gen_pseudo.sh": "cep-gen-pseudo", "evaluate.py": "cep-evaluate", "check_shards.py": "cep-check-shards",
-            "export_labels.py": "cep-export"}
+COMMANDS = {"gen_pseudo.sh": "cep-gen-pseudo", "evaluate.py": "cep-evaluate", "view_labels.py": "cep-view",
+            "check_shards.py": "cep-check-shards", "export_labels.py": "cep-export"}
 NOT_COMMANDS = {"_env.sh", "_venv.py", "run_tests.sh", "prepare_data.sh", "render_coco_gt.py", "train_seg.sh",
-                "test_seg.sh", "view_labels.py"}
+                "test_seg.sh"}
 
 
 def pins() -> dict[str, str]:
