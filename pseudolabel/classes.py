@@ -27,7 +27,9 @@ class ClassSet:
     """Classes of one dataset.
 
     ``classes[0]`` is ``"background"``; ``prompt_names[i]`` is the CLIP prompt name of foreground class
-    ``i + 1``; ``background_words`` are the extra CLIP-ES background prompts.
+    ``i + 1`` (CLIP-ES's names for VOC and COCO); ``extended_prompt_names`` are those names with synonyms or
+    attributes added (the paper's Prompt3; the prompt names when a class list gives none); ``background_words`` are
+    the extra CLIP-ES background prompts.
     """
 
     name: str
@@ -35,8 +37,11 @@ class ClassSet:
     prompt_names: tuple[str, ...]
     background_words: tuple[str, ...]
     category_ids: tuple[int, ...] = field(default=())  # COCO instances category id per foreground class
+    extended_prompt_names: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
+        if not self.extended_prompt_names:
+            object.__setattr__(self, "extended_prompt_names", self.prompt_names)
         if not self.classes or self.classes[0] != "background":
             raise ValueError(f"class set '{self.name}': the first class must be 'background'")
         if len(self.prompt_names) != len(self.classes) - 1:
@@ -44,6 +49,9 @@ class ClassSet:
                 f"class set '{self.name}': {len(self.prompt_names)} prompt names for "
                 f"{len(self.classes) - 1} foreground classes"
             )
+        if len(self.extended_prompt_names) != len(self.prompt_names):
+            raise ValueError(f"class set '{self.name}': {len(self.extended_prompt_names)} extended prompt names for "
+                             f"{len(self.prompt_names)} prompt names")
         if len(set(self.classes)) != len(self.classes):
             raise ValueError(f"class set '{self.name}': duplicate class names")
         if len(self.classes) > IGNORE_INDEX:
@@ -69,6 +77,7 @@ class ClassSet:
             "name": self.name,
             "classes": list(self.classes),
             "prompt_names": list(self.prompt_names),
+            "extended_prompt_names": list(self.extended_prompt_names),
             "background_words": list(self.background_words),
             "category_ids": list(self.category_ids),
         }
@@ -81,6 +90,7 @@ class ClassSet:
             prompt_names=tuple(data.get("prompt_names") or data["classes"][1:]),
             background_words=tuple(data.get("background_words", ())),
             category_ids=tuple(data.get("category_ids", ())),
+            extended_prompt_names=tuple(data.get("extended_prompt_names", ())),
         )
 
     @classmethod

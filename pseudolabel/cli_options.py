@@ -4,7 +4,8 @@ library only (the storage layer and the evaluator import it).
 
 A config field becomes ``--field-name VALUE`` (``--flag-name`` when its metadata declares ``"flag"``); a boolean
 becomes ``--name`` / ``--no-name``. Field metadata: ``"help"`` (the text; the default is appended), optional
-``"choices"`` and ``"flag"``. Field types: ``bool``, ``int``, ``float``, ``str``, or one of them ``| None``.
+``"choices"``, ``"flag"`` and ``"default_text"`` (the default as the help states it, for one that depends on the
+dataset, say). Field types: ``bool``, ``int``, ``float``, ``str``, or one of them ``| None``.
 """
 from __future__ import annotations
 
@@ -49,7 +50,9 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, title: str
     for field in dataclasses.fields(cls):
         kind = value_type(cls, field)
         help_text = field.metadata.get("help", "")
-        if field.default is not dataclasses.MISSING:
+        if "default_text" in field.metadata:
+            help_text += f" (default: {field.metadata['default_text']})"
+        elif field.default is not dataclasses.MISSING:
             help_text += f" (default: {field.default})"
         elif field.default_factory is not dataclasses.MISSING:
             help_text += f" (default: {field.default_factory()})"

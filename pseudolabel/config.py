@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
-from pseudolabel.cam.skipcam import SkipCAMConfig, default_tau
-from pseudolabel.cli_options import config_from_options
+from pseudolabel.cam.skipcam import SkipCAMConfig
+from pseudolabel.cli_options import config_from_options, given_options
 from pseudolabel.sam.refine import SAMRefineConfig
 
 
@@ -16,8 +16,12 @@ class PseudoLabelConfig:
 
     dataset: str
     split: str
-    cam: SkipCAMConfig = field(default_factory=SkipCAMConfig)
+    cam: SkipCAMConfig | None = None  # None: the dataset's defaults, SkipCAMConfig.for_dataset(dataset)
     refine: SAMRefineConfig = field(default_factory=SAMRefineConfig)
+
+    def __post_init__(self) -> None:
+        if self.cam is None:
+            self.cam = SkipCAMConfig.for_dataset(self.dataset)
 
     def to_dict(self) -> dict:
         return {"dataset": self.dataset, "split": self.split, "cam": self.cam.to_dict(),
@@ -30,8 +34,6 @@ class PseudoLabelConfig:
 
 
 def config_from_args(args: argparse.Namespace, dataset: str, split: str) -> PseudoLabelConfig:
-    """Build the config: given options override the dataclass defaults; τ defaults per dataset (0.4 VOC, 0.7 COCO)."""
-    cam, refine = config_from_options(args, SkipCAMConfig), config_from_options(args, SAMRefineConfig)
-    if args.tau is None:
-        cam.tau = default_tau(dataset)
-    return PseudoLabelConfig(dataset, split, cam, refine)
+    """Build the config: given options override the dataset's defaults (``SkipCAMConfig.for_dataset``)."""
+    return PseudoLabelConfig(dataset, split, SkipCAMConfig.for_dataset(dataset, **given_options(args, SkipCAMConfig)),
+                             config_from_options(args, SAMRefineConfig))

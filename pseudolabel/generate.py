@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pseudolabel.cam.clip_models import openai_weights_cached
 from pseudolabel.classes import DATA_DIR, ClassSet, get_class_set
 from pseudolabel.cli_options import add_dataclass_options, program_name
 from pseudolabel.config import PseudoLabelConfig, config_from_args
@@ -88,10 +89,7 @@ def demo_weights(cfg: PseudoLabelConfig) -> list[str]:
     """For the demo: keep given/cached/downloadable weights, else switch to seeded random ones. Returns notes."""
     notes = []
     if cfg.cam.clip_weights == "openai" and not reachable("huggingface.co"):
-        from huggingface_hub import try_to_load_from_cache
-
-        if not isinstance(try_to_load_from_cache("timm/vit_base_patch16_clip_224.openai", "open_clip_pytorch_model.bin"),
-                          str):
+        if not openai_weights_cached(cfg.cam.clip_model):
             cfg.cam.clip_weights = "random"
             notes.append("CLIP weights could not be downloaded (offline) and are not cached")
     variant = SAM_VARIANTS[cfg.refine.sam_model]

@@ -16,7 +16,7 @@ from pseudolabel.storage.check import check_shards
 from pseudolabel.storage.shards import open_shards
 from tests.fixtures.tiny_datasets import make_voc
 
-TINY = ["--clip-model", "ViT-T-16-cep-test", "--clip-weights", "random", "--sam-model", "vit_tiny_test",
+TINY = ["--clip-model", "ViT-T-16-cep-test-quickgelu", "--clip-weights", "random", "--sam-model", "vit_tiny_test",
         "--sam-checkpoint", "random", "--device", "cpu"]
 
 
@@ -144,6 +144,19 @@ def test_config_change_is_refused_unless_overwrite(voc, tmp_path, capsys):
     assert "ERROR pseudolabel.run_log: run stopped by ValueError:" in (tmp_path / "run.log").read_text()
     run(args_for(voc, tmp_path, "--limit", "1", "--tau", "0.6", "--overwrite"))
     assert open_shards(tmp_path).attrs["config"]["cam"]["tau"] == 0.6
+
+
+def test_outputs_of_the_gelu_architecture_are_not_resumed(voc, tmp_path, capsys):
+    gelu = args_for(voc, tmp_path, "--limit", "1", "--clip-model", "ViT-T-16-cep-test")
+    run(gelu)
+    assert main(args_for(voc, tmp_path, "--limit", "1")) == 2
+    assert "weights.clip.activation: 'GELU' -> 'QuickGELU'" in capsys.readouterr().err
+    # outputs written before the activation was recorded (its identity had no 'activation') are refused too
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["weights"]["clip"].pop("activation")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert main(gelu) == 2
+    assert "weights.clip.activation: None -> 'GELU'" in capsys.readouterr().err
 
 
 def test_corrupt_image_is_recorded_and_skipped(tmp_path):

@@ -226,7 +226,7 @@ def test_train_resume_and_test_with_tta_and_crf(tiny, tmp_path):
 
     shards = tmp_path / "stage_one"
     stage_one(["voc", "--data-root", str(tiny["voc"]), "--split", "train", "--out", str(shards), "--device", "cpu",
-               "--clip-model", "ViT-T-16-cep-test", "--clip-weights", "random", "--sam-model", "vit_tiny_test",
+               "--clip-model", "ViT-T-16-cep-test-quickgelu", "--clip-weights", "random", "--sam-model", "vit_tiny_test",
                "--sam-checkpoint", "random"])
     config = tiny_voc_config(tiny, tmp_path / "tiny_voc.py", shards)
     work = tmp_path / "work"

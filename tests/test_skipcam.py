@@ -1,15 +1,23 @@
-"""Skip-CAM against the CLIP-ES reference recipe, CAA pieces, PAR, Y0 properties, weight loading, GPU precision."""
+"""Skip-CAM's pieces (CAA boxes and affinity, PAR, Y0), weight loading and the QuickGELU rule, dataset defaults, GPU
+precision. The comparison with CLIP-ES's maps is tests/test_clipes_reference.py."""
+import json
+
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
 import torch
 
 from pseudolabel.cam.caa import affinity_from_attention, box_mask
-from pseudolabel.cam.clip_models import load_clip
+from pseudolabel.cam.clip_models import MODEL_CONFIGS, clip_architecture, load_clip
 from pseudolabel.cam.par import PARConfig, par_refine
-from pseudolabel.cam.skipcam import SkipCAM, SkipCAMConfig, default_tau
-from tests.fixtures.clipes_reference import clipes_reference_maps, sinkhorn_reference
+from pseudolabel.cam.skipcam import SkipCAM, SkipCAMConfig
+from pseudolabel.classes import get_class_set
+from pseudolabel.config import PseudoLabelConfig
+from tests.fixtures.clipes_reference import transition_matrix
 from tests.fixtures.tiny_clip import TINY_CLIP, tiny_skipcam
+
+TINY_GELU = TINY_CLIP.removesuffix("-quickgelu")
+
 
 def open_clip_tokens(texts):
     import open_clip
@@ -18,17 +26,6 @@ def open_clip_tokens(texts):
 
 
 IMAGE = np.random.default_rng(1).integers(0, 255, (61, 83, 3), dtype=np.uint8)
-
-
-@pytest.mark.parametrize("num_skips", [0, 3])
-def test_fast_maps_equal_the_clipes_reference_loop(num_skips):
-    cam = tiny_skipcam(num_skips=num_skips)
-    classes = (3, 8, 15)
-    out = cam(IMAGE, classes)
-    text = torch.cat([cam.fg_text[[c - 1 for c in classes]], cam.bg_text])
-    reference = clipes_reference_maps(cam.model, cam.preprocess(IMAGE)[None], text, len(classes), num_skips, 0.4)
-    assert out.loc_maps_lowres.shape == reference.shape == (3, 4, 6)
-    np.testing.assert_allclose(out.loc_maps_lowres, reference, atol=2e-5)
 
 
 def test_skips_change_the_maps_and_fusion_variants_run():
@@ -86,7 +83,7 @@ def test_sinkhorn_order_and_symmetry():
     rng = np.random.default_rng(0)
     attention = torch.from_numpy(rng.random((3, 13, 13))).float().softmax(dim=-1)
     got = affinity_from_attention(attention).double().numpy()
-    expected = sinkhorn_reference(attention.mean(dim=0)[1:, 1:].double().numpy())
+    expected = transition_matrix(attention.mean(dim=0)[1:, 1:].double()).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     np.testing.assert_allclose(got, got.T, rtol=1e-6)
 
@@ -118,27 +115,61 @@ def test_y0_contains_only_background_and_the_images_classes():
         cam(IMAGE, ())
 
 
-def test_local_openai_and_open_clip_state_dicts_give_the_same_maps(tmp_path):
+def _traced_archive(model, path):
+    """OpenAI's own ViT-B-16.pt is a traced TorchScript archive: make one the same way."""
+    example = (torch.rand(1, 3, 64, 64), open_clip_tokens(["a photo"]))
+    torch.jit.trace(model, example, strict=False, check_trace=False).save(str(path))
+    return path
+
+
+def _maps(model_name, weights):
+    cam = SkipCAM.from_config(SkipCAMConfig(clip_model=model_name, clip_weights=str(weights)), get_class_set("voc"))
+    return cam.weights, cam(IMAGE, (3, 15)).loc_maps_lowres
+
+
+def test_state_dict_formats_and_the_activation_each_runs_on(tmp_path):
     model, _, _ = load_clip(TINY_CLIP, "random", "cpu", seed=7)
     state = model.state_dict()
     openai = dict(state, input_resolution=torch.tensor(64), context_length=torch.tensor(77),
                   vocab_size=torch.tensor(49408))
     torch.save(openai, tmp_path / "openai.pt")
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "open_clip.pt")
-    # OpenAI's own ViT-B-16.pt is a traced TorchScript archive: make one the same way
-    example = (torch.rand(1, 3, 64, 64), open_clip_tokens(["a photo"]))
-    torch.jit.trace(model, example, strict=False, check_trace=False).save(str(tmp_path / "archive.pt"))
-    maps = []
-    for name in ("openai.pt", "open_clip.pt", "archive.pt"):
-        cfg = SkipCAMConfig(clip_model=TINY_CLIP, clip_weights=str(tmp_path / name))
-        from pseudolabel.classes import get_class_set
+    archive = _traced_archive(model, tmp_path / "archive.pt")
+    weights, expected = _maps(TINY_CLIP, tmp_path / "openai.pt")
+    assert weights["kind"] == "file" and len(weights["sha256"]) == 64
+    assert (weights["model"], weights["activation"]) == (TINY_CLIP, "QuickGELU")
+    np.testing.assert_array_equal(_maps(TINY_CLIP, tmp_path / "open_clip.pt")[1], expected)
+    # OpenAI's archive runs on QuickGELU whatever the spelling of the model name
+    weights, got = _maps(TINY_GELU, archive)
+    assert (weights["model"], weights["activation"]) == (TINY_CLIP, "QuickGELU")
+    np.testing.assert_array_equal(got, expected)
+    # a plain state dict runs on the config the user names, here the GELU one
+    weights, got = _maps(TINY_GELU, tmp_path / "openai.pt")
+    assert (weights["model"], weights["activation"]) == (TINY_GELU, "GELU")
+    assert not np.allclose(got, expected, atol=1e-3)
+    assert not np.allclose(expected, tiny_skipcam()(IMAGE, (3, 15)).loc_maps_lowres)  # seed 7 != seed 0
 
-        cam = SkipCAM.from_config(cfg, get_class_set("voc"))
-        assert cam.weights["kind"] == "file" and len(cam.weights["sha256"]) == 64
-        maps.append(cam(IMAGE, (3, 15)).loc_maps_lowres)
-    np.testing.assert_array_equal(maps[0], maps[1])
-    np.testing.assert_array_equal(maps[0], maps[2])
-    assert not np.allclose(maps[0], tiny_skipcam()(IMAGE, (3, 15)).loc_maps_lowres)  # seed 7 != seed 0
+
+def test_openai_weights_are_built_with_quickgelu_or_refused(tmp_path):
+    for spelling in ("ViT-B/16", "ViT-B-16", "ViT-B-16-quickgelu"):
+        assert clip_architecture(spelling, "openai") == "ViT-B-16-quickgelu"
+        assert SkipCAMConfig(clip_model=spelling).clip_model == "ViT-B-16-quickgelu"  # default weights: openai
+    assert clip_architecture("ViT-B-16", "random") == "ViT-B-16"
+    assert clip_architecture("ViT-B-16", str(tmp_path / "state_dict.pt")) == "ViT-B-16"
+    assert SkipCAMConfig().clip_model == "ViT-B-16-quickgelu"
+    with pytest.raises(ValueError, match="unknown CLIP model 'ViT-Q-99'"):
+        SkipCAMConfig(clip_model="ViT-Q-99")
+    # a GELU config with no QuickGELU variant cannot take OpenAI's weights
+    import open_clip
+
+    config = json.loads((MODEL_CONFIGS / f"{TINY_GELU}.json").read_text())
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "ViT-T-16-gelu-only-test.json").write_text(json.dumps(config))
+    open_clip.add_model_config(tmp_path / "configs")
+    archive = _traced_archive(load_clip(TINY_CLIP, "random")[0], tmp_path / "archive.pt")
+    for weights in ("openai", str(archive)):
+        with pytest.raises(ValueError, match="'ViT-T-16-gelu-only-test' builds GELU.*trained with QuickGELU"):
+            load_clip("ViT-T-16-gelu-only-test", weights)
 
 
 def test_missing_and_mismatched_weights_are_clear_errors(tmp_path):
@@ -150,18 +181,29 @@ def test_missing_and_mismatched_weights_are_clear_errors(tmp_path):
     torch.save(state, tmp_path / "wrong.pt")
     with pytest.raises(ValueError, match="wrong.pt.*do not match the ViT-T-16-cep-test"):
         load_clip(TINY_CLIP, str(tmp_path / "wrong.pt"))
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="text.pt: not a CLIP checkpoint"):
+        load_clip(TINY_CLIP, str(tmp_path / "text.pt"))
 
 
-def test_default_tau_per_dataset():
-    assert (default_tau("voc"), default_tau("coco"), default_tau("custom")) == (0.4, 0.7, 0.4)
+def test_dataset_defaults_are_the_same_from_python_and_the_cli():
+    from pseudolabel.config import config_from_args
+    from pseudolabel.generate import build_parser
+
+    assert [SkipCAMConfig.for_dataset(d).tau for d in ("voc", "coco", "custom")] == [0.4, 0.7, 0.4]
+    assert SkipCAMConfig.for_dataset("coco", tau=0.5, num_skips=0).tau == 0.5
+    assert PseudoLabelConfig("coco", "train").cam.tau == 0.7 and PseudoLabelConfig("voc", "train").cam.tau == 0.4
+    parser = build_parser()
+    assert config_from_args(parser.parse_args(["coco"]), "coco", "train").cam.tau == 0.7
+    assert config_from_args(parser.parse_args(["coco", "--tau", "0.3"]), "coco", "train").cam.tau == 0.3
+    tau_help = next(a.help for a in parser._actions if a.dest == "tau")
+    assert tau_help.endswith("(default: 0.4; coco: 0.7)") and tau_help.count("default") == 1
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_gpu_autocast_matches_fp32(precision):
     model, tokenizer, weights = load_clip(TINY_CLIP, "random", "cuda", seed=0)
-    from pseudolabel.classes import get_class_set
-
     maps = {}
     for p in ("fp32", precision):
         cfg = SkipCAMConfig(clip_model=TINY_CLIP, clip_weights="random", precision=p)

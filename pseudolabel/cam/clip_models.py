@@ -2,11 +2,20 @@
 
 Weights: ``"openai"`` (downloaded and cached by open_clip), a local file (OpenAI's original TorchScript archive such as
 ``ViT-B-16.pt``, or a state dict in OpenAI / open_clip key format), or ``"random"`` (seeded; demo, tests, benchmarks).
+
+The activation is part of the architecture. OpenAI trained its CLIP models with QuickGELU (``x * sigmoid(1.702 x)``),
+while open_clip's plain configs (``ViT-B-16``) build exact GELU. So OpenAI's weights (the ``openai`` tag or a
+TorchScript archive) always run on the QuickGELU config: ``ViT-B-16``, ``ViT-B/16`` and ``ViT-B-16-quickgelu`` all
+name ``ViT-B-16-quickgelu`` there, and a GELU config without a QuickGELU variant is refused. A plain state dict does
+not record its activation (open_clip's LAION weights use GELU with the same keys), so it is loaded into the config
+the user names (by default the QuickGELU one) and the choice is logged.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import zipfile
 from pathlib import Path
 
 import torch
@@ -15,10 +24,14 @@ from pseudolabel import compat
 
 compat.apply()  # before open_clip imports torchvision
 import open_clip  # noqa: E402
+from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME  # noqa: E402
+from open_clip.transformer import QuickGELU  # noqa: E402
 
 LOG = logging.getLogger(__name__)
 MODEL_CONFIGS = Path(__file__).with_name("model_configs")
 open_clip.add_model_config(MODEL_CONFIGS)
+DEFAULT_CLIP_MODEL = "ViT-B-16-quickgelu"  # OpenAI's ViT-B/16 as OpenAI trained it (the paper's backbone)
+QUICKGELU_SUFFIX = "-quickgelu"  # open_clip's name for the QuickGELU variant of a config
 # In OpenAI's files but not in open_clip's state dict (attn_mask is a non-persistent buffer there).
 OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 
@@ -36,6 +49,61 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def is_torchscript(path: Path) -> bool:
+    """Whether a checkpoint file is a TorchScript archive (OpenAI's format); ``torch.save`` files have no
+    ``constants.pkl``. Reads only the zip directory."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
+
+
+def is_openai_weights(weights: str) -> bool:
+    """Whether ``weights`` are known to be OpenAI's: the ``openai`` tag or a TorchScript archive."""
+    return weights == "openai" or (Path(weights).is_file() and is_torchscript(Path(weights)))
+
+
+def _builds_quick_gelu(name: str) -> bool:
+    return bool(open_clip.get_model_config(name).get("quick_gelu"))
+
+
+def clip_architecture(name: str, weights: str) -> str:
+    """The open_clip config that ``load_clip(name, weights)`` builds.
+
+    OpenAI's spelling ``ViT-B/16`` becomes ``ViT-B-16``. With OpenAI's weights a GELU config becomes its QuickGELU
+    variant (``ViT-B-16`` -> ``ViT-B-16-quickgelu``); a GELU config without one is an error. Otherwise ``name``.
+    """
+    name = name.replace("/", "-")
+    if name not in available_models():
+        raise ValueError(f"unknown CLIP model '{name}'; choose one of open_clip's configs, e.g. {DEFAULT_CLIP_MODEL}")
+    if not is_openai_weights(weights) or _builds_quick_gelu(name):
+        return name
+    variant = name + QUICKGELU_SUFFIX
+    if variant in available_models() and _builds_quick_gelu(variant):
+        LOG.info("OpenAI's weights were trained with QuickGELU: building %s for --clip-model %s", variant, name)
+        return variant
+    raise ValueError(f"CLIP model '{name}' builds GELU, but OpenAI's weights ({weights}) were trained with QuickGELU "
+                     f"and '{name}' has no QuickGELU variant; name a QuickGELU config (e.g. {DEFAULT_CLIP_MODEL}) or "
+                     f"add \"quick_gelu\": true to the model config")
+
+
+def model_activation(model: torch.nn.Module) -> str:
+    """The MLP activation a built model uses: ``QuickGELU``, ``GELU`` (``+``-joined if mixed, ``unknown`` if none)."""
+    kinds = {type(m).__name__ for m in model.modules() if isinstance(m, (QuickGELU, torch.nn.GELU))}
+    return "+".join(sorted(kinds)) or "unknown"
+
+
+def openai_weights_cached(name: str) -> bool:
+    """Whether OpenAI's weights for ``name`` are in the Hugging Face cache, where open_clip looks first (no
+    download)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    hub = open_clip.get_pretrained_cfg(clip_architecture(name, "openai"), "openai").get("hf_hub", "")
+    repo, filename = os.path.split(hub)
+    names = (filename,) if filename else (HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME)
+    return bool(repo) and any(isinstance(try_to_load_from_cache(repo, n), str) for n in names)
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """State dict of a local CLIP checkpoint.
 
@@ -43,49 +111,59 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     files are read with ``torch.load(weights_only=True)``.
     """
     try:
-        state = torch.jit.load(str(path), map_location="cpu").state_dict()
-    except RuntimeError:
-        try:
+        if is_torchscript(path):
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001 - report any unreadable file the same way
-            raise ValueError(f"{path}: not a CLIP checkpoint readable as TorchScript or a state dict ({error})") from None
+    except Exception as error:  # noqa: BLE001 - report any unreadable file the same way
+        raise ValueError(f"{path}: not a CLIP checkpoint readable as TorchScript or a state dict ({error})") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
-    state = {k.removeprefix("module."): v for k, v in state.items() if k not in OPENAI_EXTRA_KEYS}
-    return state
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: holds a {type(state).__name__}, not a CLIP state dict")
+    return {k.removeprefix("module."): v for k, v in state.items() if k not in OPENAI_EXTRA_KEYS}
 
 
-def load_clip(name: str = "ViT-B-16", weights: str = "openai", device: str | torch.device = "cpu", seed: int = 0):
-    """A frozen CLIP model in eval mode, its tokenizer and a weights identity dict (stored with every output)."""
-    if name not in available_models():
-        raise ValueError(f"unknown CLIP model '{name}'; choose one of open_clip's configs, e.g. ViT-B-16")
+def load_clip(name: str = DEFAULT_CLIP_MODEL, weights: str = "openai", device: str | torch.device = "cpu",
+              seed: int = 0):
+    """A frozen CLIP model in eval mode, its tokenizer and a weights identity dict (stored with every output: kind,
+    the config built, its activation, and the seed or the file's path and SHA-256)."""
+    arch = clip_architecture(name, weights)
     torch.manual_seed(seed)  # random init is seeded, so "random" weights are reproducible
     if weights == "random":
-        model = open_clip.create_model(name, pretrained=None)
-        identity = {"kind": "random", "model": name, "seed": seed}
-        LOG.warning("CLIP %s uses RANDOM weights (seed %d): maps and labels are not meaningful", name, seed)
+        model = open_clip.create_model(arch, pretrained=None)
+        identity = {"kind": "random", "seed": seed}
+        LOG.warning("CLIP %s uses RANDOM weights (seed %d): maps and labels are not meaningful", arch, seed)
     elif weights == "openai":
         try:
-            model = open_clip.create_model(name, pretrained="openai")
+            model = open_clip.create_model(arch, pretrained="openai")
         except RuntimeError as error:
             raise RuntimeError(
-                f"could not download OpenAI CLIP weights for {name} ({error}). Without internet, download "
-                f"OpenAI's {name}.pt elsewhere and pass --clip-weights /path/to/{name}.pt"
+                f"could not download OpenAI CLIP weights for {arch} ({error}). Without internet, download "
+                f"OpenAI's {arch.removesuffix(QUICKGELU_SUFFIX)}.pt elsewhere and pass --clip-weights /path/to/it"
             ) from None
-        identity = {"kind": "openai", "model": name}
+        identity = {"kind": "openai"}
     else:
         path = Path(weights)
         if not path.is_file():
-            raise FileNotFoundError(f"CLIP weights file '{path}' does not exist (expected a {name} checkpoint, "
+            raise FileNotFoundError(f"CLIP weights file '{path}' does not exist (expected a {arch} checkpoint, "
                                     "e.g. OpenAI's ViT-B-16.pt, or use --clip-weights openai)")
-        model = open_clip.create_model(name, pretrained=None)
+        model = open_clip.create_model(arch, pretrained=None)
         try:
             model.load_state_dict(read_state_dict(path), strict=True)
         except RuntimeError as error:
             first = str(error).splitlines()[1:3]
-            raise ValueError(f"{path}: weights do not match the {name} architecture ({' '.join(first)}); "
+            raise ValueError(f"{path}: weights do not match the {arch} architecture ({' '.join(first)}); "
                              "pass --clip-model with the checkpoint's architecture") from None
-        identity = {"kind": "file", "model": name, "path": str(path), "sha256": file_sha256(path)}
+        identity = {"kind": "file", "path": str(path), "sha256": file_sha256(path)}
+        if not is_torchscript(path):
+            LOG.info("%s is a plain state dict, which does not record its activation: loaded into --clip-model %s "
+                     "(%s). Name the config the weights were trained with: ViT-B-16-quickgelu for OpenAI's ViT-B/16, "
+                     "ViT-B-16 for GELU-trained ones such as LAION's", path, arch, model_activation(model))
+    activation = model_activation(model)
+    if is_openai_weights(weights) and activation != QuickGELU.__name__:
+        raise ValueError(f"CLIP model {arch} builds {activation}, but OpenAI's weights ({weights}) need QuickGELU")
     model = model.to(device).eval().requires_grad_(False)
-    return model, open_clip.get_tokenizer(name), identity
+    return model, open_clip.get_tokenizer(arch), {"kind": identity.pop("kind"), "model": arch,
+                                                  "activation": activation, **identity}

@@ -18,24 +18,31 @@ from PIL import Image
 from pseudolabel.cam.caa import affinity_from_attention, minmax, refine_cams
 from pseudolabel.classes import ClassSet
 from pseudolabel.cli_options import DictConfig
-from pseudolabel.cam.clip_models import load_clip
+from pseudolabel.cam.clip_models import DEFAULT_CLIP_MODEL, clip_architecture, load_clip
 from pseudolabel.loc_maps import resize_maps
 from pseudolabel.cam.par import PARConfig, par_refine
-from pseudolabel.cam.prompts import PROMPT_SETS, prompt_texts, text_embeddings
+from pseudolabel.cam.prompts import PROMPT_SET_ALIASES, PROMPT_SETS, canonical_prompt_set, prompt_texts, text_embeddings
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-DEFAULT_TAU = {"voc": 0.4, "coco": 0.7}
+# Defaults that depend on the dataset (the field defaults hold for every other one): the paper's τ is 0.7 on COCO.
+DATASET_DEFAULTS = {"coco": {"tau": 0.7}}
 
 
-def default_tau(dataset: str) -> float:
-    """The paper's confidence threshold τ: 0.4 on VOC, 0.7 on COCO (0.4 for other datasets)."""
-    return DEFAULT_TAU.get(dataset, 0.4)
+def _default_text(name: str, default) -> str:
+    """``--help``'s default of a field, with its per-dataset values (``0.4; coco: 0.7``)."""
+    return "; ".join([str(default)] + [f"{d}: {v[name]}" for d, v in DATASET_DEFAULTS.items() if name in v])
 
 
 @dataclass
 class SkipCAMConfig(DictConfig):
-    """Stage one, part 1. Defaults and their reasons: docs/method.md#open-choices-and-their-flags."""
+    """Stage one, part 1. Defaults and their reasons: docs/method.md#open-choices-and-their-flags;
+    ``for_dataset`` adds the per-dataset ones.
+
+    ``clip_model`` is stored as the config that runs (``ViT-B-16`` with OpenAI's weights becomes
+    ``ViT-B-16-quickgelu``) and ``prompt_set`` by its canonical name (``clipes`` becomes ``prompt1``), so a rerun
+    spelled differently resumes the same outputs.
+    """
 
     num_skips: int = field(default=3, metadata={"help": "K skip connections: outputs of blocks N-2..N-1-K are fused "
                                                        "with block N-1's (0 = plain CLIP-ES Grad-CAM)"})
@@ -44,24 +51,41 @@ class SkipCAMConfig(DictConfig):
         "help": "where skips enter (docs/method.md#skip-fusion): input = into the last block's input; output = added "
                 "to its output before pooling; average = last block run on each feature, CAMs averaged",
         "choices": ("input", "output", "average")})
-    tau: float = field(default=0.4, metadata={"help": "CAA box confidence threshold τ (default 0.4 VOC, 0.7 COCO)"})
+    tau: float = field(default=0.4, metadata={"help": "CAA box confidence threshold τ",
+                                              "default_text": _default_text("tau", 0.4)})
     bg_power: float = field(default=1.0, metadata={"help": "background score = (1 - max_c M_c) ** bg_power"})
     use_par: bool = field(default=True, metadata={"help": "refine the scores with PAR (WeCLIP's label path)",
                                                   "flag": "par"})
     par_max_side: int = field(default=320, metadata={
         "help": "PAR runs with the image's long side scaled to this (WeCLIP's 320 crops); 0 = full resolution"})
-    prompt_set: str = field(default="clipes", metadata={"help": "text prompts (paper Table 9: clipes = Prompt1)",
-                                                        "choices": tuple(PROMPT_SETS)})
+    prompt_set: str = field(default="prompt1", metadata={
+        "help": "text prompts, the paper's Table 9 settings: prompt1 = CLIP-ES's 'a clean origami {}.' and class names "
+                "(clipes is another name for it), prompt2 = CLIP's 7 templates, prompt3 = prompt1 with synonyms or "
+                "attributes added to the class names, prompt4 = both (docs/stage_one.md)",
+        "choices": tuple(PROMPT_SETS) + tuple(PROMPT_SET_ALIASES)})
     attn_blocks: int = field(default=8, metadata={"help": "last blocks whose attention forms the CAA affinity"})
     image_size: str = field(default="full", metadata={
         "help": "CAM input size: 'full' = each side rounded up to a multiple of 16, or a long-side length e.g. 512"})
-    clip_model: str = field(default="ViT-B-16", metadata={"help": "open_clip model config name"})
+    clip_model: str = field(default=DEFAULT_CLIP_MODEL, metadata={
+        "help": "open_clip model config name. OpenAI's weights (openai, or OpenAI's .pt archive) always run on the "
+                "QuickGELU config they were trained with (ViT-B-16 -> ViT-B-16-quickgelu); a plain state dict runs "
+                "on the config named here"})
     clip_weights: str = field(default="openai", metadata={
         "help": "'openai' (download, cached), a local checkpoint file (OpenAI .pt or open_clip state dict), or "
                 "'random' (seeded; pipeline checks only)"})
     seed: int = field(default=0, metadata={"help": "seed for random weights"})
     precision: str = field(default="fp32", metadata={"help": "autocast precision on CUDA (CPU always fp32)",
                                                      "choices": ("fp32", "fp16", "bf16")})
+
+    def __post_init__(self) -> None:
+        self.clip_model = clip_architecture(self.clip_model, self.clip_weights)
+        self.prompt_set = canonical_prompt_set(self.prompt_set)
+
+    @classmethod
+    def for_dataset(cls, dataset: str, **overrides) -> "SkipCAMConfig":
+        """The config for a dataset: its defaults (τ 0.7 on COCO, the field default 0.4 elsewhere), then
+        ``overrides``."""
+        return cls(**{**DATASET_DEFAULTS.get(dataset, {}), **overrides})
 
 
 @dataclass
@@ -144,7 +168,9 @@ class SkipCAM:
         side = int(round((pos.shape[0] - 1) ** 0.5))
         grid = pos[1:].reshape(1, side, side, d).permute(0, 3, 1, 2)
         grid = F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)
-        pos = torch.cat([pos[:1], grid.reshape(d, h * w).T], dim=0)
+        # CLIP-ES (and WeCLIP) round the interpolated embedding to fp16 on every device (clip/model.py
+        # upsample_pos_emb); so do we, so that K=0 maps equal theirs.
+        pos = torch.cat([pos[:1], grid.reshape(d, h * w).T], dim=0).half().to(x.dtype)
         cls = v.class_embedding.to(x.dtype).expand(b, 1, d)
         return v.ln_pre(torch.cat([cls, x], dim=1) + pos)
 
@@ -205,7 +231,11 @@ class SkipCAM:
             last_attention = per_feature[0][1]
         attention = torch.stack(attentions[len(attentions) - (self.cfg.attn_blocks - 1):] + [last_attention]) \
             if self.cfg.attn_blocks > 1 else last_attention.unsqueeze(0)
-        return minmax(cams), affinity_from_attention(attention)
+        # pytorch-grad-cam, as CLIP-ES calls it, min-max scales a CAM twice: per target layer (base_cam.py
+        # compute_cam_per_layer) and again after averaging the layers (aggregate_multi_layers). Its 1e-7 term makes
+        # the second pass scale by about 1 + 1e-7 / max(raw CAM), which for the small raw CAMs of a softmax target
+        # moves uint8 levels of the CAA box threshold (and so the boxes), so we scale twice too.
+        return minmax(minmax(cams)), affinity_from_attention(attention)
 
     # -- labels -------------------------------------------------------------------------------------------------
     def initial_label(self, image: np.ndarray, loc_maps_lowres: np.ndarray, class_ids) -> tuple[np.ndarray, np.ndarray]:
