@@ -4,14 +4,18 @@ logit scale 100). The implementation runs through its public path: ``SkipCAM.fro
 ``clip_weights``, CAA without PAR; the maps compared are the stored ones at image resolution."""
 import numpy as np
 import pytest
+from PIL import Image
 
 from pseudolabel.cam.clip_models import DEFAULT_CLIP_MODEL
 from pseudolabel.cam.skipcam import SkipCAM, SkipCAMConfig
 from pseudolabel.classes import get_class_set
+from pseudolabel.generate import run
+from pseudolabel.storage.shards import open_shards
 from tests.fixtures.clipes_reference import (CLIPES_VOC_BACKGROUND, CLIPES_VOC_NAMES, ReferenceCLIP,
                                              clipes_attn_highres)
 from tests.fixtures.openai_checkpoint import VIT_B_16, VIT_T_16_TEST, write_openai_state_dict
 from tests.fixtures.tiny_clip import TINY_CLIP
+from tests.fixtures.tiny_datasets import make_voc
 
 ATOL = 2e-4  # float32 summation order; measured differences are below 7e-5
 # VOC-like mixes of sizes (grids from 3x4 to 8x10 tokens, one exact multiple of 16) and 1-3 classes
@@ -70,6 +74,24 @@ def test_the_gelu_build_of_the_same_weights_does_not_match(tiny_file, tiny_refer
     assert weights["activation"] == "GELU"
     differences = mean_abs_differences(got, want)
     assert np.median(differences) > 5 * ATOL and max(np.abs(g - w).max() for g, w in zip(got, want)) > 50 * ATOL
+
+
+def test_stored_maps_of_a_cli_run_equal_clipes_attn_highres(tiny_file, tmp_path):
+    """``tools/gen_pseudo.sh voc --num-skips 0 --no-refine --clip-weights FILE``. The shards keep the maps in fp16 at
+    token resolution (2.4e-4 rounding). On these flat synthetic scenes the CAA-refined maps span ~1e-4 before their
+    final min-max, which magnifies CLIP-ES's float32 Sinkhorn rounding (this project's is float64) to ~7e-4."""
+    voc = make_voc(tmp_path / "data", n_train=3, n_val=1, size=(61, 83))
+    out = tmp_path / "out"
+    run(["voc", "--data-root", str(voc), "--split", "train", "--out", str(out), "--device", "cpu", "--clip-model",
+         TINY_CLIP, "--clip-weights", str(tiny_file), "--num-skips", "0", "--no-refine", "--no-par"])
+    shards = open_shards(out)
+    ids = sorted(shards)
+    cases = [(np.asarray(Image.open(voc / "JPEGImages" / f"{i}.jpg").convert("RGB")), shards[i].class_ids)
+             for i in ids]
+    want = reference_maps(tiny_file, VIT_T_16_TEST.head_width, 0, cases)
+    assert informative_share(want) >= 0.75
+    for image_id, w in zip(ids, want):
+        np.testing.assert_allclose(shards[image_id].loc_maps, w, rtol=0, atol=1.5e-3)
 
 
 def test_vit_b16_maps_equal_clipes_attn_highres(tmp_path):
