@@ -127,7 +127,7 @@ def _maps(model_name, weights):
     return cam.weights, cam(IMAGE, (3, 15)).loc_maps_lowres
 
 
-def test_state_dict_formats_and_the_activation_each_runs_on(tmp_path):
+def test_state_dict_formats_and_the_activation_each_runs_on(tmp_path, caplog):
     model, _, _ = load_clip(TINY_CLIP, "random", "cpu", seed=7)
     state = model.state_dict()
     openai = dict(state, input_resolution=torch.tensor(64), context_length=torch.tensor(77),
@@ -143,9 +143,12 @@ def test_state_dict_formats_and_the_activation_each_runs_on(tmp_path):
     weights, got = _maps(TINY_GELU, archive)
     assert (weights["model"], weights["activation"]) == (TINY_CLIP, "QuickGELU")
     np.testing.assert_array_equal(got, expected)
-    # a plain state dict runs on the config the user names, here the GELU one
-    weights, got = _maps(TINY_GELU, tmp_path / "openai.pt")
+    # a plain state dict runs on the config the user names, here the GELU one, and the log says so
+    with caplog.at_level("INFO", logger="pseudolabel.cam.clip_models"):
+        weights, got = _maps(TINY_GELU, tmp_path / "openai.pt")
     assert (weights["model"], weights["activation"]) == (TINY_GELU, "GELU")
+    assert f"openai.pt is a plain state dict, which does not record its activation: loaded into --clip-model " \
+           f"{TINY_GELU} (GELU)" in caplog.text
     assert not np.allclose(got, expected, atol=1e-3)
     assert not np.allclose(expected, tiny_skipcam()(IMAGE, (3, 15)).loc_maps_lowres)  # seed 7 != seed 0
 

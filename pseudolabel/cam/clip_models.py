@@ -133,7 +133,7 @@ def load_clip(name: str = DEFAULT_CLIP_MODEL, weights: str = "openai", device: s
     torch.manual_seed(seed)  # random init is seeded, so "random" weights are reproducible
     if weights == "random":
         model = open_clip.create_model(arch, pretrained=None)
-        identity = {"kind": "random", "seed": seed}
+        kind, source = "random", {"seed": seed}
         LOG.warning("CLIP %s uses RANDOM weights (seed %d): maps and labels are not meaningful", arch, seed)
     elif weights == "openai":
         try:
@@ -143,7 +143,7 @@ def load_clip(name: str = DEFAULT_CLIP_MODEL, weights: str = "openai", device: s
                 f"could not download OpenAI CLIP weights for {arch} ({error}). Without internet, download "
                 f"OpenAI's {arch.removesuffix(QUICKGELU_SUFFIX)}.pt elsewhere and pass --clip-weights /path/to/it"
             ) from None
-        identity = {"kind": "openai"}
+        kind, source = "openai", {}
     else:
         path = Path(weights)
         if not path.is_file():
@@ -156,14 +156,13 @@ def load_clip(name: str = DEFAULT_CLIP_MODEL, weights: str = "openai", device: s
             first = str(error).splitlines()[1:3]
             raise ValueError(f"{path}: weights do not match the {arch} architecture ({' '.join(first)}); "
                              "pass --clip-model with the checkpoint's architecture") from None
-        identity = {"kind": "file", "path": str(path), "sha256": file_sha256(path)}
-        if not is_torchscript(path):
-            LOG.info("%s is a plain state dict, which does not record its activation: loaded into --clip-model %s "
-                     "(%s). Name the config the weights were trained with: ViT-B-16-quickgelu for OpenAI's ViT-B/16, "
-                     "ViT-B-16 for GELU-trained ones such as LAION's", path, arch, model_activation(model))
+        kind, source = "file", {"path": str(path), "sha256": file_sha256(path)}
     activation = model_activation(model)
     if is_openai_weights(weights) and activation != QuickGELU.__name__:
         raise ValueError(f"CLIP model {arch} builds {activation}, but OpenAI's weights ({weights}) need QuickGELU")
+    if kind == "file" and not is_openai_weights(weights):
+        LOG.info("%s is a plain state dict, which does not record its activation: loaded into --clip-model %s (%s). "
+                 "Name the config the weights were trained with: ViT-B-16-quickgelu for OpenAI's ViT-B/16, ViT-B-16 "
+                 "for GELU-trained ones such as LAION's", weights, arch, activation)
     model = model.to(device).eval().requires_grad_(False)
-    return model, open_clip.get_tokenizer(arch), {"kind": identity.pop("kind"), "model": arch,
-                                                  "activation": activation, **identity}
+    return model, open_clip.get_tokenizer(arch), {"kind": kind, "model": arch, "activation": activation, **source}
