@@ -7,7 +7,8 @@ Both sides run the same weights and text embeddings in the same process:
   blocks 1..11 once under no_grad, then for each class one forward of the last block and one backward through
   pytorch-grad-cam's hooks, the CAM in numpy, the Sinkhorn affinity, boxes, CAA and the resize to the image size.
   At K=3 its last block takes the Skip-CAM fused input.
-Rows: K = 0 and 3, with 1, 2 and 3 classes per image; median over ``--repeats`` after one warm-up.
+Rows: K = 0 and 3, with 1, 2 and 3 classes per image; medians over ``--repeats`` runs of each side, alternating,
+after one warm-up run of each.
 Usage: python bench/bench_skipcam.py [--repeats 2]
 """
 from __future__ import annotations
@@ -28,14 +29,10 @@ from pseudolabel.cam.skipcam import SkipCAM, SkipCAMConfig  # noqa: E402
 from tests.fixtures.clipes_reference import ReferenceCLIP, clipes_attn_highres  # noqa: E402
 
 
-def median_time(fn, repeats: int):
-    fn()  # warm-up
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        runs.append((time.perf_counter() - start, result))
-    return statistics.median(r[0] for r in runs), [r[1] for r in runs]
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
 
 
 def main() -> None:
@@ -51,19 +48,22 @@ def main() -> None:
         cam = SkipCAM(model, tokenizer, voc, SkipCAMConfig(clip_weights="random", num_skips=num_skips), "cpu", weights)
         for count in (1, 2, 3):
             classes = tuple(range(1, count + 1))
-            ours, outs = median_time(lambda: cam(image, classes), args.repeats)
-            stages = {k: statistics.median(o.timings[k] for o in outs) for k in outs[0].timings}
-            clipes, _ = median_time(lambda: clipes_attn_highres(reference, image, [c - 1 for c in classes],
-                                                                cam.fg_text, cam.bg_text, cam.cfg.tau, num_skips),
-                                    args.repeats)
-            rows.append((num_skips, count, ours - stages["bg_par"], stages["bg_par"], clipes))
+            runs = {"ours": [], "clipes": []}
+            for _ in range(args.repeats + 1):  # the two alternate, so that a busy moment slows both
+                runs["ours"].append(timed(lambda: cam(image, classes)))
+                runs["clipes"].append(timed(lambda: clipes_attn_highres(
+                    reference, image, [c - 1 for c in classes], cam.fg_text, cam.bg_text, cam.cfg.tau, num_skips)))
+            ours, clipes = ([t for t, _ in runs[k][1:]] for k in ("ours", "clipes"))  # the first is a warm-up
+            par = [out.timings["bg_par"] for _, out in runs["ours"][1:]]
+            rows.append((num_skips, count, statistics.median(o - p for o, p in zip(ours, par)), statistics.median(par),
+                         statistics.median(ours), statistics.median(clipes)))
     print(f"\nSkip-CAM vs CLIP-ES's recipe at 500x375, ViT-B/16 (random weights), CPU, {torch.get_num_threads()} "
           f"threads, median of {args.repeats}; ms per image")
     print(f"{'K':>2s} {'classes':>7s} {'ours, no PAR':>12s} {'PAR':>6s} {'ours + PAR':>10s} {'CLIP-ES recipe':>14s} "
           f"{'no PAR / CLIP-ES':>16s} {'+PAR / CLIP-ES':>14s}")
-    for k, count, ours, par, clipes in rows:
-        print(f"{k:2d} {count:7d} {1000 * ours:12.0f} {1000 * par:6.0f} {1000 * (ours + par):10.0f} "
-              f"{1000 * clipes:14.0f} {ours / clipes:16.2f} {(ours + par) / clipes:14.2f}")
+    for k, count, ours, par, total, clipes in rows:
+        print(f"{k:2d} {count:7d} {1000 * ours:12.0f} {1000 * par:6.0f} {1000 * total:10.0f} "
+              f"{1000 * clipes:14.0f} {ours / clipes:16.2f} {total / clipes:14.2f}")
     print("PAR includes the background score and the resize of the maps to the image size.")
 
 

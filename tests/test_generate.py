@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
+from pseudolabel.cam.skipcam import SkipCAMConfig
 from pseudolabel.generate import main, run
 from pseudolabel.storage.check import check_shards
 from pseudolabel.storage.shards import open_shards
@@ -229,3 +230,22 @@ def test_config_round_trips_through_the_shard_attributes(full_run):
     config = PseudoLabelConfig.from_dict(stored)
     assert config.to_dict() == stored
     assert config.cam.num_skips == 3 and config.refine.delta == 0.5 and config.refine.grid_size == 16
+
+
+def test_demo_keeps_openai_clip_weights_found_in_the_cache_offline(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from pseudolabel.config import PseudoLabelConfig
+    from pseudolabel.generate import demo_weights
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # HF_HUB_OFFLINE=1 (conftest): nothing is reached
+    cfg = PseudoLabelConfig("voc", "all")
+    assert "CLIP weights could not be downloaded" in demo_weights(cfg)[0] and cfg.cam.clip_weights == "random"
+    snapshot = tmp_path / "models--timm--vit_base_patch16_clip_224.openai" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("abc")
+    (snapshot / "open_clip_model.safetensors").write_bytes(b"")  # where open_clip's download of the openai tag goes
+    cfg = PseudoLabelConfig("voc", "all", SkipCAMConfig(clip_model="ViT-B/16"))
+    demo_weights(cfg)
+    assert (cfg.cam.clip_weights, cfg.cam.clip_model) == ("openai", "ViT-B-16-quickgelu")
