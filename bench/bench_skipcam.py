@@ -9,7 +9,7 @@ Both sides run the same weights and text embeddings in the same process:
   At K=3 its last block takes the Skip-CAM fused input.
 Rows: K = 0 and 3, with 1, 2 and 3 classes per image; medians over ``--repeats`` runs of each side, alternating,
 after one warm-up run of each.
-Usage: python bench/bench_skipcam.py [--repeats 2]
+Usage: python bench/bench_skipcam.py [--repeats 2] [--threads N]
 """
 from __future__ import annotations
 
@@ -38,7 +38,10 @@ def timed(fn):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's); 1 is steadier on a shared CPU")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, tokenizer, weights = load_clip(DEFAULT_CLIP_MODEL, "random", "cpu", seed=0)
     reference = ReferenceCLIP(model.state_dict())
     voc = get_class_set("voc")
