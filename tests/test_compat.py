@@ -1,4 +1,5 @@
 """The compatibility shims: each incompatibility is fixed where present and the shims are idempotent."""
+import importlib
 import subprocess
 import sys
 
@@ -78,17 +79,42 @@ def test_each_module_importing_a_torchvision_user_applies_the_shims_itself(modul
     assert out.stdout.strip() == "ok"
 
 
-LIGHT_MODULES = ("pseudolabel", "pseudolabel.evaluation", "pseudolabel.evaluation.cli", "pseudolabel.storage.format",
+SUBPACKAGES = ("pseudolabel.cam", "pseudolabel.sam", "pseudolabel.storage", "pseudolabel.viewer",
+               "pseudolabel.datasets", "pseudolabel.evaluation")
+LIGHT_SUBPACKAGES = ("pseudolabel.storage", "pseudolabel.viewer", "pseudolabel.datasets", "pseudolabel.evaluation")
+LIGHT_MODULES = ("pseudolabel", *SUBPACKAGES, "pseudolabel.evaluation.cli", "pseudolabel.storage.format",
                  "pseudolabel.storage.shards", "pseudolabel.storage.run_store", "pseudolabel.storage.check",
-                 "pseudolabel.viewer.visualize", "pseudolabel.viewer.html_report", "pseudolabel.datasets",
+                 "pseudolabel.storage.export", "pseudolabel.storage.run_log", "pseudolabel.viewer.visualize",
+                 "pseudolabel.viewer.html_report", "pseudolabel.viewer.quality_report", "pseudolabel.viewer.cli",
                  "pseudolabel.cli_options")
 HEAVY_MODULES = ("torch", "torchvision", "mmengine", "mmcv", "mmseg", "open_clip", "segment_anything",
                  "pseudolabel.compat", "pseudolabel.config")
 
 
-def test_the_evaluator_and_the_storage_layer_import_without_torch_or_the_shims():
-    code = (f"import sys; import {', '.join(LIGHT_MODULES)}; "
-            f"print(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))")
+def heavy_modules_after(code: str) -> list[str]:
+    """The heavy modules loaded by ``code`` in a fresh interpreter."""
+    code += f"; import sys; print(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "[]"
+    return eval(out.stdout.strip().splitlines()[-1])
+
+
+def test_the_evaluator_the_storage_layer_and_every_subpackage_import_without_torch_or_the_shims():
+    assert heavy_modules_after(f"import {', '.join(LIGHT_MODULES)}") == []
+
+
+def test_the_public_api_of_the_light_subpackages_needs_no_torch():
+    # every exported name resolved, i.e. each module behind the storage, viewer, datasets and evaluation APIs imported
+    code = "; ".join(f"import {p}; [getattr({p}, name) for name in {p}.__all__]" for p in LIGHT_SUBPACKAGES)
+    assert heavy_modules_after(code) == []
+
+
+@pytest.mark.parametrize("package", SUBPACKAGES)
+def test_each_subpackage_exports_its_public_api(package):
+    module = importlib.import_module(package)
+    assert module.__doc__ and len(module.__doc__.split()) > 25   # its one-paragraph description
+    assert module.__all__ and len(set(module.__all__)) == len(module.__all__)
+    for name in module.__all__:
+        assert getattr(module, name) is not None and name in dir(module)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        module.no_such_name  # noqa: B018

@@ -117,3 +117,14 @@ def test_github_anchor_rules():
     assert slug("The paper's `--tau` and τ") == "the-papers---tau-and-τ"
     heading_file = anchors(REPO / "docs" / "method.md")
     assert {"skip-fusion", "class-aware-attention-affinity", "open-choices-and-their-flags"} <= heading_file
+
+
+def test_design_lists_the_public_api_of_each_subpackage():
+    """The subpackage table of docs/design.md names exactly what each ``__init__`` exports."""
+    import importlib
+
+    rows = re.findall(r"^\| `pseudolabel/(\w+)/` \|.*\| ([^|]+) \|$", (REPO / "docs" / "design.md").read_text(), re.M)
+    assert {name for name, _ in rows} == {"cam", "sam", "storage", "viewer"}
+    for name, listed in rows:
+        exported = importlib.import_module(f"pseudolabel.{name}").__all__
+        assert set(re.findall(r"`(\w+)`", listed)) == set(exported), name

@@ -1,4 +1,7 @@
-"""Dataset readers: image-level labels for training, GT masks only for evaluation."""
+"""Where images, their image-level tags and their GT come from: one reader class per format (``VOCDataset``,
+``COCODataset``, ``CustomDataset`` for a folder of photos with a CSV/JSON tag list), each a sequence of ``Sample``
+(image path, foreground class ids, GT path) with the images it left out and why, and ``build_dataset`` to get one by
+name. Stage one reads only the tags; GT label maps are read only for evaluation. Layouts: docs/datasets.md."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,4 +34,5 @@ def build_dataset(dataset: str, root: str | Path | None = None, split: str | Non
     raise ValueError(f"unknown dataset '{dataset}'; choose one of {DATASETS}")
 
 
-__all__ = ["Sample", "WeakDataset", "VOCDataset", "COCODataset", "CustomDataset", "build_dataset", "data_root"]
+__all__ = ["DATASETS", "DEFAULT_SPLITS", "Sample", "WeakDataset", "VOCDataset", "COCODataset", "CustomDataset",
+           "build_dataset", "data_root"]
