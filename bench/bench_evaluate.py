@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from pseudolabel.evaluation import CountTable, EvaluationConfig, count_image, evaluate  # noqa: E402
 from pseudolabel.evaluation.pipeline import bootstrap_means  # noqa: E402
-from pseudolabel.evaluation.sources import read_index_png  # noqa: E402
+from pseudolabel.image_io import read_label_png  # noqa: E402
 
 
 def synthetic_pair(rng: np.random.Generator, height=375, width=500, classes=21) -> tuple[np.ndarray, np.ndarray]:
@@ -78,8 +78,8 @@ def voc_scale(images: int, workers: int, resamples: int) -> list[tuple[str, str]
         rows.append(("  of which bootstrap (mIoU + mBIoU CIs)", f"{boot:.1f} s"))
         sample = min(images, 200)
         ids = [f"{i:06d}" for i in range(sample)]
-        decode, maps = timed(lambda: [(read_index_png(root / "gt" / f"{i}.png"),
-                                       read_index_png(root / "pred" / f"{i}.png")) for i in ids])
+        decode, maps = timed(lambda: [(read_label_png(root / "gt" / f"{i}.png"),
+                                       read_label_png(root / "pred" / f"{i}.png")) for i in ids])
         count, _ = timed(lambda: [count_image(gt, pred, 21) for gt, pred in maps])
         bands_off, _ = timed(lambda: [count_image(gt, pred, 21, boundary=None) for gt, pred in maps])
         rows.append(("serial decode of a pair (PIL)", f"{1000 * decode / sample:.1f} ms/img"))
@@ -105,7 +105,7 @@ def coco_scale_bootstrap(resamples: int) -> dict:
     tp = (gt * rng.uniform(0.3, 1.0, (n, classes))).astype(np.int64)
     pred = tp + rng.integers(0, 5_000, (n, classes)) * present
     band = gt // 10
-    table = CountTable([str(i) for i in range(n)], tp, gt, pred, np.zeros_like(tp), band // 2, band)
+    table = CountTable(tp, gt, pred, np.zeros_like(tp), band // 2, band, image_ids=[str(i) for i in range(n)])
     rss_counts = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     seconds, samples = timed(bootstrap_means, [table], EvaluationConfig(bootstrap=resamples))
     return {"seconds": seconds, "rss_start_mb": rss_start / 1024, "rss_counts_mb": rss_counts / 1024,

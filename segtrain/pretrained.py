@@ -2,15 +2,13 @@
 offline, or drop them for training from scratch."""
 from __future__ import annotations
 
-import shutil
-import urllib.error
-import urllib.request
+import urllib.parse
 from pathlib import Path
 
 import torch
 from mmengine.runner.checkpoint import get_deprecated_model_names, get_external_models
 
-DOWNLOAD_TIMEOUT_S = 30
+from pseudolabel.download import DownloadError, download_file
 
 
 class PretrainedUnavailableError(RuntimeError):
@@ -39,7 +37,7 @@ def resolve_url(name: str) -> str | None:
 
 def cached_path(url: str) -> Path:
     """Where mmengine (through torch's ``load_url``) looks for a downloaded checkpoint."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urllib.request.urlparse(url).path).name
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urllib.parse.urlparse(url).path).name
 
 
 def ensure_pretrained(model_cfg: dict) -> list[Path]:
@@ -56,18 +54,14 @@ def ensure_pretrained(model_cfg: dict) -> list[Path]:
             continue
         target = cached_path(url)
         if not target.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_suffix(".part")
-            try:  # urllib with a timeout: torch's downloader waits forever on a machine without internet
-                with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, partial.open("wb") as out:
-                    shutil.copyfileobj(response, out)
-            except (urllib.error.URLError, OSError) as error:
-                partial.unlink(missing_ok=True)
+            # resnet101_v1c-e67eebb6.pth: the name carries the first digits of its SHA-256 (torch hub's convention)
+            expected = torch.hub.HASH_REGEX.search(target.name)
+            try:  # now, with a timeout: torch's downloader, which mmengine uses, waits forever without internet
+                download_file(url, target, expected[1] if expected else None)
+            except DownloadError as error:
                 raise PretrainedUnavailableError(
-                    f"cannot download the pretrained backbone '{name}' from {url} ({error}). Offline? Download it "
-                    f"elsewhere and put it at {target} (or set TORCH_HOME), or train from scratch with "
-                    f"--no-pretrained") from None
-            partial.rename(target)
+                    f"cannot get the pretrained backbone '{name}': {error}. Offline? Download it elsewhere and put it "
+                    f"at {target} (or set TORCH_HOME), or train from scratch with --no-pretrained") from None
         found.append(target)
     return found
 

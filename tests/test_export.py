@@ -165,7 +165,8 @@ def test_interrupted_export_resumes_to_the_same_files(shards, tmp_path, monkeypa
     out = tmp_path / "out"
     with pytest.raises(ExportError, match="2007_000003.*disk on fire.*rerun to resume"):
         export_labels(directory, out, ExportConfig(maps="clipes", workers=1), progress=False)
-    assert list(out.rglob("*.tmp"))                         # the half-written file never got its final name
+    assert not (out / "SegmentationClassPseudo" / "2007_000003.png").exists()  # the half-written file got no name
+    assert not list(out.rglob("*.tmp"))                     # and was removed
     assert not json.loads((out / "export.json").read_text())["complete"]
     monkeypatch.setattr(export_module, "write_label_png", real)
 

@@ -4,9 +4,11 @@ import pytest
 import torch
 from segment_anything.utils.amg import build_point_grid
 
+from pseudolabel.sam import models as sam_models
 from pseudolabel.sam.models import SAM_VARIANTS, download_checkpoint, load_sam
 from pseudolabel.sam.refine import SAMRefineConfig, SAMRefiner, grid_points
 from tests.fixtures.fake_sam import FakePredictor, LoopSAMRefiner
+from tests.fixtures.file_server import serving
 
 H, W = 64, 64
 
@@ -184,19 +186,18 @@ def test_checkpoints_local_roundtrip_missing_and_offline(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="sam_vit_b_01ec64.pth"):
         load_sam("vit_b", str(tmp_path / "absent.pth"))
 
-    def offline(url, filename):
-        raise OSError("network unreachable")
-
-    monkeypatch.setattr("urllib.request.urlretrieve", offline)
-    with pytest.raises(RuntimeError, match="--sam-checkpoint"):
-        download_checkpoint("vit_b", tmp_path)
+    with serving({}) as base:  # the file is not there: e.g. a proxy's error page
+        monkeypatch.setattr(sam_models, "URL_ROOT", base)
+        with pytest.raises(RuntimeError, match="sam_vit_b_01ec64.pth.*--sam-checkpoint"):
+            download_checkpoint("vit_b", tmp_path)
     cached = tmp_path / SAM_VARIANTS["vit_b"].filename
     cached.write_bytes(b"x")
     assert download_checkpoint("vit_b", tmp_path) == cached  # a cache hit does not download
 
 
 def test_download_rejects_a_checksum_mismatch(tmp_path, monkeypatch):
-    monkeypatch.setattr("urllib.request.urlretrieve", lambda url, filename: open(filename, "wb").write(b"junk"))
-    with pytest.raises(RuntimeError, match="checksum mismatch"):
-        download_checkpoint("vit_b", tmp_path)
+    with serving({SAM_VARIANTS["vit_b"].filename: b"junk"}) as base:
+        monkeypatch.setattr(sam_models, "URL_ROOT", base)
+        with pytest.raises(RuntimeError, match="checksum mismatch.*--sam-checkpoint"):
+            download_checkpoint("vit_b", tmp_path)
     assert not any(tmp_path.iterdir())  # nothing half-downloaded is left

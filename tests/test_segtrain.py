@@ -1,6 +1,7 @@
 """Stage two: the shard-backed mmseg dataset, config checks, CRF, and train -> resume -> TTA/CRF test end to end."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import urllib.error
@@ -22,6 +23,7 @@ from segtrain import pretrained
 from segtrain.config import RENAMED_KEY, read_config
 from segtrain.crf import dense_crf
 from segtrain.datasets import ShardMismatchError, ShardPseudoLabelDataset
+from tests.fixtures.file_server import serving
 from tests.fixtures.tiny_datasets import make_coco, make_voc
 
 REPO = Path(__file__).resolve().parents[1]
@@ -185,7 +187,7 @@ def test_offline_pretrained_download_fails_with_the_fix(tmp_path, monkeypatch):
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
-    monkeypatch.setattr(pretrained.urllib.request, "urlopen", offline)
+    monkeypatch.setattr("urllib.request.urlopen", offline)
     model = dict(pretrained="open-mmlab://resnet101_v1c", backbone=dict())
     with pytest.raises(pretrained.PretrainedUnavailableError, match="--no-pretrained") as error:
         pretrained.ensure_pretrained(model)
@@ -194,6 +196,17 @@ def test_offline_pretrained_download_fails_with_the_fix(tmp_path, monkeypatch):
     assert pretrained.ensure_pretrained(model)[0].name == "resnet101_v1c-e67eebb6.pth"
     pretrained.drop_pretrained(model)
     assert pretrained.ensure_pretrained(model) == []
+
+
+def test_pretrained_download_checks_the_hash_in_the_file_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    weights = b"backbone weights"
+    good = f"backbone-{hashlib.sha256(weights).hexdigest()[:8]}.pth"
+    with serving({good: weights, "other-0123abcd.pth": weights}) as base:
+        with pytest.raises(pretrained.PretrainedUnavailableError, match="checksum mismatch.*--no-pretrained"):
+            pretrained.ensure_pretrained(dict(pretrained=base + "other-0123abcd.pth"))
+        assert pretrained.ensure_pretrained(dict(pretrained=base + good))[0].read_bytes() == weights
+    assert sorted(p.name for p in (tmp_path / "hub" / "checkpoints").iterdir()) == [good]
 
 
 def tiny_voc_config(tiny, path: Path, shards: Path) -> Path:

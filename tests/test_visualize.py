@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from pseudolabel.storage.shards import LabelRecord, open_shards
+from pseudolabel.viewer.photos import PhotoFinder
 from pseudolabel.viewer.visualize import (GAP, HEADER_H, TITLE_H, class_coverage, colorize_labels, heatmap, image_iou,
                                    legend_entries, render_panel)
 from tests.fixtures.viewer_shards import VOC, load_tool, make_voc_run
@@ -149,6 +150,20 @@ def test_view_labels_photo_sources_and_limit(voc_run, tmp_path):
     assert tool.main([str(shard_dir), "--out", str(out), "--ids", first, "--data-root", str(tmp_path / "none"),
                       "--tile-height", str(TILE)]) == 0
     assert is_placeholder(photo_tile(np.asarray(Image.open(out / f"{first}.png"))))
+
+
+def test_photo_folders_are_searched_as_the_custom_dataset_does(tmp_path):
+    # ids as a custom tag list gives them: bare, with their extension, upper-case extensions, nested folders
+    files = ("a.png", "b.jpg", "c.WEBP", "d.TIFF", "sub/e.jpeg", "f.png.txt")
+    for name in files:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        Image.new("RGB", (4, 3), (10, 20, 30)).save(tmp_path / name, format="PNG")
+    finder = PhotoFinder({}, None, str(tmp_path))
+    found = {i: finder.path(i) for i in ("a", "b.jpg", "c", "d", "sub/e", "f", "missing")}
+    expected = {"a": "a.png", "b.jpg": "b.jpg", "c": "c.WEBP", "d": "d.TIFF", "sub/e": "sub/e.jpeg", "f": None,
+                "missing": None}
+    assert found == {i: tmp_path / name if name else None for i, name in expected.items()}
+    assert finder.read("b.jpg").shape == (3, 4, 3) and finder.read("missing") is None
 
 
 @pytest.mark.parametrize("argv", [["--worst", "2"], ["--ids", "nope"], ["--images", "/no/such/folder"],

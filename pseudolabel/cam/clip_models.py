@@ -12,7 +12,6 @@ the user names (by default the QuickGELU one) and the choice is logged.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import zipfile
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch
 
 from pseudolabel import compat
+from pseudolabel.download import file_sha256
 
 compat.apply()  # before open_clip imports torchvision
 import open_clip  # noqa: E402
@@ -39,14 +39,6 @@ OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_m
 def available_models() -> list[str]:
     """Model names accepted by ``load_clip`` (open_clip's and ours)."""
     return open_clip.list_models()
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def is_torchscript(path: Path) -> bool:

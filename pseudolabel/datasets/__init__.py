@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pseudolabel.datasets.base import Sample, WeakDataset, data_root
 from pseudolabel.datasets.coco import COCODataset
-from pseudolabel.datasets.custom import CustomDataset
+from pseudolabel.datasets.custom import CustomDataset, find_image
 from pseudolabel.datasets.voc import VOCDataset
 
 DATASETS = ("voc", "coco", "custom")
@@ -35,4 +35,4 @@ def build_dataset(dataset: str, root: str | Path | None = None, split: str | Non
 
 
 __all__ = ["DATASETS", "DEFAULT_SPLITS", "Sample", "WeakDataset", "VOCDataset", "COCODataset", "CustomDataset",
-           "build_dataset", "data_root"]
+           "build_dataset", "data_root", "find_image"]

@@ -11,7 +11,7 @@ Only these (C,) vectors are kept per image, never C x C confusion matrices.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -28,8 +28,8 @@ class BoundarySpec:
 
 
 @dataclass
-class ImageCounts:
-    """Count vectors ``(C,) int64`` of one image (see module docstring)."""
+class Counts:
+    """The counts of the module docstring, one array each: ``(C,)`` for an image, ``(n, C)`` for a split."""
 
     tp: np.ndarray
     gt: np.ndarray
@@ -43,7 +43,12 @@ class ImageCounts:
         return self.gt + self.pred - self.tp
 
 
-COUNT_NAMES = tuple(f.name for f in fields(ImageCounts))
+COUNT_NAMES = tuple(f.name for f in fields(Counts))
+
+
+@dataclass
+class ImageCounts(Counts):
+    """Count vectors ``(C,) int64`` of one image."""
 
 
 def _histogram(values: np.ndarray, num_classes: int) -> np.ndarray:
@@ -87,16 +92,10 @@ def count_image(
 
 
 @dataclass
-class CountTable:
-    """Per-image counts of a split: each field ``(n, C) int64``, rows in the order of ``image_ids``."""
+class CountTable(Counts):
+    """Per-image counts of a split: each count ``(n, C) int64``, rows in the order of ``image_ids``."""
 
-    image_ids: list[str]
-    tp: np.ndarray
-    gt: np.ndarray
-    pred: np.ndarray
-    pred_ignored: np.ndarray
-    band_inter: np.ndarray
-    band_union: np.ndarray
+    image_ids: list[str] = field(kw_only=True)
 
     @classmethod
     def stack(cls, image_ids: list[str], counts: list[ImageCounts], num_classes: int) -> "CountTable":
@@ -114,10 +113,6 @@ class CountTable:
     @property
     def num_classes(self) -> int:
         return self.tp.shape[1]
-
-    @property
-    def union(self) -> np.ndarray:
-        return self.gt + self.pred - self.tp
 
     def total(self, name: str) -> np.ndarray:
         """Dataset-level sum ``(C,)`` of one count (a field name or ``"union"``)."""

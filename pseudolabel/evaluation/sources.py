@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from PIL import Image
 
+from pseudolabel.image_io import ImageReadError, read_label_png
 from pseudolabel.storage.format import LABEL_KINDS, REFINED
 
 DATASET_SPEC = re.compile(r"^(?P<name>[A-Za-z0-9_-]+):(?P<split>[A-Za-z0-9_-]+)$")
@@ -34,17 +34,6 @@ class LabelSource(Protocol):
     def ids(self) -> list[str]: ...
     def read(self, image_id: str) -> np.ndarray: ...      # (H, W) uint8
     def location(self, image_id: str) -> str: ...        # file (and record) for error messages
-
-
-def read_index_png(path: Path) -> np.ndarray:
-    """A label PNG as ``(H, W) uint8`` indices (PIL, because cv2 expands palette PNGs to colour)."""
-    with Image.open(path) as image:
-        if image.mode not in ("P", "L"):
-            raise LabelSourceError(
-                f"{path}: label PNGs must hold class indices (PIL mode 'P' or 'L'), got mode '{image.mode}'; "
-                "colour-coded PNGs must be converted to index PNGs first"
-            )
-        return np.array(image)
 
 
 @dataclass
@@ -71,7 +60,10 @@ class PngFolderSource:
         path = self.root / f"{image_id}.png"
         if not path.is_file():
             raise LabelSourceError(f"image '{image_id}': no label file {path}")
-        return read_index_png(path)
+        try:
+            return read_label_png(path)
+        except ImageReadError as error:
+            raise LabelSourceError(str(error)) from None
 
 
 @dataclass

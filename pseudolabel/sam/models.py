@@ -1,20 +1,20 @@
 """SAM variants (segment-anything's registry plus a tiny test variant) and checkpoint loading.
 
 Official checkpoints are plain state dicts, loaded with ``torch.load(weights_only=True)``. Without a local file the
-official checkpoint is downloaded into a cache directory and its SHA-256 checked before use.
+official checkpoint is downloaded into a cache directory and its SHA-256 checked before use
+(``pseudolabel/download.py``).
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from pseudolabel import compat
+from pseudolabel.download import DownloadError, download_file, file_sha256
 
 compat.apply()  # before segment_anything imports torchvision
 from segment_anything import sam_model_registry  # noqa: E402
@@ -64,37 +64,18 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CEP_CACHE", Path.home() / ".cache" / "cep")) / "sam"
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download_checkpoint(variant: str, directory: Path | None = None) -> Path:
-    """The official checkpoint in the cache, downloaded (temp file, SHA-256 check, rename) if absent."""
+    """The official checkpoint in the cache, downloaded (timeout, SHA-256 check, atomic rename) if absent."""
     spec = SAM_VARIANTS[variant]
-    directory = directory or cache_dir()
-    target = directory / spec.filename
+    target = (directory or cache_dir()) / spec.filename
     if target.is_file():
         return target
-    url = URL_ROOT + spec.filename
-    directory.mkdir(parents=True, exist_ok=True)
-    partial_file = target.with_suffix(".part")
+    LOG.info("downloading %s to %s", URL_ROOT + spec.filename, target)
     try:
-        LOG.info("downloading %s to %s", url, target)
-        urllib.request.urlretrieve(url, partial_file)
-    except OSError as error:
-        partial_file.unlink(missing_ok=True)
-        raise RuntimeError(f"could not download the SAM {variant} checkpoint from {url} ({error}). Download it "
-                           f"elsewhere and put it at {target}, or pass --sam-checkpoint PATH") from None
-    digest = sha256_of(partial_file)
-    if spec.sha256 and digest != spec.sha256:
-        partial_file.unlink(missing_ok=True)
-        raise RuntimeError(f"checksum mismatch for {url}: got {digest}, expected {spec.sha256}; download again")
-    partial_file.replace(target)
-    return target
+        return download_file(URL_ROOT + spec.filename, target, spec.sha256)
+    except DownloadError as error:
+        raise RuntimeError(f"could not get the SAM {variant} checkpoint: {error}. Download it elsewhere and put it at "
+                           f"{target}, or pass --sam-checkpoint PATH") from None
 
 
 def load_sam(variant: str = "vit_b", checkpoint: str | None = None, device="cpu", seed: int = 0):
@@ -121,5 +102,5 @@ def load_sam(variant: str = "vit_b", checkpoint: str | None = None, device="cpu"
         except RuntimeError as error:
             raise ValueError(f"{path}: not a SAM {variant} checkpoint ({str(error).splitlines()[1:2]}); "
                              "pass --sam-model with the checkpoint's variant") from None
-        identity = {"kind": "file", "model": variant, "path": str(path), "sha256": sha256_of(path)}
+        identity = {"kind": "file", "model": variant, "path": str(path), "sha256": file_sha256(path)}
     return model.to(device).eval().requires_grad_(False), identity

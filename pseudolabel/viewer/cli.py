@@ -12,79 +12,10 @@ The viewer's command line, run as ``tools/view_labels.py`` (``cep-view`` when in
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-import warnings
 from pathlib import Path
 
 from pseudolabel.storage.format import LABEL_KINDS, REFINED
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".JPG", ".JPEG", ".PNG")
-
-
-def panel_name(image_id: str) -> str:
-    """File name of an image's panel (ids with '/' become flat names)."""
-    return image_id.replace("/", "__") + ".png"
-
-
-class PhotoFinder:
-    """Photos from ``--images`` (a folder of ``<id>.<ext>`` or a dataset spec ``name:split``), else the image folder
-    recorded in the shards (custom and demo datasets), else the dataset named in the shard attributes."""
-
-    def __init__(self, attrs: dict, data_root: str | None, images: str | None):
-        from pseudolabel.evaluation.sources import DATASET_SPEC
-
-        self.folder: Path | None = None
-        self.dataset = None
-        spec = DATASET_SPEC.match(images) if images and not Path(images).exists() else None
-        if images and spec is None:
-            self.folder = Path(images)
-            if not self.folder.is_dir():
-                raise ValueError(f"--images '{images}' is neither a folder nor a dataset spec like voc:train")
-        elif images is None and attrs.get("image_dir"):
-            self.folder = Path(attrs["image_dir"])
-            if not self.folder.is_dir():
-                print(f"warning: the image folder recorded in the shards, '{self.folder}', does not exist; "
-                      "pass --images DIR", file=sys.stderr)
-        else:
-            name, split = (spec["name"], spec["split"]) if spec else (attrs.get("dataset"), attrs.get("split"))
-            try:
-                from pseudolabel.datasets import build_dataset
-
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    self.dataset = build_dataset(str(name), data_root, str(split))
-            except Exception as error:  # noqa: BLE001  (any dataset problem: panels get a placeholder)
-                print(f"warning: photos unavailable: dataset {name}:{split} not readable ({error}); "
-                      "pass --data-root DIR or --images DIR", file=sys.stderr)
-
-    def path(self, image_id: str) -> Path | None:
-        if self.folder is not None:
-            for ext in IMAGE_EXTENSIONS:
-                candidate = self.folder / f"{image_id}{ext}"
-                if candidate.is_file():
-                    return candidate
-            return None
-        if self.dataset is None:
-            return None
-        try:
-            return Path(self.dataset.by_id(image_id).image_path)
-        except KeyError:
-            return None
-
-    def read(self, image_id: str):
-        from pseudolabel.image_io import ImageReadError, read_rgb
-
-        path = self.path(image_id)
-        if path is None:
-            return None
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return read_rgb(path)
-        except ImageReadError as error:
-            print(f"warning: {error}", file=sys.stderr)
-            return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,13 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import numpy as np
-    from tqdm import tqdm
-
     from pseudolabel.evaluation import open_source
-    from pseudolabel.viewer.html_report import ReportEntry, write_html
     from pseudolabel.storage.shards import open_shards
-    from pseudolabel.viewer.visualize import class_coverage, image_iou, render_panel, save_panel
+    from pseudolabel.viewer.html_report import write_html
+    from pseudolabel.viewer.panels import GroundTruth, worst_images, write_panels
+    from pseudolabel.viewer.photos import PhotoFinder
 
     if args.worst is not None and not args.gt:
         print("error: --worst needs --gt (a folder of GT PNGs or a dataset spec like voc:train)", file=sys.stderr)
@@ -134,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    attrs, class_set = shards.attrs, shards.class_set
+    attrs = shards.attrs
     random_weights = bool(attrs.get("random_weights", False))
     if random_weights:
         print("note: these shards were produced with RANDOM WEIGHTS", file=sys.stderr)
@@ -147,11 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         ids = list(args.ids)
 
-    gt_source = None
+    gt = None
     if args.gt:
         try:
-            gt_source = open_source(args.gt, data_root=args.data_root)
-            gt_ids = set(gt_source.ids())
+            gt = GroundTruth(open_source(args.gt, data_root=args.data_root))
         except Exception as error:  # noqa: BLE001
             print(f"error: cannot open GT '{args.gt}': {error}", file=sys.stderr)
             return 2
@@ -172,59 +100,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {page} and {numbers}", file=sys.stderr)
         return 0
 
-    def read_gt(image_id):
-        if gt_source is None or image_id not in gt_ids:
-            return None
-        try:
-            return np.asarray(gt_source.read(image_id))
-        except Exception as error:  # noqa: BLE001
-            print(f"warning: GT of {image_id}: {error}", file=sys.stderr)
-            return None
-
-    def score(labels, gt):
-        if gt is None or gt.shape != labels.shape:
-            return None
-        return image_iou(gt, labels, class_set.num_classes)
-
-    scores: dict[str, float | None] = {}
+    scores: dict[str, float] = {}
     if args.worst is not None:
-        candidates = [i for i in ids if i in gt_ids]
-        if not candidates:
+        if gt.ids.isdisjoint(ids):
             print(f"error: no shard image has GT in '{args.gt}'", file=sys.stderr)
             return 2
-        for image_id in tqdm(candidates, desc="scoring", file=sys.stderr):
-            value = score(shards.read_label(image_id, args.kind), read_gt(image_id))
-            if value is not None and not math.isnan(value):
-                scores[image_id] = value
-        ids = sorted(scores, key=lambda i: (scores[i], i))[: args.worst]
+        ids, scores = worst_images(shards, ids, gt, args.kind, args.worst)
     if args.limit is not None:
         ids = ids[: args.limit]
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    entries = []
-    missing_photos = 0
-    for image_id in tqdm(ids, desc="panels", file=sys.stderr):
-        record = shards[image_id]
-        photo = photos.read(image_id)
-        missing_photos += photo is None
-        gt = read_gt(image_id)
-        panel = render_panel(record, class_set, photo=photo, gt=gt, random_weights=random_weights,
-                             tile_height=args.tile_height)
-        name = panel_name(image_id)
-        save_panel(panel, out / name)
-        value = scores.get(image_id) if image_id in scores else score(getattr(record, args.kind), gt)
-        coverage = {class_set.classes[c]: share for c, share in class_coverage(record.refined, record.class_ids).items()}
-        notes = ["photo not found"] if photo is None else []
-        if gt_source is not None and gt is None:
-            notes.append("no GT")
-        entries.append(ReportEntry(image_id, name, coverage, value, notes))
+    entries = write_panels(shards, ids, out, photos, gt, args.kind, scores, args.tile_height)
+    missing_photos = sum("photo not found" in entry.notes for entry in entries)
     print(f"wrote {len(entries)} panel(s) to {out}" + (f" ({missing_photos} without photo)" if missing_photos else ""),
           file=sys.stderr)
     if args.html:
         title = f"Pseudo labels: {attrs.get('dataset')}:{attrs.get('split')} ({Path(args.shards).name})"
         description = f"shards: {Path(args.shards).resolve()}"
-        if gt_source is not None:
+        if gt is not None:
             description += f"; GT: {args.gt}; score = per-image IoU of the {args.kind} label"
         path = write_html(entries, out / "index.html", title=title, random_weights=random_weights,
                           description=description)
