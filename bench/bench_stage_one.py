@@ -1,74 +1,312 @@
-"""Whole stage one per image at VOC-like size (500x375): Skip-CAM (ViT-B/16) + SAM ViT-B refinement, random weights,
-by stage, with process memory and the shard bytes per image. Usage: python bench/bench_stage_one.py [--images 2] [--mixed-sizes] [--device cpu|cuda]
+"""Stage one end to end, as `tools/gen_pseudo.sh` runs it (the batched, pipelined StageOneRun: decoding threads,
+batches, shard writer), on synthetic VOC-sized images with 1-3 classes each, with the real ViT-B/16 and SAM ViT-B
+architectures and random weights. Prints images/s, ms per image by stage, memory, the shard bytes per image and, on
+CUDA, the GPU busy fraction and peak GPU memory; with --agree-with, the label agreement with another run.
+
+  python bench/bench_stage_one.py --images 3                          # CPU, 500x375 (docs/stage_one.md)
+  python bench/bench_stage_one.py --device cuda --images 256 --batch-size 8 --precision bf16 --out /tmp/b16
+  python bench/bench_stage_one.py --device cuda --images 256 --batch-size 8 --precision fp32 --agree-with /tmp/b16
+  python bench/bench_stage_one.py --report results.jsonl              # the table of recorded runs (gpu_check.sh)
+
+On a GPU the per-stage times come from a second, short pass whose stages each wait for the GPU (otherwise they
+would measure only the host's share); images/s and the busy fraction come from the normal, overlapped run.
+The busy fraction is the union of the GPU's kernel intervals over their span, from torch.profiler, in a window of
+steady-state batches.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tools._venv  # noqa: E402,F401  (re-runs inside the project venv with tools/_env.sh settings)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from bench.bench_sam_refine import synthetic_input  # noqa: E402
-from pseudolabel.classes import get_class_set  # noqa: E402
-from pseudolabel.sam.refine import SAMRefineConfig, SAMRefiner  # noqa: E402
-from pseudolabel.storage.shards import LabelRecord, ShardWriter  # noqa: E402
-from pseudolabel.cam.skipcam import SkipCAM, SkipCAMConfig  # noqa: E402
+from pseudolabel import generate  # noqa: E402
+from pseudolabel.classes import CLASSES_DIR  # noqa: E402
+from pseudolabel.storage.shards import open_shards  # noqa: E402
+from tests.fixtures.tiny_datasets import VOC_SIZES, make_voc_sized  # noqa: E402
+
+STAGE_ORDER = ("decode", "clip_frozen", "sam_encoder", "skipcam", "last_block_grad", "caa", "bg_par", "sam",
+               "sam_decoder", "filter_merge", "write")
 
 
-VOC_SIZES = ((375, 500), (500, 375), (333, 500), (500, 500), (281, 500))  # (height, width)
+class Stop(Exception):
+    """Raised from the progress hook when the time budget is spent."""
+
+
+def cached_models():
+    """``generate.load_models`` that builds each (config, device) once per process (random init takes seconds)."""
+    original, cache = generate.load_models, {}
+
+    def load(cfg, class_set, device):
+        key = (json.dumps(cfg.to_dict(), sort_keys=True), str(device))
+        if key not in cache:
+            cache[key] = original(cfg, class_set, device)
+        return cache[key]
+    return load
+
+
+def stage_one_args(args, data: Path, out: Path, images: int, batch_size: int | None) -> list[str]:
+    tiny = ["--clip-model", "ViT-T-16-cep-test", "--sam-model", "vit_tiny_test"] if args.tiny else []
+    return ["custom", "--images", str(data / "images"), "--labels", str(data / "labels.csv"),
+            "--classes", str(CLASSES_DIR / "voc.json"), "--out", str(out), "--overwrite", "--limit", str(images),
+            "--clip-weights", "random", "--sam-checkpoint", "random", "--device", args.device,
+            "--precision", args.precision, *(["--batch-size", str(batch_size)] if batch_size else []),
+            *(["--workers", str(args.workers)] if args.workers else []), *tiny]
+
+
+def labelled_run(args, data: Path, out: Path, images: int, batch_size: int | None, timed=False, hook=None,
+                 deadline: float | None = None, steady_from: int | None = None) -> tuple[generate.StageOneRun, dict]:
+    """One StageOneRun over the first ``images`` images; returns it and its timing facts. The steady-state rate
+    counts from image ``steady_from`` (default: after the first batches, which set up cuDNN and the allocator)."""
+    run = generate.StageOneRun.setup(generate.build_parser().parse_args(stage_one_args(args, data, out, images,
+                                                                                       batch_size)))
+    run.timed = timed
+    done_at: list[float] = []
+
+    def progress(done: int) -> None:
+        done_at.append(time.perf_counter())
+        if hook:
+            hook(done)
+        if deadline and time.perf_counter() > deadline:
+            raise Stop
+    run.progress_hook = progress
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    stopped = False
+    try:
+        run.label_images()
+    except Stop:
+        stopped = True
+    if cuda:
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - start
+    run.store.pack()
+    facts = {"wall_s": wall, "done": len(done_at), "stopped_early": stopped,
+             "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
+    warm = steady_from if steady_from is not None and steady_from < len(done_at) // 2 \
+        else min(len(done_at) // 4, 2 * run.batch_size)
+    if len(done_at) > warm + 1:
+        facts["steady_images_per_s"] = (len(done_at) - 1 - warm) / (done_at[-1] - done_at[warm])
+    facts["images_per_s"] = len(done_at) / wall if wall else None
+    return run, facts
+
+
+def busy_fraction(prof) -> float:
+    """Union of the GPU kernel intervals over their span (first start to last end)."""
+    intervals = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
+                       if str(getattr(e, "device_type", "")).endswith("CUDA") and not e.name.startswith("Memcpy")
+                       and not e.name.startswith("Memset"))
+    if not intervals:
+        raise RuntimeError("the profiler recorded no GPU kernels")
+    busy, (current_start, current_end) = 0.0, intervals[0]
+    for start, end in intervals[1:]:
+        if start > current_end:
+            busy += current_end - current_start
+            current_start, current_end = start, end
+        else:
+            current_end = max(current_end, end)
+    busy += current_end - current_start
+    return busy / (intervals[-1][1] - intervals[0][0])
+
+
+class ProfiledWindow:
+    """torch.profiler (GPU activity only) from image ``first`` to image ``last`` of a run."""
+
+    def __init__(self, first: int, last: int):
+        self.first, self.last, self.prof, self.result, self.error = first, last, None, None, None
+
+    def __call__(self, done: int) -> None:
+        try:
+            if done == self.first and self.prof is None:
+                self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+                self.prof.__enter__()
+            elif done == self.last and self.prof is not None and self.result is None:
+                torch.cuda.synchronize()
+                self.prof.__exit__(None, None, None)
+                self.result = busy_fraction(self.prof)
+        except Exception as error:  # noqa: BLE001 - a profiler problem must not stop the benchmark
+            self.error = f"{type(error).__name__}: {error}"
+
+
+def agreement(out: Path, other: Path) -> dict:
+    """Pixel agreement of the refined labels and of Y0, and localization-map agreement (token resolution:
+    share of values within 0.05, mean |difference|), over the images both runs labelled."""
+    a, b = open_shards(out), open_shards(other)
+    common = sorted(set(a) & set(b))
+    if not common:
+        raise RuntimeError(f"no image labelled by both {out} and {other}")
+    same = {"refined": 0, "initial": 0}
+    pixels, close, diff, values = 0, 0, 0.0, 0
+    for image_id in common:
+        x, y = a[image_id], b[image_id]
+        for kind in same:
+            same[kind] += int((getattr(x, kind) == getattr(y, kind)).sum())
+        pixels += x.refined.size
+        delta = np.abs(x.loc_maps_lowres - y.loc_maps_lowres)
+        close, diff, values = close + int((delta <= 0.05).sum()), diff + float(delta.sum()), values + delta.size
+    return {"images": len(common), "refined_agreement": same["refined"] / pixels,
+            "y0_agreement": same["initial"] / pixels, "loc_maps_within_0.05": close / max(values, 1),
+            "loc_maps_mean_abs_diff": diff / max(values, 1)}
+
+
+def guarded(name: str, results: dict, action):
+    """Run one part of the benchmark; its error is printed and recorded, the rest goes on."""
+    try:
+        return action()
+    except Exception as error:  # noqa: BLE001
+        traceback.print_exc()
+        results.setdefault("errors", []).append(f"{name}: {type(error).__name__}: {error}")
+        print(f"!! {name} failed: {type(error).__name__}: {error}", file=sys.stderr)
+        return None
+
+
+def measure(args) -> dict:
+    cuda = args.device.startswith("cuda")
+    results = {"device": args.device, "gpu": torch.cuda.get_device_name() if cuda else None,
+               "precision": args.precision if cuda else "fp32", "batch_size": args.batch_size,
+               "images": args.images, "models": "tiny test models" if args.tiny else "ViT-B/16 + SAM ViT-B",
+               "sizes": "mixed VOC sizes" if args.mixed_sizes else "500x375", "threads": torch.get_num_threads()}
+    generate.load_models = cached_models()
+    work = Path(args.out or tempfile.mkdtemp(prefix="bench_stage_one_"))
+    data = Path(args.data) if args.data else work / "data"
+    if not (data / "labels.csv").is_file():
+        make_voc_sized(data, args.images, VOC_SIZES if args.mixed_sizes else VOC_SIZES[:1], seed=0)
+    out = work / "shards"
+    deadline = time.perf_counter() + args.max_seconds if args.max_seconds else None
+    window = None
+    batch = args.batch_size or generate.default_batch_size(torch.device(args.device))
+    if cuda and args.profile:
+        first = min(2 * batch, args.images // 4)
+        window = ProfiledWindow(first, min(first + 4 * batch, args.images - batch))
+    run, facts = labelled_run(args, data, out, args.images, args.batch_size, hook=window, deadline=deadline,
+                              steady_from=window.last + batch if window else None)  # after the profiled window
+    results.update(facts, batch_size=run.batch_size, workers=run.workers)
+    summary = run.summary(facts["wall_s"])
+    results["ms_per_image_host"] = {**summary["ms_per_image"], **summary["ms_per_image_detail"]}
+    results["failures"] = len(run.failures)
+    if window is not None:
+        results["gpu_busy_fraction"] = window.result
+        results["gpu_busy_window_images"] = (window.first, window.last)
+        if window.error or window.result is None:
+            results.setdefault("errors", []).append(f"busy fraction: {window.error or 'window not reached'}")
+    if cuda:  # stage times with each stage waited for
+        timed_images = min(args.images, args.timed_images)
+
+        def timed():
+            timed_run, timed_facts = labelled_run(args, data, work / "timed", timed_images, args.batch_size,
+                                                  timed=True)
+            results["ms_per_image_timed"] = {k: 1000 * v / max(timed_run.labelled, 1)
+                                             for k, v in timed_run.stage_seconds.items()}
+            results["timed_images"] = timed_run.labelled
+        guarded("timed pass", results, timed)
+    for size in args.memory_sweep or ():
+        def sweep(size=size):
+            _, sweep_facts = labelled_run(args, data, work / f"sweep-{size}", min(args.images, 2 * size), size)
+            results.setdefault("peak_gpu_gib_by_batch_size", {})[size] = sweep_facts["peak_gpu_gib"]
+        guarded(f"memory sweep, batch size {size}", results, sweep)
+    shards = list(out.glob("shard-*.h5"))
+    results["shard_kb_per_image"] = sum(p.stat().st_size for p in shards) / max(facts["done"], 1) / 1000
+    results["rss_peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.agree_with:
+        results["agreement_with"] = str(args.agree_with)
+        results["agreement"] = guarded("agreement", results, lambda: agreement(out, Path(args.agree_with)))
+    return results
+
+
+def print_table(runs: list[dict]) -> None:
+    """One column per run."""
+    def cell(value, digits=1):
+        if value is None:
+            return "n/a"
+        return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+    names = [f"{r.get('precision')} b{r.get('batch_size')}" for r in runs]
+    rows = [("device", [r.get("gpu") or r.get("device") for r in runs]),
+            ("models", [r.get("models") for r in runs]),
+            ("images labelled", [f"{r.get('done')}{' (time budget)' if r.get('stopped_early') else ''}" for r in runs]),
+            ("images/s (steady state)", [cell(r.get("steady_images_per_s"), 2) for r in runs]),
+            ("images/s (whole run)", [cell(r.get("images_per_s"), 2) for r in runs]),
+            ("ms/image (steady state)", [cell(1000 / r["steady_images_per_s"]) if r.get("steady_images_per_s")
+                                         else "n/a" for r in runs]),
+            ("GPU busy fraction", [cell(100 * r["gpu_busy_fraction"]) + "%" if r.get("gpu_busy_fraction") is not None
+                                   else "n/a" for r in runs]),
+            ("peak GPU memory GiB", [cell(r.get("peak_gpu_gib"), 2) for r in runs]),
+            ("process RSS peak MiB", [cell(r.get("rss_peak_mib"), 0) for r in runs]),
+            ("shard KB/image", [cell(r.get("shard_kb_per_image")) for r in runs])]
+    timed_key = "ms_per_image_timed" if any(r.get("ms_per_image_timed") for r in runs) else "ms_per_image_host"
+    label = "stage ms/image" + (" (each stage waited for)" if timed_key.endswith("timed") else "")
+    for stage in STAGE_ORDER:
+        if any(stage in (r.get(timed_key) or {}) for r in runs):
+            indent = "  " if stage in ("last_block_grad", "caa", "bg_par", "sam_decoder", "filter_merge") else ""
+            rows.append((f"{label}: {indent}{stage}", [cell((r.get(timed_key) or {}).get(stage)) for r in runs]))
+    for key, title in (("refined_agreement", "labels agree with"), ("y0_agreement", "Y0 agrees with"),
+                       ("loc_maps_within_0.05", "loc. maps within 0.05 of"),
+                       ("loc_maps_mean_abs_diff", "loc. maps mean |diff| to")):
+        if any(r.get("agreement") for r in runs):
+            values = [(r.get("agreement") or {}).get(key) for r in runs]
+            shown = [f"{100 * v:.3f}%" if isinstance(v, float) and key != "loc_maps_mean_abs_diff" else cell(v, 4)
+                     for v in values]
+            rows.append((f"{title} the other run", shown))
+    for size in sorted({int(s) for r in runs for s in (r.get("peak_gpu_gib_by_batch_size") or {})}):
+        rows.append((f"peak GPU GiB at batch size {size}",
+                     [cell((r.get("peak_gpu_gib_by_batch_size") or {}).get(str(size),
+                           (r.get("peak_gpu_gib_by_batch_size") or {}).get(size)), 2) for r in runs]))
+    width = max(len(name) for name, _ in rows) + 2
+    print(f"{'':{width}s}" + "".join(f"{n:>22s}" for n in names))
+    for name, values in rows:
+        print(f"{name:{width}s}" + "".join(f"{str(v):>22s}" for v in values))
+    for r in runs:
+        for error in r.get("errors", []):
+            print(f"!! {r.get('precision')} b{r.get('batch_size')}: {error}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    parser.add_argument("--batch-size", type=int, help="default: stage one's (1 on a CPU, 8 on CUDA)")
+    parser.add_argument("--workers", type=int, help="decoding threads (default: stage one's)")
     parser.add_argument("--mixed-sizes", action="store_true",
                         help=f"cycle through the common VOC sizes {VOC_SIZES} instead of 375x500 only")
+    parser.add_argument("--out", type=Path, help="keep the data, shards and results here (default: a temp dir)")
+    parser.add_argument("--data", type=Path, help="synthetic images made by an earlier run (--out DIR/data)")
+    parser.add_argument("--agree-with", type=Path, help="another run's shards (DIR/shards): label agreement")
+    parser.add_argument("--max-seconds", type=float, help="stop labelling after this long (report what is done)")
+    parser.add_argument("--timed-images", type=int, default=32, help="CUDA: images of the stage-timing pass")
+    parser.add_argument("--memory-sweep", type=lambda v: [int(x) for x in v.split(",")],
+                        help="CUDA: also the peak GPU memory at these batch sizes, e.g. 1,8,16,32")
+    parser.add_argument("--no-profile", dest="profile", action="store_false", help="CUDA: no busy-fraction window")
+    parser.add_argument("--tiny", action="store_true", help="tiny test models instead of ViT-B/16 + SAM ViT-B "
+                                                            "(a quick check of the script itself)")
+    parser.add_argument("--json", type=Path, help="append this run's results as one JSON line")
+    parser.add_argument("--report", type=Path, help="only print the table of the runs recorded in this JSON-lines file")
     args = parser.parse_args()
-    voc = get_class_set("voc")
-    cam = SkipCAM.from_config(SkipCAMConfig(clip_weights="random", precision=args.precision), voc, args.device)
-    refiner = SAMRefiner.from_config(SAMRefineConfig(sam_checkpoint="random"), args.device)
-    totals: dict[str, float] = {}
-    start = time.perf_counter()
-    sizes = VOC_SIZES if args.mixed_sizes else VOC_SIZES[:1]
-    records = []
-    for seed in range(args.images):
-        image, _, _, classes = synthetic_input(*sizes[seed % len(sizes)], seed=seed)
-        out = cam(image, classes)
-        refinement = refiner.refine(image, out.y0, out.scores, classes)
-        for key, value in {**out.timings, **refinement.timings}.items():
-            totals[key] = totals.get(key, 0.0) + value
-        records.append(LabelRecord(image_id=f"i{seed}", refined=refinement.labels, initial=out.y0,
-                                   loc_maps_lowres=out.loc_maps_lowres, loc_class_ids=out.class_ids,
-                                   class_ids=classes, size=image.shape[:2]))
-    wall = time.perf_counter() - start
-    with tempfile.TemporaryDirectory() as tmp:  # outside the timing: the write is a few ms per image
-        shard = Path(tmp) / "shard.h5"
-        with ShardWriter(shard, voc, {"dataset": "voc", "random_weights": True}) as writer:
-            for record in records:
-                writer.write(record)
-        shard_kb = shard.stat().st_size / args.images / 1000
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    gpu = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if args.device.startswith("cuda") else ""
-    print(f"\nstage one at {'mixed VOC sizes' if args.mixed_sizes else '500x375'} (ViT-B/16 + SAM ViT-B, random "
-          f"weights), {args.images} image(s), device "
-          f"{args.device}, threads {torch.get_num_threads()}")
-    print(f"{'stage':20s} {'ms/image':>10s}")
-    for key, value in totals.items():
-        print(f"{key:20s} {1000 * value / args.images:10.0f}")
-    print(f"{'total (wall)':20s} {1000 * wall / args.images:10.0f}")
-    rss_now = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    print(f"images/s {args.images / wall:.3f}; process RSS peak {peak_rss:.0f} MiB, at the end {rss_now:.0f} MiB{gpu}")
-    print(f"shard size {shard_kb:.1f} KB per image (labels, Y0 and localization maps from random weights on "
-          "synthetic images)")
+    if args.report:
+        print_table([json.loads(line) for line in args.report.read_text().splitlines() if line.strip()])
+        return
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    results = measure(args)
+    if args.json:
+        with open(args.json, "a") as handle:
+            handle.write(json.dumps(results) + "\n")
+    if args.out:
+        (Path(args.out) / "results.json").write_text(json.dumps(results, indent=1))
+    print(f"\nstage one, {results['models']} (random weights), synthetic {results['sizes']} images, "
+          f"device {args.device}, threads {results['threads']}, workers {results['workers']}")
+    print_table([results])
 
 
 if __name__ == "__main__":

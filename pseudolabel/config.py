@@ -18,6 +18,7 @@ class PseudoLabelConfig:
     split: str
     cam: SkipCAMConfig | None = None  # None: the dataset's defaults, SkipCAMConfig.for_dataset(dataset)
     refine: SAMRefineConfig = field(default_factory=SAMRefineConfig)
+    precision: str = "fp32"  # the one used: pseudolabel/precision.py (a CPU always uses fp32)
 
     def __post_init__(self) -> None:
         if self.cam is None:
@@ -25,15 +26,16 @@ class PseudoLabelConfig:
 
     def to_dict(self) -> dict:
         return {"dataset": self.dataset, "split": self.split, "cam": self.cam.to_dict(),
-                "refine": self.refine.to_dict()}
+                "refine": self.refine.to_dict(), "precision": self.precision}
 
     @classmethod
     def from_dict(cls, data: dict) -> "PseudoLabelConfig":
         return cls(data["dataset"], data["split"], SkipCAMConfig.from_dict(data["cam"]),
-                   SAMRefineConfig.from_dict(data["refine"]))
+                   SAMRefineConfig.from_dict(data["refine"]), data["precision"])
 
 
-def config_from_args(args: argparse.Namespace, dataset: str, split: str) -> PseudoLabelConfig:
-    """Build the config: given options override the dataset's defaults (``SkipCAMConfig.for_dataset``)."""
+def config_from_args(args: argparse.Namespace, dataset: str, split: str, precision: str = "fp32") -> PseudoLabelConfig:
+    """Build the config: given options override the dataset's defaults (``SkipCAMConfig.for_dataset``);
+    ``precision``: the one the device uses (:func:`pseudolabel.precision.effective_precision`)."""
     return PseudoLabelConfig(dataset, split, SkipCAMConfig.for_dataset(dataset, **given_options(args, SkipCAMConfig)),
-                             config_from_options(args, SAMRefineConfig))
+                             config_from_options(args, SAMRefineConfig), precision)

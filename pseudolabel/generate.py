@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import argparse
 import collections
-import concurrent.futures
+import json
 import logging
 import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -26,8 +26,9 @@ from pseudolabel.classes import DATA_DIR, ClassSet, get_class_set
 from pseudolabel.cli_options import add_dataclass_options, program_name
 from pseudolabel.config import PseudoLabelConfig, config_from_args
 from pseudolabel.datasets import DEFAULT_SPLITS, Sample, WeakDataset, build_dataset
-from pseudolabel.image_io import ImageReadError, read_rgb
-from pseudolabel.storage.class_stats import ClassStats
+from pseudolabel.pipeline import (STAGES, BackgroundWriter, ImageFailure, Labeller, default_batch_size,
+                                  default_workers)
+from pseudolabel.precision import PRECISIONS, DEFAULT_CUDA_PRECISION, effective_precision
 from pseudolabel.storage.run_log import RunLog
 from pseudolabel.storage.run_store import OutputError, RunStore
 from pseudolabel.sam.models import SAM_VARIANTS, cache_dir
@@ -64,9 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--images", type=Path, help="custom: folder of images")
     run.add_argument("--labels", type=Path, help="custom: CSV (image_id,classes) or JSON tag list")
     run.add_argument("--classes", type=Path, help="custom: class list (.txt one per line, or .json)")
-    run.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda")
+    run.add_argument("--device", default="auto",
+                     help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda (= cuda:LOCAL_RANK), cuda:N")
+    run.add_argument("--precision", choices=PRECISIONS,
+                     help=f"numeric precision of CLIP's blocks and SAM's image encoder on CUDA (default: "
+                          f"{DEFAULT_CUDA_PRECISION} on CUDA; a CPU always computes in fp32). It changes a few "
+                          "labels, so it is part of the configuration a resume compares")
+    run.add_argument("--batch-size", type=int,
+                     help="images per batch (default: 1 on a CPU, 8 on CUDA); labels do not depend on it on a CPU; "
+                          "on a GPU larger batches need more memory (docs/stage_one.md#stage-one-on-a-gpu)")
     run.add_argument("--shard-size", type=int, default=200, help="images per shard file (default: 200)")
-    run.add_argument("--workers", type=int, default=2, help="image-decoding threads (default: 2)")
+    run.add_argument("--workers", type=int,
+                     help="threads decoding and preprocessing images ahead (default: 2 on a CPU, up to 8 on CUDA)")
     run.add_argument("--limit", type=int, help="only the first N images of the split (quick checks)")
     run.add_argument("--overwrite", action="store_true", help="delete earlier outputs in --out and start again")
     add_dataclass_options(parser, SkipCAMConfig, "Skip-CAM (stage one, part 1)")
@@ -127,41 +137,17 @@ def barrier(world: int) -> None:
         torch.distributed.barrier()
 
 
-def prefetch(samples, workers: int):
-    """Yield ``(sample, image or ImageReadError, seconds)`` in order, decoding ahead in threads."""
-    def read(sample):
-        start = time.perf_counter()
-        try:
-            return read_rgb(sample.image_path), time.perf_counter() - start
-        except ImageReadError as error:
-            return error, time.perf_counter() - start
-
-    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
-        queue = collections.deque()
-        iterator = iter(samples)
-        for sample in iterator:
-            queue.append((sample, pool.submit(read, sample)))
-            if len(queue) >= 2 * max(1, workers):
-                break
-        while queue:
-            sample, future = queue.popleft()
-            nxt = next(iterator, None)
-            if nxt is not None:
-                queue.append((nxt, pool.submit(read, nxt)))
-            yield (sample, *future.result())
-
-
 def resolve_device(device: str, local_rank: int) -> str:
-    """``--device``: ``auto`` is this rank's GPU when there is one, else the CPU."""
+    """``--device``: ``auto`` is this rank's GPU when there is one, else the CPU; ``cuda`` is this rank's GPU."""
     if device == "auto":
-        return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    return device
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return f"cuda:{local_rank}" if device == "cuda" else device
 
 
 def load_models(cfg: PseudoLabelConfig, class_set: ClassSet, device: str) -> tuple[SkipCAM, SAMRefiner | None]:
-    """Skip-CAM and, when refinement is on, the SAM refiner."""
-    cam = SkipCAM.from_config(cfg.cam, class_set, device)
-    refiner = SAMRefiner.from_config(cfg.refine, device, cfg.cam.seed) if cfg.refine.enabled else None
+    """Skip-CAM and, when refinement is on, the SAM refiner, in the configuration's precision."""
+    cam = SkipCAM.from_config(cfg.cam, class_set, device, cfg.precision)
+    refiner = SAMRefiner.from_config(cfg.refine, device, cfg.cam.seed, cfg.precision) if cfg.refine.enabled else None
     return cam, refiner
 
 
@@ -204,10 +190,24 @@ def open_store(args: argparse.Namespace, out: Path, rank: int, world: int, class
     return store
 
 
+def previous_failures(out: Path) -> dict[str, dict]:
+    """Images an earlier run into ``out`` failed to label or read (any rank's ``failures-r*.json``), by id."""
+    entries = {}
+    for path in sorted(out.glob("failures-r*.json")):
+        try:
+            loaded = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # an unreadable list only means those images are not known to have failed
+        entries.update({e["image_id"]: e for e in loaded if isinstance(e, dict) and e.get("stage") in ("read", "label")})
+    return entries
+
+
 @dataclass
 class StageOneRun:
     """One rank's stage-one run. :meth:`setup` builds it (config, models, dataset, store, the work list),
-    :meth:`label_images` labels the work list into the store, :meth:`finish` packs and reports."""
+    :meth:`label_images` labels the work list into the store, :meth:`finish` packs and reports.
+
+    ``timed`` and ``progress_hook`` (called with the number of images done) are for benchmarks."""
 
     args: argparse.Namespace
     cfg: PseudoLabelConfig
@@ -222,7 +222,13 @@ class StageOneRun:
     log: RunLog                         # <out>/run.log
     todo: list[Sample]                  # this rank's images not yet in a shard
     already_done: int                   # this rank's images found in the shards
-    failures: list[dict]                # images left out: by the dataset (rank 0) and unreadable ones
+    failures: list[dict]                # images left out: by the dataset (rank 0), unreadable or failing ones
+    retries: dict[str, dict]            # images of the work list that an earlier run failed on, their entries
+    batch_size: int
+    workers: int
+    labelled: int = 0
+    timed: bool = False
+    progress_hook: Callable[[int], None] | None = None
     stage_seconds: collections.Counter = field(default_factory=collections.Counter)
     start: float = field(default_factory=time.perf_counter)
 
@@ -231,11 +237,16 @@ class StageOneRun:
         """Config, device, dataset, models and output store of this rank, and the images it still has to label
         (each recorded in ``log``)."""
         split = split_of(args)
-        cfg = config_from_args(args, "voc" if args.dataset == "demo" else args.dataset, split)
-        log.detail("configuration", cfg.to_dict())
-        notes = demo_weights(cfg) if args.dataset == "demo" else []
         rank, world, local_rank = distributed()
         device = resolve_device(args.device, local_rank)
+        if torch.device(device).type == "cuda":
+            torch.cuda.set_device(torch.device(device))
+        precision, note = effective_precision(args.precision, device)
+        if note:
+            LOG.info(note)
+        cfg = config_from_args(args, "voc" if args.dataset == "demo" else args.dataset, split, precision)
+        log.detail("configuration", cfg.to_dict())
+        notes = demo_weights(cfg) if args.dataset == "demo" else []
         dataset = load_dataset(args, args.dataset, split)
         log.detail("dataset", {"name": dataset.name, "split": split, "root": dataset.root, "images": len(dataset),
                                "left out": dataset.problems})
@@ -251,60 +262,82 @@ class StageOneRun:
                        level=logging.WARNING)
         attrs = shard_attributes(cfg, dataset, weights, random_weights,
                                  with_image_dir=args.dataset in ("custom", "demo"))
-        log.detail("environment", {"device": device, "world size": world, "torch threads": torch.get_num_threads(),
+        batch_size = args.batch_size or default_batch_size(torch.device(device))
+        workers = args.workers or default_workers(torch.device(device))
+        log.detail("environment", {"device": device, "precision": precision, "batch size": batch_size,
+                                   "workers": workers, "world size": world, "torch threads": torch.get_num_threads(),
                                    "versions": attrs["versions"]})
         store = open_store(args, out, rank, world, dataset.class_set, attrs, {**cfg.to_dict(), "weights": weights})
         log.attach()                    # the output directory exists and is writable
         mine = dataset.samples[: args.limit][rank::world] if args.limit else dataset.samples[rank::world]
         done = store.finished()
+        failed_before = previous_failures(store.out)
         todo = [s for s in mine if s.image_id not in done]
-        LOG.info("%s; rank %d/%d: %d images to label (%d already done) -> %s", dataset.describe(), rank, world,
-                 len(todo), len(mine) - len(todo), out)
+        retries = {s.image_id: failed_before[s.image_id] for s in todo if s.image_id in failed_before}
+        # images that failed before go last and alone (batch size 1): a known bad image never holds up a batch
+        todo = [s for s in todo if s.image_id not in retries] + [s for s in todo if s.image_id in retries]
+        LOG.info("%s; rank %d/%d: %d images to label (%d already done%s) -> %s; %s, %s, batches of %d", 
+                 dataset.describe(), rank, world, len(todo), len(mine) - len(todo),
+                 f", {len(retries)} failed before and retried once" if retries else "", out, device, precision,
+                 batch_size)
         return cls(args=args, cfg=cfg, dataset=dataset, cam=cam, refiner=refiner, store=store, device=device,
                    rank=rank, world=world, random_weights=random_weights, log=log, todo=todo,
                    already_done=len(mine) - len(todo),
-                   failures=[dict(p, stage="dataset") for p in dataset.problems] if rank == 0 else [])
+                   failures=[dict(p, stage="dataset") for p in dataset.problems] if rank == 0 else [],
+                   retries=retries, batch_size=batch_size, workers=workers)
 
     def label_images(self) -> None:
-        """The labelling loop: every image of the work list, decoded ahead in threads, labelled and staged in the
-        store; an unreadable image becomes a failure."""
+        """The labelling loop (:class:`pseudolabel.pipeline.Labeller`): the work list in batches, decoded ahead in
+        threads, each finished image staged in the store by a background thread; an image that cannot be read or
+        labelled becomes a failure and the run goes on. Images that failed in an earlier run are tried once more,
+        one at a time, at the end."""
+        labeller = Labeller(self.cam, self.refiner, self.device, timed=self.timed)
+        fresh = [s for s in self.todo if s.image_id not in self.retries]
+        again = [s for s in self.todo if s.image_id in self.retries]
         progress = tqdm(total=len(self.todo), desc=f"rank {self.rank}", unit="img", dynamic_ncols=True)
-        for sample, image, decode_seconds in prefetch(self.todo, self.args.workers):
-            self.stage_seconds["decode"] += decode_seconds
-            if isinstance(image, ImageReadError):
-                self.failures.append({"image_id": sample.image_id, "path": image.path, "reason": image.reason,
-                                      "stage": "read"})
-                LOG.warning("skipped %s: %s", sample.image_id, image.reason)
-            else:
-                record = self.label(sample, image)
-                tick = time.perf_counter()
-                self.store.stage(record)
-                self.stage_seconds["write"] += time.perf_counter() - tick
-            progress.update()
-        progress.close()
+        try:
+            with BackgroundWriter(self._stage, depth=max(32, 4 * self.batch_size)) as writer:
+                for samples, batch_size in ((fresh, self.batch_size), (again, 1)):
+                    for result in labeller.label_all(samples, batch_size, self.workers):
+                        if isinstance(result, ImageFailure):
+                            self._record_failure(result)
+                        else:
+                            writer.put(result)
+                        progress.update()
+                        if self.progress_hook:
+                            self.progress_hook(progress.n)
+        finally:
+            progress.close()
+            self.stage_seconds.update(labeller.seconds)
+        self.stage_seconds["write"] += writer.seconds
 
-    def label(self, sample: Sample, image: np.ndarray) -> LabelRecord:
-        """Skip-CAM's Y0 and localization maps, then SAM refinement (when on), of one decoded image."""
-        cam_out = self.cam(image, sample.class_ids)
-        self.stage_seconds["skipcam"] += sum(cam_out.timings.values())
-        refinement = self.refiner.refine(image, cam_out.y0, cam_out.scores, sample.class_ids) if self.refiner \
-            else None
-        self.stage_seconds["sam"] += sum(refinement.timings.values()) if refinement else 0.0
-        refined = refinement.labels if refinement else cam_out.y0
-        stats = ClassStats.measure(sample.class_ids, cam_out.y0, refined, refinement and refinement.prompts,
-                                   refinement and refinement.masks_accepted)
-        return LabelRecord(image_id=sample.image_id, refined=refined, initial=cam_out.y0,
-                           loc_maps_lowres=cam_out.loc_maps_lowres, loc_class_ids=cam_out.class_ids,
-                           class_ids=sample.class_ids, size=image.shape[:2], class_stats=stats)
+    def _stage(self, record: LabelRecord) -> None:
+        """Stage one finished image (the writer thread)."""
+        self.store.stage(record)
+        self.labelled += 1
+
+    def _record_failure(self, failure: ImageFailure) -> None:
+        """Add a failure; an image that failed before keeps its count of attempts and the earlier reason."""
+        entry = {"image_id": failure.sample.image_id, "path": failure.path, "reason": failure.reason,
+                 "stage": failure.stage, "attempts": 1}
+        earlier = self.retries.get(failure.sample.image_id)
+        if earlier:
+            entry["attempts"] = int(earlier.get("attempts", 1)) + 1
+            if earlier.get("reason") != failure.reason:
+                entry["earlier_reason"] = earlier.get("reason")
+        self.failures.append(entry)
 
     def summary(self, wall: float) -> dict:
-        """This rank's totals after ``wall`` seconds: images labelled, failures, throughput, ms per image by stage."""
-        labelled = len(self.todo) - sum(f["stage"] == "read" for f in self.failures)
-        return {"rank": self.rank, "images": labelled, "already_done": self.already_done,
+        """This rank's totals after ``wall`` seconds: images labelled, failures, throughput, ms per image by stage
+        (:data:`pseudolabel.pipeline.STAGES`; the parts of the per-image stages under ``ms_per_image_detail``)."""
+        per_image = {k: round(1000 * v / max(self.labelled, 1), 1) for k, v in self.stage_seconds.items()}
+        return {"rank": self.rank, "images": self.labelled, "already_done": self.already_done,
                 "failures": len(self.failures), "wall_seconds": round(wall, 2),
-                "images_per_second": round(labelled / wall, 3) if wall else None,
-                "ms_per_image": {k: round(1000 * v / max(labelled, 1), 1) for k, v in self.stage_seconds.items()},
-                "device": self.device, "random_weights": self.random_weights}
+                "images_per_second": round(self.labelled / wall, 3) if wall else None,
+                "ms_per_image": {k: per_image[k] for k in STAGES if k in per_image},
+                "ms_per_image_detail": {k: v for k, v in per_image.items() if k not in STAGES},
+                "device": self.device, "precision": self.cfg.precision, "batch_size": self.batch_size,
+                "random_weights": self.random_weights}
 
     def finish(self) -> dict:
         """Pack what is staged, write this rank's failures and summary, the manifest (rank 0, once every rank is

@@ -57,11 +57,14 @@ def test_shared_decoder_equals_sam_mask_decoder(build):
         one_by_one = torch.cat([shared(sparse[i: i + 1])[0] for i in range(len(sparse))])
         shared.set_image(embedding, prompts.get_dense_pe(), dense[:1], used_grid=(side - 3, side - 1))
         cropped, _ = shared(sparse)
+        shared.batched_masks = True  # the upscaling as a GPU runs it: prompts together, not one by one
+        batched, _ = shared(sparse)
     assert expected.std() > 0.05  # not a degenerate (constant) output
     assert_close_at_scale(masks, expected)
     assert_close_at_scale(iou, expected_iou)
     assert_close_at_scale(one_by_one, masks)
     assert_close_at_scale(cropped, masks[..., : 4 * (side - 3), : 4 * (side - 1)])
+    assert_close_at_scale(batched, cropped)
 
 
 def test_shared_decoder_needs_an_image():
@@ -91,8 +94,8 @@ def test_mask_resize_equals_sam_postprocess_masks(size, canvas, sparse):
     assert (resize.cols[1][resize.cols[0] == cols - 1] != 0).any()
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs CUDA"))])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA")])])
 @pytest.mark.parametrize("shape", [(50, 70), (70, 50)])
 def test_batched_point_predictor_matches_sam_predictor(shape, device):
     on_cpu = device == "cpu"

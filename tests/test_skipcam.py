@@ -41,7 +41,29 @@ def test_batch_api_equals_single_calls():
     other = np.ascontiguousarray(IMAGE[::-1])
     batch = cam.predict_batch([IMAGE, other, IMAGE[:40]], [(3,), (5, 9), (12,)])
     for image, classes, got in zip([IMAGE, other, IMAGE[:40]], [(3,), (5, 9), (12,)], batch):
-        np.testing.assert_allclose(got.loc_maps_lowres, cam(image, classes).loc_maps_lowres, atol=1e-5)
+        np.testing.assert_array_equal(got.loc_maps_lowres, cam(image, classes).loc_maps_lowres)  # CPU: per image
+
+
+def test_device_initial_label_agrees_with_the_host_path():
+    """The torch path of Y0 (resizes, PAR by gathers), as a GPU runs it, against the PIL/OpenCV path of a CPU."""
+    cam = tiny_skipcam()
+    rng = np.random.default_rng(2)
+    for size in ((375, 500), (333, 500), (200, 150)):  # PAR at 320 px (two of them) and at full size
+        image = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
+        image[size[0] // 4: size[0] // 2, size[1] // 3: size[1] // 2] = (200, 30, 30)
+        maps = torch.from_numpy(cam(image, (3, 15)).loc_maps_lowres)
+        scores, y0 = cam.initial_label(image, maps.numpy(), (3, 15))
+        device_scores, device_y0 = cam.initial_label_on_device(torch.from_numpy(image), maps, (3, 15))
+        assert (device_y0.numpy() == y0).mean() > 0.99
+        assert np.abs(device_scores.numpy() - scores).mean() < 1e-3
+
+
+def test_par_by_gathers_equals_par_in_place():
+    rng = np.random.default_rng(1)
+    image = torch.from_numpy(rng.random((2, 3, 37, 53))).float() * 255
+    scores = torch.from_numpy(rng.random((2, 4, 37, 53))).float()
+    torch.testing.assert_close(par_refine(image, scores, gather=True), par_refine(image, scores), rtol=1e-5,
+                               atol=1e-5)
 
 
 def _brute_force_boxes(cam, tau):
@@ -203,12 +225,14 @@ def test_dataset_defaults_are_the_same_from_python_and_the_cli():
     assert tau_help.endswith("(default: 0.4; coco: 0.7)") and tau_help.count("default") == 1
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_gpu_autocast_matches_fp32(precision):
     model, tokenizer, weights = load_clip(TINY_CLIP, "random", "cuda", seed=0)
     maps = {}
     for p in ("fp32", precision):
-        cfg = SkipCAMConfig(clip_model=TINY_CLIP, clip_weights="random", precision=p)
-        maps[p] = SkipCAM(model, tokenizer, get_class_set("voc"), cfg, "cuda", weights)(IMAGE, (3, 15)).loc_maps_lowres
+        cfg = SkipCAMConfig(clip_model=TINY_CLIP, clip_weights="random")
+        cam = SkipCAM(model, tokenizer, get_class_set("voc"), cfg, "cuda", weights, precision=p)
+        maps[p] = cam(IMAGE, (3, 15)).loc_maps_lowres
     assert np.abs(maps[precision] - maps["fp32"]).max() < 0.05

@@ -3,12 +3,17 @@ class-aware attention affinity, plus the initial pseudo label Y0 (docs/method.md
 
 One forward of the frozen blocks 1..N-1 serves every class of an image; the last block runs once on a batch that
 replicates its input per class, so one backward gives every class's Grad-CAM gradient.
+
+The work comes in stages whose products a caller can keep and reuse: :meth:`SkipCAM.preprocess` (the CLIP input),
+:meth:`SkipCAM.frozen` (the frozen blocks' outputs and attentions, :class:`FrozenFeatures`, shared by every Skip-CAM
+setting of the same CLIP model and input size), then :meth:`SkipCAM.cams_from_frozen` (the maps, scores and Y0 of
+one setting, :class:`CAMOutput`).
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -22,6 +27,7 @@ from pseudolabel.cam.clip_models import DEFAULT_CLIP_MODEL, clip_architecture, l
 from pseudolabel.loc_maps import resize_maps
 from pseudolabel.cam.par import PARConfig, par_refine
 from pseudolabel.cam.prompts import PROMPT_SET_ALIASES, PROMPT_SETS, canonical_prompt_set, prompt_texts, text_embeddings
+from pseudolabel.precision import autocast
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -74,8 +80,16 @@ class SkipCAMConfig(DictConfig):
         "help": "'openai' (download, cached), a local checkpoint file (OpenAI .pt or open_clip state dict), or "
                 "'random' (seeded; pipeline checks only)"})
     seed: int = field(default=0, metadata={"help": "seed for random weights"})
-    precision: str = field(default="fp32", metadata={"help": "autocast precision on CUDA (CPU always fp32)",
-                                                     "choices": ("fp32", "fp16", "bf16")})
+
+
+@dataclass
+class FrozenFeatures:
+    """What CLIP's frozen blocks 1..N-1 give for one image, on the model's device: every Skip-CAM setting of the
+    same CLIP model and CAM input size (K, skip entry, τ, prompts, PAR, ...) starts from it."""
+
+    outputs: list[torch.Tensor]         # N-1 block outputs, each (1+hw, D)
+    attentions: list[torch.Tensor]      # N-1 head-averaged attentions, each (1+hw, 1+hw)
+    grid: tuple[int, int]               # (h, w) tokens
 
     def __post_init__(self) -> None:
         self.clip_model = clip_architecture(self.clip_model, self.clip_weights)
@@ -90,18 +104,29 @@ class SkipCAMConfig(DictConfig):
 
 @dataclass
 class CAMOutput:
-    """Skip-CAM result for one image (see docs/design.md)."""
+    """Skip-CAM result for one image (see docs/design.md). The scores and Y0 stay on the device that computed them
+    (``score_maps``, ``label``), so SAM refinement on a GPU reads them there; ``scores`` and ``y0`` are host copies."""
 
     class_ids: tuple[int, ...]
     loc_maps_lowres: np.ndarray         # (K, h, w) float32
-    scores: np.ndarray                  # (1+K, H, W) float32: [bg, classes...] after bg power and PAR
-    y0: np.ndarray                      # (H, W) uint8
+    score_maps: torch.Tensor            # (1+K, H, W) float32: [bg, classes...] after bg power and PAR
+    label: torch.Tensor                 # (H, W) uint8: Y0
     timings: dict[str, float] = field(default_factory=dict)
+
+    @cached_property
+    def scores(self) -> np.ndarray:
+        """``(1+K, H, W)`` float32 scores on the host."""
+        return self.score_maps.cpu().numpy()
+
+    @cached_property
+    def y0(self) -> np.ndarray:
+        """``(H, W)`` uint8 Y0 on the host."""
+        return self.label.cpu().numpy()
 
     @property
     def loc_maps(self) -> np.ndarray:
         """``(K, H, W)`` localization maps at image resolution (CLIP-ES ``attn_highres``)."""
-        return resize_maps(self.loc_maps_lowres, self.y0.shape)
+        return resize_maps(self.loc_maps_lowres, tuple(self.label.shape))
 
 
 def block_forward(block, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -120,8 +145,10 @@ def _block_rest(block, x, normed):
 class SkipCAM:
     """Skip-CAM localization maps and the initial label Y0 for images with known image-level classes."""
 
-    def __init__(self, model, tokenizer, class_set: ClassSet, cfg: SkipCAMConfig, device="cpu", weights=None):
-        self.model, self.cfg, self.class_set = model, cfg, class_set
+    def __init__(self, model, tokenizer, class_set: ClassSet, cfg: SkipCAMConfig, device="cpu", weights=None,
+                 precision: str = "fp32"):
+        """``precision``: autocast of the CLIP blocks on CUDA (:mod:`pseudolabel.precision`; a CPU uses fp32)."""
+        self.model, self.cfg, self.class_set, self.precision = model, cfg, class_set, precision
         self.device = torch.device(device)
         self.visual = model.visual
         self.blocks = list(self.visual.transformer.resblocks)
@@ -138,9 +165,9 @@ class SkipCAM:
         self.par_cfg = PARConfig()
 
     @classmethod
-    def from_config(cls, cfg: SkipCAMConfig, class_set: ClassSet, device="cpu") -> "SkipCAM":
+    def from_config(cls, cfg: SkipCAMConfig, class_set: ClassSet, device="cpu", precision: str = "fp32") -> "SkipCAM":
         model, tokenizer, weights = load_clip(cfg.clip_model, cfg.clip_weights, device, cfg.seed)
-        return cls(model, tokenizer, class_set, cfg, device, weights)
+        return cls(model, tokenizer, class_set, cfg, device, weights, precision)
 
     # -- preprocessing ------------------------------------------------------------------------------------------
     def input_size(self, height: int, width: int) -> tuple[int, int]:
@@ -151,7 +178,7 @@ class SkipCAM:
         return (int(np.ceil(height / self.patch)) * self.patch, int(np.ceil(width / self.patch)) * self.patch)
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """Bicubic resize to the CAM input size and CLIP normalisation: ``(3, h, w)``."""
+        """Bicubic resize to the CAM input size and CLIP normalisation: ``(3, h, w)`` on the host (thread-safe)."""
         h, w = self.input_size(*image.shape[:2])
         resized = np.asarray(Image.fromarray(image).resize((w, h), Image.BICUBIC), np.float32) / 255.0
         tensor = torch.from_numpy(resized).permute(2, 0, 1)
@@ -229,8 +256,8 @@ class SkipCAM:
             per_feature = [self.last_block_cams(f, text, num_fg, grid) for f in features]
             cams = torch.stack([minmax(c) for c, _ in per_feature]).mean(dim=0)
             last_attention = per_feature[0][1]
-        attention = torch.stack(attentions[len(attentions) - (self.cfg.attn_blocks - 1):] + [last_attention]) \
-            if self.cfg.attn_blocks > 1 else last_attention.unsqueeze(0)
+        attention = torch.stack([a.float() for a in attentions[len(attentions) - (self.cfg.attn_blocks - 1):]]
+                                + [last_attention]) if self.cfg.attn_blocks > 1 else last_attention.unsqueeze(0)
         # pytorch-grad-cam, as CLIP-ES calls it, min-max scales a CAM twice: per target layer (base_cam.py
         # compute_cam_per_layer) and again after averaging the layers (aggregate_multi_layers). Its 1e-7 term makes
         # the second pass scale by about 1 + 1e-7 / max(raw CAM), which for the small raw CAMs of a softmax target
@@ -239,7 +266,7 @@ class SkipCAM:
 
     # -- labels -------------------------------------------------------------------------------------------------
     def initial_label(self, image: np.ndarray, loc_maps_lowres: np.ndarray, class_ids) -> tuple[np.ndarray, np.ndarray]:
-        """Scores ``[bg, classes]`` at image resolution (background power, PAR) and Y0."""
+        """Scores ``[bg, classes]`` at image resolution (background power, PAR) and Y0, on the host (the CPU path)."""
         height, width = image.shape[:2]
         maps = resize_maps(loc_maps_lowres, (height, width))
         background = (1.0 - maps.max(axis=0, initial=0.0)) ** self.cfg.bg_power
@@ -252,10 +279,9 @@ class SkipCAM:
     def par(self, image: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """PAR at ``par_max_side`` (then bilinear back to the image size), or at full resolution."""
         height, width = image.shape[:2]
-        side = self.cfg.par_max_side
-        if side and max(height, width) > side:
-            scale = side / max(height, width)
-            small = (max(1, round(width * scale)), max(1, round(height * scale)))
+        small = self.par_size(height, width)
+        if small:
+            small = small[::-1]  # PIL's (width, height)
             image_in = np.asarray(Image.fromarray(image).resize(small, Image.BILINEAR))
             scores_in = np.stack([np.asarray(Image.fromarray(s).resize(small, Image.BILINEAR)) for s in scores])
         else:
@@ -266,48 +292,111 @@ class SkipCAM:
             refined = resize_maps(refined, (height, width))
         return refined
 
-    def _autocast(self):
-        if self.device.type == "cuda" and self.cfg.precision != "fp32":
-            dtype = torch.float16 if self.cfg.precision == "fp16" else torch.bfloat16
-            return torch.autocast("cuda", dtype=dtype)
-        return contextlib.nullcontext()
+    def par_size(self, height: int, width: int) -> tuple[int, int] | None:
+        """``(h, w)`` PAR runs at: the long side scaled to ``par_max_side``; None for the image's own size."""
+        side = self.cfg.par_max_side
+        if not side or max(height, width) <= side:
+            return None
+        scale = side / max(height, width)
+        return max(1, round(height * scale)), max(1, round(width * scale))
 
-    def predict_batch(self, images: list[np.ndarray], class_ids_list: list) -> list[CAMOutput]:
-        """Skip-CAM for several images; images of the same CAM input size share one frozen-block forward."""
-        images = [np.asarray(i.convert("RGB")) if isinstance(i, Image.Image) else np.asarray(i) for i in images]
-        results: list[CAMOutput | None] = [None] * len(images)
+    def initial_label_on_device(self, image: torch.Tensor, loc_maps_lowres: torch.Tensor,
+                                class_ids) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`initial_label` with torch operations on the maps' device (a GPU path; equal up to float rounding):
+        ``image (H, W, 3) uint8``, maps ``(K, h, w)``. Bilinear resizes with antialiasing for the reductions, as
+        PIL's, and without for the enlargements, as cv2's."""
+        height, width = image.shape[:2]
+        maps = _resize(loc_maps_lowres, (height, width))
+        background = (1.0 - maps.amax(dim=0).clamp(min=0.0)) ** self.cfg.bg_power
+        scores = torch.cat([background[None], maps])
+        if self.cfg.use_par:
+            pixels = image.permute(2, 0, 1).float()
+            small = self.par_size(height, width)
+            if small:
+                pixels = _resize(pixels, small).round_().clamp_(0, 255)  # PIL keeps the image in uint8
+                refined = par_refine(pixels[None], _resize(scores, small)[None], self.par_cfg)[0]
+                scores = _resize(refined, (height, width))
+            else:
+                scores = par_refine(pixels[None], scores[None], self.par_cfg)[0]
+        keys = torch.tensor((0, *class_ids), dtype=torch.uint8, device=scores.device)
+        return scores, keys[scores.argmax(dim=0)]
+
+    # -- the stages -----------------------------------------------------------------------------------------------
+    def _autocast(self):
+        return autocast(self.device, self.precision)
+
+    def frozen(self, pixels: list[torch.Tensor]) -> list[FrozenFeatures]:
+        """Frozen-block features of preprocessed images (:meth:`preprocess`), on the device. On a GPU the images of
+        one CAM input size go through together; on a CPU one at a time, so an image's features (and labels) never
+        depend on the other images of the batch."""
         groups: dict[tuple[int, int], list[int]] = {}
-        for index, (image, class_ids) in enumerate(zip(images, class_ids_list)):
-            if not class_ids:
-                raise ValueError("Skip-CAM needs at least one image-level class per image")
-            groups.setdefault(self.input_size(*image.shape[:2]), []).append(index)
+        for index, p in enumerate(pixels):
+            groups.setdefault(tuple(p.shape[-2:]), []).append(index)
+        results: list[FrozenFeatures | None] = [None] * len(pixels)
         for (h, w), indices in groups.items():
-            start = time.perf_counter()
-            pixels = torch.stack([self.preprocess(images[i]) for i in indices]).to(self.device)
-            with self._autocast():
-                outputs, attentions = self.frozen_blocks(pixels)
-            frozen_time = (time.perf_counter() - start) / len(indices)
-            grid = (h // self.patch, w // self.patch)
-            for row, index in enumerate(indices):
-                results[index] = self._one(images[index], tuple(sorted(class_ids_list[index])),
-                                           [o[row] for o in outputs], [a[row] for a in attentions], grid, frozen_time)
+            chunks = [[i] for i in indices] if self.device.type == "cpu" else [indices]
+            for chunk in chunks:
+                batch = torch.stack([pixels[i].to(self.device, non_blocking=True) for i in chunk])
+                with self._autocast():
+                    outputs, attentions = self.frozen_blocks(batch)
+                for row, index in enumerate(chunk):
+                    results[index] = FrozenFeatures([o[row] for o in outputs], [a[row] for a in attentions],
+                                                     (h // self.patch, w // self.patch))
         return results
 
-    def _one(self, image, class_ids, outputs, attentions, grid, frozen_time) -> CAMOutput:
-        timings = {"frozen_blocks": frozen_time}
+    def cams_from_frozen(self, images: list, features: list[FrozenFeatures], class_ids_list: list) -> list[CAMOutput]:
+        """Skip-CAM maps, scores and Y0 of this setting from each image's :class:`FrozenFeatures`. ``images``:
+        ``(H, W, 3)`` uint8 arrays or tensors (on a GPU, a tensor already there saves a copy)."""
+        return [self._one(image, tuple(sorted(class_ids)), frozen)
+                for image, frozen, class_ids in zip(images, features, class_ids_list)]
+
+    def predict_batch(self, images: list[np.ndarray], class_ids_list: list) -> list[CAMOutput]:
+        """Skip-CAM for several images (:meth:`frozen`, then :meth:`cams_from_frozen`)."""
+        images = [np.asarray(i.convert("RGB")) if isinstance(i, Image.Image) else np.asarray(i) for i in images]
+        for class_ids in class_ids_list:
+            if not class_ids:
+                raise ValueError("Skip-CAM needs at least one image-level class per image")
+        start = time.perf_counter()
+        features = self.frozen([self.preprocess(image) for image in images])
+        frozen_time = (time.perf_counter() - start) / max(len(images), 1)
+        outputs = self.cams_from_frozen(images, features, class_ids_list)
+        for out in outputs:
+            out.timings = {"frozen_blocks": frozen_time, **out.timings}
+        return outputs
+
+    def _one(self, image, class_ids: tuple[int, ...], frozen: FrozenFeatures) -> CAMOutput:
+        if not class_ids:
+            raise ValueError("Skip-CAM needs at least one image-level class per image")
+        timings = {}
         start = time.perf_counter()
         text = torch.cat([self.fg_text[[c - 1 for c in class_ids]], self.bg_text])
         with self._autocast():
-            cams, affinity = self.class_cams(outputs, attentions, text, len(class_ids), grid)
+            cams, affinity = self.class_cams(frozen.outputs, frozen.attentions, text, len(class_ids), frozen.grid)
         timings["last_block_grad"] = time.perf_counter() - start
         start = time.perf_counter()
-        loc_maps = refine_cams(cams.float(), affinity, self.cfg.tau).cpu().numpy().astype(np.float32)
+        loc_maps = refine_cams(cams.float(), affinity, self.cfg.tau).float()
+        loc_host = loc_maps.cpu().numpy()
         timings["caa"] = time.perf_counter() - start
         start = time.perf_counter()
-        scores, y0 = self.initial_label(image, loc_maps, class_ids)
+        if self.device.type == "cpu":
+            scores, y0 = self.initial_label(_host_image(image), loc_host, class_ids)
+            score_maps, label = torch.from_numpy(scores), torch.from_numpy(y0)
+        else:
+            pixels = torch.as_tensor(image).to(self.device, non_blocking=True)
+            score_maps, label = self.initial_label_on_device(pixels, loc_maps, class_ids)
         timings["bg_par"] = time.perf_counter() - start
-        return CAMOutput(class_ids, loc_maps, scores, y0, timings)
+        return CAMOutput(class_ids, loc_host, score_maps, label, timings)
 
     def __call__(self, image: np.ndarray | Image.Image, class_ids) -> CAMOutput:
         """Skip-CAM for one image (``(H, W, 3)`` uint8 RGB or PIL) and its foreground class indices."""
         return self.predict_batch([image], [class_ids])[0]
+
+
+def _host_image(image) -> np.ndarray:
+    return image.cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+
+
+def _resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(C, h, w)`` -> ``(C, *size)`` bilinear (half-pixel centres), antialiased where it shrinks (as PIL)."""
+    shrinks = size[0] < maps.shape[-2] or size[1] < maps.shape[-1]
+    return F.interpolate(maps[None], size=size, mode="bilinear", align_corners=False, antialias=shrinks)[0]

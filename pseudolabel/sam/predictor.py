@@ -4,6 +4,9 @@
 refinement asks for (one positive point per prompt, no box or mask input, 3 masks, thresholded), it runs
 :class:`~pseudolabel.sam.decoder.SharedImageMaskDecoder` and :class:`MaskResize`, which compute the same function
 as SAM's decoder and ``postprocess_masks`` in a cheaper order; any other request goes to ``SamPredictor`` itself.
+Its image side comes in two steps a caller can separate: :meth:`BatchedPointPredictor.encode` runs SAM's image
+encoder on several images at once (in the autocast precision on a GPU), :meth:`BatchedPointPredictor.set_features`
+makes one image's embedding the current one.
 """
 from __future__ import annotations
 
@@ -20,7 +23,10 @@ from pseudolabel import compat
 compat.apply()  # before segment_anything imports torchvision
 from segment_anything import SamPredictor  # noqa: E402
 
+from pseudolabel.precision import autocast  # noqa: E402
 from pseudolabel.sam.decoder import SharedImageMaskDecoder  # noqa: E402
+
+RESIZE_CACHE = 16  # mask resizes kept per predictor (one per input/original size pair; VOC has a handful of sizes)
 
 
 def _resize_taps(low: int, canvas: int, kept: int, out: int, taps: int = 4) -> tuple[Tensor, Tensor]:
@@ -88,21 +94,50 @@ class BatchedPointPredictor(SamPredictor):
     low-resolution logits, covers only the part of SAM's canvas that holds the image.
     """
 
-    def __init__(self, sam_model, prompts_per_step: int | None = None, threads: int | None = None) -> None:
+    def __init__(self, sam_model, prompts_per_step: int | None = None, threads: int | None = None,
+                 precision: str = "fp32") -> None:
         """``prompts_per_step``: prompts decoded together; default 4 on a CPU, all on a GPU. ``threads``: on a CPU,
         steps decoded at once, each single-threaded (default: torch's thread count). The decoder's many small
-        products keep one thread busy far better than two, and the masks do not depend on the thread count."""
+        products keep one thread busy far better than two, and the masks do not depend on the thread count.
+        ``precision``: autocast of the image encoder on CUDA (:mod:`pseudolabel.precision`); the prompt decoder
+        always computes in float32."""
         super().__init__(sam_model)
         self.decoder = SharedImageMaskDecoder(sam_model.mask_decoder)
-        self.prompts_per_step, self.threads = prompts_per_step, threads
+        self.prompts_per_step, self.threads, self.precision = prompts_per_step, threads, precision
         self.resize: MaskResize | None = None
+        self._resizes: dict[tuple, MaskResize] = {}
+
+    @torch.no_grad()
+    def encode(self, transformed_images: list[Tensor]) -> Tensor:
+        """SAM's image embeddings ``(B, 256, 64, 64)`` float32 of images resized by ``self.transform``
+        (``(3, h, w)`` uint8 tensors, long side ``img_size``), all in one encoder pass."""
+        batch = torch.cat([self.model.preprocess(image.to(self.device, non_blocking=True)[None])
+                           for image in transformed_images])
+        with autocast(self.device, self.precision):
+            features = self.model.image_encoder(batch)
+        return features.float()
 
     @torch.no_grad()
     def set_torch_image(self, transformed_image: Tensor, original_image_size: tuple[int, ...]) -> None:
-        super().set_torch_image(transformed_image, original_image_size)
-        encoder = self.model.image_encoder
-        low_res = 4 * self.features.shape[-1]
-        self.resize = MaskResize(low_res, encoder.img_size, self.input_size, self.original_size, self.device)
+        if transformed_image.ndim != 4 or max(*transformed_image.shape[2:]) != self.model.image_encoder.img_size:
+            raise ValueError(f"set_torch_image input must be BCHW with long side {self.model.image_encoder.img_size}")
+        self.set_features(self.encode([transformed_image[0]]), tuple(transformed_image.shape[-2:]),
+                          original_image_size)
+
+    @torch.no_grad()
+    def set_features(self, features: Tensor, input_size: tuple[int, int], original_size: tuple[int, ...]) -> None:
+        """Make ``features (1, 256, 64, 64)`` (from :meth:`encode`) the current image, of ``original_size``
+        resized to ``input_size``: what ``set_image`` does after the encoder."""
+        self.reset_image()
+        self.original_size, self.input_size = tuple(original_size), tuple(input_size)
+        self.features, self.is_image_set = features, True
+        key = (self.input_size, self.original_size, features.shape[-1])
+        if key not in self._resizes:
+            if len(self._resizes) >= RESIZE_CACHE:
+                self._resizes.pop(next(iter(self._resizes)))
+            self._resizes[key] = MaskResize(4 * features.shape[-1], self.model.image_encoder.img_size,
+                                            self.input_size, self.original_size, self.device)
+        self.resize = self._resizes[key]
         _, dense = self.model.prompt_encoder(points=None, boxes=None, masks=None)
         used_grid = tuple(-(-n // 4) for n in self.resize.used)
         self.decoder.set_image(self.features, self.model.prompt_encoder.get_dense_pe(), dense, used_grid)

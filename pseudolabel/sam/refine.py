@@ -1,5 +1,11 @@
 """SAM refinement of the initial label Y0 (docs/method.md#sam-refinement): grid points filtered by class, one
-positive point per prompt (batched), multimask selection, the δ filter and the merge into a label map."""
+positive point per prompt (batched), multimask selection, the δ filter and the merge into a label map.
+
+Two stages a caller can keep apart and reuse: :meth:`SAMRefiner.embed` (SAM's image encoder, several images at once
+on a GPU; an :class:`ImageEmbedding` serves every refinement setting of the same SAM model: grid, δ, filter, mask
+selection, merge) and :meth:`SAMRefiner.refine_embedded` (prompts, masks, filter and merge of one setting). The
+masks, filtering and merging run as torch operations on the model's device.
+"""
 from __future__ import annotations
 
 import time
@@ -63,22 +69,65 @@ class Refinement:
     timings: dict[str, float] = field(default_factory=dict)    # seconds by stage
 
 
+@dataclass
+class SAMInput:
+    """One image prepared for SAM's encoder on the host (thread-safe, :meth:`SAMRefiner.prepare`)."""
+
+    pixels: torch.Tensor                # (3, h, w) uint8: resized so that the long side is the encoder's input size
+    original_size: tuple[int, int]      # (H, W)
+
+
+@dataclass
+class ImageEmbedding:
+    """SAM's image-encoder output for one image, on the model's device (:meth:`SAMRefiner.embed`)."""
+
+    features: torch.Tensor              # (1, 256, 64, 64) float32
+    input_size: tuple[int, int]         # (h, w) of SAMInput.pixels
+    original_size: tuple[int, int]      # (H, W)
+
+
 class SAMRefiner:
-    """Refines Y0 with a SAM predictor (``segment_anything.SamPredictor`` or anything with its interface)."""
+    """Refines Y0 with a SAM predictor (``segment_anything.SamPredictor`` or anything with its interface; the
+    staged methods :meth:`embed` and :meth:`refine_embedded` need a
+    :class:`~pseudolabel.sam.predictor.BatchedPointPredictor`)."""
 
     def __init__(self, predictor, cfg: SAMRefineConfig, weights: dict | None = None):
         self.predictor, self.cfg, self.weights = predictor, cfg, weights or {}
 
     @classmethod
-    def from_config(cls, cfg: SAMRefineConfig, device="cpu", seed: int = 0) -> "SAMRefiner":
+    def from_config(cls, cfg: SAMRefineConfig, device="cpu", seed: int = 0, precision: str = "fp32") -> "SAMRefiner":
+        """``precision``: autocast of SAM's image encoder on CUDA (:mod:`pseudolabel.precision`)."""
         from pseudolabel.sam.models import load_sam
         from pseudolabel.sam.predictor import BatchedPointPredictor
 
         model, weights = load_sam(cfg.sam_model, cfg.sam_checkpoint, device, seed)
-        return cls(BatchedPointPredictor(model), cfg, weights)
+        return cls(BatchedPointPredictor(model, precision=precision), cfg, weights)
 
-    def prompts(self, y0: np.ndarray, scores: np.ndarray, class_ids) -> tuple[np.ndarray, np.ndarray]:
-        """Prompt points ``(P, 2)`` xy and the index (into ``class_ids``) of the class each one prompts."""
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.predictor.device)
+
+    # -- the image side -----------------------------------------------------------------------------------------
+    def prepare(self, image: np.ndarray) -> SAMInput:
+        """The image resized for SAM's encoder (``SamPredictor.set_image``'s transform), on the host."""
+        pixels = torch.from_numpy(self.predictor.transform.apply_image(image)).permute(2, 0, 1).contiguous()
+        return SAMInput(pixels, tuple(image.shape[:2]))
+
+    def embed(self, images: list) -> list[ImageEmbedding]:
+        """SAM image embeddings of images (``(H, W, 3)`` uint8 arrays or :class:`SAMInput`). On a GPU they go
+        through the encoder together; on a CPU one at a time, so an embedding never depends on the other images."""
+        inputs = [x if isinstance(x, SAMInput) else self.prepare(x) for x in images]
+        chunks = [[x] for x in inputs] if self.device.type == "cpu" else [inputs] if inputs else []
+        embeddings = []
+        for chunk in chunks:
+            features = self.predictor.encode([x.pixels for x in chunk])
+            embeddings += [ImageEmbedding(features[i: i + 1], tuple(x.pixels.shape[-2:]), x.original_size)
+                           for i, x in enumerate(chunk)]
+        return embeddings
+
+    def prompts(self, y0: np.ndarray, scores, class_ids) -> tuple[np.ndarray, np.ndarray]:
+        """Prompt points ``(P, 2)`` xy and the index (into ``class_ids``) of the class each one prompts, in the order
+        of ``class_ids``. ``scores`` (array or tensor) is read only by ``ensure_point_per_class``."""
         height, width = y0.shape
         points = grid_points(height, width, self.cfg.grid_size)
         on_label = y0[np.floor(points[:, 1]).astype(int), np.floor(points[:, 0]).astype(int)]
@@ -86,7 +135,7 @@ class SAMRefiner:
         for k, c in enumerate(class_ids):
             mine = points[on_label == c]
             if len(mine) == 0 and self.cfg.ensure_point_per_class and (y0 == c).any():
-                peak = np.where(y0 == c, scores[1 + k], -np.inf).argmax()
+                peak = np.where(y0 == c, _host(scores[1 + k]), -np.inf).argmax()
                 mine = np.array([[peak % width + 0.5, peak // width + 0.5]])
             xy.append(mine)
             owner.extend([k] * len(mine))
@@ -108,7 +157,7 @@ class SAMRefiner:
         iou = inter / (area + region_area - inter).clamp(min=1)
         if self.cfg.mask_select == "region_iou":
             best = iou == iou.max(dim=1, keepdim=True).values
-            choice = torch.where(best, iou_pred.double(), torch.tensor(-torch.inf, dtype=torch.float64)).argmax(dim=1)
+            choice = torch.where(best, iou_pred.double(), -torch.inf).argmax(dim=1)
         elif self.cfg.mask_select == "sam_score":
             choice = iou_pred.argmax(dim=1)
         else:
@@ -117,57 +166,94 @@ class SAMRefiner:
         metric = iou if self.cfg.filter_metric == "iou" else inter / area.clamp(min=1)
         return masks[rows, choice], metric[rows, choice] >= self.cfg.delta
 
-    def refine(self, image: np.ndarray, y0: np.ndarray, scores: np.ndarray, class_ids) -> Refinement:
-        """Refine Y0 (``(H, W) uint8``) given the image, the ``[bg, classes]`` scores and the image's classes."""
+    def refine(self, image: np.ndarray, y0, scores, class_ids) -> Refinement:
+        """Refine Y0 (``(H, W) uint8``) given the image, the ``[bg, classes]`` scores (arrays or tensors) and the
+        image's classes: ``set_image`` on the predictor, then :meth:`refine_embedded`'s steps."""
         class_ids = tuple(class_ids)
         if not self.cfg.enabled:
-            return Refinement(y0.copy(), (0,) * len(class_ids), (0,) * len(class_ids))
-        height, width = y0.shape
+            return _unrefined(y0, class_ids)
         start = time.perf_counter()
         self.predictor.set_image(image)
-        timings = {"sam_encoder": time.perf_counter() - start}
+        return self._refine_current(y0, scores, class_ids, time.perf_counter() - start)
+
+    def refine_embedded(self, embedding: ImageEmbedding, y0, scores, class_ids) -> Refinement:
+        """:meth:`refine` from an image embedding (:meth:`embed`) instead of the image."""
+        class_ids = tuple(class_ids)
+        if not self.cfg.enabled:
+            return _unrefined(y0, class_ids)
+        self.predictor.set_features(embedding.features, embedding.input_size, embedding.original_size)
+        return self._refine_current(y0, scores, class_ids, 0.0)
+
+    def _refine_current(self, y0, scores, class_ids: tuple[int, ...], encoder_seconds: float) -> Refinement:
+        """Prompts, masks, filter and merge for the predictor's current image."""
+        timings = {"sam_encoder": encoder_seconds}
         start = time.perf_counter()
-        xy, owner = self.prompts(y0, scores, class_ids)
-        regions = torch.from_numpy(np.stack([y0 == c for c in class_ids]))
-        components = [ndi.label(r)[0] for r in regions.numpy()] if self.cfg.filter_scope == "component" else None
+        device = self.device
+        y0_host = _host(y0)
+        y0 = torch.as_tensor(y0, device=device)
+        scores = torch.as_tensor(scores, device=device)
+        height, width = y0.shape
+        xy, owner = self.prompts(y0_host, scores, class_ids)
+        regions = torch.stack([y0 == c for c in class_ids])
+        components = [ndi.label(y0_host == c)[0] for c in class_ids] if self.cfg.filter_scope == "component" \
+            else None
         accepted = torch.zeros_like(regions)
-        passed = np.zeros(len(class_ids), np.int64)
+        passed = torch.zeros(len(class_ids), dtype=torch.int64, device=device)
         decode = 0.0
         for begin in range(0, len(xy), self.cfg.points_per_batch):
             batch, who = xy[begin: begin + self.cfg.points_per_batch], owner[begin: begin + self.cfg.points_per_batch]
             tick = time.perf_counter()
             masks, iou_pred = self.point_masks(batch, (height, width))
             decode += time.perf_counter() - tick
-            masks, iou_pred = masks.cpu(), iou_pred.cpu()
             if components is None:
-                point_regions = regions[torch.from_numpy(who)]
+                point_regions = regions[torch.as_tensor(who, device=device)]
             else:
                 point_regions = torch.from_numpy(np.stack([
-                    components[k] == components[k][int(y), int(x)] for (x, y), k in zip(batch, who)]))
-            chosen, keep = self._select_and_filter(masks, iou_pred, point_regions)
-            passed += np.bincount(who[keep.numpy()], minlength=len(class_ids))
-            for k in np.unique(who):
-                sel = torch.from_numpy(who == k) & keep
-                if sel.any():
-                    accepted[k] |= chosen[sel].any(dim=0)
-        labels = self.merge(y0, scores, class_ids, regions, accepted)
+                    components[k] == components[k][int(y), int(x)] for (x, y), k in zip(batch, who)])).to(device)
+            chosen, keep = self._select_and_filter(masks.to(device), iou_pred.to(device), point_regions)
+            # prompts come class by class, so each class's are one slice (no data-dependent indexing to wait for)
+            for k, first, stop in _runs(who):
+                accepted[k] |= (chosen[first:stop] & keep[first:stop, None, None]).any(dim=0)
+                passed[k] += keep[first:stop].sum()
+        labels = self.merge(y0, scores, class_ids, regions, accepted).cpu().numpy()
         timings.update(sam_decoder=decode, filter_merge=time.perf_counter() - start - decode)
         prompts = np.bincount(owner, minlength=len(class_ids))
-        return Refinement(labels, tuple(int(p) for p in prompts), tuple(int(p) for p in passed), timings)
+        return Refinement(labels, tuple(int(p) for p in prompts), tuple(int(p) for p in passed.tolist()), timings)
 
-    def merge(self, y0, scores, class_ids, regions: torch.Tensor, accepted: torch.Tensor) -> np.ndarray:
+    def merge(self, y0: torch.Tensor, scores: torch.Tensor, class_ids, regions: torch.Tensor,
+              accepted: torch.Tensor) -> torch.Tensor:
         """Compose the label map from each class's support: conflicts go to the larger refined score
         (docs/method.md#merge-and-conflicts)."""
         if self.cfg.merge == "replace":
             has_mask = accepted.flatten(1).any(dim=1)[:, None, None]
-            support = torch.where(has_mask, accepted, regions).numpy()
+            support = torch.where(has_mask, accepted, regions)
         else:
-            support = (accepted | regions).numpy()
-        claims = support.sum(axis=0)
-        winner = np.where(support, scores[1:1 + len(class_ids)], -np.inf).argmax(axis=0)
-        labels = np.where(claims > 0, np.asarray(class_ids, np.uint8)[winner], 0).astype(np.uint8)
+            support = accepted | regions
+        claims = support.sum(dim=0)
+        winner = torch.where(support, scores[1:1 + len(class_ids)], -torch.inf).argmax(dim=0)
+        keys = torch.tensor(class_ids, dtype=torch.uint8, device=support.device)
+        labels = torch.where(claims > 0, keys[winner], 0).to(torch.uint8)
         if self.cfg.conflict_ignore:
-            labels[claims > 1] = IGNORE_INDEX
+            labels = torch.where(claims > 1, IGNORE_INDEX, labels)
         if self.cfg.uncertain_ignore:
-            labels[(labels != y0) & (labels != IGNORE_INDEX)] = IGNORE_INDEX
+            labels = torch.where((labels != y0) & (labels != IGNORE_INDEX), IGNORE_INDEX, labels)
         return labels
+
+
+def _unrefined(y0, class_ids: tuple[int, ...]) -> Refinement:
+    """Refinement off: the label is Y0."""
+    return Refinement(_host(y0).copy(), (0,) * len(class_ids), (0,) * len(class_ids))
+
+
+def _host(x) -> np.ndarray:
+    """An array or tensor as a host array."""
+    return x.cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _runs(owner: np.ndarray):
+    """``(value, start, stop)`` of each run of equal values in ``owner``."""
+    if len(owner) == 0:
+        return
+    edges = np.flatnonzero(np.diff(owner)) + 1
+    for start, stop in zip(np.concatenate([[0], edges]), np.concatenate([edges, [len(owner)]])):
+        yield int(owner[start]), int(start), int(stop)

@@ -1,0 +1,213 @@
+"""The batched labelling pipeline on a CPU: labels and shards independent of --batch-size, failures isolated per image
+and retried once by a rerun, a kill -9 mid-batch, Ctrl-C, precision in the stored configuration."""
+import filecmp
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pseudolabel.cam.skipcam import SkipCAM
+from pseudolabel.generate import main, run
+from pseudolabel.pipeline import Labeller, failure_reason
+from pseudolabel.precision import DEFAULT_CUDA_PRECISION, effective_precision
+from pseudolabel.sam.refine import SAMRefiner
+from pseudolabel.storage.run_store import OutputError, RunStore
+from pseudolabel.storage.shards import open_shards, shard_image_ids
+from tests.fixtures.tiny_datasets import make_voc
+from tests.test_generate import args_for
+
+SIZES = {0: (40, 56), 1: (56, 40), 2: (40, 56), 3: (33, 47), 4: (40, 56), 5: (48, 64), 6: (56, 40)}
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory):
+    """Seven images of four sizes (so a batch holds several CAM input sizes)."""
+    root = make_voc(tmp_path_factory.mktemp("data"), n_train=7, n_val=1, size=(40, 56))
+    rng = np.random.default_rng(4)
+    for index, size in SIZES.items():
+        path = root / "JPEGImages" / f"2007_{index:06d}.jpg"
+        Image.open(path).resize(size[::-1]).save(path)
+        if index % 2:  # some texture, so the images differ beyond their rectangles
+            pixels = np.asarray(Image.open(path)).astype(int) + rng.integers(-20, 20, (*size, 3))
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path)
+    return root
+
+
+@pytest.fixture(scope="module")
+def unbatched(voc, tmp_path_factory):
+    out = tmp_path_factory.mktemp("b1")
+    return out, run(args_for(voc, out, "--batch-size", "1", "--shard-size", "3"))
+
+
+def labels_of(out):
+    shards = open_shards(out)
+    return {i: (shards[i].refined, shards[i].initial, shards[i].loc_maps_lowres) for i in shards}
+
+
+def assert_same_labels(expected: dict, got: dict, ids=None) -> None:
+    for image_id in ids if ids is not None else expected:
+        assert all(np.array_equal(a, b) for a, b in zip(expected[image_id], got[image_id])), image_id
+
+
+def test_batch_size_4_gives_byte_identical_shards(voc, unbatched, tmp_path):
+    out1, summary1 = unbatched
+    summary4 = run(args_for(voc, tmp_path, "--batch-size", "4", "--shard-size", "3"))
+    assert summary1["images"] == summary4["images"] == 7 and summary4["batch_size"] == 4
+    names = sorted(p.name for p in out1.glob("shard-*.h5"))
+    assert names == sorted(p.name for p in tmp_path.glob("shard-*.h5")) and len(names) == 3
+    for name in names:
+        assert filecmp.cmp(out1 / name, tmp_path / name, shallow=False), name
+    manifest = lambda out: json.loads((out / "manifest.json").read_text())["shards"]  # noqa: E731
+    assert manifest(out1) == manifest(tmp_path)
+
+
+def test_staged_api_equals_the_one_call_api(voc):
+    from tests.fixtures.tiny_clip import tiny_skipcam
+    from pseudolabel.sam.models import load_sam
+    from pseudolabel.sam.predictor import BatchedPointPredictor
+    from pseudolabel.sam.refine import SAMRefineConfig
+
+    cam = tiny_skipcam()
+    refiner = SAMRefiner(BatchedPointPredictor(load_sam("vit_tiny_test", "random", seed=2)[0]),
+                         SAMRefineConfig(delta=0.2))
+    images = [np.asarray(Image.open(voc / "JPEGImages" / f"2007_{i:06d}.jpg")) for i in (0, 1, 3)]
+    classes = [(3,), (5, 9), (12, 15)]
+    staged = cam.cams_from_frozen(images, cam.frozen([cam.preprocess(i) for i in images]), classes)
+    embeddings = refiner.embed(images)
+    for image, cls, out, embedding in zip(images, classes, staged, embeddings):
+        single = cam(image, cls)
+        for field in ("loc_maps_lowres", "scores", "y0"):
+            assert np.array_equal(getattr(out, field), getattr(single, field))
+        staged_refinement = refiner.refine_embedded(embedding, out.label, out.score_maps, cls)
+        refinement = refiner.refine(image, single.y0, single.scores, cls)
+        assert np.array_equal(staged_refinement.labels, refinement.labels)
+        assert staged_refinement.prompts == refinement.prompts and sum(refinement.prompts) > 0
+        assert staged_refinement.masks_accepted == refinement.masks_accepted
+
+
+def test_a_failing_image_is_recorded_and_the_batch_goes_on(voc, unbatched, tmp_path, monkeypatch):
+    """A batched step that fails is retried image by image; an image that fails alone (an out-of-memory error in
+    the batch step, a CPU allocation failure in its own step) is listed with its reason and the others are labelled
+    exactly as without the failure."""
+    frozen, refine = SkipCAM.frozen, SAMRefiner.refine_embedded
+    calls = Counter()
+
+    def failing_frozen(self, pixels):
+        calls[len(pixels)] += 1
+        if any(tuple(p.shape[-2:]) == (48, 48) for p in pixels):  # image 3 (33x47) at the CAM input size
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return frozen(self, pixels)
+
+    def failing_refine(self, embedding, y0, scores, class_ids):
+        if embedding.original_size == (48, 64):  # image 5
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 421884000048 bytes")
+        return refine(self, embedding, y0, scores, class_ids)
+
+    monkeypatch.setattr(SkipCAM, "frozen", failing_frozen)
+    monkeypatch.setattr(SAMRefiner, "refine_embedded", failing_refine)
+    out = tmp_path / "out"
+    summary = run(args_for(voc, out, "--batch-size", "4"))
+    assert summary["images"] == 5 and summary["failures"] == 2
+    failures = {f["image_id"]: f for f in open_shards(out).failures}
+    assert set(failures) == {"2007_000003", "2007_000005"}
+    assert failures["2007_000003"]["stage"] == "label" and "OutOfMemoryError" in failures["2007_000003"]["reason"]
+    assert "--batch-size" in failures["2007_000003"]["reason"] and failures["2007_000005"]["attempts"] == 1
+    assert "can't allocate memory" in failures["2007_000005"]["reason"]
+    expected, got = labels_of(unbatched[0]), labels_of(out)
+    assert set(got) == set(expected) - set(failures)
+    assert_same_labels(expected, got, got)
+
+    # a rerun retries both once, alone; image 3 fails again (its reason kept), image 5 now works
+    monkeypatch.setattr(SAMRefiner, "refine_embedded", refine)
+    calls.clear()
+    summary = run(args_for(voc, out, "--batch-size", "4"))
+    assert summary["images"] == 1 and summary["already_done"] == 5 and summary["failures"] == 1
+    assert calls == {1: 2}  # image 5 alone; image 3 alone, once
+    (again,) = open_shards(out).failures
+    assert again["image_id"] == "2007_000003" and again["attempts"] == 2
+    assert again["reason"] == failures["2007_000003"]["reason"]
+    monkeypatch.setattr(SkipCAM, "frozen", frozen)
+    run(args_for(voc, out, "--batch-size", "4"))
+    assert open_shards(out).failures == [] and len(open_shards(out)) == 7
+    assert_same_labels(expected, labels_of(out))
+
+
+def test_failure_reasons_are_one_line_with_a_hint_for_memory():
+    assert failure_reason(ValueError("bad\nsecond line")) == "ValueError: bad"
+    assert "--batch-size" in failure_reason(MemoryError())
+
+
+def test_lost_gpu_context_stops_the_run(voc, tmp_path, monkeypatch):
+    def broken(self, item, encoded):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(Labeller, "label", broken)
+    assert main(args_for(voc, tmp_path, "--batch-size", "2")) == 2
+
+
+def test_ctrl_c_propagates_at_once_and_keeps_finished_images(voc, tmp_path, monkeypatch):
+    label, seen = Labeller.label, []
+
+    def interrupted(self, item, encoded):
+        seen.append(item.sample.image_id)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+        return label(self, item, encoded)
+
+    monkeypatch.setattr(Labeller, "label", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(args_for(voc, tmp_path, "--batch-size", "2", "--shard-size", "100"))
+    assert len(list((tmp_path / ".staging").rglob("*.npz"))) == 2  # the two finished images are staged
+    time.sleep(0.2)
+    assert not [t for t in threading.enumerate() if t.name.startswith(("prepare", "shard-writer"))]
+
+
+def test_a_writer_error_stops_the_run_with_its_message(voc, tmp_path, monkeypatch, capsys):
+    def full(self, record):
+        raise OutputError(f"cannot write to '{self.staging}': the disk is full")
+
+    monkeypatch.setattr(RunStore, "stage", full)
+    assert main(args_for(voc, tmp_path, "--batch-size", "2")) == 2
+    assert "the disk is full" in capsys.readouterr().err
+
+
+def test_kill_9_in_the_middle_of_a_batch_loses_and_duplicates_nothing(voc, unbatched, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "pseudolabel.generate", *args_for(voc, out, "--batch-size", "7", "--shard-size", "3")]
+    proc = subprocess.Popen(cmd, env=dict(os.environ, HF_HUB_OFFLINE="1"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    staged = lambda: list(out.glob(".staging/r000/*.npz"))  # noqa: E731
+    deadline = time.time() + 180
+    while time.time() < deadline and not staged() and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = len(staged()) + sum(len(shard_image_ids(p)) for p in out.glob("shard-*.h5"))
+    assert 1 <= finished < 7  # killed within the one batch of 7
+    summary = run(args_for(voc, out, "--batch-size", "7", "--shard-size", "3"))
+    assert summary["already_done"] >= finished and summary["already_done"] + summary["images"] == 7
+    in_shards = Counter(i for p in out.glob("shard-*.h5") for i in shard_image_ids(p))
+    assert set(in_shards.values()) == {1} and len(in_shards) == 7
+    assert_same_labels(labels_of(unbatched[0]), labels_of(out))
+
+
+def test_precision_is_stored_and_compared_on_resume(voc, tmp_path, caplog):
+    assert effective_precision("bf16", "cpu")[0] == "fp32" and "CPU" in effective_precision("bf16", "cpu")[1]
+    assert effective_precision(None, "cuda") == (DEFAULT_CUDA_PRECISION, None)
+    assert effective_precision("fp32", "cuda:1") == ("fp32", None)
+    with caplog.at_level("INFO"):
+        run(args_for(voc, tmp_path, "--limit", "1", "--precision", "bf16"))
+    assert "the CPU computes in fp32" in caplog.text
+    assert open_shards(tmp_path).attrs["config"]["precision"] == "fp32"
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(dict(config, precision="bf16")))  # as a GPU run records it
+    assert main(args_for(voc, tmp_path, "--limit", "2")) == 2
