@@ -318,6 +318,7 @@ class StageOneRun:
 
     def _record_failure(self, failure: ImageFailure) -> None:
         """Add a failure; an image that failed before keeps its count of attempts and the earlier reason."""
+        LOG.warning("skipped %s: %s", failure.sample.image_id, failure.reason)
         entry = {"image_id": failure.sample.image_id, "path": failure.path, "reason": failure.reason,
                  "stage": failure.stage, "attempts": 1}
         earlier = self.retries.get(failure.sample.image_id)

@@ -248,9 +248,7 @@ class Labeller:
             yield result
 
     def _failure(self, item: PreparedImage, error: Exception) -> ImageFailure:
-        reason = failure_reason(error)
-        LOG.warning("failed %s: %s", item.sample.image_id, reason)
-        return ImageFailure(item.sample, str(item.sample.image_path), reason, "label")
+        return ImageFailure(item.sample, str(item.sample.image_path), failure_reason(error), "label")
 
     def _recover(self, error: Exception) -> None:
         """Re-raise what no later image survives; after running out of GPU memory, free the cached blocks."""

@@ -81,16 +81,6 @@ class SkipCAMConfig(DictConfig):
                 "'random' (seeded; pipeline checks only)"})
     seed: int = field(default=0, metadata={"help": "seed for random weights"})
 
-
-@dataclass
-class FrozenFeatures:
-    """What CLIP's frozen blocks 1..N-1 give for one image, on the model's device: every Skip-CAM setting of the
-    same CLIP model and CAM input size (K, skip entry, τ, prompts, PAR, ...) starts from it."""
-
-    outputs: list[torch.Tensor]         # N-1 block outputs, each (1+hw, D)
-    attentions: list[torch.Tensor]      # N-1 head-averaged attentions, each (1+hw, 1+hw)
-    grid: tuple[int, int]               # (h, w) tokens
-
     def __post_init__(self) -> None:
         self.clip_model = clip_architecture(self.clip_model, self.clip_weights)
         self.prompt_set = canonical_prompt_set(self.prompt_set)
@@ -100,6 +90,16 @@ class FrozenFeatures:
         """The config for a dataset: its defaults (τ 0.7 on COCO, the field default 0.4 elsewhere), then
         ``overrides``."""
         return cls(**{**DATASET_DEFAULTS.get(dataset, {}), **overrides})
+
+
+@dataclass
+class FrozenFeatures:
+    """What CLIP's frozen blocks 1..N-1 give for one image, on the model's device: every Skip-CAM setting of the
+    same CLIP model and CAM input size (K, skip entry, τ, prompts, PAR, ...) starts from it."""
+
+    outputs: list[torch.Tensor]         # N-1 block outputs, each (1+hw, D)
+    attentions: list[torch.Tensor]      # N-1 head-averaged attentions, each (1+hw, 1+hw)
+    grid: tuple[int, int]               # (h, w) tokens
 
 
 @dataclass
