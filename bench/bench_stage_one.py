@@ -206,14 +206,15 @@ def measure(args) -> dict:
 
         def timed():
             timed_run, timed_facts = labelled_run(args, data, work / "timed", timed_images, args.batch_size,
-                                                  timed=True)
+                                                  timed=True, deadline=time.perf_counter() + args.part_seconds)
             results["ms_per_image_timed"] = {k: 1000 * v / max(timed_run.labelled, 1)
                                              for k, v in timed_run.stage_seconds.items()}
             results["timed_images"] = timed_run.labelled
         guarded("timed pass", results, timed)
     for size in args.memory_sweep or ():
         def sweep(size=size):
-            _, sweep_facts = labelled_run(args, data, work / f"sweep-{size}", min(args.images, 2 * size), size)
+            _, sweep_facts = labelled_run(args, data, work / f"sweep-{size}", min(args.images, 2 * size), size,
+                                          deadline=time.perf_counter() + args.part_seconds)
             results.setdefault("peak_gpu_gib_by_batch_size", {})[size] = sweep_facts["peak_gpu_gib"]
         guarded(f"memory sweep, batch size {size}", results, sweep)
     shards = list(out.glob("shard-*.h5"))
@@ -286,6 +287,8 @@ def main() -> None:
     parser.add_argument("--agree-with", type=Path, help="another run's shards (DIR/shards): label agreement")
     parser.add_argument("--max-seconds", type=float, help="stop labelling after this long (report what is done)")
     parser.add_argument("--timed-images", type=int, default=32, help="CUDA: images of the stage-timing pass")
+    parser.add_argument("--part-seconds", type=float, default=15,
+                        help="CUDA: time budget of the stage-timing pass and of each memory-sweep run")
     parser.add_argument("--memory-sweep", type=lambda v: [int(x) for x in v.split(",")],
                         help="CUDA: also the peak GPU memory at these batch sizes, e.g. 1,8,16,32")
     parser.add_argument("--no-profile", dest="profile", action="store_false", help="CUDA: no busy-fraction window")

@@ -11,8 +11,8 @@ import contextlib
 import torch
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-# The default on CUDA. bf16 is provisional: docs/stage_one.md#stage-one-on-a-gpu keeps it only while bf16 labels
-# agree with fp32's on at least 99.5% of pixels in `bench/gpu_check.sh`; otherwise this becomes "fp32".
+# The default on CUDA. bf16 is provisional (docs/stage_one.md#precision): it stays only if bf16 labels agree with
+# fp32's on at least 99.5% of pixels in `bench/gpu_check.sh`; otherwise this becomes "fp32".
 DEFAULT_CUDA_PRECISION = "bf16"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
