@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from pseudolabel import generate  # noqa: E402
 from pseudolabel.classes import CLASSES_DIR  # noqa: E402
+from pseudolabel.storage.run_log import RunLog  # noqa: E402
 from pseudolabel.storage.shards import open_shards  # noqa: E402
 from tests.fixtures.tiny_datasets import VOC_SIZES, make_voc_sized  # noqa: E402
 
@@ -64,11 +65,18 @@ def stage_one_args(args, data: Path, out: Path, images: int, batch_size: int | N
 
 
 def labelled_run(args, data: Path, out: Path, images: int, batch_size: int | None, timed=False, hook=None,
-                 deadline: float | None = None, steady_from: int | None = None) -> tuple[generate.StageOneRun, dict]:
+                 deadline: float | None = None, steady_from=None) -> tuple[generate.StageOneRun, dict]:
     """One StageOneRun over the first ``images`` images; returns it and its timing facts. The steady-state rate
-    counts from image ``steady_from`` (default: after the first batches, which set up cuDNN and the allocator)."""
-    run = generate.StageOneRun.setup(generate.build_parser().parse_args(stage_one_args(args, data, out, images,
-                                                                                       batch_size)))
+    counts from image ``steady_from`` (an int, or a function called after the run; default: after the first batches,
+    which set up cuDNN and the allocator)."""
+    with RunLog(out) as log:
+        run = generate.StageOneRun.setup(generate.build_parser().parse_args(
+            stage_one_args(args, data, out, images, batch_size)), log)
+        return run, label_timed(run, args, timed, hook, deadline, steady_from)
+
+
+def label_timed(run: generate.StageOneRun, args, timed: bool, hook, deadline: float | None, steady_from) -> dict:
+    """Label ``run``'s work list, timing each finished image; the facts of :func:`labelled_run`."""
     run.timed = timed
     done_at: list[float] = []
 
@@ -95,12 +103,13 @@ def labelled_run(args, data: Path, out: Path, images: int, batch_size: int | Non
     run.store.pack()
     facts = {"wall_s": wall, "done": len(done_at), "stopped_early": stopped,
              "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
+    steady_from = steady_from() if callable(steady_from) else steady_from  # after a profiled window, if any
     warm = steady_from if steady_from is not None and steady_from < len(done_at) // 2 \
         else min(len(done_at) // 4, 2 * run.batch_size)
     if len(done_at) > warm + 1:
         facts["steady_images_per_s"] = (len(done_at) - 1 - warm) / (done_at[-1] - done_at[warm])
     facts["images_per_s"] = len(done_at) / wall if wall else None
-    return run, facts
+    return facts
 
 
 def busy_fraction(prof) -> float:
@@ -122,22 +131,37 @@ def busy_fraction(prof) -> float:
 
 
 class ProfiledWindow:
-    """torch.profiler (GPU activity only) from image ``first`` to image ``last`` of a run."""
+    """torch.profiler over ``length`` images of a run from image ``first``: GPU activity only; if that records no
+    kernel (CUPTI has been seen to drop them), once more over the next ``length`` images with CPU operators recorded
+    too (whose overhead makes that figure a lower bound)."""
 
-    def __init__(self, first: int, last: int):
-        self.first, self.last, self.prof, self.result, self.error = first, last, None, None, None
+    ATTEMPTS = (("CUDA",), ("CPU", "CUDA"))
+
+    def __init__(self, first: int, length: int, limit: int):
+        self.start, self.length, self.limit = first, length, limit
+        self.attempt, self.prof, self.result, self.errors, self.ended = 0, None, None, [], None
 
     def __call__(self, done: int) -> None:
         try:
-            if done == self.first and self.prof is None:
-                self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+            if self.prof is None and self.result is None and done == self.start and done + self.length <= self.limit:
+                activities = [getattr(torch.profiler.ProfilerActivity, a) for a in self.ATTEMPTS[self.attempt]]
+                self.prof = torch.profiler.profile(activities=activities)
                 self.prof.__enter__()
-            elif done == self.last and self.prof is not None and self.result is None:
+            elif self.prof is not None and done == self.start + self.length:
                 torch.cuda.synchronize()
                 self.prof.__exit__(None, None, None)
-                self.result = busy_fraction(self.prof)
+                self.ended = done
+                prof, self.prof = self.prof, None
+                self.result = busy_fraction(prof)
         except Exception as error:  # noqa: BLE001 - a profiler problem must not stop the benchmark
-            self.error = f"{type(error).__name__}: {error}"
+            self.errors.append(f"{'+'.join(self.ATTEMPTS[self.attempt])}: {type(error).__name__}: {error}")
+            self.prof = None
+            if self.attempt + 1 < len(self.ATTEMPTS):
+                self.attempt, self.start = self.attempt + 1, done + 1
+
+    @property
+    def activities(self) -> str:
+        return "+".join(self.ATTEMPTS[self.attempt])
 
 
 def agreement(out: Path, other: Path) -> dict:
@@ -188,19 +212,19 @@ def measure(args) -> dict:
     window = None
     batch = args.batch_size or generate.default_batch_size(torch.device(args.device))
     if cuda and args.profile:
-        first = min(2 * batch, args.images // 4)
-        window = ProfiledWindow(first, min(first + 4 * batch, args.images - batch))
+        window = ProfiledWindow(min(2 * batch, args.images // 4), 4 * batch, args.images - batch)
     run, facts = labelled_run(args, data, out, args.images, args.batch_size, hook=window, deadline=deadline,
-                              steady_from=window.last + batch if window else None)  # after the profiled window
+                              steady_from=lambda: window.ended + batch if window and window.ended else None)
     results.update(facts, batch_size=run.batch_size, workers=run.workers)
     summary = run.summary(facts["wall_s"])
     results["ms_per_image_host"] = {**summary["ms_per_image"], **summary["ms_per_image_detail"]}
     results["failures"] = len(run.failures)
     if window is not None:
         results["gpu_busy_fraction"] = window.result
-        results["gpu_busy_window_images"] = (window.first, window.last)
-        if window.error or window.result is None:
-            results.setdefault("errors", []).append(f"busy fraction: {window.error or 'window not reached'}")
+        results["gpu_busy_window"] = {"images": [window.start, window.start + window.length],
+                                      "recorded": window.activities}
+        if window.errors or window.result is None:
+            results.setdefault("errors", []).append(f"busy fraction: {'; '.join(window.errors) or 'not reached'}")
     if cuda:  # stage times with each stage waited for
         timed_images = min(args.images, args.timed_images)
 
@@ -241,8 +265,9 @@ def print_table(runs: list[dict]) -> None:
             ("images/s (whole run)", [cell(r.get("images_per_s"), 2) for r in runs]),
             ("ms/image (steady state)", [cell(1000 / r["steady_images_per_s"]) if r.get("steady_images_per_s")
                                          else "n/a" for r in runs]),
-            ("GPU busy fraction", [cell(100 * r["gpu_busy_fraction"]) + "%" if r.get("gpu_busy_fraction") is not None
-                                   else "n/a" for r in runs]),
+            ("GPU busy fraction", [cell(100 * r["gpu_busy_fraction"]) + "%" + (
+                " (>=)" if "CPU" in (r.get("gpu_busy_window") or {}).get("recorded", "") else "")
+                if r.get("gpu_busy_fraction") is not None else "n/a" for r in runs]),
             ("peak GPU memory GiB", [cell(r.get("peak_gpu_gib"), 2) for r in runs]),
             ("process RSS peak MiB", [cell(r.get("rss_peak_mib"), 0) for r in runs]),
             ("shard KB/image", [cell(r.get("shard_kb_per_image")) for r in runs])]
