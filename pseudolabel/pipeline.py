@@ -127,8 +127,8 @@ class Labeller:
         image = read_rgb(sample.image_path)
         pixels, clip_input = torch.from_numpy(image), self.cam.preprocess(image)
         sam_input = self.refiner.prepare(image) if self.refiner else None
-        if self.cuda:  # page-locked, so the copies to the GPU run asynchronously
-            pixels, clip_input = pixels.pin_memory(), clip_input.pin_memory()
+        if self.cuda:  # contiguous and page-locked, so the copies to the GPU run asynchronously
+            pixels, clip_input = pixels.pin_memory(), clip_input.contiguous().pin_memory()
             if sam_input is not None:
                 sam_input = SAMInput(sam_input.pixels.pin_memory(), sam_input.original_size)
         return PreparedImage(sample, image, pixels, clip_input, sam_input, time.perf_counter() - start)
