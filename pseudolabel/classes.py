@@ -101,17 +101,24 @@ class ClassSet:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"class list '{path}' does not exist; give a .txt (one class per line) or .json file")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (spreadsheet programs write one) is not a class name
         if path.suffix == ".json":
-            data = json.loads(path.read_text())
+            data = json.loads(text)
             data.setdefault("name", name)
             data.setdefault("background_words", list(get_class_set("voc").background_words))
             return cls.from_json(data)
-        names = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        names = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
         if not names:
             raise ValueError(f"class list '{path}' names no class")
         if names[0] != "background":
             names = ["background"] + names
         return cls(name, tuple(names), tuple(names[1:]), get_class_set("voc").background_words)
+
+
+def class_name_key(name: str) -> str:
+    """A class name as compared between class lists: case, spaces and punctuation ignored ('Potted plant' and
+    'pottedplant' match)."""
+    return "".join(ch for ch in name.lower() if ch.isalnum())
 
 
 @lru_cache(maxsize=None)

@@ -11,9 +11,9 @@ Three known incompatibilities are handled here, each a no-op where it is not nee
 2. ``mmsegmentation`` with ``mmcv-lite``: a few mmseg modules import ``mmcv.ops`` unconditionally, which
    needs the compiled ``mmcv._ext``. We register a placeholder ``mmcv._ext`` whose functions raise a clear
    error when called. It switches itself off when full mmcv is installed.
-3. mmengine checkpoints under torch's ``weights_only=True`` default: mmengine 0.10.7 stores training
-   state (``HistoryBuffer``, numpy scalars) that the safe unpickler rejects, so resume fails. We register a
-   local-file loader that trusts *local* files only; checkpoints fetched over HTTP keep ``weights_only=True``.
+3. Checkpoints: every ``torch.load`` runs with ``weights_only=True`` (``pseudolabel/checkpoints.py``), and
+   mmengine 0.10.7's training state (``HistoryBuffer``, numpy scalars and dtypes), which the safe unpickler rejects
+   by default, is allow-listed so that resume works; mmengine's local-file loader refuses anything else in one line.
 
 Call :func:`apply` before importing torchvision, mmcv or mmseg or a library that imports them. The modules that do
 call it first: ``pseudolabel/cam/clip_models.py`` (open_clip), ``pseudolabel/sam/models.py`` and
@@ -27,7 +27,7 @@ import importlib.util
 import sys
 import types
 
-_STATE = {"torchvision": False, "mmcv_ext": False, "mmengine_ckpt": False}
+_STATE = {"torchvision": False, "mmcv_ext": False, "checkpoints": False}
 
 
 def _torchvision_ops_missing() -> bool:
@@ -128,22 +128,25 @@ def _patch_mmcv_ext() -> None:
     _STATE["mmcv_ext"] = True
 
 
-def _patch_mmengine_checkpoint_loading() -> None:
+def _safe_checkpoint_loading() -> None:
+    from pseudolabel.checkpoints import allow_training_state, forbid_code_in_checkpoints, load_weights
+
+    forbid_code_in_checkpoints()
+    _STATE["checkpoints"] = True
     if importlib.util.find_spec("mmengine") is None:
         return
-    import torch
     from mmengine.runner.checkpoint import CheckpointLoader
 
-    def load_trusted_local(filename, map_location=None):
-        """Load a local checkpoint that this project (mmengine's Runner) wrote itself."""
-        import os.path as osp
+    def load_local_safely(filename, map_location=None):
+        """A local checkpoint: weights and mmengine training state only, a one-line refusal for anything else."""
+        from pathlib import Path
 
-        if not osp.isfile(filename):
+        if not Path(filename).expanduser().is_file():
             raise FileNotFoundError(f"checkpoint '{filename}' does not exist")
-        return torch.load(filename, map_location=map_location, weights_only=False)
+        return load_weights(Path(filename).expanduser(), map_location)
 
-    CheckpointLoader.register_scheme(prefixes="", force=True)(load_trusted_local)
-    _STATE["mmengine_ckpt"] = True
+    allow_training_state()
+    CheckpointLoader.register_scheme(prefixes="", force=True)(load_local_safely)
 
 
 def apply() -> dict:
@@ -152,6 +155,6 @@ def apply() -> dict:
         _patch_torchvision()
     if not _STATE["mmcv_ext"]:
         _patch_mmcv_ext()
-    if not _STATE["mmengine_ckpt"]:
-        _patch_mmengine_checkpoint_loading()
+    if not _STATE["checkpoints"]:
+        _safe_checkpoint_loading()
     return {key: bool(value) for key, value in _STATE.items()}

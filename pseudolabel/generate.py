@@ -2,11 +2,13 @@
 
 Run through ``tools/gen_pseudo.sh voc|coco|custom|demo`` (or ``python -m pseudolabel.generate``). Under ``torchrun``
 each rank takes a disjoint share of the images and writes its own shards; rank 0 writes the manifest at the end.
+One run per output folder: each rank locks its part of ``--out`` and rank 0 the folder, before any model is loaded.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -26,11 +28,13 @@ from pseudolabel.classes import DATA_DIR, ClassSet, get_class_set
 from pseudolabel.cli_options import add_dataclass_options, program_name
 from pseudolabel.config import PseudoLabelConfig, config_from_args
 from pseudolabel.datasets import DEFAULT_SPLITS, Sample, WeakDataset, build_dataset
+from pseudolabel.exits import OutputError, tool_main
 from pseudolabel.pipeline import (STAGES, BackgroundWriter, ImageFailure, Labeller, default_batch_size,
                                   default_workers)
 from pseudolabel.precision import PRECISIONS, DEFAULT_CUDA_PRECISION, effective_precision
+from pseudolabel.storage.lock import OutputLock
 from pseudolabel.storage.run_log import RunLog
-from pseudolabel.storage.run_store import OutputError, RunStore
+from pseudolabel.storage.run_store import RunStore
 from pseudolabel.sam.models import SAM_VARIANTS, cache_dir
 from pseudolabel.sam.refine import SAMRefineConfig, SAMRefiner
 from pseudolabel.storage.shards import LabelRecord
@@ -51,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "  tools/gen_pseudo.sh coco --split train        # tau 0.7\n"
                     "  tools/gen_pseudo.sh custom --images DIR --labels tags.csv --classes classes.txt\n"
                     "  NPROC=4 tools/gen_pseudo.sh voc               # 4 GPUs through torchrun\n"
-                    "Rerunning the same command resumes an interrupted run.\n"
+                    "Rerunning the same command resumes an interrupted run (and relabels the images of a damaged "
+                    "shard).\n"
                     "The method, every option's role and the paper's tables as commands: docs/method.md",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", choices=("voc", "coco", "custom", "demo"), help="what to label")
@@ -163,6 +168,16 @@ def output_dir(args: argparse.Namespace, split: str) -> Path:
     return args.out or DATA_DIR.parent / "outputs" / name
 
 
+def lock_output(out: Path, rank: int) -> contextlib.ExitStack:
+    """This rank's locks on ``out`` (released when the returned stack closes, or by the OS when the process ends):
+    its part, ``.lock-r<rank>``, and on rank 0 the folder, ``.lock``."""
+    with contextlib.ExitStack() as locks:
+        if rank == 0:
+            locks.enter_context(OutputLock(out))
+        locks.enter_context(OutputLock(out, part=f"r{rank:03d}"))
+        return locks.pop_all()
+
+
 def shard_attributes(cfg: PseudoLabelConfig, dataset: WeakDataset, weights: dict, random_weights: bool,
                      with_image_dir: bool) -> dict:
     """The run's root attributes of every shard (names and encodings: ``pseudolabel/storage/format.py``)."""
@@ -226,6 +241,7 @@ class StageOneRun:
     retries: dict[str, dict]            # images of the work list that an earlier run failed on, their entries
     batch_size: int
     workers: int
+    locks: contextlib.ExitStack         # this rank's output locks (lock_output), released on leaving the run's block
     labelled: int = 0
     timed: bool = False
     progress_hook: Callable[[int], None] | None = None
@@ -234,8 +250,8 @@ class StageOneRun:
 
     @classmethod
     def setup(cls, args: argparse.Namespace, log: RunLog) -> "StageOneRun":
-        """Config, device, dataset, models and output store of this rank, and the images it still has to label
-        (each recorded in ``log``)."""
+        """Config, device, dataset, this rank's output locks, models and output store, and the images it still has
+        to label (each recorded in ``log``). Use the result as a context manager: leaving it releases the locks."""
         split = split_of(args)
         rank, world, local_rank = distributed()
         device = resolve_device(args.device, local_rank)
@@ -251,40 +267,43 @@ class StageOneRun:
         log.detail("dataset", {"name": dataset.name, "split": split, "root": dataset.root, "images": len(dataset),
                                "left out": dataset.problems})
         out = output_dir(args, split)
-        cam, refiner = load_models(cfg, dataset.class_set, device)
-        weights = {"clip": cam.weights, "sam": refiner.weights if refiner else None}
-        random_weights = any(w and w.get("kind") == "random" for w in weights.values())
-        log.detail("weights", weights)
-        if random_weights:
-            print(f"{BANNER}\n!! RANDOM WEIGHTS: {'; '.join(notes) or 'requested'}.\n!! The pipeline runs end to end "
-                  f"with seeded random weights; the labels are NOT meaningful.\n{BANNER}", file=sys.stderr)
-            log.detail(f"RANDOM WEIGHTS: {'; '.join(notes) or 'requested'}; the labels are not meaningful",
-                       level=logging.WARNING)
-        attrs = shard_attributes(cfg, dataset, weights, random_weights,
-                                 with_image_dir=args.dataset in ("custom", "demo"))
-        batch_size = args.batch_size or default_batch_size(torch.device(device))
-        workers = args.workers or default_workers(torch.device(device))
-        log.detail("environment", {"device": device, "precision": precision, "batch size": batch_size,
-                                   "workers": workers, "world size": world, "torch threads": torch.get_num_threads(),
-                                   "versions": attrs["versions"]})
-        store = open_store(args, out, rank, world, dataset.class_set, attrs, {**cfg.to_dict(), "weights": weights})
-        log.attach()                    # the output directory exists and is writable
-        mine = dataset.samples[: args.limit][rank::world] if args.limit else dataset.samples[rank::world]
-        done = store.finished()
-        failed_before = previous_failures(store.out)
-        todo = [s for s in mine if s.image_id not in done]
-        retries = {s.image_id: failed_before[s.image_id] for s in todo if s.image_id in failed_before}
-        # images that failed before go last and alone (batch size 1): a known bad image never holds up a batch
-        todo = [s for s in todo if s.image_id not in retries] + [s for s in todo if s.image_id in retries]
-        LOG.info("%s; rank %d/%d: %d images to label (%d already done%s) -> %s; %s, %s, batches of %d", 
-                 dataset.describe(), rank, world, len(todo), len(mine) - len(todo),
-                 f", {len(retries)} failed before and retried once" if retries else "", out, device, precision,
-                 batch_size)
-        return cls(args=args, cfg=cfg, dataset=dataset, cam=cam, refiner=refiner, store=store, device=device,
-                   rank=rank, world=world, random_weights=random_weights, log=log, todo=todo,
-                   already_done=len(mine) - len(todo),
-                   failures=[dict(p, stage="dataset") for p in dataset.problems] if rank == 0 else [],
-                   retries=retries, batch_size=batch_size, workers=workers)
+        with lock_output(out, rank) as locks:  # before any model loads; released again if setting up fails
+            cam, refiner = load_models(cfg, dataset.class_set, device)
+            weights = {"clip": cam.weights, "sam": refiner.weights if refiner else None}
+            random_weights = any(w and w.get("kind") == "random" for w in weights.values())
+            log.detail("weights", weights)
+            if random_weights:
+                print(f"{BANNER}\n!! RANDOM WEIGHTS: {'; '.join(notes) or 'requested'}.\n!! The pipeline runs end to "
+                      f"end with seeded random weights; the labels are NOT meaningful.\n{BANNER}", file=sys.stderr)
+                log.detail(f"RANDOM WEIGHTS: {'; '.join(notes) or 'requested'}; the labels are not meaningful",
+                           level=logging.WARNING)
+            attrs = shard_attributes(cfg, dataset, weights, random_weights,
+                                     with_image_dir=args.dataset in ("custom", "demo"))
+            batch_size = args.batch_size or default_batch_size(torch.device(device))
+            workers = args.workers or default_workers(torch.device(device))
+            log.detail("environment", {"device": device, "precision": precision, "batch size": batch_size,
+                                       "workers": workers, "world size": world,
+                                       "torch threads": torch.get_num_threads(), "versions": attrs["versions"]})
+            # what a rerun compares before resuming: the configuration, the weights and the class set
+            identity = {**cfg.to_dict(), "weights": weights, "class_set": dataset.class_set.to_json()}
+            store = open_store(args, out, rank, world, dataset.class_set, attrs, identity)
+            log.attach()                    # the output directory exists and is writable
+            mine = dataset.samples[: args.limit][rank::world] if args.limit else dataset.samples[rank::world]
+            done = store.finished()
+            failed_before = previous_failures(store.out)
+            todo = [s for s in mine if s.image_id not in done]
+            retries = {s.image_id: failed_before[s.image_id] for s in todo if s.image_id in failed_before}
+            # images that failed before go last and alone (batch size 1): a known bad image never holds up a batch
+            todo = [s for s in todo if s.image_id not in retries] + [s for s in todo if s.image_id in retries]
+            LOG.info("%s; rank %d/%d: %d images to label (%d already done%s) -> %s; %s, %s, batches of %d", 
+                     dataset.describe(), rank, world, len(todo), len(mine) - len(todo),
+                     f", {len(retries)} failed before and retried once" if retries else "", out, device, precision,
+                     batch_size)
+            return cls(args=args, cfg=cfg, dataset=dataset, cam=cam, refiner=refiner, store=store, device=device,
+                       rank=rank, world=world, random_weights=random_weights, log=log, todo=todo,
+                       already_done=len(mine) - len(todo),
+                       failures=[dict(p, stage="dataset") for p in dataset.problems] if rank == 0 else [],
+                       retries=retries, batch_size=batch_size, workers=workers, locks=locks.pop_all())
 
     def label_images(self) -> None:
         """The labelling loop (:class:`pseudolabel.pipeline.Labeller`): the work list in batches, decoded ahead in
@@ -356,14 +375,21 @@ class StageOneRun:
         barrier(self.world)
         if self.rank == 0:
             manifest = self.store.write_manifest(self.world)
+            damaged = manifest["damaged"] and f", {len(manifest['damaged'])} damaged shard(s) set aside in damaged/"
             print(f"\nstage one done: {manifest['num_images']} images in {len(manifest['shards'])} shard(s), "
-                  f"{len(manifest['failures'])} failure(s) -> {self.store.out}")
+                  f"{len(manifest['failures'])} failure(s){damaged or ''} -> {self.store.out}")
         print(f"rank {self.rank}: {summary['images']} labelled this run ({self.already_done} already done), "
               f"{len(self.failures)} failed, {wall:.1f} s, ms/image by stage {summary['ms_per_image']}")
         if self.random_weights:
             print("NOTE: produced with RANDOM weights (recorded as random_weights=True in the shards).",
                   file=sys.stderr)
         return summary
+
+    def __enter__(self) -> "StageOneRun":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.locks.close()
 
 
 def run(argv: list[str] | None = None) -> dict:
@@ -372,17 +398,15 @@ def run(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     rank, world, _ = distributed()
     with RunLog(output_dir(args, split_of(args)), rank, world) as log:
-        stage_one = StageOneRun.setup(args, log)
-        stage_one.label_images()
-        return stage_one.finish()
+        with StageOneRun.setup(args, log) as stage_one:
+            stage_one.label_images()
+            return stage_one.finish()
 
 
+@tool_main(OutputError, FileNotFoundError, ValueError, RuntimeError)
 def main(argv: list[str] | None = None) -> int:
-    try:
-        run(argv)
-    except (OutputError, FileNotFoundError, ValueError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    """``tools/gen_pseudo.sh``: exit status 0, 2 (an error, one line) or 130 (interrupted)."""
+    run(argv)
     return 0
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 
-from pseudolabel.classes import BUILTIN_CLASS_SETS, ClassSet, get_class_set, pascal_palette
+from pseudolabel.classes import BUILTIN_CLASS_SETS, ClassSet, class_name_key, get_class_set, pascal_palette
 from pseudolabel.datasets.custom import find_image
 from pseudolabel.storage.format import LABEL_KINDS, REFINED
 from pseudolabel.storage.shards import ShardSet, open_shards
@@ -33,9 +33,7 @@ def check_shards(shards: ShardSet, num_classes: int | None = None, expected_data
             f"{where} were made for dataset '{dataset}' but the config expects '{expected_dataset}'; pass the "
             f"matching --shards directory or set expected_dataset in the config")
     if class_names is not None:
-        def normalise(name: str) -> str:
-            return "".join(ch for ch in name.lower() if ch.isalnum())
-        differing = [(a, b) for a, b in zip(shard_classes, class_names) if normalise(a) != normalise(b)]
+        differing = [(a, b) for a, b in zip(shard_classes, class_names) if class_name_key(a) != class_name_key(b)]
         if len(class_names) != len(shard_classes) or differing:
             raise ShardMismatchError(
                 f"{where} have classes {list(shard_classes)} but the config's class names are {list(class_names)} "

@@ -1,6 +1,6 @@
 """Test a trained segmenter (``tools/test_seg.sh``; ``python -m segtrain.test``): single scale, or multi-scale +
 flip through mmseg's TTA (mean of softmax probabilities), optional DenseCRF; palette PNGs scored with
-``pseudolabel.evaluation``."""
+``pseudolabel.evaluation``. The checkpoint loads safely (weights and training state only) and must fit the model."""
 from __future__ import annotations
 
 import argparse
@@ -13,8 +13,12 @@ import segtrain  # noqa: F401  (shims + registrations before mmseg builds anythi
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
+from pseudolabel.checkpoints import CheckpointError
 from pseudolabel.evaluation import EvaluationConfig, EvaluationError, LabelSourceError, evaluate
 from pseudolabel.evaluation.report import format_table, write_json
+from pseudolabel.exits import EXIT_ERROR, OutputError, tool_main
+from pseudolabel.storage.shards import ShardError
+from segtrain.checkpoint_fit import CheckpointMismatchError, check_checkpoint_fits
 from segtrain.config import read_config
 from segtrain.crf import CRFConfig
 from segtrain.tta import tta_pipeline, wrap_tta
@@ -80,15 +84,15 @@ def write_settings(args: argparse.Namespace, cfg: Config, out_dir: Path) -> None
     (out_dir / "test_settings.json").write_text(json.dumps(settings, indent=2))
 
 
+@tool_main(FileNotFoundError, KeyError, CheckpointError, CheckpointMismatchError, ShardError, OutputError)
 def main(argv: list[str] | None = None) -> int:
+    """``tools/test_seg.sh``: exit status 0, 2 (an error, one line) or 130 (interrupted)."""
     args = build_parser().parse_args(argv)
     out_dir = Path(args.out or Path(args.checkpoint).parent / f"test_{settings_name(args)}")
-    try:
-        cfg = test_config(args, out_dir)
-    except (FileNotFoundError, KeyError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    Runner.from_cfg(cfg).test()
+    cfg = test_config(args, out_dir)
+    runner = Runner.from_cfg(cfg)
+    check_checkpoint_fits(runner.model, cfg.load_from, "the")
+    runner.test()
     write_settings(args, cfg, out_dir)
     print(f"predictions: {out_dir / 'pred'} ({settings_name(args)}; TTA averages softmax probabilities)")
     gt = args.gt or cfg.get("eval_gt")
@@ -102,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                           data_root=args.data_root or cfg.get("eval_data_root"), progress=False)
     except (EvaluationError, LabelSourceError, FileNotFoundError) as error:
         print(f"error: scoring failed: {error}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
     print(format_table(result))
     write_json(result, out_dir / "evaluation.json")
     print(f"scores: {out_dir / 'evaluation.json'}")

@@ -1,14 +1,18 @@
 """Train a segmenter on stage-one shards with mmengine's Runner (``tools/train_seg.sh``; ``python -m segtrain.train``).
 
-Before the Runner starts, the shards are checked against the config (classes, dataset, images present; failures
-and random weights are warned about), the pretrained backbone is fetched (or dropped with ``--no-pretrained``) and the
-package versions are written to ``<work dir>/versions.json`` (mmengine writes the config there itself).
+The work dir is locked first (one training per work dir; the lock file records the holder). Before the Runner starts,
+the shards are verified and checked against the config (classes, dataset, images present; failures and random weights
+are warned about), the pretrained backbone is fetched (or dropped with ``--no-pretrained``) and the package versions
+are written to ``<work dir>/versions.json`` (mmengine writes the config there itself). A checkpoint to resume from or
+to start from (``load_from``) must fit the model (:mod:`segtrain.checkpoint_fit`).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import pickle
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -18,7 +22,11 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner, find_latest_checkpoint
 from mmseg.registry import DATASETS
 
-from pseudolabel.storage.shards import open_shards
+from pseudolabel.checkpoints import CheckpointError, refusal
+from pseudolabel.exits import OutputError, guard_write, tool_main
+from pseudolabel.storage.lock import OutputLock
+from pseudolabel.storage.shards import ShardError, open_shards
+from segtrain.checkpoint_fit import CheckpointMismatchError, check_checkpoint_fits
 from segtrain.config import read_config
 from segtrain.datasets import ShardMismatchError, check_shards, class_names
 from segtrain.pretrained import PretrainedUnavailableError, drop_pretrained, ensure_pretrained
@@ -123,25 +131,42 @@ def write_run_info(cfg: Config, shard_attrs: dict) -> None:
     shards["class_set"] = shard_attrs["class_set"].name
     info = {"packages": package_versions(), "python": sys.version.split()[0], "argv": sys.argv,
             "shards_dir": str(cfg.train_dataloader.dataset.shards_dir), "shards": shards}
-    (work_dir / "versions.json").write_text(json.dumps(info, indent=2, default=str))
+    path = work_dir / "versions.json"
+    guard_write(lambda: path.write_text(json.dumps(info, indent=2, default=str)), path)
 
 
+def starting_checkpoint(cfg: Config) -> tuple[str, str] | None:
+    """``(checkpoint, role)`` the Runner will load weights from before training (as its ``load_or_resume``)."""
+    if cfg.resume:
+        found = cfg.get("load_from") or find_latest_checkpoint(cfg.work_dir)
+        return (found, "the --resume") if found else None
+    return (cfg.load_from, "the load_from") if cfg.get("load_from") else None
+
+
+@tool_main(ShardMismatchError, ShardError, PretrainedUnavailableError, CheckpointError, CheckpointMismatchError,
+           OutputError, FileNotFoundError, KeyError)
 def main(argv: list[str] | None = None) -> int:
+    """``tools/train_seg.sh``: exit status 0, 2 (an error, one line) or 130 (interrupted)."""
     args = build_parser().parse_args(argv)
     local_rank_zero = os.environ.get("LOCAL_RANK", "0") == "0"
-    try:
-        cfg = load_config(args)
+    cfg = load_config(args)
+    rank_zero = os.environ.get("RANK", "0") == "0"
+    with OutputLock(cfg.work_dir, what="--work-dir") if rank_zero else contextlib.nullcontext():
         shard_attrs = preflight(cfg)
         if local_rank_zero and not args.no_pretrained:
             ensure_pretrained(cfg.model)   # other ranks wait inside mmengine's own download barrier
-    except (ShardMismatchError, PretrainedUnavailableError, FileNotFoundError, KeyError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if args.resume and find_latest_checkpoint(cfg.work_dir) is None:
-        print(f"warning: --resume but no checkpoint in {cfg.work_dir}; starting from iteration 0", file=sys.stderr)
-    if local_rank_zero:
-        write_run_info(cfg, shard_attrs)
-    Runner.from_cfg(cfg).train()
+        if args.resume and find_latest_checkpoint(cfg.work_dir) is None:
+            print(f"warning: --resume but no checkpoint in {cfg.work_dir}; starting from iteration 0", file=sys.stderr)
+        if local_rank_zero:
+            write_run_info(cfg, shard_attrs)
+        runner = Runner.from_cfg(cfg)
+        start = starting_checkpoint(cfg)
+        try:
+            if start:
+                check_checkpoint_fits(runner.model, *start)
+            runner.train()
+        except pickle.UnpicklingError as error:  # a checkpoint fetched by mmengine (pretrained backbone)
+            raise refusal(None, error) from None
     return 0
 
 

@@ -13,7 +13,8 @@ class LoadShardLabel(BaseTransform):
     """Put the shard label of ``results['shard_id']`` into ``results['gt_seg_map']`` (as ``LoadAnnotations`` does).
 
     Expects ``shard_id``, ``shards_dir`` and ``label_kind`` in ``results`` (set by ``ShardPseudoLabelDataset``).
-    Shards are opened lazily, once per process, so every data-loader worker has its own HDF5 handles.
+    Shards are opened lazily, once per process, so every data-loader worker has its own HDF5 handles; they are not
+    verified again (the dataset verified them; a damaged chunk still fails its checksum when read).
     """
 
     def __init__(self) -> None:
@@ -24,7 +25,7 @@ class LoadShardLabel(BaseTransform):
 
     def _open(self, directory: str) -> ShardSet:
         if directory not in self._shards:
-            self._shards[directory] = open_shards(directory)
+            self._shards[directory] = open_shards(directory, verify=False)
         return self._shards[directory]
 
     def transform(self, results: dict) -> dict:

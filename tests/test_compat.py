@@ -3,6 +3,7 @@ import importlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -61,11 +62,14 @@ def test_mmengine_resumes_a_training_state_checkpoint(tmp_path):
     from mmengine.runner.checkpoint import CheckpointLoader
 
     path = tmp_path / "epoch_1.pth"
-    torch.save({"message_hub": {"log": HistoryBuffer([1.0, 2.0], [1, 1])}, "state_dict": {}}, path)
-    with pytest.raises(Exception):  # what plain torch.load does under the weights_only default
-        torch.load(path)
-    loaded = CheckpointLoader.load_checkpoint(str(path), map_location="cpu")
-    assert loaded["message_hub"]["log"].mean() == 1.5
+    state = {"message_hub": {"log": HistoryBuffer([1.0, 2.0], [1, 1]), "lr": np.float64(0.01),
+                             "shape": np.zeros((2, 3), np.int64), "dtype": np.dtype("float32")},
+             "state_dict": {"w": torch.ones(2)}}
+    torch.save(state, path)
+    for loaded in (CheckpointLoader.load_checkpoint(str(path), map_location="cpu"), torch.load(path)):
+        hub = loaded["message_hub"]
+        assert hub["log"].mean() == 1.5 and hub["log"].statistics("max") == 2.0  # its pickled methods work
+        assert hub["lr"] == 0.01 and hub["shape"].shape == (2, 3) and hub["dtype"] == np.float32
 
 
 @pytest.mark.parametrize("module, library", [("pseudolabel.cam.clip_models", "open_clip"),

@@ -272,6 +272,37 @@ def test_custom_bad_label_lists_raise_naming_the_file(tmp_path):
         build_dataset("custom", images, labels=tmp_path / "absent.csv", classes=classes)
 
 
+def test_duplicate_ids_in_json_are_refused_like_in_csv(tmp_path):
+    images, labels, classes = make_custom(tmp_path, {"a": ["cat"], "b": ["dog"]})
+    tags = tmp_path / "tags.json"
+    tags.write_text('{"a": ["cat"], "b": ["dog"], "a": ["dog"]}')   # json.loads would keep the last "a"
+    with pytest.raises(ValueError, match=r"tags\.json: image 'a' is listed twice"):
+        build_dataset("custom", images, labels=tags, classes=classes)
+    tags.write_text(json.dumps([{"image_id": "b", "classes": ["cat"]}, {"image_id": " b ", "classes": ["dog"]}]))
+    with pytest.raises(ValueError, match=r"tags\.json: image 'b' is listed twice"):
+        build_dataset("custom", images, labels=tags, classes=classes)
+    for text in ('{"": ["cat"]}', "image_id,classes\n ,cat\n"):
+        empty = tmp_path / ("empty.json" if text.startswith("{") else "empty.csv")
+        empty.write_text(text)
+        with pytest.raises(ValueError, match="empty or unusable image id"):
+            build_dataset("custom", images, labels=empty, classes=classes)
+
+
+def test_utf8_bom_in_tag_and_class_lists_is_accepted(tmp_path):
+    images, _, _ = make_custom(tmp_path, {"a": ["cat"], "b": ["dog", "cat"]})
+    bom = "\ufeff"
+    classes = tmp_path / "classes_bom.txt"
+    classes.write_text(bom + "cat\ndog\n", encoding="utf-8")
+    csv_tags = tmp_path / "tags_bom.csv"
+    csv_tags.write_text(bom + "image_id,classes\na,cat\nb,dog;cat\n", encoding="utf-8")  # as Excel saves it
+    json_tags = tmp_path / "tags_bom.json"
+    json_tags.write_text(bom + json.dumps({"a": ["cat"], "b": ["dog", "cat"]}), encoding="utf-8")
+    for tags in (csv_tags, json_tags):
+        data = build_dataset("custom", images, labels=tags, classes=classes)
+        assert data.class_set.classes == ("background", "cat", "dog")
+        assert data.ids() == ["a", "b"] and [s.class_ids for s in data] == [(1,), (1, 2)]
+
+
 def test_build_dataset_rejects_unknown_names_and_incomplete_custom_options(tmp_path):
     with pytest.raises(ValueError, match="unknown dataset 'ade'"):
         build_dataset("ade", tmp_path, "train")

@@ -102,3 +102,78 @@ def test_size_mismatch_is_an_error(folders, capsys):
 def test_plain_folders_need_num_classes(folders, capsys):
     assert main(["--gt", str(folders / "gt"), "--pred", str(folders / "good"), "--quiet", "--workers", "1"]) == 2
     assert "--num-classes" in capsys.readouterr().err
+
+
+def error_line(capsys) -> str:
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def shard_dir(path, classes, labels):
+    """A shard directory of a class set named ``classes`` (background first) holding ``labels`` by image id."""
+    from pseudolabel.classes import ClassSet
+    from pseudolabel.storage.shards import LabelRecord, ShardWriter
+
+    class_set = ClassSet("mine", tuple(classes), tuple(classes[1:]), ())
+    path.mkdir(parents=True)
+    attrs = {"dataset": "custom", "split": "all", "config": {}, "weights": {}, "versions": {}, "random_weights": False,
+             "rank": 0}
+    with ShardWriter(path / "shard-r000-00000.h5", class_set, attrs) as writer:
+        for image_id, label in labels.items():
+            present = tuple(int(c) for c in np.unique(label) if 0 < c < 255)
+            writer.write(LabelRecord(image_id=image_id, refined=label, initial=label, size=label.shape,
+                                     loc_maps_lowres=np.zeros((0, 1, 1), np.float32), loc_class_ids=(),
+                                     class_ids=present))
+    return path
+
+
+@pytest.fixture
+def labels():
+    rng = np.random.default_rng(1)
+    return {f"im{i}": np.kron(rng.integers(0, 3, (3, 4)), np.ones((5, 5), int)).astype(np.uint8) for i in range(3)}
+
+
+def test_sources_with_classes_in_another_order_are_refused_naming_both_lists(tmp_path, labels, capsys):
+    gt = shard_dir(tmp_path / "a", ["background", "cat", "dog"], labels)
+    pred = shard_dir(tmp_path / "b", ["background", "dog", "cat"], labels)   # same count, other order
+    assert main(["--gt", str(gt), "--pred", str(pred), "--quiet", "--workers", "1", "--bootstrap", "0"]) == 2
+    line = error_line(capsys)
+    assert "['background', 'cat', 'dog']" in line and "['background', 'dog', 'cat']" in line
+    assert main(["--gt", str(gt), "--pred", str(gt), "--quiet", "--workers", "1", "--bootstrap", "0"]) == 0
+
+
+def test_png_folders_take_their_class_names_from_classes(tmp_path, labels, capsys):
+    gt = shard_dir(tmp_path / "gt", ["background", "cat", "dog"], labels)
+    for image_id, label in labels.items():
+        write_png(tmp_path / "pred" / f"{image_id}.png", label)
+    (tmp_path / "same.txt").write_text("cat\ndog\n")
+    (tmp_path / "swapped.txt").write_text("Dog\nCat\n")
+    common = ["--gt", str(gt), "--pred", str(tmp_path / "pred"), "--quiet", "--workers", "1", "--bootstrap", "0"]
+    assert main([*common, "--classes", str(tmp_path / "swapped.txt")]) == 2
+    assert "['background', 'Dog', 'Cat']" in error_line(capsys)
+    assert main([*common, "--classes", str(tmp_path / "same.txt")]) == 0
+    assert "100.0" in capsys.readouterr().out
+
+
+def test_a_corrupt_prediction_png_is_one_line_naming_it(folders, capsys):
+    (folders / "noisy" / "img3.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    assert run(folders, "--pred", str(folders / "noisy")) == 2
+    line = error_line(capsys)
+    assert str(folders / "noisy" / "img3.png") in line and "cannot decode" in line
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_damaged_shard_is_one_line_naming_it_and_the_checker(tmp_path, labels, capsys, damage):
+    pred = shard_dir(tmp_path / "pred", ["background", "cat", "dog"], labels)
+    shard = pred / "shard-r000-00000.h5"
+    data = bytearray(shard.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0x20
+    else:
+        del data[len(data) // 2:]
+    shard.write_bytes(bytes(data))
+    gt = shard_dir(tmp_path / "gt", ["background", "cat", "dog"], labels)
+    assert main(["--gt", str(gt), "--pred", str(pred), "--quiet", "--workers", "1", "--bootstrap", "0"]) == 2
+    line = error_line(capsys)
+    assert f"shard '{shard}' is damaged" in line and f"tools/check_shards.py {pred}" in line

@@ -14,7 +14,7 @@ import pytest
 from pseudolabel.cam.skipcam import SkipCAMConfig
 from pseudolabel.generate import main, run
 from pseudolabel.storage.check import check_shards
-from pseudolabel.storage.shards import open_shards
+from pseudolabel.storage.shards import open_shards, shard_image_ids
 from tests.fixtures.tiny_datasets import make_voc
 
 TINY = ["--clip-model", "ViT-T-16-cep-test-quickgelu", "--clip-weights", "random", "--sam-model", "vit_tiny_test",
@@ -210,8 +210,8 @@ def test_resume_after_kill_9_gives_the_same_labels(voc, tmp_path, full_run):
 def test_two_ranks_under_torchrun_share_the_work(voc, tmp_path, full_run):
     out = tmp_path / "ddp"
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", "29547", "-m", "pseudolabel.generate",
-           *args_for(voc, out)]
+    # --standalone: torchrun picks a free port itself, so test runs sharing a machine never collide
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "pseudolabel.generate", *args_for(voc, out)]
     result = subprocess.run(cmd, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = json.loads((out / "manifest.json").read_text())
@@ -221,6 +221,8 @@ def test_two_ranks_under_torchrun_share_the_work(voc, tmp_path, full_run):
     assert expected.keys() == got.keys()
     for image_id in expected:  # the same labels as one process
         assert all(np.array_equal(a, b) for a, b in zip(expected[image_id], got[image_id]))
+    holders = {name: json.loads((out / name).read_text()) for name in (".lock", ".lock-r000", ".lock-r001")}
+    assert holders[".lock"]["pid"] == holders[".lock-r000"]["pid"] != holders[".lock-r001"]["pid"]  # rank 0: both
 
 
 def test_config_round_trips_through_the_shard_attributes(full_run):
@@ -249,3 +251,156 @@ def test_demo_keeps_openai_clip_weights_found_in_the_cache_offline(tmp_path, mon
     cfg = PseudoLabelConfig("voc", "all", SkipCAMConfig(clip_model="ViT-B/16"))
     demo_weights(cfg)
     assert (cfg.cam.clip_weights, cfg.cam.clip_model) == ("openai", "ViT-B-16-quickgelu")
+
+
+def one_error_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert not any("Traceback" in line for line in lines), "\n".join(lines[-30:])
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1, "\n".join(lines[-30:])
+    return errors[0]
+
+
+def test_a_second_run_on_the_same_out_fails_at_once_naming_the_holder(voc, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    code = (f"import time; from pseudolabel.storage.lock import OutputLock; OutputLock({str(out)!r}).acquire(); "
+            "print('held', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+
+        def no_models(*args):
+            raise AssertionError("models loaded although the output is locked")
+        monkeypatch.setattr("pseudolabel.generate.load_models", no_models)
+        assert main(args_for(voc, out)) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert f"'{out}' is in use by another run (PID {holder.pid} on " in line and "another --out" in line
+    finally:
+        holder.send_signal(signal.SIGKILL)  # a holder that dies leaves no stale lock
+        holder.wait()
+    monkeypatch.undo()
+    assert run(args_for(voc, out, "--limit", "1"))["images"] == 1
+
+
+def test_a_reordered_class_list_is_refused_on_resume(tmp_path, capsys):
+    from tests.fixtures.tiny_datasets import make_custom
+
+    images, labels, classes = make_custom(tmp_path, {"a": ["cat"], "b": ["dog"]})
+    args = ["custom", "--images", str(images), "--labels", str(labels), "--classes", str(classes),
+            "--out", str(tmp_path / "out"), *TINY, "--no-refine"]
+    run(args)
+    classes.write_text("dog\ncat\n")  # same names, other order: label values would change meaning
+    assert main(args) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "class_set.classes: ['background', 'cat', 'dog'] -> ['background', 'dog', 'cat']" in line
+
+
+def test_a_damaged_shard_is_set_aside_and_its_images_labelled_again(voc, tmp_path, full_run):
+    import shutil
+
+    out = shutil.copytree(full_run[0], tmp_path / "out")
+    shard = sorted(out.glob("shard-*.h5"))[1]
+    victims = sorted(shard_image_ids(shard))
+    data = bytearray(shard.read_bytes())
+    data[len(data) * 2 // 3] ^= 0x04
+    shard.write_bytes(bytes(data))
+    summary = run(args_for(voc, out))
+    assert summary["images"] == len(victims) and summary["already_done"] == 5 - len(victims)
+    assert (out / "damaged" / shard.name).read_bytes() == bytes(data)  # kept for inspection
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [d["shard"] for d in manifest["damaged"]] == [shard.name] and "SHA-256" in manifest["damaged"][0]["reason"]
+    expected, got = labels_of(full_run[0]), labels_of(out)   # healed: the same labels as the undamaged run
+    assert expected.keys() == got.keys()
+    for image_id in expected:
+        assert all(np.array_equal(a, b) for a, b in zip(expected[image_id], got[image_id]))
+    assert check_shards(out) == []
+
+
+def test_ctrl_c_is_one_line_and_exit_130(voc, tmp_path):
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen([sys.executable, "-m", "pseudolabel.generate", *args_for(voc, out)],
+                            env=dict(os.environ, HF_HUB_OFFLINE="1"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob(".staging/r000/*.npz")) and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert err.rstrip().splitlines()[-1] == "interrupted; rerun the same command to resume"
+    assert "Traceback" not in err
+
+
+def test_a_full_disk_while_a_shard_is_written_is_one_line_and_loses_nothing(voc, tmp_path, capsys, monkeypatch,
+                                                                          full_run):
+    import errno
+
+    def disk_full(path, write, durable=True):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    monkeypatch.setattr("pseudolabel.storage.shards.atomic_write", disk_full)
+    out = tmp_path / "out"
+    assert main(args_for(voc, out)) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "the disk is full" in line and "rerun the same command" in line
+    assert len(list(out.glob(".staging/r000/*.npz"))) == 2 and not list(out.glob("shard-*"))  # the first pack failed
+    monkeypatch.undo()
+    summary = run(args_for(voc, out))
+    assert summary["images"] + summary["already_done"] == 5 and summary["already_done"] == 2
+    expected, got = labels_of(full_run[0]), labels_of(out)
+    assert expected.keys() == got.keys()
+
+
+def test_a_really_full_disk_gives_the_message_not_a_crash(voc, tmp_path, full_run):
+    # HDF5 writing to a full disk crashed (a segfault) before shards were built in memory; now every write is plain
+    # Python I/O. The run stops with one line; after freeing space the rerun completes with the same labels.
+    from tests.fixtures.small_disk import fill, small_disk
+
+    with small_disk(tmp_path / "disk", "160k") as disk:
+        out = disk / "out"
+        filler = fill(disk, leave=64 * 1024)   # enough to start and stage, not to finish
+        command = [sys.executable, "-m", "pseudolabel.generate", *args_for(voc, out, "--shard-size", "5")]
+        result = subprocess.run(command, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert "the disk is full" in one_error_line(result.stderr)
+        filler.unlink()
+        run(args_for(voc, out, "--shard-size", "5"))
+        expected, got = labels_of(full_run[0]), labels_of(out)
+        assert expected.keys() == got.keys()
+        for image_id in expected:
+            assert all(np.array_equal(a, b) for a, b in zip(expected[image_id], got[image_id]))
+
+
+def test_ids_hdf5_would_confuse_are_separate_images(tmp_path):
+    from tests.fixtures.tiny_datasets import make_custom
+
+    ids = ["sub|x", "x", ".", "%2Fx"]
+    images, labels, classes = make_custom(tmp_path, {"x": ["cat"]}, fmt="json", seed=3)
+    (images / "sub").mkdir()
+    for name in ("sub|x", ".", "%2Fx", "sub/x"):
+        (images / f"{name}.jpg").write_bytes((images / "x.jpg").read_bytes())
+    labels.write_text(json.dumps({**{i: ["cat"] for i in ids}, "sub/x": ["dog"]}))
+    out = tmp_path / "out"
+    run(["custom", "--images", str(images), "--labels", str(labels), "--classes", str(classes), "--out", str(out),
+         *TINY, "--no-refine"])
+    shards = open_shards(out)
+    assert sorted(shards) == sorted([*ids, "sub/x"])
+    dog = shards.class_set.index("dog")
+    assert shards["sub/x"].class_ids == (dog,) and shards["sub|x"].class_ids != (dog,)
+
+
+def test_a_large_image_is_labelled_at_full_size_with_a_capped_cam_input(tmp_path, caplog):
+    from PIL import Image
+
+    from tests.fixtures.tiny_datasets import make_custom
+
+    images, labels, classes = make_custom(tmp_path, {"big": ["cat", "dog"]})
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (200, 300, 3), dtype=np.uint8)).save(images / "big.jpg")
+    out = tmp_path / "out"
+    with caplog.at_level("INFO"):
+        run(["custom", "--images", str(images), "--labels", str(labels), "--classes", str(classes), "--out", str(out),
+             *TINY, "--max-tokens", "24"])   # 13 x 19 = 247 tokens without the budget
+    assert "CAM input of a 300x200 image scaled to 96x64 by the token budget" in caplog.text
+    record = open_shards(out)["big"]
+    assert record.refined.shape == record.initial.shape == (200, 300) and record.loc_maps_lowres.shape[1:] == (4, 6)

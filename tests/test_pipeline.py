@@ -16,11 +16,12 @@ import torch
 from PIL import Image
 
 from pseudolabel.cam.skipcam import SkipCAM
+from pseudolabel.exits import OutputError
 from pseudolabel.generate import main, run
 from pseudolabel.pipeline import Labeller, failure_reason
 from pseudolabel.precision import DEFAULT_CUDA_PRECISION, effective_precision
 from pseudolabel.sam.refine import SAMRefiner
-from pseudolabel.storage.run_store import OutputError, RunStore
+from pseudolabel.storage.run_store import RunStore
 from pseudolabel.storage.shards import open_shards, shard_image_ids
 from tests.fixtures.tiny_datasets import make_voc
 from tests.test_generate import args_for

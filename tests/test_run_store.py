@@ -43,3 +43,41 @@ def test_recover_packs_every_rank_s_staging_once_and_removes_temp_files(tmp_path
     assert rerun.finished() == set("abcdef")
     assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob("*.npz"))
     assert rerun.recover() == 0 and images_in_shards(tmp_path) == Counter("abcdef")
+
+
+def test_packing_onto_a_full_disk_raises_the_one_line_error_and_keeps_the_staged_records(tmp_path):
+    # In a subprocess: HDF5 writing straight to a full disk used to crash the process (segfault).
+    import subprocess
+    import sys
+
+    from tests.fixtures.small_disk import small_disk
+
+    script = """
+import sys
+from pathlib import Path
+import numpy as np
+from pseudolabel.classes import get_class_set
+from pseudolabel.exits import OutputError
+from pseudolabel.storage.run_store import RunStore
+from pseudolabel.storage.shards import LabelRecord
+from tests.fixtures.small_disk import fill
+disk = Path(sys.argv[1])
+store = RunStore(disk / "out", 0, get_class_set("voc"), {"dataset": "voc", "split": "t", "config": {},
+                 "random_weights": True, "weights": {}, "versions": {}}, shard_size=100)
+rng = np.random.default_rng(0)
+for i in range(6):
+    labels = rng.integers(0, 3, (100, 120)).astype(np.uint8)   # incompressible enough to need the space
+    store.stage(LabelRecord(image_id=f"i{i}", refined=labels, initial=labels, size=(100, 120),
+                            loc_maps_lowres=np.zeros((1, 7, 8), np.float32), loc_class_ids=(1,), class_ids=(1, 2)))
+fill(disk, leave=8192)
+try:
+    store.pack()
+except OutputError as error:
+    print("OutputError:", error)
+"""
+    with small_disk(tmp_path / "disk", "256k") as disk:
+        result = subprocess.run([sys.executable, "-c", script, str(disk)], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "OutputError: cannot write to" in result.stdout and "the disk is full" in result.stdout
+        assert len(list((disk / "out" / ".staging" / "r000").glob("*.npz"))) == 6   # nothing finished is lost
+        assert not list((disk / "out").glob("shard-*"))                            # no partial shard, no temp file

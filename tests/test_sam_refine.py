@@ -201,3 +201,36 @@ def test_download_rejects_a_checksum_mismatch(tmp_path, monkeypatch):
         with pytest.raises(RuntimeError, match="checksum mismatch.*--sam-checkpoint"):
             download_checkpoint("vit_b", tmp_path)
     assert not any(tmp_path.iterdir())  # nothing half-downloaded is left
+
+
+def test_pieces_bound_the_memory_and_never_change_a_label(monkeypatch):
+    # The same refinement in one piece and in the smallest pieces (one prompt per step, one row per merge band), with
+    # the real batched predictor of a tiny SAM, every merge option and both filter scopes.
+    from pseudolabel.sam import refine
+    from pseudolabel.sam.predictor import BatchedPointPredictor
+
+    model, _ = load_sam("vit_tiny_test", "random", seed=5)
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 255, (45, 61, 3), dtype=np.uint8)
+    y0 = np.zeros((45, 61), np.uint8)
+    y0[3:30, 4:40], y0[20:44, 30:60], y0[0:10, 50:61] = 3, 15, 8
+    s = rng.random((4, 45, 61)).astype(np.float32)
+    configs = [SAMRefineConfig(grid_size=6, delta=0.2),
+               SAMRefineConfig(grid_size=6, delta=0.1, merge="overwrite", conflict_ignore=True),
+               SAMRefineConfig(grid_size=6, delta=0.3, filter_scope="component", uncertain_ignore=True)]
+    whole = [SAMRefiner(BatchedPointPredictor(model), cfg).refine(image, y0, s, (3, 8, 15)) for cfg in configs]
+    assert SAMRefiner(None, configs[0]).prompts_per_step(45, 61) == 64   # small images: one piece
+    monkeypatch.setattr(refine, "MASK_BYTES_PER_STEP", 1)
+    monkeypatch.setattr(refine, "MERGE_BYTES_PER_BAND", 1)
+    assert SAMRefiner(None, configs[0]).prompts_per_step(45, 61) == 1
+    for cfg, expected in zip(configs, whole):
+        pieces = SAMRefiner(BatchedPointPredictor(model), cfg).refine(image, y0, s, (3, 8, 15))
+        assert np.array_equal(pieces.labels, expected.labels)
+        assert (pieces.prompts, pieces.masks_accepted) == (expected.prompts, expected.masks_accepted)
+    assert len({w.labels.tobytes() for w in whole}) == 3   # the options matter, so each comparison tests something
+
+
+def test_prompts_per_step_at_the_sizes_that_matter():
+    step = SAMRefiner(None, SAMRefineConfig()).prompts_per_step
+    assert step(500, 500) == step(640, 640) == 64          # VOC and COCO: the configured batch, labels unchanged
+    assert step(4000, 6000) == 3                          # 6000x4000: 3 x 3 masks of 24 M pixels per step

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import urllib.error
 import warnings
@@ -268,3 +269,80 @@ def test_train_resume_and_test_with_tta_and_crf(tiny, tmp_path):
     assert report["num_images"] == len(val_ids) and 0 <= report["mIoU"] <= 100
     settings = json.loads((out / "test_settings.json").read_text())
     assert settings["scales"] == [1.0, 0.75] and settings["crf"]["iterations"] == 10
+
+
+def error_line(capsys) -> str:
+    """The tool's stderr: exactly one line starting with 'error:' (no traceback)."""
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and not any("Traceback" in line for line in lines), lines[-20:]
+    return errors[0]
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('code ran')",)
+
+
+def test_test_seg_refuses_a_crafted_checkpoint_and_one_that_does_not_fit(tiny, tmp_path, capsys):
+    from segtrain import test as seg_test
+
+    config = tiny_voc_config(tiny, tmp_path / "tiny_voc.py", tiny["shards"])
+    marker, crafted, foreign = tmp_path / "marker", tmp_path / "crafted.pth", tmp_path / "foreign.pth"
+    torch.save({"state_dict": {"backbone.stem.0.weight": torch.zeros(1)}, "meta": _Payload(marker)}, crafted)
+    torch.save({"state_dict": {"decode_head.conv_seg.weight": torch.zeros(21, 8, 1, 1),
+                               "some.other.model": torch.zeros(3)}}, foreign)
+    common = ["--config", str(config), "--out", str(tmp_path / "test"), "--bootstrap", "0"]
+    assert seg_test.main([str(crafted), *common]) == 2
+    line = error_line(capsys)
+    assert "refused to load checkpoint" in line and "builtins.exec" in line and not marker.exists()
+
+    assert seg_test.main([str(foreign), *common]) == 2
+    line = error_line(capsys)
+    assert "does not fit the model" in line and " missing (auxiliary_head." in line and " more)" in line
+    assert "1 unexpected (some.other.model)" in line and "of another shape (decode_head.conv_seg.weight)" in line
+
+
+def test_resume_from_a_checkpoint_of_another_model_is_refused(tiny, tmp_path, capsys):
+    from segtrain import train as seg_train
+
+    config = tiny_voc_config(tiny, tmp_path / "tiny_voc.py", tiny["shards"])
+    work = tmp_path / "work"
+    work.mkdir()
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "meta": {"iter": 2}}, work / "iter_2.pth")
+    (work / "last_checkpoint").write_text(str(work / "iter_2.pth"))
+    assert seg_train.main([str(config), "--work-dir", str(work), "--no-pretrained", "--resume"]) == 2
+    line = error_line(capsys)
+    assert "--resume checkpoint" in line and "iter_2.pth" in line and "1 unexpected (x)" in line
+
+
+def test_training_on_damaged_shards_stops_before_the_runner(tiny, tmp_path, capsys):
+    import shutil
+
+    from segtrain import train as seg_train
+
+    shards = shutil.copytree(tiny["shards"], tmp_path / "shards")
+    shard = shards / "shard-r000-00000.h5"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x10   # one flipped bit inside the file
+    shard.write_bytes(bytes(data))
+    config = tiny_voc_config(tiny, tmp_path / "tiny_voc.py", shards)
+    assert seg_train.main([str(config), "--work-dir", str(tmp_path / "work"), "--no-pretrained"]) == 2
+    line = error_line(capsys)
+    assert str(shard) in line and "tools/check_shards.py" in line and "damaged" in line
+    assert not list((tmp_path / "work").glob("*.pth"))
+
+
+def test_one_training_per_work_dir(tiny, tmp_path, capsys):
+    from pseudolabel.storage.lock import OutputLock
+    from segtrain import train as seg_train
+
+    config = tiny_voc_config(tiny, tmp_path / "tiny_voc.py", tiny["shards"])
+    work = tmp_path / "work"
+    with OutputLock(work, what="--work-dir"):   # another training holds it
+        assert seg_train.main([str(config), "--work-dir", str(work), "--no-pretrained"]) == 2
+    line = error_line(capsys)
+    assert f"'{work}' is in use by another run" in line and f"PID {os.getpid()}" in line and "--work-dir" in line

@@ -182,3 +182,85 @@ def test_attributes_decode_by_their_declared_type(tmp_path):
     assert shards.attrs["random_weights"] is True and shards.attrs["config"] == {"a": 1}
     with pytest.raises(ValueError, match="not part of the shard format"):
         write_shards(tmp_path / "bad", [make_record("x")], attrs={"colour": "red"})
+
+
+def test_every_dataset_carries_fletcher32_and_the_file_its_digest(tmp_path):
+    from pseudolabel.storage.checksum import DIGEST_TAG, verify_file
+
+    path = write_shards(tmp_path, [make_record("a")]) / "shard-r000-00000.h5"
+    with h5py.File(path, "r") as f:
+        assert f.userblock_size == 512
+        group = f["images/a"]
+        assert all(group[name].fletcher32 for name in ("refined", "initial", "loc_maps"))
+    assert path.read_bytes().startswith(DIGEST_TAG) and verify_file(path) is None
+
+
+def test_fletcher32_of_a_raw_chunk_equals_hdf5s(tmp_path):
+    # oracle: the checksum HDF5's own filter stored; payloads of odd and even lengths around the 360-word folds
+    from pseudolabel.storage.checksum import fletcher32
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 719, 720, 721, 1441, 20001):
+        for data in (rng.integers(0, 256, n), np.full(n, 255)):
+            with h5py.File(tmp_path / "f.h5", "w") as f:
+                f.create_dataset("x", data=data.astype(np.uint8), chunks=(n,), fletcher32=True)
+            with h5py.File(tmp_path / "f.h5", "r") as f:
+                info = f["x"].id.get_chunk_info(0)
+            raw = (tmp_path / "f.h5").read_bytes()[info.byte_offset: info.byte_offset + info.size]
+            assert raw[:-4] == data.astype(np.uint8).tobytes()
+            assert fletcher32(raw[:-4]) == int.from_bytes(raw[-4:], "little")
+
+
+def flip(path, offset: int, mask: int = 0x01) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= mask
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_bytes_are_found_when_opening_and_when_reading(tmp_path):
+    from pseudolabel.storage.shards import ShardDamagedError
+
+    records = [make_record(f"im{i}", seed=i) for i in range(2)]
+    shard = write_shards(tmp_path, records) / "shard-r000-00000.h5"
+    with h5py.File(shard, "r") as f:
+        info = f["images/im1/refined"].id.get_chunk_info(0)
+    flip(shard, info.byte_offset + info.size // 2)          # one bit inside im1's refined label chunk
+    with pytest.raises(ShardDamagedError, match=r"shard-r000-00000\.h5' is damaged.*SHA-256.*check_shards\.py"):
+        open_shards(tmp_path)
+    shards = open_shards(tmp_path, verify=False)             # as data-loader workers open it
+    assert np.array_equal(shards.read_label("im0"), records[0].refined)   # the other image is intact
+    with pytest.raises(ShardDamagedError, match="im1.*Fletcher-32"):
+        shards.read_label("im1")                             # the raw reader checks the chunk
+    with pytest.raises(ShardDamagedError, match="im1"):
+        shards["im1"]                                        # HDF5's reader too
+
+
+def test_a_truncated_shard_is_named(tmp_path):
+    from pseudolabel.storage.shards import ShardDamagedError
+
+    shard = write_shards(tmp_path, [make_record("a"), make_record("b")]) / "shard-r000-00000.h5"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(ShardDamagedError, match=str(shard)):
+        open_shards(tmp_path)
+
+
+def test_ids_hdf5_cannot_name_as_they_are_get_their_own_group(tmp_path):
+    ids = [".", "..", "%2E", ".a", "a", " a"]
+    keys = [image_key(i) for i in ids]
+    assert len(set(keys)) == len(ids) and [image_id_from_key(k) for k in keys] == ids
+    records = [make_record(i, seed=k) for k, i in enumerate(ids)]
+    shards = open_shards(write_shards(tmp_path, records, per_shard=len(ids)))
+    assert sorted(shards) == sorted(ids)
+    for record in records:
+        assert np.array_equal(shards[record.image_id].refined, record.refined)
+    for impossible in ("", "a\0b"):
+        with pytest.raises(ValueError, match="non-empty and hold no NUL"):
+            image_key(impossible)
+
+
+def test_a_failed_write_leaves_no_file(tmp_path):
+    with pytest.raises(RuntimeError):
+        with ShardWriter(tmp_path / "shard-r000-00000.h5", VOC, {"dataset": "voc"}) as writer:
+            writer.write(make_record("a"))
+            raise RuntimeError("crash while writing")
+    assert list(tmp_path.iterdir()) == []

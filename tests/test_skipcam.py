@@ -236,3 +236,22 @@ def test_gpu_autocast_matches_fp32(precision):
         cam = SkipCAM(model, tokenizer, get_class_set("voc"), cfg, "cuda", weights, precision=p)
         maps[p] = cam(IMAGE, (3, 15)).loc_maps_lowres
     assert np.abs(maps[precision] - maps["fp32"]).max() < 0.05
+
+
+def test_the_token_budget_caps_large_inputs_and_leaves_voc_and_coco_sizes_alone():
+    cam = tiny_skipcam()
+    assert cam.cfg.max_tokens == 1600
+    for height in range(1, 641, 13):              # every VOC (<= 500x500) and COCO (<= 640x640) size
+        for width in (height, 333, 500, 640):
+            assert cam.input_size(height, width) == tuple(16 * -(-side // 16) for side in (height, width))
+    h, w = cam.input_size(4000, 6000)
+    assert (h // 16, w // 16) == (33, 48) and abs(w / h - 1.5) < 0.05   # 1584 tokens: the largest such grid
+    assert cam.input_size(6000, 400)[0] // 16 * cam.input_size(6000, 400)[1] // 16 <= 1600
+    assert tiny_skipcam(max_tokens=0).input_size(4000, 6000) == (4000, 6000)  # 0: no budget
+    assert tiny_skipcam(image_size="512").input_size(4000, 6000) == (352, 512)   # under the budget already
+
+
+def test_a_capped_input_gives_maps_on_the_capped_grid_and_y0_at_full_size():
+    image = np.random.default_rng(4).integers(0, 255, (100, 300, 3), dtype=np.uint8)
+    out = tiny_skipcam(max_tokens=12)(image, (3, 15))      # 7 x 19 = 133 tokens without the budget
+    assert out.loc_maps_lowres.shape == (2, 2, 6) and out.y0.shape == (100, 300) and out.scores.shape[1:] == (100, 300)

@@ -171,3 +171,28 @@ def test_photo_folders_are_searched_as_the_custom_dataset_does(tmp_path):
 def test_view_labels_user_errors_exit_2(voc_run, tmp_path, argv):
     _, shard_dir, _ = voc_run
     assert load_tool("view_labels").main([str(shard_dir), "--out", str(tmp_path / "v"), *argv]) == 2
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_view_labels_on_a_damaged_shard_is_one_line_naming_it(voc_run, tmp_path, capsys, damage):
+    import shutil
+
+    _, shard_dir, _ = voc_run
+    shards = shutil.copytree(shard_dir, tmp_path / "shards")
+    shard = shards / "shard-r000-00001.h5"
+    data = bytearray(shard.read_bytes())
+    if damage == "flip":
+        data[-200] ^= 0x01
+    else:
+        del data[len(data) // 2:]
+    shard.write_bytes(bytes(data))
+    assert load_tool("view_labels").main([str(shards), "--out", str(tmp_path / "v"), "--tile-height", "16"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"shard '{shard}' is damaged" in lines[0] and "tools/check_shards.py" in lines[0]
+
+
+def test_panels_of_ids_differing_in_a_slash_do_not_overwrite_each_other():
+    from pseudolabel.viewer.panels import panel_name
+
+    names = {panel_name(i) for i in ("a/b", "a__b", "a%2Fb")}
+    assert len(names) == 3 and not any("/" in n for n in names)

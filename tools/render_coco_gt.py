@@ -11,18 +11,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from pseudolabel.datasets import build_dataset  # noqa: E402
+from pseudolabel.exits import tool_main  # noqa: E402
 
 
+@tool_main(FileNotFoundError, ValueError)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data-root", default=None, help="COCO root (default: data/coco or $CEP_DATA_ROOT/coco)")
     parser.add_argument("--split", default="val", choices=("val", "train"))
     args = parser.parse_args(argv)
-    try:
-        dataset = build_dataset("coco", args.data_root, args.split)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    dataset = build_dataset("coco", args.data_root, args.split)
     written, listing = dataset.write_gt_pngs()
     print(f"coco:{args.split}: {written} GT PNG(s) written, {len(dataset) - written} already there; "
           f"{len(dataset)} images listed in {listing}")

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from pseudolabel import compat
+from pseudolabel.checkpoints import CheckpointRefusedError, load_weights
 from pseudolabel.download import file_sha256
 
 compat.apply()  # before open_clip imports torchvision
@@ -100,15 +101,18 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """State dict of a local CLIP checkpoint.
 
     OpenAI's archives are TorchScript (read with ``torch.jit.load``, which unpickles nothing arbitrary); other
-    files are read with ``torch.load(weights_only=True)``.
+    files are read with ``torch.load(weights_only=True)``, and one holding more than weights is refused in one line.
     """
     try:
         if is_torchscript(path):
             state = torch.jit.load(str(path), map_location="cpu").state_dict()
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_weights(path)
+    except CheckpointRefusedError:
+        raise
     except Exception as error:  # noqa: BLE001 - report any unreadable file the same way
-        raise ValueError(f"{path}: not a CLIP checkpoint readable as TorchScript or a state dict ({error})") from None
+        first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise ValueError(f"{path}: not a CLIP checkpoint readable as TorchScript or a state dict ({first})") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]

@@ -11,6 +11,8 @@ one setting, :class:`CAMOutput`).
 """
 from __future__ import annotations
 
+import logging
+import math
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -29,6 +31,7 @@ from pseudolabel.cam.par import PARConfig, par_refine
 from pseudolabel.cam.prompts import PROMPT_SET_ALIASES, PROMPT_SETS, canonical_prompt_set, prompt_texts, text_embeddings
 from pseudolabel.precision import autocast
 
+LOG = logging.getLogger(__name__)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # Defaults that depend on the dataset (the field defaults hold for every other one): the paper's τ is 0.7 on COCO.
@@ -72,6 +75,10 @@ class SkipCAMConfig(DictConfig):
     attn_blocks: int = field(default=8, metadata={"help": "last blocks whose attention forms the CAA affinity"})
     image_size: str = field(default="full", metadata={
         "help": "CAM input size: 'full' = each side rounded up to a multiple of 16, or a long-side length e.g. 512"})
+    max_tokens: int = field(default=1600, metadata={
+        "help": "token budget of the CAM input (docs/method.md#preprocessing): a larger input is scaled down, "
+                "aspect kept, and the log says so; 1600 = 40x40 tokens, so no VOC (<= 500x500) or COCO "
+                "(<= 640x640) image is scaled; 0 = no budget"})
     clip_model: str = field(default=DEFAULT_CLIP_MODEL, metadata={
         "help": "open_clip model config name. OpenAI's weights (openai, or OpenAI's .pt archive) always run on the "
                 "QuickGELU config they were trained with (ViT-B-16 -> ViT-B-16-quickgelu); a plain state dict runs "
@@ -170,16 +177,32 @@ class SkipCAM:
         return cls(model, tokenizer, class_set, cfg, device, weights, precision)
 
     # -- preprocessing ------------------------------------------------------------------------------------------
-    def input_size(self, height: int, width: int) -> tuple[int, int]:
-        """CAM input size (h, w), multiples of the patch size (docs/method.md#preprocessing)."""
+    def token_grid(self, height: int, width: int) -> tuple[int, int]:
+        """Token rows and columns of an image before the budget: the image (``full``) or its long side scaled to
+        ``image_size``, each side rounded up to a multiple of the patch size (docs/method.md#preprocessing)."""
         if self.cfg.image_size != "full":
             scale = int(self.cfg.image_size) / max(height, width)
             height, width = height * scale, width * scale
-        return (int(np.ceil(height / self.patch)) * self.patch, int(np.ceil(width / self.patch)) * self.patch)
+        return math.ceil(height / self.patch), math.ceil(width / self.patch)
+
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """CAM input size (h, w): the token grid scaled down, aspect kept, to at most ``max_tokens`` tokens (the
+        attention's memory grows with the square of the token count), times the patch size."""
+        rows, cols = self.token_grid(height, width)
+        budget = self.cfg.max_tokens
+        if budget and rows * cols > budget:  # the sides scaled by one factor, rounded to the largest grid that fits
+            scale = math.sqrt(budget / (rows * cols))
+            grids = [(max(1, round_r(rows * scale)), max(1, round_c(cols * scale)))
+                     for round_r in (round, math.floor) for round_c in (round, math.floor)]
+            rows, cols = max((g for g in grids if g[0] * g[1] <= budget), key=lambda g: g[0] * g[1])
+        return rows * self.patch, cols * self.patch
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
         """Bicubic resize to the CAM input size and CLIP normalisation: ``(3, h, w)`` on the host (thread-safe)."""
         h, w = self.input_size(*image.shape[:2])
+        if (h, w) != tuple(self.patch * n for n in self.token_grid(*image.shape[:2])):
+            LOG.info("CAM input of a %dx%d image scaled to %dx%d by the token budget (--max-tokens %d); its labels "
+                     "keep the full size", image.shape[1], image.shape[0], w, h, self.cfg.max_tokens)
         resized = np.asarray(Image.fromarray(image).resize((w, h), Image.BICUBIC), np.float32) / 255.0
         tensor = torch.from_numpy(resized).permute(2, 0, 1)
         mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)

@@ -20,13 +20,14 @@ def split_tags(value: str | list) -> list[str]:
 
 def read_tag_list(path: Path) -> dict[str, list[str]]:
     """``image_id -> class names`` from a CSV (``image_id,classes`` with ``;`` or ``|`` between classes) or a JSON
-    file (``{"id": ["cat"]}`` or ``[{"image_id": "id", "classes": ["cat"]}]``)."""
+    file (``{"id": ["cat"]}`` or ``[{"image_id": "id", "classes": ["cat"]}]``), UTF-8 with or without a BOM (as
+    spreadsheet programs save it). An id listed twice or an empty id is an error naming it."""
     if not path.is_file():
         raise FileNotFoundError(f"label list '{path}' does not exist; give a CSV (image_id,classes) or JSON file")
     if path.suffix.lower() == ".json":
         rows = _json_rows(path)
     else:
-        with path.open(newline="") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             if not {"image_id", "classes"} <= set(reader.fieldnames or ()):
                 raise ValueError(f"{path}: the CSV header must be 'image_id,classes' (got {reader.fieldnames})")
@@ -34,6 +35,9 @@ def read_tag_list(path: Path) -> dict[str, list[str]]:
     tags: dict[str, list[str]] = {}
     for image_id, classes in rows:
         image_id = str(image_id).strip()
+        if not image_id or "\0" in image_id:
+            raise ValueError(f"{path}: an entry has an empty or unusable image id {image_id!r} (classes "
+                             f"{classes!r}); give every entry the name of its image")
         if image_id in tags:
             raise ValueError(f"{path}: image '{image_id}' is listed twice; merge its classes into one entry")
         tags[image_id] = split_tags(classes)
@@ -42,11 +46,25 @@ def read_tag_list(path: Path) -> dict[str, list[str]]:
     return tags
 
 
+class _RepeatedKey(Exception):
+    """A JSON object with a key twice (``json`` keeps the last silently)."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    found = dict(pairs)
+    if len(found) < len(pairs):
+        seen = set()
+        raise _RepeatedKey(next(key for key, _ in pairs if key in seen or seen.add(key)))
+    return found
+
+
 def _json_rows(path: Path) -> list[tuple[str, str | list]]:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from None
+    except _RepeatedKey as error:
+        raise ValueError(f"{path}: image '{error.args[0]}' is listed twice; merge its classes into one entry") from None
     if isinstance(data, dict):
         return list(data.items())
     if isinstance(data, list) and all(isinstance(item, dict) and {"image_id", "classes"} <= item.keys()

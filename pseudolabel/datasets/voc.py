@@ -30,7 +30,7 @@ def xml_class_names(path: Path) -> list[str]:
 
 def split_ids(split_file: Path) -> list[str]:
     """Image ids of a split list: one id per line, or DeepLab-style lines ``/JPEGImages/<id>.jpg /Seg.../<id>.png``."""
-    lines = (line.split() for line in split_file.read_text().splitlines())
+    lines = (line.split() for line in split_file.read_text(encoding="utf-8-sig").splitlines())
     return [Path(parts[0]).stem for parts in lines if parts]
 
 

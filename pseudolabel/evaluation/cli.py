@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from pseudolabel.cli_options import add_dataclass_options, config_from_options
 from pseudolabel.evaluation.pipeline import EvaluationConfig, EvaluationError, evaluate
 from pseudolabel.evaluation.report import format_table, plot_per_class, write_json
 from pseudolabel.evaluation.sources import LabelSourceError
+from pseudolabel.exits import OutputError, tool_main
 from pseudolabel.storage.format import LABEL_KINDS, REFINED
+from pseudolabel.storage.shards import ShardError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,15 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@tool_main(EvaluationError, LabelSourceError, ShardError, FileNotFoundError, OutputError)
 def main(argv: list[str] | None = None) -> int:
+    """``tools/evaluate.py``: exit status 0, 2 (an error, one line: bad input, damaged shards, mismatched class
+    lists) or 130 (interrupted)."""
     args = build_parser().parse_args(argv)
     config = config_from_options(args, EvaluationConfig)
-    try:
-        result = evaluate(args.gt, args.pred, args.pred2, config, args.pred_kind, args.pred2_kind,
-                          args.data_root, progress=not args.quiet)
-    except (EvaluationError, LabelSourceError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    result = evaluate(args.gt, args.pred, args.pred2, config, args.pred_kind, args.pred2_kind,
+                      args.data_root, progress=not args.quiet)
     print(format_table(result))
     if args.json:
         write_json(result, args.json)

@@ -6,17 +6,17 @@ and the label viewer call it too.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from tqdm import tqdm
 
-from pseudolabel.classes import IGNORE_INDEX
+from pseudolabel.classes import IGNORE_INDEX, ClassSet, class_name_key
 from pseudolabel.evaluation.bootstrap import PairedTest, bootstrap_statistics, paired_test, percentile_interval
 from pseudolabel.evaluation.counts import BoundarySpec, CountTable, ImageCounts, count_image
 from pseudolabel.evaluation.metrics import MEAN_OVER, class_iou, coverage, labelled_only_sums, mean_iou
 from pseudolabel.evaluation.sources import LabelSource, open_source
+from pseudolabel.exits import worker_pool
 from pseudolabel.storage.format import REFINED
 
 
@@ -29,7 +29,11 @@ class EvaluationConfig:
     """Options of an evaluation run (docs/evaluation.md#usage explains each)."""
 
     num_classes: int | None = field(default=None, metadata={
-        "help": "number of classes incl. background; inferred from a dataset/shard source, required for PNG folders"})
+        "help": "number of classes incl. background; inferred from a dataset/shard source or --classes, required "
+                "for PNG folders otherwise"})
+    classes: str | None = field(default=None, metadata={
+        "help": "class list (.txt, one class per line, or .json) naming the classes of PNG folder sources in index "
+                "order, so they are compared with the other sources' class names like shards and datasets are"})
     ignore_index: int = field(default=IGNORE_INDEX, metadata={"help": "GT label that is not scored"})
     mean_over: str = field(default="mmseg", metadata={
         "help": "classes averaged: 'mmseg' = union > 0 (mmseg IoUMetric), 'gt-present' = present in GT "
@@ -104,6 +108,28 @@ class ImageScorer:
         return ImageOutcome(image_id, counts, None, out_of_range)
 
 
+def check_class_names(sources: list[LabelSource], classes_file: str | None = None) -> None:
+    """Give PNG folder sources the class names of ``classes_file``, then refuse sources whose class names differ
+    (names and order; case, spaces and punctuation ignored), naming both lists: labels of one would be scored as
+    another's classes."""
+    if classes_file:
+        try:
+            names = ClassSet.from_file(classes_file).classes
+        except ValueError as error:
+            raise EvaluationError(f"--classes {classes_file}: {error}") from None
+        for source in sources:
+            if source.class_names is None:
+                source.class_names, source.num_classes = tuple(names), len(names)
+    named = [source for source in sources if source.class_names is not None]
+    for source in named[1:]:
+        if [class_name_key(n) for n in source.class_names] != [class_name_key(n) for n in named[0].class_names]:
+            raise EvaluationError(
+                f"the sources name their classes differently: {named[0].description} has "
+                f"{list(named[0].class_names)} but {source.description} has {list(source.class_names)}; label "
+                "values would be scored as another class. Compare outputs made with the same class list (PNG "
+                "folders take theirs from --classes)")
+
+
 def _resolve_num_classes(config: EvaluationConfig, sources: list[LabelSource]) -> int:
     known = {s.description: s.num_classes for s in sources if s.num_classes is not None}
     if config.num_classes is not None:
@@ -146,7 +172,7 @@ def collect_counts(
     if workers <= 1 or len(image_ids) < 2:
         return [scorer(i) for i in tqdm(image_ids, **bar)]
     chunk = max(1, min(64, len(image_ids) // (8 * workers)))
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with worker_pool(workers) as pool:
         return list(tqdm(pool.map(scorer, image_ids, chunksize=chunk), **bar))
 
 
@@ -258,6 +284,7 @@ def evaluate(
     preds = [open_source(pred, pred_kind, data_root)]
     if pred2 is not None:
         preds.append(open_source(pred2, pred2_kind, data_root))
+    check_class_names([gt_source, *preds], config.classes)
     num_classes = _resolve_num_classes(config, [gt_source, *preds])
     if config.ignore_index < num_classes:
         raise EvaluationError(f"--ignore-index {config.ignore_index} must be >= num_classes {num_classes}")

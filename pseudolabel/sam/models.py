@@ -1,8 +1,8 @@
 """SAM variants (segment-anything's registry plus a tiny test variant) and checkpoint loading.
 
-Official checkpoints are plain state dicts, loaded with ``torch.load(weights_only=True)``. Without a local file the
-official checkpoint is downloaded into a cache directory and its SHA-256 checked before use
-(``pseudolabel/download.py``).
+Official checkpoints are plain state dicts, loaded with ``torch.load(weights_only=True)``
+(``pseudolabel/checkpoints.py``). Without a local file the official checkpoint is downloaded into a cache directory
+and its SHA-256 checked before use (``pseudolabel/download.py``).
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from pseudolabel import compat
+from pseudolabel.checkpoints import load_weights
 from pseudolabel.download import DownloadError, download_file, file_sha256
 
 compat.apply()  # before segment_anything imports torchvision
@@ -96,7 +97,7 @@ def load_sam(variant: str = "vit_b", checkpoint: str | None = None, device="cpu"
         if not path.is_file():
             raise FileNotFoundError(f"SAM checkpoint '{path}' does not exist (expected the official {variant} file "
                                     f"{spec.filename})")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights(path)  # weights only: a file holding anything else is refused in one line
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as error:

@@ -5,6 +5,11 @@ Two stages a caller can keep apart and reuse: :meth:`SAMRefiner.embed` (SAM's im
 on a GPU; an :class:`ImageEmbedding` serves every refinement setting of the same SAM model: grid, δ, filter, mask
 selection, merge) and :meth:`SAMRefiner.refine_embedded` (prompts, masks, filter and merge of one setting). The
 masks, filtering and merging run as torch operations on the model's device.
+
+Everything runs at the image's full resolution, in pieces whose memory is bounded whatever the image size: prompts
+are decoded, selected and filtered a few at a time (:data:`MASK_BYTES_PER_STEP`) and the merge runs in bands of rows
+(:data:`MERGE_BYTES_PER_BAND`). Each mask and each pixel is computed exactly as in one piece, so the pieces never
+change a label; at VOC and COCO sizes the pieces are whole.
 """
 from __future__ import annotations
 
@@ -17,6 +22,9 @@ import torch
 
 from pseudolabel.classes import IGNORE_INDEX
 from pseudolabel.cli_options import DictConfig
+
+MASK_BYTES_PER_STEP = 256 << 20   # SAM's 3 masks per prompt, one byte per pixel: 3 prompts of a 6000x4000 image
+MERGE_BYTES_PER_BAND = 256 << 20  # the merge's per-class float32 scores in one band of rows
 
 
 @dataclass
@@ -149,6 +157,11 @@ class SAMRefiner:
         masks, iou_pred, _ = self.predictor.predict_torch(coords[:, None, :], labels, multimask_output=True)
         return masks, iou_pred
 
+    def prompts_per_step(self, height: int, width: int) -> int:
+        """Prompts decoded, selected and filtered together: ``points_per_batch``, fewer when their masks would take
+        more than :data:`MASK_BYTES_PER_STEP`."""
+        return max(1, min(self.cfg.points_per_batch, MASK_BYTES_PER_STEP // (3 * height * width)))
+
     def _select_and_filter(self, masks, iou_pred, regions) -> tuple[torch.Tensor, torch.Tensor]:
         """Chosen mask per point and whether it passes δ. ``regions (B, H, W)``: R for each point."""
         flat, regions = masks.flatten(2), regions.flatten(1)
@@ -200,8 +213,9 @@ class SAMRefiner:
         accepted = torch.zeros_like(regions)
         passed = torch.zeros(len(class_ids), dtype=torch.int64, device=device)
         decode = 0.0
-        for begin in range(0, len(xy), self.cfg.points_per_batch):
-            batch, who = xy[begin: begin + self.cfg.points_per_batch], owner[begin: begin + self.cfg.points_per_batch]
+        step = self.prompts_per_step(height, width)
+        for begin in range(0, len(xy), step):
+            batch, who = xy[begin: begin + step], owner[begin: begin + step]
             tick = time.perf_counter()
             masks, iou_pred = self.point_masks(batch, (height, width))
             decode += time.perf_counter() - tick
@@ -223,9 +237,16 @@ class SAMRefiner:
     def merge(self, y0: torch.Tensor, scores: torch.Tensor, class_ids, regions: torch.Tensor,
               accepted: torch.Tensor) -> torch.Tensor:
         """Compose the label map from each class's support: conflicts go to the larger refined score
-        (docs/method.md#merge-and-conflicts)."""
+        (docs/method.md#merge-and-conflicts). Runs in bands of rows (each pixel on its own, so the same result)."""
+        height, width = y0.shape
+        has_mask = accepted.flatten(1).any(dim=1)[:, None, None]
+        rows = max(1, MERGE_BYTES_PER_BAND // (4 * max(1, len(class_ids)) * width))
+        return torch.cat([self._merge_band(y0[top: top + rows], scores[:, top: top + rows], class_ids,
+                                           regions[:, top: top + rows], accepted[:, top: top + rows], has_mask)
+                          for top in range(0, height, rows)])
+
+    def _merge_band(self, y0, scores, class_ids, regions, accepted, has_mask) -> torch.Tensor:
         if self.cfg.merge == "replace":
-            has_mask = accepted.flatten(1).any(dim=1)[:, None, None]
             support = torch.where(has_mask, accepted, regions)
         else:
             support = accepted | regions

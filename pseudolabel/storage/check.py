@@ -1,6 +1,8 @@
 """Integrity check of a stage-one output directory (``shard-*.h5`` + ``manifest.json``), layout of docs/design.md.
 
-Checked for every shard: it opens (a truncated or non-HDF5 file is reported, never raised); the format attributes
+Checked for every shard: its bytes match the SHA-256 recorded in it when it was written (flipped bytes, truncation;
+pseudolabel/storage/checksum.py); it opens (a truncated or non-HDF5 file is reported, never raised); every chunk
+passes its Fletcher-32 checksum as it is read; the format attributes
 are present; ``/palette`` follows the HDF5 Palette spec and every label dataset references it; each image group
 has its attributes (``class_names`` naming its ``class_ids``), ``refined``/``initial`` of shape ``(height, width)``
 uint8 with values in ``{0} ∪ class_ids ∪ {255}``, ``loc_maps`` whose first dimension equals its number of class ids
@@ -21,12 +23,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from pseudolabel.exits import tool_main
+from pseudolabel.storage.checksum import verify_file
 from pseudolabel.storage.format import (
     CLASS_STATS,
     CLASS_STATS_ATTRS,
     CLASS_STATS_DTYPE,
     FORMAT,
-    FORMAT_VERSION,
     IGNORE_INDEX,
     IMAGE_ATTRS,
     IMAGE_SPEC,
@@ -39,6 +42,7 @@ from pseudolabel.storage.format import (
     PALETTE,
     PALETTE_REF,
     PALETTE_SPEC,
+    READABLE_VERSIONS,
     REFINED,
     ROOT_ATTRS,
     SHARD_GLOB,
@@ -202,8 +206,8 @@ def _check_shard(path: Path, handle: h5py.File, problems: list[str], ids_in: dic
             problems.append(f"{name}: root attribute '{key}' missing")
     if "format" in attrs and decode_text(attrs["format"]) != FORMAT:
         problems.append(f"{name}: format '{decode_text(attrs['format'])}' is not '{FORMAT}'")
-    if "format_version" in attrs and int(attrs["format_version"]) != FORMAT_VERSION:
-        problems.append(f"{name}: format_version {attrs['format_version']} (this checker knows {FORMAT_VERSION})")
+    if "format_version" in attrs and int(attrs["format_version"]) not in READABLE_VERSIONS:
+        problems.append(f"{name}: format_version {attrs['format_version']} (this checker knows {READABLE_VERSIONS})")
     shared = _shared_root_attrs(name, attrs, problems)
     class_names = shared.get("class_names") if isinstance(shared.get("class_names"), list) else None
 
@@ -267,6 +271,10 @@ def run_check(directory: str | Path, require_manifest: bool = True) -> CheckResu
     ids_in: dict[str, list[str]] = defaultdict(list)
     shared_attrs: dict[str, dict] = {}
     for path in paths:
+        damage = verify_file(path)
+        if damage is not None:
+            problems.append(f"{path.name}: damaged: {damage}; rerunning stage one (the same command) moves it to "
+                            "damaged/ and labels its images again")
         try:
             handle = h5py.File(path, "r")
         except (OSError, ValueError) as error:
@@ -329,8 +337,9 @@ def check_shards(directory: str | Path, require_manifest: bool = True) -> list[s
     return run_check(directory, require_manifest).problems
 
 
+@tool_main()
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``tools/check_shards.py DIR``; exit 1 when any problem is found."""
+    """CLI: ``tools/check_shards.py DIR``; exit 1 when any problem is found (130: interrupted)."""
     import argparse
 
     parser = argparse.ArgumentParser(

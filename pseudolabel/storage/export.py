@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,10 +28,11 @@ from tqdm import tqdm
 
 from pseudolabel.classes import pascal_palette
 from pseudolabel.cli_options import add_dataclass_options, config_from_options
+from pseudolabel.exits import OutputError, output_error, tool_main, worker_pool
 from pseudolabel.image_io import write_label_png
 from pseudolabel.storage.atomic import atomic_write
 from pseudolabel.storage.format import LABEL_KINDS, REFINED
-from pseudolabel.storage.shards import ShardSet, open_shards
+from pseudolabel.storage.shards import ShardError, ShardSet, open_shards
 
 LAYOUTS = ("voc", "flat")
 MAP_FORMATS = ("clipes",)
@@ -145,7 +145,11 @@ class ImageExporter:
                 maps_path = self.paths.maps(image_id)
                 maps_path.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write(maps_path, lambda h: np.save(h, maps, allow_pickle=True), durable=False)
+        except ShardError:
+            raise
         except (OSError, KeyError, ValueError) as error:
+            if isinstance(error, OSError) and (unwritable := output_error(error)):
+                raise unwritable from None
             raise ExportError(f"image '{image_id}' of {self.shards.directory}: {error}. Files finished so far are "
                               "kept; check the shards with tools/check_shards.py, then rerun to resume") from None
 
@@ -171,7 +175,7 @@ def _run(exporter: ImageExporter, image_ids: list[str], workers: int, progress: 
             exporter(image_id)
         return
     chunk = max(1, min(64, len(image_ids) // (8 * workers)))
-    with ProcessPoolExecutor(max_workers=workers, initializer=_start_worker, initargs=(exporter,)) as pool:
+    with worker_pool(workers, initializer=_start_worker, initargs=(exporter,)) as pool:
         for _ in tqdm(pool.map(_export_in_worker, image_ids, chunksize=chunk), **bar):
             pass
 
@@ -263,14 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@tool_main(ExportError, ShardError, FileNotFoundError, OutputError)
 def main(argv: list[str] | None = None) -> int:
+    """``tools/export_labels.py``: exit status 0, 2 (an error, one line) or 130 (interrupted)."""
     args = build_parser().parse_args(argv)
     config = config_from_options(args, ExportConfig)
-    try:
-        summary = export_labels(args.shards, args.out, config, progress=not args.quiet)
-    except (ExportError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    summary = export_labels(args.shards, args.out, config, progress=not args.quiet)
     print(summary.describe())
     if summary.random_weights:
         print("NOTE: these labels were produced with RANDOM WEIGHTS (see export.json); they are not meaningful.",

@@ -17,7 +17,9 @@ import numpy as np
 from pseudolabel.classes import IGNORE_INDEX  # noqa: F401  (label maps hold the project's ignore value as is)
 
 FORMAT = "cep-pseudolabel-shard"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2                   # 2: Fletcher-32 on every dataset, a SHA-256 of the file in its user block
+READABLE_VERSIONS = (1, 2)
+USERBLOCK_SIZE = 512                 # bytes before the HDF5 data, holding the digest (pseudolabel/storage/checksum.py)
 SHARD_GLOB = "shard-*.h5"
 MANIFEST = "manifest.json"
 RUN_FORMAT = "cep-pseudolabel-run"  # the manifest's "format"
@@ -35,23 +37,27 @@ CLASS_STATS_DTYPE = np.dtype([("class_id", "<i8"), ("prompts", "<i8"), ("masks_a
 
 LOC_CONVENTION = ("CLIP-ES attn_highres: CAA-refined map, min-max normalised at token resolution; "
                   "resize bilinearly (cv2) to (height, width)")
-COMPRESSION = {"compression": "gzip", "compression_opts": 4}
+DATASET_FILTERS = {"compression": "gzip", "compression_opts": 4, "fletcher32": True}  # every chunked dataset
 # HDF5 Image and Palette specifications (fixed-length ASCII strings), so HDFView shows label maps coloured.
 IMAGE_SPEC = {"CLASS": "IMAGE", "IMAGE_VERSION": "1.2", "IMAGE_SUBCLASS": "IMAGE_INDEXED", "DISPLAY_ORIGIN": "UL"}
 PALETTE_SPEC = {"CLASS": "PALETTE", "PAL_COLORMODEL": "RGB", "PAL_TYPE": "STANDARD8", "PAL_VERSION": "1.2"}
 PALETTE_REF = "PALETTE"                                 # a label map's object reference to /palette
 LABEL_RANGE_ATTRS = ("IMAGE_MINMAXRANGE", "valid_range")  # [0, C-1] for HDFView and h5web
 
-_ESCAPED = re.compile(r"[%/]")
-_ESCAPE = re.compile(r"%(25|2F)")
+_ESCAPED = re.compile(r"[%/]|^\.$")
+_ESCAPE = re.compile(r"%(25|2F|2E)")
 
 
 def image_key(image_id: str) -> str:
-    """HDF5 group name of an image id: '%' -> '%25' and '/' -> '%2F' (HDF5 names cannot hold '/'), nothing else.
+    """HDF5 group name of an image id: '%' -> '%25', '/' -> '%2F' and the id '.' -> '%2E' (HDF5 names cannot hold
+    '/', and '.' names the group itself), nothing else.
 
-    Injective, so two ids never share a group; ids without '%' or '/' are their own key. Hand-written because
-    ``urllib.parse.quote`` also escapes spaces and non-ASCII characters, which would rename existing groups.
+    Injective, so two ids never share a group; other ids are their own key. Hand-written because
+    ``urllib.parse.quote`` also escapes spaces and non-ASCII characters, which would rename existing groups. An
+    empty id or one holding NUL (no file name does) cannot be stored: ``ValueError``.
     """
+    if not image_id or "\0" in image_id:
+        raise ValueError(f"image id {image_id!r} cannot be stored: ids must be non-empty and hold no NUL character")
     return _ESCAPED.sub(lambda match: f"%{ord(match[0]):02X}", image_id)
 
 

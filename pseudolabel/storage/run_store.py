@@ -5,14 +5,15 @@ Each finished image is first staged atomically as a small ``.npz`` (temp file, f
 renamed into place, then the staged files are removed. After a crash (even ``kill -9``) a rerun finds every finished
 image either in a shard or staged; before any rank starts, rank 0 deletes the temp files and packs what every rank
 had staged (so the number of ranks may change between runs). Only images that were in flight are computed again, and
-no half-written file is ever read.
+no half-written file is ever read. Rank 0 also verifies every shard's checksum first: a damaged shard is moved to
+``<out>/damaged/``, noted in ``damaged.json`` (and the manifest), and its images are labelled again.
 """
 from __future__ import annotations
 
-import errno
+import datetime
 import hashlib
 import json
-import os
+import logging
 import shutil
 from pathlib import Path
 
@@ -20,28 +21,18 @@ import numpy as np
 
 from pseudolabel.classes import ClassSet
 from pseudolabel.cli_options import config_differences
+from pseudolabel.exits import guard_write
 from pseudolabel.storage.atomic import atomic_write
 from pseudolabel.storage.format import MANIFEST, RUN_FORMAT, SHARD_GLOB
-from pseudolabel.storage.shards import LabelRecord, ShardWriter, shard_image_ids
+from pseudolabel.storage.shards import LabelRecord, ShardWriter, shard_image_ids, shard_problem
 
+LOG = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
-WRITE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EACCES: "permission denied", errno.EROFS: "read-only file system",
-                errno.EDQUOT: "disk quota exceeded"}
+DAMAGED_DIR, DAMAGED_FILE = "damaged", "damaged.json"
 
 
-class OutputError(RuntimeError):
-    """The output directory cannot be written; everything finalized so far is kept."""
-
-
-def guard_write(action, where: Path):
-    """Run ``action()``; a disk-full or permission error becomes an :class:`OutputError` with the fix."""
-    try:
-        return action()
-    except OSError as error:
-        if error.errno in WRITE_ERRNOS:
-            raise OutputError(f"cannot write to '{where}': {WRITE_ERRNOS[error.errno]}. Everything finished so far is "
-                              "kept; free space or fix permissions, then rerun the same command to resume") from None
-        raise
+def _write_json(path: Path, data) -> None:
+    guard_write(lambda: atomic_write(path, lambda h: h.write(json.dumps(data, indent=1).encode())), path)
 
 
 class RunStore:
@@ -64,9 +55,10 @@ class RunStore:
         """Remove a previous run's outputs (``--overwrite``; rank 0 only)."""
         for path in list(self.out.glob(SHARD_GLOB)) + list(self.out.glob("*-r*.json")):
             path.unlink()
-        for name in (MANIFEST, CONFIG_FILE):
+        for name in (MANIFEST, CONFIG_FILE, DAMAGED_FILE):
             (self.out / name).unlink(missing_ok=True)
-        shutil.rmtree(self.out / ".staging", ignore_errors=True)
+        for folder in (".staging", DAMAGED_DIR):
+            shutil.rmtree(self.out / folder, ignore_errors=True)
 
     def check_config(self, config: dict, overwrite: bool) -> None:
         """Refuse to mix with shards of another config (unless ``overwrite``); record the config (rank 0)."""
@@ -78,15 +70,46 @@ class RunStore:
                 raise ValueError(f"'{self.out}' holds labels made with another configuration ({'; '.join(changed)}). "
                                  "Use another --out, or --overwrite to delete them and start again")
         if self.rank == 0:
-            guard_write(lambda: atomic_write(path, lambda h: h.write(json.dumps(config, indent=1).encode())), path)
+            _write_json(path, config)
+
+    def set_aside_damaged(self) -> list[dict]:
+        """Move every shard whose checksum fails to ``damaged/`` and note it in ``damaged.json``; its images are then
+        no longer finished, so the run labels them again. Returns the notes of this call."""
+        notes = []
+        for shard in sorted(self.out.glob(SHARD_GLOB)):
+            problem = shard_problem(shard)
+            if problem is None:
+                continue
+            target = self.out / DAMAGED_DIR / shard.name
+            while target.exists():
+                target = target.with_name(target.name + ".again")
+
+            def move(shard=shard, target=target) -> None:
+                target.parent.mkdir(exist_ok=True)
+                shard.replace(target)
+            guard_write(move, target)
+            notes.append({"shard": shard.name, "moved_to": str(target.relative_to(self.out)), "reason": problem,
+                          "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds")})
+            LOG.warning("shard %s is damaged (%s): moved to %s; its images are labelled again", shard.name, problem,
+                        notes[-1]["moved_to"])
+        if notes:
+            _write_json(self.out / DAMAGED_FILE, self.damaged() + notes)
+        return notes
+
+    def damaged(self) -> list[dict]:
+        """Every note of ``damaged.json``: the shards this directory has set aside."""
+        path = self.out / DAMAGED_FILE
+        return json.loads(path.read_text()) if path.is_file() else []
 
     def recover(self) -> int:
         """Rank 0, while the other ranks wait at a barrier: finish what an interrupted run left. Every temp file is
-        removed and the records staged by every rank are packed into shards, whatever the number of ranks was then
-        (records already in a shard, packed just before a crash, are dropped). Returns the number of records packed."""
+        removed, damaged shards are set aside (:meth:`set_aside_damaged`) and the records staged by every rank are
+        packed into shards, whatever the number of ranks was then (records already in a shard, packed just before a
+        crash, are dropped). Returns the number of records packed."""
         temps = [*self.out.glob("*.tmp"), *self.out.glob(".staging/r*/*.tmp")]
         for tmp in temps:
             tmp.unlink(missing_ok=True)
+        self.set_aside_damaged()
         in_shards = self.finished()
         staged: dict[str, Path] = {}
         for path in sorted(self.out.glob(".staging/r*/*.npz")):
@@ -118,30 +141,26 @@ class RunStore:
             self.pack()
 
     def pack(self, staged: list[Path] | None = None) -> Path | None:
-        """Move staged records (default: all of this rank's) into a new shard (temp name, then atomic rename)."""
+        """Move staged records (default: all of this rank's) into a new shard (built in memory, written to a temp
+        name, then renamed into place)."""
         staged = sorted(self.staging.glob("*.npz")) if staged is None else staged
         if not staged:
             return None
         existing = [int(p.stem.split("-")[-1]) for p in self.out.glob(f"shard-r{self.rank:03d}-*.h5")]
         path = self.out / f"shard-r{self.rank:03d}-{max(existing, default=-1) + 1:05d}.h5"
-        tmp = path.with_name(path.name + ".tmp")
 
         def write():
-            with ShardWriter(tmp, self.class_set, dict(self.attrs, rank=self.rank)) as writer:
+            with ShardWriter(path, self.class_set, dict(self.attrs, rank=self.rank)) as writer:
                 for file in staged:
                     with np.load(file, allow_pickle=False) as arrays:
                         writer.write(LabelRecord.from_arrays(arrays))
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        guard_write(write, self.out)
+        guard_write(write, path)
         for file in staged:
             file.unlink()
         return path
 
     def write_json(self, name: str, data) -> None:
-        path = self.out / name
-        guard_write(lambda: atomic_write(path, lambda h: h.write(json.dumps(data, indent=1).encode())), path)
+        _write_json(self.out / name, data)
 
     def write_manifest(self, world_size: int) -> dict:
         """List every shard with its images, every failure and each rank's summary (rank 0, after all ranks)."""
@@ -155,6 +174,6 @@ class RunStore:
                     target.extend(loaded if isinstance(loaded, list) else [loaded])
         manifest = {"format": RUN_FORMAT, "config": json.loads((self.out / CONFIG_FILE).read_text()),
                     "num_images": sum(len(v) for v in shards.values()), "shards": shards, "failures": failures,
-                    "summaries": summaries}
+                    "damaged": self.damaged(), "summaries": summaries}
         self.write_json(MANIFEST, manifest)
         return manifest

@@ -4,12 +4,18 @@ Layout (docs/design.md): root attributes (dataset, split, class names, config JS
 random_weights), ``/palette`` (HDF5 Palette spec) and one group per image under ``/images`` holding ``refined`` and
 ``initial`` label maps (HDF5 Image spec, indexed, referencing the palette, so HDFView shows them coloured; a
 ``valid_range`` for h5web), the localization maps at token resolution and the per-class records ``class_stats``
-(absent in shards written before stage one kept them). gzip only; one chunk per dataset. Nothing is ever unpickled:
-metadata is JSON.
+(absent in shards written before stage one kept them). gzip and Fletcher-32 only; one chunk per dataset. Nothing is
+ever unpickled: metadata is JSON.
+
+Self-checking (:mod:`pseudolabel.storage.checksum`): a shard is built in memory and written with plain Python I/O
+(temp file, fsync, rename; HDF5 itself never writes to disk, so a full disk is an ordinary ``OSError``), with the
+SHA-256 of the file in its user block. :class:`ShardSet` verifies every shard when it opens a directory and raises
+:class:`ShardDamagedError` naming the file; a damaged chunk read later fails its Fletcher-32 the same way.
 """
 from __future__ import annotations
 
 import glob
+import io
 import json
 import os
 from collections.abc import Iterator, Mapping
@@ -26,11 +32,13 @@ except ImportError:  # a platform without zlib-ng wheels: same result, slower
 
 from pseudolabel.classes import ClassSet, pascal_palette
 from pseudolabel.loc_maps import resize_maps
+from pseudolabel.storage.atomic import atomic_write
+from pseudolabel.storage.checksum import fletcher32_payload, seal, verify_file
 from pseudolabel.storage.class_stats import ClassStats
 from pseudolabel.storage.format import (
     CLASS_STATS,
     CLASS_STATS_ATTRS,
-    COMPRESSION,
+    DATASET_FILTERS,
     FORMAT,
     FORMAT_VERSION,
     IMAGE_ATTRS,
@@ -49,6 +57,7 @@ from pseudolabel.storage.format import (
     REFINED,
     ROOT_ATTRS,
     SHARD_GLOB,
+    USERBLOCK_SIZE,
     check_label_kind,
     image_key,
     read_attrs,
@@ -95,18 +104,38 @@ class LabelRecord:
                    if "class_stats" in arrays else None)
 
 
+class ShardError(ValueError):
+    """A shard directory that cannot be read as stage-one output; the message names the file and the fix."""
+
+
+class ShardDamagedError(ShardError):
+    """A shard file whose bytes are not those written (flipped bits, truncation, a failed checksum)."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"shard '{path}' is damaged: {reason}. Run tools/check_shards.py {Path(path).parent} for a "
+                         "report; rerunning stage one (the same command) moves it to damaged/ and labels its images "
+                         "again")
+
+    def __reduce__(self):  # picklable: evaluator worker processes send it back
+        return type(self), (self.path, self.reason)
+
+
 def _ascii(text: str) -> np.bytes_:
     """A fixed-length ASCII string attribute, as the HDF5 Image/Palette specification expects."""
     return np.bytes_(text.encode("ascii"))
 
 
 class ShardWriter:
-    """Writes records into one shard file. Use as a context manager; the file is complete once closed."""
+    """Writes records into one shard file. Use as a context manager: the shard is built in memory and written to
+    ``path`` (sealed with its digest, temp file, fsync, rename) when the block ends without an exception, so the file
+    is complete or absent; an exception discards it. Write errors (a full disk) are plain ``OSError``."""
 
     def __init__(self, path: str | Path, class_set: ClassSet, attrs: dict):
         self.path = Path(path)
         self.class_set = class_set
-        self.file = h5py.File(self.path, "w")
+        self.buffer = io.BytesIO()
+        self.file = h5py.File(self.buffer, "w", userblock_size=USERBLOCK_SIZE)
         write_attrs(self.file.attrs, ROOT_ATTRS, {"format": FORMAT, "format_version": FORMAT_VERSION,
                                                   "class_names": list(class_set.classes),
                                                   "class_set": class_set.to_json(), **attrs})
@@ -118,7 +147,7 @@ class ShardWriter:
         self.count = 0
 
     def _label_dataset(self, group: h5py.Group, name: str, labels: np.ndarray) -> None:
-        data = group.create_dataset(name, data=np.asarray(labels, np.uint8), chunks=labels.shape, **COMPRESSION)
+        data = group.create_dataset(name, data=np.asarray(labels, np.uint8), chunks=labels.shape, **DATASET_FILTERS)
         for key, value in IMAGE_SPEC.items():
             data.attrs[key] = _ascii(value)
         data.attrs[PALETTE_REF] = self.palette_ref
@@ -139,7 +168,7 @@ class ShardWriter:
         self._label_dataset(group, INITIAL, record.initial)
         maps = np.asarray(record.loc_maps_lowres, np.float16)
         loc = group.create_dataset(LOC_MAPS, data=maps, chunks=maps.shape if maps.size else None,
-                                   **(COMPRESSION if maps.size else {}))
+                                   **(DATASET_FILTERS if maps.size else {}))
         write_attrs(loc.attrs, LOC_MAPS_ATTRS, {
             "class_ids": record.loc_class_ids,
             "class_names": [self.class_set.classes[c] for c in record.loc_class_ids], "convention": LOC_CONVENTION})
@@ -152,15 +181,27 @@ class ShardWriter:
         self.count += 1
 
     def close(self) -> None:
+        """Finish the file and write it to ``path``."""
         if self.file.id.valid:
-            self.file.flush()
             self.file.close()
+            data = seal(self.buffer.getvalue())
+            atomic_write(self.path, lambda handle: handle.write(data))
+            self.buffer = io.BytesIO()
+
+    def discard(self) -> None:
+        """Drop what was written; nothing reaches the disk."""
+        if self.file.id.valid:
+            self.file.close()
+        self.buffer = io.BytesIO()
 
     def __enter__(self) -> "ShardWriter":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
 
 
 def read_root_attrs(path: str | Path) -> dict:
@@ -177,14 +218,45 @@ def shard_image_ids(path: str | Path) -> list[str]:
         return [IMAGE_ATTRS["image_id"].decode(group.attrs["image_id"]) for group in handle[IMAGES].values()]
 
 
+_VERIFIED: set[tuple] = set()  # (path, inode, size, mtime) of the shards this process found intact
+
+
+def shard_problem(path: str | Path) -> str | None:
+    """Why a shard file is damaged (its digest fails, or HDF5 cannot open it), or None. Fast: one sequential read;
+    a file already found intact by this process, unchanged since, is not read again."""
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if key in _VERIFIED:
+        return None
+    problem = verify_file(path)
+    if problem is None:
+        try:
+            h5py.File(path, "r").close()
+        except (OSError, ValueError) as error:
+            problem = f"HDF5 cannot open it ({error})"
+    if problem is None:
+        _VERIFIED.add(key)
+    return problem
+
+
+def verify_shard(path: str | Path) -> None:
+    """Raise :class:`ShardDamagedError` when :func:`shard_problem` finds one."""
+    problem = shard_problem(path)
+    if problem is not None:
+        raise ShardDamagedError(path, problem)
+
+
 class ShardSet(Mapping):
     """``image id -> LabelRecord`` over every shard of a directory.
 
-    Files are opened lazily in each process (after a fork a worker opens its own handles), so a ShardSet can be
-    handed to DataLoader workers.
+    Opening verifies every shard (:func:`verify_shard`; ``verify=False`` skips it where the directory was verified
+    already, e.g. in data-loader workers); a damaged file raises :class:`ShardDamagedError` naming it. Reads that
+    fail later (a chunk's Fletcher-32) raise it too. Files are opened lazily in each process (after a fork a worker
+    opens its own handles), so a ShardSet can be handed to DataLoader workers.
     """
 
-    def __init__(self, directory: str | Path):
+    def __init__(self, directory: str | Path, verify: bool = True):
         self.directory = Path(directory)
         if not self.directory.is_dir():
             raise FileNotFoundError(f"shard directory '{self.directory}' does not exist; run tools/gen_pseudo.sh first")
@@ -193,14 +265,20 @@ class ShardSet(Mapping):
             raise FileNotFoundError(f"no {SHARD_GLOB} files in '{self.directory}'; run tools/gen_pseudo.sh first")
         self._where: dict[str, tuple[int, str]] = {}
         for index, path in enumerate(self.shard_paths):
-            with h5py.File(path, "r") as handle:
-                for key, group in handle[IMAGES].items():
-                    image_id = IMAGE_ATTRS["image_id"].decode(group.attrs["image_id"])
-                    if image_id in self._where:
-                        raise ValueError(f"image '{image_id}' appears in two shards: "
-                                         f"{self.shard_paths[self._where[image_id][0]].name} and {path.name}")
-                    self._where[image_id] = (index, key)
-        self.attrs = read_root_attrs(self.shard_paths[0])
+            if verify:
+                verify_shard(path)
+            try:
+                with h5py.File(path, "r") as handle:
+                    for key, group in handle[IMAGES].items():
+                        image_id = IMAGE_ATTRS["image_id"].decode(group.attrs["image_id"])
+                        if image_id in self._where:
+                            raise ShardError(f"image '{image_id}' appears in two shards: "
+                                             f"{self.shard_paths[self._where[image_id][0]].name} and {path.name}")
+                        self._where[image_id] = (index, key)
+                if index == 0:
+                    self.attrs = read_root_attrs(path)
+            except (OSError, KeyError) as error:
+                raise ShardDamagedError(path, f"unreadable ({error})") from None
         manifest = self.directory / MANIFEST
         self.manifest = json.loads(manifest.read_text()) if manifest.is_file() else None
         self.failures = self.manifest.get("failures", []) if self.manifest else []
@@ -224,21 +302,27 @@ class ShardSet(Mapping):
         state["_handles"], state["_raw"] = {}, {}
         return state
 
+    def _damaged(self, index: int, image_id: str, error: Exception) -> ShardDamagedError:
+        return ShardDamagedError(self.shard_paths[index], f"image '{image_id}' is unreadable ({error})")
+
     def __getitem__(self, image_id: str) -> LabelRecord:
         index, key = self._where[image_id]
-        group = self._file(index)[IMAGES][key]
-        loc = group[LOC_MAPS]
-        attrs = read_attrs(group.attrs, IMAGE_ATTRS)
-        return LabelRecord(
-            image_id=image_id,
-            refined=group[REFINED][()],
-            initial=group[INITIAL][()],
-            loc_maps_lowres=loc[()].astype(np.float32),
-            loc_class_ids=LOC_MAPS_ATTRS["class_ids"].decode(loc.attrs["class_ids"]),
-            class_ids=attrs["class_ids"],
-            size=(attrs["height"], attrs["width"]),
-            class_stats=self._class_stats(group),
-        )
+        try:
+            group = self._file(index)[IMAGES][key]
+            loc = group[LOC_MAPS]
+            attrs = read_attrs(group.attrs, IMAGE_ATTRS)
+            return LabelRecord(
+                image_id=image_id,
+                refined=group[REFINED][()],
+                initial=group[INITIAL][()],
+                loc_maps_lowres=loc[()].astype(np.float32),
+                loc_class_ids=LOC_MAPS_ATTRS["class_ids"].decode(loc.attrs["class_ids"]),
+                class_ids=attrs["class_ids"],
+                size=(attrs["height"], attrs["width"]),
+                class_stats=self._class_stats(group),
+            )
+        except (OSError, KeyError, ValueError) as error:
+            raise self._damaged(index, image_id, error) from None
 
     @staticmethod
     def _class_stats(group: h5py.Group) -> ClassStats | None:
@@ -259,11 +343,12 @@ class ShardSet(Mapping):
         return self._class_stats(self._file(index)[IMAGES][key])
 
     def _label_chunks(self, index: int) -> tuple[int, dict]:
-        """File descriptor and ``(key, kind) -> (byte offset, size, shape)`` of every gzip-only single-chunk label map.
+        """File descriptor and ``(key, kind) -> (byte offset, size, shape, fletcher32)`` of every single-chunk gzip
+        label map (Fletcher-32 or not).
 
         Hand-written fast path: h5py's per-read selection machinery costs more than inflating the chunk, and makes
         shard labels slower to load than PNGs; each label map is exactly one deflate-compressed chunk, so reading
-        its bytes and inflating them (zlib-ng when installed) gives the identical array.
+        its bytes, checking their Fletcher-32 and inflating them (zlib-ng when installed) gives the identical array.
         """
         handle = self._file(index)
         if index not in self._raw:
@@ -272,10 +357,10 @@ class ShardSet(Mapping):
                 for kind in LABEL_KINDS:
                     data = group[kind]
                     plain_gzip = (data.chunks == data.shape and data.compression == "gzip" and not data.shuffle
-                                  and not data.fletcher32 and data.scaleoffset is None and data.dtype == np.uint8)
+                                  and data.scaleoffset is None and data.dtype == np.uint8)
                     info = data.id.get_chunk_info(0) if plain_gzip else None
                     if info is not None and info.filter_mask == 0:
-                        chunks[key, kind] = (info.byte_offset, info.size, data.shape)
+                        chunks[key, kind] = (info.byte_offset, info.size, data.shape, data.fletcher32)
             self._raw[index] = (os.open(self.shard_paths[index], os.O_RDONLY), chunks)
         return self._raw[index]
 
@@ -283,12 +368,18 @@ class ShardSet(Mapping):
         """Only one label map (one of ``LABEL_KINDS``): what training reads, without the localization maps."""
         check_label_kind(kind)
         index, key = self._where[image_id]
-        fd, chunks = self._label_chunks(index)
-        if (key, kind) not in chunks:  # not a plain single gzip chunk: let HDF5 decode it
-            return self._file(index)[IMAGES][key][kind][()]
-        offset, size, shape = chunks[key, kind]
-        raw = deflate.decompress(os.pread(fd, size, offset), bufsize=shape[0] * shape[1])
-        return np.frombuffer(raw, np.uint8).reshape(shape)
+        try:
+            fd, chunks = self._label_chunks(index)
+            if (key, kind) not in chunks:  # not a plain single gzip chunk: let HDF5 decode it
+                return self._file(index)[IMAGES][key][kind][()]
+            offset, size, shape, fletcher32 = chunks[key, kind]
+            raw = os.pread(fd, size, offset)
+            if fletcher32 and (raw := fletcher32_payload(raw)) is None:
+                raise ValueError(f"the Fletcher-32 checksum of its '{kind}' map fails")
+            labels = deflate.decompress(raw, bufsize=shape[0] * shape[1])
+        except (OSError, KeyError, ValueError, deflate.error) as error:
+            raise self._damaged(index, image_id, error) from None
+        return np.frombuffer(labels, np.uint8).reshape(shape)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._where)
@@ -304,6 +395,6 @@ class ShardSet(Mapping):
         self._handles, self._raw = {}, {}
 
 
-def open_shards(directory: str | Path) -> ShardSet:
-    """Open every shard of a stage-one output directory."""
-    return ShardSet(directory)
+def open_shards(directory: str | Path, verify: bool = True) -> ShardSet:
+    """Open (and, unless ``verify=False``, verify) every shard of a stage-one output directory."""
+    return ShardSet(directory, verify)

@@ -15,7 +15,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from pseudolabel.exits import OutputError, tool_main
 from pseudolabel.storage.format import LABEL_KINDS, REFINED
+from pseudolabel.storage.shards import ShardError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@tool_main(ShardError, OutputError)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from pseudolabel.evaluation import open_source

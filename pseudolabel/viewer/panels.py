@@ -10,6 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pseudolabel.evaluation.sources import LabelSource
+from pseudolabel.storage.format import image_key
 from pseudolabel.storage.shards import ShardSet
 from pseudolabel.viewer.html_report import ReportEntry
 from pseudolabel.viewer.photos import PhotoFinder
@@ -17,8 +18,8 @@ from pseudolabel.viewer.visualize import class_coverage, image_iou, render_panel
 
 
 def panel_name(image_id: str) -> str:
-    """File name of an image's panel (ids with '/' become flat names)."""
-    return image_id.replace("/", "__") + ".png"
+    """File name of an image's panel: its shard key (flat, and distinct for distinct ids: '/' is escaped)."""
+    return image_key(image_id) + ".png"
 
 
 class GroundTruth:

@@ -1,0 +1,107 @@
+"""How every command-line tool ends: one line on stderr and a documented exit status, never a traceback for a problem
+the user can act on (docs/stage_one.md#exit-status-and-messages). Standard library only.
+
+- Ctrl-C: ``interrupted; rerun the same command to resume``, exit status 130 (128 + SIGINT, as shells report it).
+- An output that cannot be written (disk full, quota, read-only, permissions): one line naming the path and the fix,
+  exit status 2; everything finished before is kept.
+- An error the tool expects (bad input, a refused checkpoint, a damaged shard): ``error: <message>``, exit status 2.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+INTERRUPTED = "interrupted; rerun the same command to resume"
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+WRITE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "disk quota exceeded",
+                errno.EACCES: "permission denied", errno.EROFS: "read-only file system",
+                errno.EFBIG: "file too large for this file system"}
+
+
+class OutputError(RuntimeError):
+    """An output cannot be written; everything finished so far is kept."""
+
+
+def output_error(error: OSError, where: str | Path | None = None) -> OutputError | None:
+    """The :class:`OutputError` for a write that failed with one of :data:`WRITE_ERRNOS` (None for other errors)."""
+    if error.errno not in WRITE_ERRNOS:
+        return None
+    where = where or error.filename or "the output"
+    return OutputError(f"cannot write to '{where}': {WRITE_ERRNOS[error.errno]}. Everything finished so far is kept; "
+                       "free space or fix permissions, then rerun the same command to resume")
+
+
+def guard_write(action: Callable, where: str | Path):
+    """Run ``action()``; a disk-full, quota or permission error becomes an :class:`OutputError` naming ``where``."""
+    try:
+        return action()
+    except OSError as error:
+        raised = output_error(error, where)
+        if raised is None:
+            raise
+        raise raised from None
+
+
+def one_line(message: object) -> str:
+    """A message on one line (the lines of a multi-line one joined with '; ')."""
+    return "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
+
+
+def _ignore_ctrl_c(initializer: Callable | None, *initargs) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if initializer is not None:
+        initializer(*initargs)
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int, initializer: Callable | None = None, initargs: tuple = ()) -> Iterator:
+    """A ``ProcessPoolExecutor`` for a tool: its workers ignore Ctrl-C, so the main process alone reports it (once,
+    no traceback per worker), and Ctrl-C cancels the work still queued."""
+    with ProcessPoolExecutor(max_workers=workers, initializer=_ignore_ctrl_c,
+                             initargs=(initializer, *initargs)) as pool:
+        try:
+            yield pool
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def _close_progress_bars() -> None:
+    """Close the tqdm bars still open, so none redraws itself after the tool's last line (tqdm's own registry)."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
+def tool_main(*expected: type[BaseException]) -> Callable:
+    """Decorate a tool's ``main(argv) -> int``: Ctrl-C, unwritable outputs and the ``expected`` exception types end
+    the tool with one line on stderr and the exit statuses of this module's docstring."""
+    def decorate(main: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def run(*args, **kwargs) -> int:
+            try:
+                return main(*args, **kwargs)
+            except KeyboardInterrupt:
+                _close_progress_bars()
+                print(f"\n{INTERRUPTED}", file=sys.stderr)  # a new line: the terminal echoed ^C on the current one
+                return EXIT_INTERRUPTED
+            except OSError as error:
+                unwritable = output_error(error)
+                if unwritable is None and not isinstance(error, expected):
+                    raise
+                _close_progress_bars()
+                print(f"error: {one_line(unwritable or error)}", file=sys.stderr)
+                return EXIT_ERROR
+            except expected as error:
+                _close_progress_bars()
+                print(f"error: {one_line(error)}", file=sys.stderr)
+                return EXIT_ERROR
+        return run
+    return decorate

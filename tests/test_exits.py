@@ -1,0 +1,75 @@
+"""Every tool ends with one line and a documented exit status: Ctrl-C -> 'interrupted; rerun the same command to
+resume' and 130, a full disk -> one line and 2, its expected errors -> 'error: ...' and 2, anything else -> raised."""
+from __future__ import annotations
+
+import argparse
+import errno
+import importlib
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pseudolabel.exits import INTERRUPTED, tool_main
+from tests.fixtures.viewer_shards import REPO, load_tool
+
+TOOLS = {
+    "gen_pseudo": lambda: importlib.import_module("pseudolabel.generate").main,
+    "evaluate": lambda: importlib.import_module("pseudolabel.evaluation.cli").main,
+    "check_shards": lambda: importlib.import_module("pseudolabel.storage.check").main,
+    "export_labels": lambda: importlib.import_module("pseudolabel.storage.export").main,
+    "view_labels": lambda: importlib.import_module("pseudolabel.viewer.cli").main,
+    "render_coco_gt": lambda: load_tool("render_coco_gt").main,
+    "train_seg": lambda: importlib.import_module("segtrain.train").main,
+    "test_seg": lambda: importlib.import_module("segtrain.test").main,
+}
+
+
+@pytest.mark.parametrize("tool", sorted(TOOLS))
+def test_ctrl_c_in_every_tool_is_one_line_and_130(tool, monkeypatch, capsys):
+    main = TOOLS[tool]()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", interrupted)
+    assert main([]) == 130
+    assert capsys.readouterr().err.split() == INTERRUPTED.split()
+
+
+def test_tool_main_maps_write_errors_and_expected_errors_and_raises_the_rest(capsys):
+    @tool_main(ValueError)
+    def main(error):
+        raise error
+
+    assert main(OSError(errno.ENOSPC, "No space left on device", "/data/out/x.h5")) == 2
+    assert capsys.readouterr().err == ("error: cannot write to '/data/out/x.h5': the disk is full. Everything finished "
+                                       "so far is kept; free space or fix permissions, then rerun the same command to "
+                                       "resume\n")
+    assert main(ValueError("multi\nline")) == 2
+    assert capsys.readouterr().err == "error: multi; line\n"
+    for other in (OSError(errno.EIO, "I/O error"), ZeroDivisionError("a bug")):
+        with pytest.raises(type(other)):
+            main(other)
+
+
+def test_ctrl_c_while_worker_processes_score_is_one_line(tmp_path):
+    rng = np.random.default_rng(0)
+    for folder in ("gt", "pred"):
+        (tmp_path / folder).mkdir()
+    for i in range(400):
+        labels = rng.integers(0, 3, (24, 32)).repeat(8, 0).repeat(8, 1).astype(np.uint8)
+        Image.fromarray(labels).save(tmp_path / "gt" / f"{i}.png")
+        Image.fromarray(labels).save(tmp_path / "pred" / f"{i}.png")
+    proc = subprocess.Popen([sys.executable, str(REPO / "tools" / "evaluate.py"), "--gt", str(tmp_path / "gt"),
+                             "--pred", str(tmp_path / "pred"), "--num-classes", "3", "--workers", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    while "scoring" not in seen and proc.poll() is None:
+        seen += proc.stderr.read(1)
+    proc.send_signal(signal.SIGINT)
+    err = seen + proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err[-3000:]
+    assert err.rstrip().splitlines()[-1] == INTERRUPTED and "Traceback" not in err
