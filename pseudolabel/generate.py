@@ -29,7 +29,7 @@ from pseudolabel.cli_options import add_dataclass_options, program_name
 from pseudolabel.config import PseudoLabelConfig, config_from_args
 from pseudolabel.datasets import DEFAULT_SPLITS, Sample, WeakDataset, build_dataset
 from pseudolabel.exits import OutputError, tool_main
-from pseudolabel.pipeline import (STAGES, BackgroundWriter, ImageFailure, Labeller, default_batch_size,
+from pseudolabel.pipeline import (STAGES, BackgroundWriter, ImageFailure, Labeller, PendingRecord, default_batch_size,
                                   default_workers)
 from pseudolabel.precision import PRECISIONS, DEFAULT_CUDA_PRECISION, effective_precision
 from pseudolabel.storage.lock import OutputLock
@@ -317,7 +317,7 @@ class StageOneRun:
         try:
             with BackgroundWriter(self._stage, depth=max(32, 4 * self.batch_size)) as writer:
                 for samples, batch_size in ((fresh, self.batch_size), (again, 1)):
-                    for result in labeller.label_all(samples, batch_size, self.workers):
+                    for result in labeller.label_all(samples, batch_size, self.workers, deferred=True):
                         if isinstance(result, ImageFailure):
                             self._record_failure(result)
                         else:
@@ -330,9 +330,9 @@ class StageOneRun:
             self.stage_seconds.update(labeller.seconds)
         self.stage_seconds["write"] += writer.seconds
 
-    def _stage(self, record: LabelRecord) -> None:
-        """Stage one finished image (the writer thread)."""
-        self.store.stage(record)
+    def _stage(self, record: LabelRecord | PendingRecord) -> None:
+        """Stage one finished image (the writer thread, which waits here for a batch's copies from the GPU)."""
+        self.store.stage(record.result() if isinstance(record, PendingRecord) else record)
         self.labelled += 1
 
     def _record_failure(self, failure: ImageFailure) -> None:

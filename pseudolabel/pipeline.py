@@ -5,13 +5,16 @@ The stages and their products (each reusable, docs/design.md):
 decoded image -> :meth:`Labeller.prepare` (CLIP input, SAM input, on the host; pinned on CUDA)
 -> :meth:`Labeller.encode`, per batch (CLIP's frozen blocks, :class:`~pseudolabel.cam.skipcam.FrozenFeatures`, and
 SAM's image encoder, :class:`~pseudolabel.sam.refine.ImageEmbedding`)
--> :meth:`Labeller.label`, per image (Skip-CAM maps, Y0, SAM prompts, masks, filter and merge) -> a
-:class:`~pseudolabel.storage.shards.LabelRecord`.
+-> :meth:`Labeller.label_batch` (Skip-CAM maps, Y0, SAM prompts, masks, filter and merge of all images of the batch
+together: :meth:`~pseudolabel.cam.skipcam.SkipCAM.label_batch`, :meth:`~pseudolabel.sam.refine.SAMRefiner.refine_batch`)
+or :meth:`Labeller.label` (the same for one image) -> a :class:`~pseudolabel.storage.shards.LabelRecord`.
 
-On a GPU the batch work (large kernels, no waiting for the host) runs on a low-priority CUDA stream one batch ahead
-of the per-image work (small kernels and a few copies to the host, for OpenCV's contours and the prompt points) on a
-high-priority stream: whenever the per-image work waits for the host, the GPU has the next batch's encoders to run.
-On a CPU every network sees one image at a time, so an image's labels never depend on ``--batch-size``.
+On a GPU the encoders (large kernels, no waiting for the host) run on a low-priority CUDA stream one batch ahead of
+the labelling step on a high-priority stream, which waits for the host twice per batch (OpenCV's contours for CAA's
+boxes, the labels at the grid points for SAM's prompts): meanwhile the GPU has the next batch's encoders to run. The
+labels come back to the host by asynchronous copies into page-locked memory, which the shard writer's thread waits
+for (:class:`PendingRecord`), so the loop goes on to the next batch at once. On a CPU every network sees one image at
+a time, so an image's labels never depend on ``--batch-size``.
 
 A batch whose batched step fails (out of memory included) is retried image by image; an image that fails alone
 becomes an :class:`ImageFailure` and the run goes on. KeyboardInterrupt is never caught.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import logging
 import os
 import queue
@@ -31,17 +35,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pseudolabel.canvas import crop
 from pseudolabel.cam.skipcam import FrozenFeatures, SkipCAM
 from pseudolabel.datasets import Sample
 from pseudolabel.image_io import ImageReadError, read_rgb
 from pseudolabel.sam.refine import ImageEmbedding, SAMInput, SAMRefiner
 from pseudolabel.storage.class_stats import ClassStats
 from pseudolabel.storage.shards import LabelRecord
+from pseudolabel.transfer import Download
 
 LOG = logging.getLogger(__name__)
 DEFAULT_CUDA_BATCH_SIZE = 8  # images per batch on a GPU (docs/stage_one.md#stage-one-on-a-gpu); 1 on a CPU
 STAGES = ("decode", "clip_frozen", "sam_encoder", "skipcam", "sam", "write")  # Labeller.seconds' stages (+ "write")
 OOM_HINT = "out of memory: try a smaller --batch-size, or --image-size for a very large image"
+BATCHED_MAX_PIXELS = 1 << 20  # larger images are labelled one by one (a canvas of the batch holds the largest)
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -78,6 +85,34 @@ class EncodedImage:
 
 
 @dataclass
+class PendingRecord:
+    """A labelled image whose arrays may still be on their way from the GPU: :meth:`result` waits for its batch's
+    copies and builds the :class:`~pseudolabel.storage.shards.LabelRecord` (in the shard writer's thread)."""
+
+    sample: Sample
+    size: tuple[int, int]               # (H, W)
+    class_ids: tuple[int, ...]          # the classes Skip-CAM labelled (sorted)
+    grid: tuple[int, int]               # (h, w) of the localization maps
+    prompts: tuple[int, ...] | None     # SAM's prompt points per class; None without refinement
+    download: Download                  # the batch's: refined and Y0 canvases, localization maps, masks accepted
+    index: int                          # this image's entry in the canvases
+    maps: slice                         # its localization maps in the batch's flat copy
+
+    def result(self) -> LabelRecord:
+        refined, initial = (np.ascontiguousarray(crop(self.download.get(k)[self.index], self.size)) for k in (0, 1))
+        loc_maps = self.download.get(2)[self.maps].reshape(len(self.class_ids), *self.grid)
+        accepted = self.download.get(3)[self.index, :len(self.class_ids)] if self.prompts is not None else None
+        return _record(self.sample, self.size, self.class_ids, refined, initial, loc_maps, self.prompts, accepted)
+
+
+def _record(sample: Sample, size, class_ids, refined, initial, loc_maps, prompts, accepted) -> LabelRecord:
+    """The shard record of a labelled image, with its per-class statistics."""
+    stats = ClassStats.measure(sample.class_ids, initial, refined, prompts, accepted)
+    return LabelRecord(image_id=sample.image_id, refined=refined, initial=initial, loc_maps_lowres=loc_maps,
+                       loc_class_ids=class_ids, class_ids=sample.class_ids, size=tuple(size), class_stats=stats)
+
+
+@dataclass
 class ImageFailure:
     """An image left out of this run, with the reason."""
 
@@ -106,13 +141,17 @@ class Labeller:
 
     ``timed``: on CUDA, wait for the GPU at the end of each stage so that ``seconds`` holds real stage times (for
     benchmarks; it stops the stages from overlapping). Without it, on a GPU the stage times are host times.
+    ``batched``: label the images of a batch together (:meth:`label_batch`); default: where the models do
+    (``SkipCAM.batched``, ``SAMRefiner.batched``: off a CPU).
     """
 
-    def __init__(self, cam: SkipCAM, refiner: SAMRefiner | None, device: str | torch.device, timed: bool = False):
+    def __init__(self, cam: SkipCAM, refiner: SAMRefiner | None, device: str | torch.device, timed: bool = False,
+                 batched: bool | None = None):
         self.cam, self.device, self.timed = cam, torch.device(device), timed
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.refiner = refiner if refiner is not None and refiner.cfg.enabled else None
+        self.batched = cam.batched and (self.refiner is None or self.refiner.batched) if batched is None else batched
         self.cuda = self.device.type == "cuda"
         self.seconds: collections.Counter = collections.Counter()  # by stage, all images
         if self.cuda:  # priority: 0 low, -1 high
@@ -137,12 +176,11 @@ class Labeller:
         """The batch step: CLIP's frozen blocks (images of one CAM input size together) and SAM's image encoder
         for all images at once (on a CPU, image by image)."""
         with self._on(self.batch_stream if self.cuda else None):
-            tick = time.perf_counter()
-            frozen = self.cam.frozen([item.clip_input for item in items])
-            self._lap("clip_frozen", tick)
-            tick = time.perf_counter()
-            embeddings = self.refiner.embed([item.sam_input for item in items]) if self.refiner else [None] * len(items)
-            self._lap("sam_encoder", tick)
+            with self._stage("clip_frozen"):
+                frozen = self.cam.frozen([item.clip_input for item in items])
+            with self._stage("sam_encoder"):
+                embeddings = self.refiner.embed([item.sam_input for item in items]) if self.refiner \
+                    else [None] * len(items)
             if self.cuda:
                 pixels = [item.pixels.to(self.device, non_blocking=True) for item in items]
                 ready = torch.cuda.Event()
@@ -152,33 +190,55 @@ class Labeller:
         return [EncodedImage(f, e, p, ready) for f, e, p in zip(frozen, embeddings, pixels)]
 
     def label(self, item: PreparedImage, encoded: EncodedImage) -> LabelRecord:
-        """The per-image step: Skip-CAM maps and Y0 from the frozen features, SAM refinement from the embedding, and
-        the per-class records (:class:`~pseudolabel.storage.class_stats.ClassStats`)."""
+        """The labelling step of one image: Skip-CAM maps and Y0 from the frozen features, SAM refinement from the
+        embedding, and the per-class records (:class:`~pseudolabel.storage.class_stats.ClassStats`)."""
         sample = item.sample
         with self._on(self.image_stream if self.cuda else None):
-            if encoded.ready is not None:
-                self.image_stream.wait_event(encoded.ready)
-            tick = time.perf_counter()
-            cam_out = self.cam.cams_from_frozen([encoded.pixels], [encoded.frozen], [sample.class_ids])[0]
-            self.seconds.update(cam_out.timings)
-            self._lap("skipcam", tick)
-            tick = time.perf_counter()
-            refinement = self.refiner.refine_embedded(encoded.embedding, cam_out.label, cam_out.score_maps,
-                                                      cam_out.class_ids) if self.refiner else None
-            if refinement:
-                self.seconds.update({k: v for k, v in refinement.timings.items() if k != "sam_encoder"})
-            self._lap("sam", tick)
-        refined = refinement.labels if refinement else cam_out.y0
-        stats = ClassStats.measure(sample.class_ids, cam_out.y0, refined, refinement and refinement.prompts,
-                                   refinement and refinement.masks_accepted)
-        return LabelRecord(image_id=sample.image_id, refined=refined, initial=cam_out.y0,
-                           loc_maps_lowres=cam_out.loc_maps_lowres, loc_class_ids=cam_out.class_ids,
-                           class_ids=sample.class_ids, size=item.image.shape[:2], class_stats=stats)
+            self._wait_for([encoded])
+            with self._stage("skipcam"):
+                cam_out = self.cam.cams_from_frozen([encoded.pixels], [encoded.frozen], [sample.class_ids])[0]
+                self.seconds.update(cam_out.timings)
+            with self._stage("sam"):
+                refinement = self.refiner.refine_embedded(encoded.embedding, cam_out.label, cam_out.score_maps,
+                                                          cam_out.class_ids) if self.refiner else None
+                if refinement:
+                    self.seconds.update({k: v for k, v in refinement.timings.items() if k != "sam_encoder"})
+        return _record(sample, item.image.shape[:2], cam_out.class_ids, refinement.labels if refinement else cam_out.y0,
+                       cam_out.y0, cam_out.loc_maps_lowres, refinement and refinement.prompts,
+                       refinement and refinement.masks_accepted)
+
+    def label_batch(self, items: list[PreparedImage], encoded: list[EncodedImage]) -> list[PendingRecord]:
+        """The labelling step of several images together: Skip-CAM
+        (:meth:`~pseudolabel.cam.skipcam.SkipCAM.label_batch`) and SAM refinement
+        (:meth:`~pseudolabel.sam.refine.SAMRefiner.refine_batch`) of all of them, then their labels, Y0,
+        localization maps and accepted-mask counts copied to the host in four asynchronous copies."""
+        with self._on(self.image_stream if self.cuda else None):
+            self._wait_for(encoded)
+            with self._stage("skipcam"):
+                pixels = [torch.as_tensor(e.pixels) for e in encoded]
+                cams = self.cam.label_batch(pixels, [e.frozen for e in encoded], [i.sample.class_ids for i in items])
+                self.seconds.update(cams.timings)
+            with self._stage("sam"):
+                refined = self.refiner.refine_batch([e.embedding for e in encoded], cams.labels, cams.scores,
+                                                    cams.sizes, cams.class_ids) if self.refiner else None
+                if refined:
+                    self.seconds.update(refined.timings)
+            download = Download()
+            download.add_all([refined.labels if refined else cams.labels, cams.labels,
+                              torch.cat([m.flatten() for m in cams.loc_maps]),
+                              refined.masks_accepted if refined else cams.labels.new_zeros(1, 1)])
+            download.close()
+        stops = np.cumsum([m.numel() for m in cams.loc_maps]).tolist()
+        return [PendingRecord(item.sample, item.image.shape[:2], ids, tuple(maps.shape[1:]),
+                              refined.prompts[index] if refined else None, download, index, slice(stop - maps.numel(), stop))
+                for index, (item, ids, maps, stop) in enumerate(zip(items, cams.class_ids, cams.loc_maps, stops))]
 
     # -- the loop -------------------------------------------------------------------------------------------------
-    def label_all(self, samples: list[Sample], batch_size: int, workers: int) -> Iterator[LabelRecord | ImageFailure]:
+    def label_all(self, samples: list[Sample], batch_size: int, workers: int, deferred: bool = False
+                  ) -> Iterator[LabelRecord | PendingRecord | ImageFailure]:
         """Every sample's record or failure, in order. Batch ``n + 1``'s batch step is queued before batch ``n``'s
-        per-image steps (see the module)."""
+        labelling step (see the module). ``deferred``: a batch-labelled image comes as a :class:`PendingRecord`
+        (its ``result()`` waits for its copies from the GPU), else as its record."""
         prepared = self._prepared(samples, workers)
         pending = None
         try:
@@ -186,10 +246,10 @@ class Labeller:
                 ready = [item for item in batch if isinstance(item, PreparedImage)]
                 encoded = self._encode_isolated(ready)
                 if pending is not None:
-                    yield from self._label_batch(*pending)
+                    yield from self._label_batch(*pending, deferred)
                 pending = (batch, encoded)
             if pending is not None:
-                yield from self._label_batch(*pending)
+                yield from self._label_batch(*pending, deferred)
         finally:
             prepared.close()  # stops the decoding threads now, also when leaving by an exception (Ctrl-C)
 
@@ -236,16 +296,32 @@ class Labeller:
             del error
             return {key: value for item in items for key, value in self._encode_isolated([item]).items()}
 
-    def _label_batch(self, batch: list, encoded: dict) -> Iterator[LabelRecord | ImageFailure]:
+    def _label_batch(self, batch: list, encoded: dict, deferred: bool) -> Iterator[LabelRecord | PendingRecord |
+                                                                                 ImageFailure]:
+        """The labelling step of a batch: its images together (:meth:`label_batch`) where :attr:`batched` and not too
+        large, else (and after the batched step failed) one by one."""
+        together = [item for item in batch if isinstance(item, PreparedImage)
+                    and isinstance(encoded[id(item)], EncodedImage) and self.batched
+                    and item.image.shape[0] * item.image.shape[1] <= BATCHED_MAX_PIXELS]
+        results = {}
+        if together:
+            try:
+                results = {id(item): pending for item, pending in
+                           zip(together, self.label_batch(together, [encoded[id(item)] for item in together]))}
+            except Exception as error:  # noqa: BLE001 - retried image by image below
+                self._recover(error)
+                LOG.warning("labelling %d images together failed (%s); labelling them one by one", len(together),
+                            failure_reason(error))
+                del error
         for item in batch:
-            result = item if isinstance(item, ImageFailure) else encoded[id(item)]
+            result = item if isinstance(item, ImageFailure) else results.get(id(item), encoded[id(item)])
             if isinstance(result, EncodedImage):
                 try:
                     result = self.label(item, result)
                 except Exception as error:  # noqa: BLE001 - any per-image error: recorded, the run goes on
                     self._recover(error)
                     result = self._failure(item, error)
-            yield result
+            yield result.result() if isinstance(result, PendingRecord) and not deferred else result
 
     def _failure(self, item: PreparedImage, error: Exception) -> ImageFailure:
         return ImageFailure(item.sample, str(item.sample.image_path), failure_reason(error), "label")
@@ -261,7 +337,24 @@ class Labeller:
     def _on(self, stream):
         return torch.cuda.stream(stream) if stream is not None else _NoStream()
 
-    def _lap(self, stage: str, tick: float) -> None:
+    def _wait_for(self, encoded: list[EncodedImage]) -> None:
+        """On CUDA, make the labelling stream wait for the batch step and keep the batch step's tensors from being
+        reused by the caching allocator before the labelling stream's work on them is done."""
+        if not self.cuda:
+            return
+        for event in {id(e.ready): e.ready for e in encoded}.values():
+            self.image_stream.wait_event(event)
+        for e in encoded:
+            tensors = [*e.frozen.outputs, *e.frozen.attentions, e.pixels]
+            for tensor in tensors + ([e.embedding.features] if e.embedding is not None else []):
+                tensor.record_stream(self.image_stream)
+
+    @contextlib.contextmanager
+    def _stage(self, stage: str):
+        """Time a stage into ``seconds`` (waiting for the GPU when ``timed``), as a named range for profilers."""
+        tick = time.perf_counter()
+        with torch.profiler.record_function(f"stage: {stage}"):
+            yield
         if self.timed and self.cuda:
             torch.cuda.current_stream(self.device).synchronize()
         self.seconds[stage] += time.perf_counter() - tick

@@ -212,3 +212,80 @@ def test_precision_is_stored_and_compared_on_resume(voc, tmp_path, caplog):
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps(dict(config, precision="bf16")))  # as a GPU run records it
     assert main(args_for(voc, tmp_path, "--limit", "2")) == 2
+
+
+def tiny_models(delta: float = 0.2):
+    from tests.fixtures.tiny_clip import tiny_skipcam
+    from pseudolabel.sam.models import load_sam
+    from pseudolabel.sam.predictor import BatchedPointPredictor
+    from pseudolabel.sam.refine import SAMRefineConfig
+
+    cam = tiny_skipcam()
+    cam.host_labels = False  # the torch label path both ways (the CPU's own, PIL's and OpenCV's, differs by rounding)
+    return cam, SAMRefiner(BatchedPointPredictor(load_sam("vit_tiny_test", "random", seed=2)[0]),
+                           SAMRefineConfig(delta=delta))
+
+
+def test_batched_labelling_equals_image_by_image(voc):
+    """The batched GPU path run on a CPU (a batch's images together in Skip-CAM, SAM decoding, filter and merge)
+    against the same torch operations image by image: identical labels, Y0 and per-class records, maps equal up to
+    float rounding; as deferred records (what the shard writer resolves) too."""
+    from pseudolabel.datasets import build_dataset
+
+    samples = list(build_dataset("voc", voc, "train"))
+    cam, refiner = tiny_models()
+    alone = {r.image_id: r for r in Labeller(cam, refiner, "cpu", batched=False).label_all(samples, 4, 2)}
+    cam.batched = refiner.batched = True
+    labeller = Labeller(cam, refiner, "cpu")
+    assert labeller.batched
+    together = list(labeller.label_all(samples, 4, 2, deferred=True))
+    assert {type(r).__name__ for r in together} == {"PendingRecord"}
+    together = {r.image_id: r for r in (p.result() for p in together)}
+    assert together.keys() == alone.keys() and len(alone) == 7
+    for image_id, a in alone.items():
+        b = together[image_id]
+        assert np.array_equal(a.refined, b.refined) and np.array_equal(a.initial, b.initial), image_id
+        np.testing.assert_allclose(b.loc_maps_lowres, a.loc_maps_lowres, atol=2e-6)
+        assert a.class_stats == b.class_stats and a.size == b.size and a.loc_class_ids == b.loc_class_ids
+    assert sum(r.class_stats.changed_pixels for r in alone.values()) > 0  # SAM changed labels
+
+
+def test_a_failing_batched_step_is_labelled_image_by_image(voc, monkeypatch):
+    """The batched labelling step fails (running out of memory): its images are labelled one by one, the same."""
+    from pseudolabel.datasets import build_dataset
+
+    samples = list(build_dataset("voc", voc, "train"))[:3]
+    cam, refiner = tiny_models()
+    expected = {r.image_id: r.refined for r in Labeller(cam, refiner, "cpu", batched=False).label_all(samples, 3, 1)}
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+    monkeypatch.setattr(SAMRefiner, "refine_batch", out_of_memory)
+    records = list(Labeller(cam, refiner, "cpu", batched=True).label_all(samples, 3, 1))
+    assert all(np.array_equal(expected[r.image_id], r.refined) for r in records) and len(records) == 3
+
+
+def test_a_batched_run_writes_the_labels_of_an_image_by_image_run(voc, tmp_path, monkeypatch):
+    """tools/gen_pseudo.sh's run with the batched path (as on a GPU: records finished by the shard writer's thread
+    from the batch's copies) stores what the image-by-image run of the same operations stores."""
+    from pseudolabel import generate
+
+    load = generate.load_models
+
+    def load_with(batched):
+        def loaded(*args):
+            cam, refiner = load(*args)
+            cam.host_labels, cam.batched, refiner.batched = False, batched, batched
+            return cam, refiner
+        return loaded
+    outputs = {}
+    for batched in (False, True):
+        monkeypatch.setattr(generate, "load_models", load_with(batched))
+        outputs[batched] = tmp_path / str(batched)
+        run(args_for(voc, outputs[batched], "--batch-size", "4", "--limit", "5"))
+    alone, together = labels_of(outputs[False]), labels_of(outputs[True])
+    for image_id, (refined, initial, maps) in alone.items():
+        assert np.array_equal(refined, together[image_id][0]) and np.array_equal(initial, together[image_id][1])
+        np.testing.assert_allclose(together[image_id][2], maps, atol=2e-6)
+    stats = lambda out: {i: open_shards(out)[i].class_stats for i in open_shards(out)}  # noqa: E731
+    assert stats(outputs[False]) == stats(outputs[True]) and len(stats(outputs[True])) == 5

@@ -130,3 +130,50 @@ def test_batched_point_predictor_matches_sam_predictor(shape, device):
     # anything but single positive points goes to SamPredictor unchanged
     box = reference.transform.apply_boxes_torch(torch.tensor([[5.0, 5.0, 40.0, 30.0]], device=device), shape)
     assert torch.equal(fast.predict_torch(None, None, boxes=box)[0], reference.predict_torch(None, None, boxes=box)[0])
+
+
+def test_shared_decoder_on_several_images_equals_one_image_at_a_time():
+    """Prompts of three images decoded together (and of the first two: the images a step uses are a prefix) against
+    each image alone, with the batched (GPU) and the per-prompt (CPU) upscaling."""
+    decoder, prompts = vit_b_decoder()
+    generator = torch.Generator().manual_seed(2)
+    embeddings = torch.randn(3, 256, 64, 64, generator=generator)
+    points = torch.rand(12, 1, 2, generator=generator) * 1024
+    with torch.no_grad():
+        sparse, dense = prompts(points=(points, torch.ones(12, 1, dtype=torch.int64)), boxes=None, masks=None)
+        single = SharedImageMaskDecoder(decoder)
+        alone = []
+        for i in range(3):
+            single.set_image(embeddings[i: i + 1], prompts.get_dense_pe(), dense[:1], used_grid=(48, 64))
+            alone.append(single(sparse[4 * i: 4 * i + 4]))
+        masks, iou = torch.cat([m for m, _ in alone]), torch.cat([i for _, i in alone])
+        shared = SharedImageMaskDecoder(decoder)
+        shared.set_images(embeddings, prompts.get_dense_pe(), dense[:1], used_grid=(48, 64))
+        for batched in (False, True):
+            shared.batched_masks = batched
+            together, together_iou = shared(sparse, images=3)
+            assert_close_at_scale(together, masks)
+            assert_close_at_scale(together_iou, iou)
+        first_two, _ = shared(sparse[:8], images=2)
+        assert_close_at_scale(first_two, masks[:8])
+        with pytest.raises(ValueError, match="split evenly"):
+            shared(sparse[:7], images=2)
+
+
+def test_padded_mask_resize_equals_each_images_resize():
+    """Several images' resizes onto one canvas: each image's values exactly, zero (no mask) beyond it."""
+    from pseudolabel.sam.predictor import PaddedMaskResize
+
+    sizes = [(375, 500), (500, 375), (50, 70)]
+    resizes = [MaskResize(256, 1024, ResizeLongestSide.get_preprocess_shape(*s, 1024), s, sparse=False)
+               for s in sizes]
+    padded = PaddedMaskResize(resizes, (500, 500))
+    rows, cols = padded.used
+    logits = torch.randn(3, 2, rows, cols, generator=torch.Generator().manual_seed(0))
+    out = padded(logits)
+    assert out.shape == (3, 2, 500, 500)
+    for i, (resize, (height, width)) in enumerate(zip(resizes, sizes)):
+        own_rows, own_cols = resize.used
+        assert torch.equal(out[i, :, :height, :width], resize(logits[i, :, :own_rows, :own_cols]))
+        assert not out[i, :, height:].any() and not out[i, :, :, width:].any()
+    assert torch.equal(padded(logits[:2]), out[:2])

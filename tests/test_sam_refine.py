@@ -15,7 +15,7 @@ H, W = 64, 64
 
 def box(y0, y1, x0, x1):
     m = np.zeros((H, W), bool)
-    m[y0:y1, x0:x1] = True
+    m[max(y0, 0):y1, max(x0, 0):x1] = True
     return m
 
 
@@ -234,3 +234,92 @@ def test_prompts_per_step_at_the_sizes_that_matter():
     step = SAMRefiner(None, SAMRefineConfig()).prompts_per_step
     assert step(500, 500) == step(640, 640) == 64          # VOC and COCO: the configured batch, labels unchanged
     assert step(4000, 6000) == 3                          # 6000x4000: 3 x 3 masks of 24 M pixels per step
+
+
+def _scene(rng, classes):
+    """A Y0 of random class blocks (64x64) and random scores."""
+    y0 = np.zeros((H, W), np.uint8)
+    for c in classes:
+        y, x = rng.integers(0, 40, 2)
+        y0[y: y + rng.integers(8, 30), x: x + rng.integers(8, 30)] = c
+    return y0, rng.random((1 + len(classes), H, W)).astype(np.float32)
+
+
+def refine_both(refiner_of, scenes):
+    """Each scene ``(y0, scores, classes)`` refined image by image (``refine``) and all together
+    (``refine_embedded_batch``), each with a fresh refiner from ``refiner_of()``."""
+    from pseudolabel.sam.refine import ImageEmbedding
+
+    one = refiner_of()
+    alone = [one.refine(None, y0, s, c) for y0, s, c in scenes]
+    together = refiner_of()
+    together.batched = True
+    embeddings = [ImageEmbedding(torch.zeros(1, 1, 1, 1), y0.shape, y0.shape) for y0, _, _ in scenes]
+    return alone, together.refine_embedded_batch(embeddings, *zip(*scenes))
+
+
+BATCH_CONFIGS = [{}, {"delta": 0.0}, {"filter_scope": "component", "delta": 0.3}, {"mask_select": "sam_score"},
+                 {"mask_select": "largest", "filter_metric": "containment"}, {"merge": "overwrite", "delta": 0.2},
+                 {"conflict_ignore": True, "delta": 0.1}, {"uncertain_ignore": True, "delta": 0.4},
+                 {"ensure_point_per_class": True, "grid_size": 3}, {"enabled": False}]
+
+
+@pytest.mark.parametrize("cfg", BATCH_CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "defaults")
+def test_batched_refinement_equals_image_by_image(cfg, monkeypatch):
+    """Several images refined together (prompt counts that differ, so decoding steps hold fewer images as they go
+    on; classes padded to the image with the most) against each image alone, with known random masks."""
+    from pseudolabel.sam import refine as refine_module
+
+    monkeypatch.setattr(refine_module, "BATCH_PROMPTS", 40)  # several steps
+    rng = np.random.default_rng(7)
+    scenes = [(*_scene(rng, c), c) for c in ((3,), (5, 9, 14), (2, 20), (11,))]
+
+    def masks(x, y):  # three boxes of random sizes around the point
+        half = np.random.default_rng(int(1000 * x + y)).integers(2, 20, (3, 2))
+        return np.stack([box(int(y) - h, int(y) + h, int(x) - w, int(x) + w) for h, w in half])
+    ious = lambda x, y: np.random.default_rng(int(1000 * x + y) + 1).random(3)  # noqa: E731
+    alone, together = refine_both(lambda: SAMRefiner(FakePredictor(masks, ious), SAMRefineConfig(**cfg)), scenes)
+    for a, b in zip(alone, together):
+        assert np.array_equal(a.labels, b.labels)
+        assert a.prompts == b.prompts and a.masks_accepted == b.masks_accepted
+    if cfg.get("enabled", True):
+        assert sum(sum(r.masks_accepted) for r in alone) > 0 and any((r.labels != s[0]).any()
+                                                                     for r, s in zip(alone, scenes))
+
+
+def test_decoding_steps_cover_every_prompt_once():
+    from pseudolabel.sam.refine import _decoding_steps
+
+    for counts, limit in (([10, 7, 3], 8), ([256], 256), ([5, 5, 5, 5], 3), ([40, 1], 100)):
+        taken = [0] * len(counts)
+        for step in _decoding_steps(counts, limit):
+            assert step.images * step.prompts <= max(limit, step.images)
+            for i in range(step.images):
+                assert taken[i] == step.first  # images take their prompts in order
+                taken[i] = step.first + step.prompts
+        assert all(t >= c for t, c in zip(taken, counts)) and all(t - c < max(limit, 1) for t, c in zip(taken, counts))
+
+
+def test_batched_refinement_with_sam_equals_image_by_image(monkeypatch):
+    """A tiny real SAM: images of different sizes refined together (their masks on one canvas, resized by each
+    image's own taps) against each alone (CSR resize, threads)."""
+    from pseudolabel.sam import refine as refine_module
+    from pseudolabel.sam.predictor import BatchedPointPredictor
+
+    monkeypatch.setattr(refine_module, "BATCH_PROMPTS", 48)
+    model, _ = load_sam("vit_tiny_test", "random", seed=3)
+    rng = np.random.default_rng(2)
+    scenes, images = [], []
+    for (height, width), classes in (((50, 70), (3, 15)), ((70, 50), (7,)), ((33, 47), (1, 2, 4))):
+        images.append(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+        y0 = np.asarray((0, *classes), np.uint8)[rng.integers(0, 1 + len(classes), (height // 8 + 1, width // 8 + 1))]
+        y0 = np.kron(y0, np.ones((8, 8), np.uint8))[:height, :width]  # blocks: regions the masks can match
+        scenes.append((y0, rng.random((1 + len(classes), height, width)).astype(np.float32), classes))
+    refiner = SAMRefiner(BatchedPointPredictor(model), SAMRefineConfig(delta=0.0))
+    embeddings = refiner.embed(images)
+    alone = [refiner.refine_embedded(e, *scene) for e, scene in zip(embeddings, scenes)]
+    refiner.batched = True
+    together = refiner.refine_embedded_batch(embeddings, *zip(*scenes))
+    for a, b in zip(alone, together):
+        assert np.array_equal(a.labels, b.labels) and a.masks_accepted == b.masks_accepted and a.prompts == b.prompts
+    assert any((r.labels != s[0]).any() for r, s in zip(alone, scenes))  # SAM's masks changed the labels

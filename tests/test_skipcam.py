@@ -255,3 +255,41 @@ def test_a_capped_input_gives_maps_on_the_capped_grid_and_y0_at_full_size():
     image = np.random.default_rng(4).integers(0, 255, (100, 300, 3), dtype=np.uint8)
     out = tiny_skipcam(max_tokens=12)(image, (3, 15))      # 7 x 19 = 133 tokens without the budget
     assert out.loc_maps_lowres.shape == (2, 2, 6) and out.y0.shape == (100, 300) and out.scores.shape[1:] == (100, 300)
+
+
+def test_batched_par_equals_par_image_by_image():
+    """PAR of images of different sizes together (one block-diagonal operator) against each alone: each keeps its
+    own replicate border (a 1-pixel-high image and one narrower than the largest dilation included)."""
+    from pseudolabel.cam.par import par_refine_batch
+
+    rng = np.random.default_rng(3)
+    sizes, channels = [(37, 53), (53, 37), (1, 30), (20, 9), (40, 56)], [2, 4, 3, 2, 1]
+    images = [torch.from_numpy(rng.random((3, *s))).float() * 255 for s in sizes]
+    scores = [torch.from_numpy(rng.random((k, *s))).float() for k, s in zip(channels, sizes)]
+    for image, score, together in zip(images, scores, par_refine_batch(images, scores)):
+        alone = par_refine(image[None], score[None], gather=True)[0]
+        assert together.shape == score.shape
+        torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("entry", ["input", "output", "average"])
+def test_label_batch_equals_image_by_image(entry):
+    """Skip-CAM of several images together (the batched path: last block and gradients for all (image, class)
+    pairs of a CAM size, one host copy for CAA's boxes, PAR for all) against each image alone with the same torch
+    operations: the same Y0, maps and scores up to float rounding."""
+    rng = np.random.default_rng(6)
+    sizes = [(40, 56), (56, 40), (40, 56), (33, 47), (20, 300)]  # two CAM sizes shared, three alone
+    images = [rng.integers(0, 255, (*s, 3), dtype=np.uint8) for s in sizes]
+    classes = [(3,), (5, 9), (12, 15, 2), (7,), (8, 1)]
+    cam = tiny_skipcam(skip_entry=entry, par_max_side=30)  # PAR below the size of most images: resized there
+    cam.host_labels = False
+    features = cam.frozen([cam.preprocess(i) for i in images])
+    alone = cam.cams_from_frozen(images, features, classes)
+    cam.batched = True
+    together = cam.cams_from_frozen(images, features, classes)
+    for a, b, c in zip(alone, together, classes):
+        assert b.class_ids == a.class_ids == tuple(sorted(c))
+        np.testing.assert_array_equal(b.y0, a.y0)
+        np.testing.assert_allclose(b.loc_maps_lowres, a.loc_maps_lowres, atol=2e-6)
+        np.testing.assert_allclose(b.scores, a.scores, atol=1e-5)
+    assert len({o.y0.tobytes() for o in together}) == len(images) and any(len(np.unique(o.y0)) > 1 for o in together)

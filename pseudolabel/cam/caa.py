@@ -25,14 +25,19 @@ def box_mask(cam: np.ndarray, tau: float) -> np.ndarray:
     return mask
 
 
+def box_masks(cams: np.ndarray, tau: float) -> np.ndarray:
+    """:func:`box_mask` of each map of ``cams (R, h, w)``: ``(R, h, w) bool``."""
+    return np.stack([box_mask(c, tau) for c in cams]).reshape(cams.shape)
+
+
 def affinity_from_attention(attention: torch.Tensor) -> torch.Tensor:
-    """Transition matrix from head-averaged attention ``(blocks, 1+hw, 1+hw)``: mean over blocks, cls dropped,
-    Sinkhorn normalisation (columns then rows, three times), symmetrised, squared. Returns ``(hw, hw)``."""
-    t = attention.double().mean(dim=0)[1:, 1:]  # float64: repeated normalisation and squaring lose digits
+    """Transition matrix from head-averaged attention ``(..., blocks, 1+hw, 1+hw)``: mean over blocks, cls dropped,
+    Sinkhorn normalisation (columns then rows, three times), symmetrised, squared. Returns ``(..., hw, hw)``."""
+    t = attention.double().mean(dim=-3)[..., 1:, 1:]  # float64: repeated normalisation and squaring lose digits
     for _ in range(3):
-        t = t / t.sum(dim=0, keepdim=True)
-        t = t / t.sum(dim=1, keepdim=True)
-    t = (t + t.T) / 2
+        t = t / t.sum(dim=-2, keepdim=True)
+        t = t / t.sum(dim=-1, keepdim=True)
+    t = (t + t.transpose(-2, -1)) / 2
     return t @ t
 
 
@@ -44,8 +49,16 @@ def minmax(x: torch.Tensor) -> torch.Tensor:
 
 def refine_cams(cams: torch.Tensor, affinity: torch.Tensor, tau: float) -> torch.Tensor:
     """CAA: ``minmax((T ⊙ 1·vec(B_c)ᵀ) @ vec(M_c))`` for every class; ``cams (K, h, w)`` -> ``(K, h, w)``."""
+    boxes = torch.from_numpy(box_masks(cams.cpu().numpy(), tau)).to(cams.device)
+    return refine_with_boxes(cams, affinity, boxes)
+
+
+def refine_with_boxes(cams: torch.Tensor, affinity: torch.Tensor, boxes: torch.Tensor,
+                      rows: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`refine_cams` with the box masks ``boxes (K, h, w)`` given. ``affinity``: one ``(hw, hw)`` for every
+    map, or with ``rows`` (each map's index into it) several images' ``(n, hw, hw)``."""
     k, h, w = cams.shape
-    boxes = torch.from_numpy(np.stack([box_mask(c, tau) for c in cams.cpu().numpy()])).to(cams.device)
     flat = cams.reshape(k, h * w, 1).to(affinity.dtype)
-    masked = affinity.unsqueeze(0) * boxes.reshape(k, 1, h * w).to(affinity.dtype)  # the box mask selects source columns
+    columns = boxes.reshape(k, 1, h * w).to(affinity.dtype)  # the box mask selects source columns
+    masked = affinity * columns if rows is None else affinity.index_select(0, rows).mul_(columns)
     return minmax(torch.bmm(masked, flat).reshape(k, h, w))

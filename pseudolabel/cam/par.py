@@ -6,13 +6,17 @@ Affinity = softmax over neighbours of ``-(|ΔI| / std_neighbours(I) / w1)²`` (m
 ``w2 ×`` softmax of the same expression on the neighbour distances; scores are then averaged with that affinity
 ``num_iter`` times.
 
-Two evaluation orders of the propagation, equal up to float rounding: on a CPU (the reference) the 8·len(dilations)
-neighbour products accumulate in place, which stays in cache; on a GPU one gather per iteration takes all neighbours
-at once (3 kernels instead of about a hundred, which would otherwise keep the GPU waiting for their launches).
+Three evaluation orders of the propagation, equal up to float rounding: on a CPU (the reference) the
+8·len(dilations) neighbour products accumulate in place, which stays in cache; on a GPU one gather per iteration takes
+all neighbours at once (3 kernels instead of about a hundred, which would otherwise keep the GPU waiting for their
+launches); and :func:`par_refine_batch` refines images of different sizes together, each propagation step one
+product with a block-diagonal sparse matrix (one block per image, so no image reads another's pixels and each keeps
+its own replicate border).
 """
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -40,6 +44,7 @@ def neighbours(x: torch.Tensor, dilations) -> torch.Tensor:
 
 
 def _affinity(image: torch.Tensor, cfg: PARConfig) -> torch.Tensor:
+    """``(B, 1, 8 * len(dilations), H, W)``: each pixel's weights of its neighbours (see the module)."""
     near = neighbours(image, cfg.dilations)
     colour = -((near - image.unsqueeze(2)).abs() / (near.std(dim=2, keepdim=True) + 1e-8) / cfg.w1) ** 2
     colour = colour.mean(dim=1, keepdim=True)
@@ -65,10 +70,10 @@ def _propagate(scores: torch.Tensor, affinity: torch.Tensor, dilations) -> torch
 def _neighbour_index(height: int, width: int, dilations, device) -> torch.Tensor:
     """``(8 * len(dilations), H*W)``: the flat index of each pixel's neighbours, in :func:`neighbours`' order, at the
     border clamped as replicate padding does."""
-    ys, xs = torch.arange(height, device=device)[:, None], torch.arange(width, device=device)[None]
-    index = [((ys + dy * d).clamp(0, height - 1) * width + (xs + dx * d).clamp(0, width - 1)).flatten()
-             for d in dilations for dy, dx in OFFSETS]
-    return torch.stack(index)
+    steps = torch.tensor([(dy * d, dx * d) for d in dilations for dy, dx in OFFSETS], device=device)
+    ys = (torch.arange(height, device=device) + steps[:, :1]).clamp_(0, height - 1)  # (N, H)
+    xs = (torch.arange(width, device=device) + steps[:, 1:]).clamp_(0, width - 1)  # (N, W)
+    return (ys[:, :, None] * width + xs[:, None, :]).flatten(1)
 
 
 def _propagate_gathered(scores: torch.Tensor, affinity: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -92,3 +97,40 @@ def par_refine(image: torch.Tensor, scores: torch.Tensor, cfg: PARConfig = PARCo
     for _ in range(cfg.num_iter):
         scores = _propagate(scores, affinity, cfg.dilations)
     return scores
+
+
+@torch.no_grad()
+def par_refine_batch(images: list[torch.Tensor], scores: list[torch.Tensor], cfg: PARConfig = PARConfig()
+                     ) -> list[torch.Tensor]:
+    """:func:`par_refine` of several images of any sizes at once: ``images[i] (3, H_i, W_i)``, ``scores[i]
+    (K_i, H_i, W_i)`` -> refined ``(K_i, H_i, W_i)``. Each image's affinity is computed on its own (as
+    :func:`par_refine` does); the propagation runs for all images together as products with one block-diagonal
+    sparse matrix of 8 * len(dilations) weights per pixel row (a pixel's neighbours at the border repeat, as
+    replicate padding gives). Score channels are padded with zeros to the largest K."""
+    pixels = [s.shape[-2] * s.shape[-1] for s in scores]
+    channels = max(s.shape[0] for s in scores)
+    device, total = scores[0].device, sum(pixels)
+    columns, weights, flat = [], [], scores[0].new_zeros(total, channels)
+    offset = 0
+    for image, score, count in zip(images, scores, pixels):
+        height, width = score.shape[-2:]
+        affinity = _affinity(image.float()[None], cfg)[0, 0].flatten(1)  # (N, H*W)
+        index = _neighbour_index(height, width, cfg.dilations, device)
+        columns.append((index + offset).T.flatten())  # row-major: pixel by pixel, its neighbours in order
+        weights.append(affinity.T.flatten())
+        flat[offset: offset + count, : score.shape[0]] = score.float().flatten(1).T
+        offset += count
+    neighbours_per_pixel = columns[0].numel() // pixels[0]
+    index_dtype = torch.int32 if total * neighbours_per_pixel < 2**31 else torch.int64
+    rows = torch.arange(0, total * neighbours_per_pixel + 1, neighbours_per_pixel, device=device, dtype=index_dtype)
+    with warnings.catch_warnings():  # torch calls its CSR support "beta"; the product used here is plain
+        warnings.simplefilter("ignore", UserWarning)
+        matrix = torch.sparse_csr_tensor(rows, torch.cat(columns).to(index_dtype), torch.cat(weights),
+                                         (total, total))
+        for _ in range(cfg.num_iter):
+            flat = matrix @ flat
+    out, offset = [], 0
+    for score, count in zip(scores, pixels):
+        out.append(flat[offset: offset + count, : score.shape[0]].T.reshape(score.shape))
+        offset += count
+    return out

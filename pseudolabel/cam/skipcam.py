@@ -22,14 +22,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pseudolabel.cam.caa import affinity_from_attention, minmax, refine_cams
+from pseudolabel.cam.caa import affinity_from_attention, box_masks, minmax, refine_cams, refine_with_boxes
 from pseudolabel.classes import ClassSet
 from pseudolabel.cli_options import DictConfig
 from pseudolabel.cam.clip_models import DEFAULT_CLIP_MODEL, clip_architecture, load_clip
 from pseudolabel.loc_maps import resize_maps
-from pseudolabel.cam.par import PARConfig, par_refine
+from pseudolabel.cam.par import PARConfig, par_refine, par_refine_batch
 from pseudolabel.cam.prompts import PROMPT_SET_ALIASES, PROMPT_SETS, canonical_prompt_set, prompt_texts, text_embeddings
+from pseudolabel.canvas import crop, pad_stack
 from pseudolabel.precision import autocast
+from pseudolabel.transfer import upload
 
 LOG = logging.getLogger(__name__)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -136,6 +138,30 @@ class CAMOutput:
         return resize_maps(self.loc_maps_lowres, tuple(self.label.shape))
 
 
+@dataclass
+class CAMBatch:
+    """Skip-CAM results of several images on the device (:meth:`SkipCAM.label_batch`): each image's classes and
+    localization maps, and canvases (:mod:`pseudolabel.canvas`) of every image's scores and Y0."""
+
+    class_ids: list[tuple[int, ...]]
+    sizes: list[tuple[int, int]]        # (H, W) of each image
+    loc_maps: list[torch.Tensor]        # (K, h, w) float32 each
+    scores: torch.Tensor                # (B, 1+K, H, W) float32: [bg, classes...] after bg power and PAR; padding -inf
+    labels: torch.Tensor                # (B, H, W) uint8: Y0; padding 0
+    timings: dict[str, float] = field(default_factory=dict)     # seconds by stage, for the whole batch
+
+    def outputs(self) -> list[CAMOutput]:
+        """One :class:`CAMOutput` per image (the localization maps copied to the host together; the scores and Y0
+        are views of the canvases), each with an equal share of the batch's timings."""
+        host = torch.cat([m.flatten() for m in self.loc_maps]).cpu().numpy()
+        maps = np.split(host, np.cumsum([m.numel() for m in self.loc_maps])[:-1])
+        share = {k: v / len(self.sizes) for k, v in self.timings.items()}
+        return [CAMOutput(ids, m.reshape(lowres.shape), crop(scores, (1 + len(ids), *size)), crop(label, size),
+                          dict(share))
+                for ids, m, lowres, scores, label, size in zip(self.class_ids, maps, self.loc_maps, self.scores,
+                                                               self.labels, self.sizes)]
+
+
 def block_forward(block, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One open_clip ResidualAttentionBlock that also returns its LN1 output and head-averaged attention."""
     normed = block.ln_1(x)
@@ -170,6 +196,11 @@ class SkipCAM:
         self.fg_text = text_embeddings(model, tokenizer, foreground, self.device)
         self.bg_text = text_embeddings(model, tokenizer, background, self.device)
         self.par_cfg = PARConfig()
+        # the batched torch path (label_batch) for lists of images; off a CPU by default, where one image at a time
+        # keeps every label independent of the others in a batch
+        self.batched = self.device.type != "cpu"
+        # Y0's resizes and PAR on the host with PIL and OpenCV (the CPU reference) rather than torch operations
+        self.host_labels = self.device.type == "cpu"
 
     @classmethod
     def from_config(cls, cfg: SkipCAMConfig, class_set: ClassSet, device="cpu", precision: str = "fp32") -> "SkipCAM":
@@ -240,52 +271,96 @@ class SkipCAM:
         """``[X_{N-1}, X_{N-2}, ..., X_{N-1-K}]`` for one image (each ``(1+hw, D)``)."""
         return [outputs[-1 - k] for k in range(self.cfg.num_skips + 1)]
 
-    def last_block_cams(self, x_in: torch.Tensor, text: torch.Tensor, num_fg: int, grid: tuple[int, int],
-                        extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Grad-CAMs of the image's classes from the last block on ``x_in (1+hw, D)``: ``(num_fg, h, w)`` and the
-        last block's attention. The input is replicated once per class; ``sum_k p_k(copy k)`` has, for copy k,
-        exactly the gradient of ``p_k`` alone, so one backward gives every class."""
+    def _grad_cams(self, rows: torch.Tensor, extra: torch.Tensor | None, target, grid: tuple[int, int]
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Grad-CAMs ``(R, h, w)`` of the last block on ``rows (R, 1+hw, D)`` (plus ``extra`` on its output), row r
+        for the class ``target`` picks for it: ``target(logits (R, E))`` sums each row's probability of its class,
+        so one backward gives every row's gradient. Also returns the block's attention ``(R, 1+hw, 1+hw)``."""
         block = self.blocks[-1]
-        replicated = x_in.unsqueeze(0).expand(num_fg, -1, -1)
         with torch.enable_grad():
-            normed = block.ln_1(replicated).detach().requires_grad_(True)
-            z, _, attention = _block_rest(block, replicated, normed)
+            normed = block.ln_1(rows).detach().requires_grad_(True)
+            z, _, attention = _block_rest(block, rows, normed)
             if extra is not None:
                 z = z + extra
             pooled = self.visual.ln_post(z[:, 1:]).mean(dim=1) @ self.visual.proj
             pooled = pooled / pooled.norm(dim=-1, keepdim=True)
-            probs = (self.logit_scale * pooled.float() @ text.T).softmax(dim=-1)
-            target = probs[:, :num_fg].diagonal().sum()
-            (grad,) = torch.autograd.grad(target, normed)
+            (grad,) = torch.autograd.grad(target(self.logit_scale * pooled.float()), normed)
         weights = grad[:, 1:].float().mean(dim=1, keepdim=True)
         cams = F.relu((normed[:, 1:].detach().float() * weights).sum(dim=-1))
-        return cams.reshape(num_fg, *grid), attention[0].detach().float()
+        return cams.reshape(len(rows), *grid), attention.detach().float()
 
-    def class_cams(self, outputs, attentions, text, num_fg, grid) -> tuple[torch.Tensor, torch.Tensor]:
-        """Min-max normalised CAMs ``(num_fg, h, w)`` and the CAA affinity, per ``skip_entry``."""
-        features = self.fused_features(outputs)
+    def _skip_cams(self, features: list[torch.Tensor], replicate, target, grid) -> tuple[torch.Tensor, torch.Tensor]:
+        """Grad-CAMs per ``skip_entry`` from the fused features (:meth:`fused_features`, one image's or several
+        images' stacked), each fed to the last block as ``replicate(x)`` (one row per class), and the last block's
+        attention of every row."""
         entry = self.cfg.skip_entry
         if entry == "input":
             fused = torch.stack(features).sum(dim=0)
             if self.cfg.skip_fusion == "mean":
                 fused = fused / len(features)
-            cams, last_attention = self.last_block_cams(fused, text, num_fg, grid)
-        elif entry == "output":
+            return self._grad_cams(replicate(fused), None, target, grid)
+        if entry == "output":
             skips = torch.stack(features[1:]).sum(dim=0) if len(features) > 1 else None
             if skips is not None and self.cfg.skip_fusion == "mean":
                 skips = skips / len(features)
-            cams, last_attention = self.last_block_cams(features[0], text, num_fg, grid, extra=skips)
-        else:  # average: one CAM per fused feature, averaged after normalisation
-            per_feature = [self.last_block_cams(f, text, num_fg, grid) for f in features]
-            cams = torch.stack([minmax(c) for c, _ in per_feature]).mean(dim=0)
-            last_attention = per_feature[0][1]
-        attention = torch.stack([a.float() for a in attentions[len(attentions) - (self.cfg.attn_blocks - 1):]]
-                                + [last_attention]) if self.cfg.attn_blocks > 1 else last_attention.unsqueeze(0)
+            return self._grad_cams(replicate(features[0]), None if skips is None else replicate(skips), target, grid)
+        # average: one CAM per fused feature, averaged after normalisation
+        per_feature = [self._grad_cams(replicate(f), None, target, grid) for f in features]
+        return torch.stack([minmax(c) for c, _ in per_feature]).mean(dim=0), per_feature[0][1]
+
+    def _affinity(self, attentions: list[torch.Tensor], last_attention: torch.Tensor) -> torch.Tensor:
+        """CAA's affinity from the frozen blocks' attentions (each ``(..., 1+hw, 1+hw)``) and the last block's."""
+        kept = attentions[len(attentions) - (self.cfg.attn_blocks - 1):] if self.cfg.attn_blocks > 1 else []
+        return affinity_from_attention(torch.stack([a.float() for a in kept] + [last_attention], dim=-3))
+
+    def class_cams(self, outputs, attentions, text, num_fg, grid) -> tuple[torch.Tensor, torch.Tensor]:
+        """Min-max normalised CAMs ``(num_fg, h, w)`` and the CAA affinity, per ``skip_entry``."""
+        cams, last_attention = self._skip_cams(self.fused_features(outputs),
+                                               lambda x: x.unsqueeze(0).expand(num_fg, *x.shape),
+                                               _own_classes(text, num_fg), grid)
         # pytorch-grad-cam, as CLIP-ES calls it, min-max scales a CAM twice: per target layer (base_cam.py
         # compute_cam_per_layer) and again after averaging the layers (aggregate_multi_layers). Its 1e-7 term makes
         # the second pass scale by about 1 + 1e-7 / max(raw CAM), which for the small raw CAMs of a softmax target
         # moves uint8 levels of the CAA box threshold (and so the boxes), so we scale twice too.
-        return minmax(minmax(cams)), affinity_from_attention(attention)
+        return minmax(minmax(cams)), self._affinity(attentions, last_attention[0])
+
+    def class_cams_batch(self, features: list[FrozenFeatures], class_ids: list[tuple[int, ...]]
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`class_cams` of several images of one CAM input size at once: the last block and its gradients
+        for every (image, class) pair in one forward and backward. Returns the CAMs ``(R, h, w)``, rows image by
+        image and class by class (``R`` = all classes of all images), and each image's affinity ``(n, hw, hw)``."""
+        grid, rows = features[0].grid, sum(len(c) for c in class_ids)
+        counts = upload([len(c) for c in class_ids], self.device)
+        outputs = [torch.stack(block) for block in zip(*(f.outputs for f in features))]  # per block (n, 1+hw, D)
+        cams, last_attention = self._skip_cams(self.fused_features(outputs),
+                                               lambda x: x.repeat_interleave(counts, dim=0, output_size=rows),
+                                               self._row_classes(class_ids), grid)
+        first_rows = torch.cumsum(counts, 0) - counts
+        attentions = [torch.stack(block) for block in zip(*(f.attentions for f in features))]
+        return minmax(minmax(cams)), self._affinity(attentions, last_attention[first_rows])
+
+    def _row_classes(self, class_ids: list[tuple[int, ...]]):
+        """The gradient target of :meth:`class_cams_batch`'s rows: row r (image i, its k-th class) takes the softmax
+        over image i's classes and the background words, as :meth:`class_cams` does for one image, and its k-th
+        entry. Logits come against every class's text, then each row's own are gathered (the others masked)."""
+        widest = max(len(c) for c in class_ids)
+        background = len(self.bg_text)
+        columns, valid, own = [], [], []
+        for ids in class_ids:
+            row = [c - 1 for c in ids] + [0] * (widest - len(ids))
+            row += list(range(len(self.fg_text), len(self.fg_text) + background))
+            mask = [True] * len(ids) + [False] * (widest - len(ids)) + [True] * background
+            columns += [row] * len(ids)
+            valid += [mask] * len(ids)
+            own += range(len(ids))
+        columns, valid = upload(columns, self.device), upload(valid, self.device)
+        own = upload(own, self.device)[:, None]
+        text = torch.cat([self.fg_text, self.bg_text])
+
+        def target(logits: torch.Tensor) -> torch.Tensor:
+            chosen = (logits @ text.T).gather(1, columns).masked_fill(~valid, -torch.inf)
+            return chosen.softmax(dim=-1).gather(1, own).sum()
+        return target
 
     # -- labels -------------------------------------------------------------------------------------------------
     def initial_label(self, image: np.ndarray, loc_maps_lowres: np.ndarray, class_ids) -> tuple[np.ndarray, np.ndarray]:
@@ -328,21 +403,44 @@ class SkipCAM:
         """:meth:`initial_label` with torch operations on the maps' device (a GPU path; equal up to float rounding):
         ``image (H, W, 3) uint8``, maps ``(K, h, w)``. Bilinear resizes with antialiasing for the reductions, as
         PIL's, and without for the enlargements, as cv2's."""
+        scores, par_input = self._scores_on_device(image, loc_maps_lowres)
+        if par_input is not None:
+            pixels, small_scores = par_input
+            scores = _resize_to(par_refine(pixels[None], small_scores[None], self.par_cfg)[0], scores.shape[-2:])
+        keys = upload((0, *class_ids), scores.device, torch.uint8)
+        return scores, keys[scores.argmax(dim=0)]
+
+    def _scores_on_device(self, image: torch.Tensor, loc_maps_lowres: torch.Tensor
+                          ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """The scores ``[bg, classes]`` at image resolution before PAR and PAR's input (the image's pixels and the
+        scores at :meth:`par_size`; None without PAR)."""
         height, width = image.shape[:2]
         maps = _resize(loc_maps_lowres, (height, width))
         background = (1.0 - maps.amax(dim=0).clamp(min=0.0)) ** self.cfg.bg_power
         scores = torch.cat([background[None], maps])
+        if not self.cfg.use_par:
+            return scores, None
+        pixels = image.permute(2, 0, 1).float()
+        small = self.par_size(height, width)
+        if small:
+            return scores, (_resize(pixels, small).round_().clamp_(0, 255), _resize(scores, small))  # PIL: uint8
+        return scores, (pixels, scores)
+
+    def initial_labels_batch(self, images: list[torch.Tensor], loc_maps: list[torch.Tensor],
+                             class_ids: list[tuple[int, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`initial_label_on_device` of several images, PAR for all at once
+        (:func:`~pseudolabel.cam.par.par_refine_batch`): the scores ``(B, 1+K, H, W)`` (padded channels and pixels
+        -inf) and Y0 ``(B, H, W)`` on canvases (:mod:`pseudolabel.canvas`)."""
+        staged = [self._scores_on_device(image, maps) for image, maps in zip(images, loc_maps)]
+        scores = [s for s, _ in staged]
         if self.cfg.use_par:
-            pixels = image.permute(2, 0, 1).float()
-            small = self.par_size(height, width)
-            if small:
-                pixels = _resize(pixels, small).round_().clamp_(0, 255)  # PIL keeps the image in uint8
-                refined = par_refine(pixels[None], _resize(scores, small)[None], self.par_cfg)[0]
-                scores = _resize(refined, (height, width))
-            else:
-                scores = par_refine(pixels[None], scores[None], self.par_cfg)[0]
-        keys = torch.tensor((0, *class_ids), dtype=torch.uint8, device=scores.device)
-        return scores, keys[scores.argmax(dim=0)]
+            refined = par_refine_batch([p for _, (p, _) in staged], [s for _, (_, s) in staged], self.par_cfg)
+            scores = [_resize_to(r, s.shape[-2:]) for r, s in zip(refined, scores)]
+        canvas = pad_stack(scores, -torch.inf)
+        widest = canvas.shape[1]
+        keys = upload([(0, *ids) + (0,) * (widest - 1 - len(ids)) for ids in class_ids], canvas.device, torch.uint8)
+        winner = canvas.argmax(dim=1)
+        return canvas, keys.gather(1, winner.flatten(1)).view_as(winner)
 
     # -- the stages -----------------------------------------------------------------------------------------------
     def _autocast(self):
@@ -369,9 +467,48 @@ class SkipCAM:
 
     def cams_from_frozen(self, images: list, features: list[FrozenFeatures], class_ids_list: list) -> list[CAMOutput]:
         """Skip-CAM maps, scores and Y0 of this setting from each image's :class:`FrozenFeatures`. ``images``:
-        ``(H, W, 3)`` uint8 arrays or tensors (on a GPU, a tensor already there saves a copy)."""
-        return [self._one(image, tuple(sorted(class_ids)), frozen)
-                for image, frozen, class_ids in zip(images, features, class_ids_list)]
+        ``(H, W, 3)`` uint8 arrays or tensors (on a GPU, a tensor already there saves a copy). With ``batched``
+        (the default off a CPU), through :meth:`label_batch`; else image by image."""
+        if not self.batched:
+            return [self._one(image, _class_ids(class_ids), frozen)
+                    for image, frozen, class_ids in zip(images, features, class_ids_list)]
+        pixels = [torch.as_tensor(image).to(self.device, non_blocking=True) for image in images]
+        return self.label_batch(pixels, features, class_ids_list).outputs()
+
+    def label_batch(self, images: list[torch.Tensor], features: list[FrozenFeatures], class_ids_list: list
+                    ) -> "CAMBatch":
+        """Skip-CAM of several images together, in few kernels and one wait for the device: the last block and its
+        gradients for all (image, class) pairs of a CAM input size in one forward and backward
+        (:meth:`class_cams_batch`), one host copy of every CAM for CAA's boxes (OpenCV's contours), background and PAR
+        for all images at once (:meth:`initial_labels_batch`). ``images``: ``(H, W, 3)`` uint8 tensors on the
+        device. Equal to :meth:`cams_from_frozen` image by image up to float rounding."""
+        class_ids = [_class_ids(c) for c in class_ids_list]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, frozen in enumerate(features):
+            groups.setdefault(frozen.grid, []).append(index)
+        members = list(groups.values())
+        timings = {}
+        start = time.perf_counter()
+        with self._autocast():
+            grouped = [self.class_cams_batch([features[i] for i in m], [class_ids[i] for i in m]) for m in members]
+        cams = [c.float() for c, _ in grouped]
+        timings["last_block_grad"] = time.perf_counter() - start
+        start = time.perf_counter()
+        host = torch.cat([c.flatten() for c in cams]).cpu().numpy()  # the batch's one wait: CAA's boxes need OpenCV
+        sizes = [c.numel() for c in cams]
+        boxes = upload(np.concatenate([box_masks(h.reshape(c.shape), self.cfg.tau).ravel()
+                                       for h, c in zip(np.split(host, np.cumsum(sizes)[:-1]), cams)]), self.device)
+        rows = upload([r for m in members for r, i in enumerate(m) for _ in class_ids[i]], self.device)
+        loc_maps: list[torch.Tensor | None] = [None] * len(features)
+        for m, c, (_, affinity), b, r in zip(members, cams, grouped, boxes.split(sizes), rows.split([len(c) for c in cams])):
+            refined = refine_with_boxes(c, affinity, b.view(c.shape), r).float()
+            for index, maps in zip(m, refined.split([len(class_ids[i]) for i in m])):
+                loc_maps[index] = maps
+        timings["caa"] = time.perf_counter() - start
+        start = time.perf_counter()
+        scores, labels = self.initial_labels_batch(images, loc_maps, class_ids)
+        timings["bg_par"] = time.perf_counter() - start
+        return CAMBatch(class_ids, [tuple(i.shape[:2]) for i in images], loc_maps, scores, labels, timings)
 
     def predict_batch(self, images: list[np.ndarray], class_ids_list: list) -> list[CAMOutput]:
         """Skip-CAM for several images (:meth:`frozen`, then :meth:`cams_from_frozen`)."""
@@ -388,8 +525,6 @@ class SkipCAM:
         return outputs
 
     def _one(self, image, class_ids: tuple[int, ...], frozen: FrozenFeatures) -> CAMOutput:
-        if not class_ids:
-            raise ValueError("Skip-CAM needs at least one image-level class per image")
         timings = {}
         start = time.perf_counter()
         text = torch.cat([self.fg_text[[c - 1 for c in class_ids]], self.bg_text])
@@ -401,7 +536,7 @@ class SkipCAM:
         loc_host = loc_maps.cpu().numpy()
         timings["caa"] = time.perf_counter() - start
         start = time.perf_counter()
-        if self.device.type == "cpu":
+        if self.host_labels:
             scores, y0 = self.initial_label(_host_image(image), loc_host, class_ids)
             score_maps, label = torch.from_numpy(scores), torch.from_numpy(y0)
         else:
@@ -415,8 +550,26 @@ class SkipCAM:
         return self.predict_batch([image], [class_ids])[0]
 
 
+def _own_classes(text: torch.Tensor, num_fg: int):
+    """The gradient target of one image's class rows: row k's softmax probability of class k over ``text``
+    (the image's classes, then the background words)."""
+    return lambda logits: (logits @ text.T).softmax(dim=-1)[:, :num_fg].diagonal().sum()
+
+
+def _class_ids(class_ids) -> tuple[int, ...]:
+    """An image's classes, sorted; an image without one is an error."""
+    if not class_ids:
+        raise ValueError("Skip-CAM needs at least one image-level class per image")
+    return tuple(sorted(class_ids))
+
+
 def _host_image(image) -> np.ndarray:
     return image.cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+
+
+def _resize_to(maps: torch.Tensor, size) -> torch.Tensor:
+    """PAR's output back at the image's size (a no-op when PAR ran there)."""
+    return maps if tuple(maps.shape[-2:]) == tuple(size) else _resize(maps, tuple(size))
 
 
 def _resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

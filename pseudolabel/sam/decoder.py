@@ -22,6 +22,10 @@ same function, using that a prompt changes the image tokens only by a few vector
   linear in the tokens, so it too splits into a per-image and a per-prompt product. Both transposed convolutions run
   as matrix products on channels-last data, with ``LayerNorm2d`` as ``F.layer_norm`` over the channels.
 
+Several images can be held at once (``set_images``): the per-image parts then carry a leading image dimension, the
+prompts come image by image, as many for each, and every per-image product runs for all images in one batched
+product (a GPU decodes a whole batch of images' prompts in one pass).
+
 The result equals ``MaskDecoder(..., multimask_output=True)`` exactly in real arithmetic. In float32 only the
 rounding differs; ``tests/test_sam_decoder.py`` checks this against the library decoder.
 """
@@ -65,11 +69,13 @@ class _PromptTokens:
 
 
 class SharedImageMaskDecoder:
-    """Multimask outputs of a ``segment_anything`` ``MaskDecoder`` for a batch of prompts on one image.
+    """Multimask outputs of a ``segment_anything`` ``MaskDecoder`` for a batch of prompts on one image (or several).
 
     ``set_image`` takes the image embedding, its positional encoding and the dense prompt embedding (SAM's "no mask"
     embedding) and precomputes what is shared. ``__call__(sparse)`` returns the 3 multimask low-resolution logits
     ``(B, 3, 4h, 4w)`` and their predicted IoUs ``(B, 3)``, as ``MaskDecoder(..., multimask_output=True)`` does.
+    ``set_images`` holds several images; ``__call__(sparse, images=n)`` then decodes ``B / n`` prompts on each of the
+    first ``n`` images (prompts image by image).
 
     ``used_grid=(rows, cols)`` in ``set_image`` computes the logits of the top-left ``rows x cols`` image tokens only
     (``(B, 3, 4 rows, 4 cols)``): SAM's postprocessing crops the padding of its square canvas away, so for a 4:3 image
@@ -108,6 +114,16 @@ class SharedImageMaskDecoder:
                     constant = _affine_part(constant, self.layers[j - 1].norm4)
                     self.maps[s][j], self.constants[s][j] = rows, constant
                 previous_beta = layer.norm4.bias
+            # the parts of the attentions that depend on the weights only (β of the previous layer, 0 before the
+            # first): the values' and queries' constants, and the first upscaling's
+            betas = [torch.zeros_like(previous_beta)] + [layer.norm4.bias for layer in self.layers]
+            self.fixed = {
+                "layers": [{"token_to_image": {"value_constant": layer.cross_attn_token_to_image.v_proj(beta)},
+                            "image_to_token": {"query_constant": layer.cross_attn_image_to_token.q_proj(beta)}}
+                           for layer, beta in zip(self.layers, betas)],
+                "final": {"value_constant": transformer.final_attn_token_to_image.v_proj(betas[-1])},
+            }
+            self.upscale_constant = betas[-1] @ self.upscale1[0] + self.upscale1[1]
         self.image: dict | None = None
         self.batched_masks: bool | None = None  # see _masks
 
@@ -117,89 +133,103 @@ class SharedImageMaskDecoder:
                   used_grid: tuple[int, int] | None = None) -> None:
         """Precompute the image side for ``image_embeddings (1, D, h, w)``; ``used_grid``: see the class."""
         if image_embeddings.shape[0] != 1:
-            raise ValueError("SharedImageMaskDecoder works on one image at a time")
+            raise ValueError("set_image takes one image; set_images several")
+        self.set_images(image_embeddings, image_pe, dense_embeddings, used_grid)
+
+    @torch.no_grad()
+    def set_images(self, image_embeddings: Tensor, image_pe: Tensor, dense_embeddings: Tensor,
+                   used_grid: tuple[int, int] | None = None) -> None:
+        """Precompute the image side of ``image_embeddings (n, D, h, w)`` (``used_grid`` for all of them)."""
         self.grid = tuple(image_embeddings.shape[-2:])
         self.used_grid = tuple(used_grid or self.grid)
-        base = (image_embeddings + dense_embeddings).flatten(2)[0].T.contiguous()  # (N, D)
+        base = (image_embeddings + dense_embeddings).flatten(2).transpose(1, 2).contiguous()  # (n, N, D)
         pe = image_pe.flatten(2)[0].T.contiguous()
-        beta = torch.zeros_like(base[0])
         layers = []
         for j, layer in enumerate(self.layers):
             centred = _centred(base)
             layers.append({
-                "token_to_image": self._attention_keys(layer.cross_attn_token_to_image, base, pe, beta, j == 0),
-                "image_to_token": self._attention_queries(layer.cross_attn_image_to_token, base, pe, beta, j == 0),
+                "token_to_image": self._attention_keys(layer.cross_attn_token_to_image, base, pe, j == 0),
+                "image_to_token": {"queries": self._with_pe(layer.cross_attn_image_to_token.q_proj.weight, base, pe,
+                                                            j == 0)},
                 # norm4's variance: |P base|² and P base against the vectors of this and every earlier layer
                 "base_norm": centred.square().sum(dim=-1),
-                "cross": [self._by_head(centred @ self.maps[s][j].T).transpose(1, 2).contiguous()
-                          for s in range(j + 1)],  # (H, c, N)
+                "cross": [self._by_head(centred @ self.maps[s][j].T).transpose(-2, -1).contiguous()
+                          for s in range(j + 1)],  # (n, H, c, N)
                 "cross_constant": [centred @ self.constants[s][j] for s in range(j + 1)],
             })
-            base, beta = _affine_part(base, layer.norm4), layer.norm4.bias
+            base = _affine_part(base, layer.norm4)
         rows, cols = self.used_grid
-        used = base.unflatten(0, self.grid)[:rows, :cols].flatten(0, 1)
-        weight1, bias1 = self.upscale1
+        used = base.unflatten(1, self.grid)[:, :rows, :cols].flatten(1, 2)
         self.image = {
             "layers": layers,
-            "final": self._attention_keys(self.transformer.final_attn_token_to_image, base, pe, beta, False),
-            "upscale_base": used @ weight1,  # (rows * cols, 2*2*C1)
-            "upscale_constant": beta @ weight1 + bias1,
+            "final": self._attention_keys(self.transformer.final_attn_token_to_image, base, pe, False),
+            "upscale_base": used @ self.upscale1[0],  # (n, rows * cols, 2*2*C1)
         }
 
     def _by_head(self, x: Tensor) -> Tensor:
-        """``(N, H*c)`` -> ``(H, N, c)``."""
-        return x.unflatten(-1, (self.num_heads, -1)).transpose(0, 1).contiguous()
+        """``(..., N, H*c)`` -> ``(..., H, N, c)``."""
+        return x.unflatten(-1, (self.num_heads, -1)).transpose(-3, -2).contiguous()
 
-    def _attention_keys(self, attn, base: Tensor, pe: Tensor, beta: Tensor, first: bool) -> dict:
+    def _attention_keys(self, attn, base: Tensor, pe: Tensor, first: bool) -> dict:
         """Per-image parts of a token-to-image attention: keys (the image tokens plus ``pe``, see
-        :meth:`_with_pe`) and values (the image tokens, ``(H, N, c)``)."""
+        :meth:`_with_pe`) and values (the image tokens, ``(n, H, N, c)``)."""
         return {"keys": self._with_pe(attn.k_proj.weight, base, pe, first),
-                "values": self._by_head(F.linear(base, attn.v_proj.weight)), "value_constant": attn.v_proj(beta)}
-
-    def _attention_queries(self, attn, base: Tensor, pe: Tensor, beta: Tensor, first: bool) -> dict:
-        """Per-image parts of an image-to-token attention: queries (the image tokens plus ``pe``)."""
-        return {"queries": self._with_pe(attn.q_proj.weight, base, pe, first), "query_constant": attn.q_proj(beta)}
+                "values": self._by_head(F.linear(base, attn.v_proj.weight))}
 
     def _with_pe(self, weight: Tensor, base: Tensor, pe: Tensor, first: bool) -> Tensor:
-        """``weight`` times the image tokens plus ``pe``, by head: ``(H, c, N)`` of ``base + pe`` in the first layer
-        (where the image tokens are ``base``), else ``(H, c, 2N)``: ``base``'s, to be scaled by σ, then ``pe``'s."""
-        by_head = lambda x: self._by_head(F.linear(x, weight)).transpose(1, 2)  # noqa: E731
-        return by_head(base + pe) if first else torch.cat([by_head(base), by_head(pe)], dim=2)
+        """``weight`` times the image tokens plus ``pe``, by head: ``(n, H, c, N)`` of ``base + pe`` in the first
+        layer (where the image tokens are ``base``), else ``(n, H, c, 2N)``: ``base``'s, to be scaled by σ, then
+        ``pe``'s."""
+        by_head = lambda x: self._by_head(F.linear(x, weight)).transpose(-2, -1)  # noqa: E731
+        if first:
+            return by_head(base + pe)
+        of_base = by_head(base)
+        return torch.cat([of_base, by_head(pe).expand_as(of_base)], dim=-1)
+
+    def _parts(self, images: int) -> dict:
+        """The per-image parts of the first ``images`` images (views), with the weights' constants."""
+        if self.image is None:
+            raise RuntimeError("call set_image first")
+        held = self.image["upscale_base"].shape[0]
+        if not 1 <= images <= held:
+            raise ValueError(f"{images} images asked for, {held} held")
+        return _with_fixed(_first(self.image, images), self.fixed)
 
     # ---------------------------------------------------------------------------------------------- per prompt
     @torch.no_grad()
-    def __call__(self, sparse_embeddings: Tensor) -> tuple[Tensor, Tensor]:
-        if self.image is None:
-            raise RuntimeError("call set_image first")
+    def __call__(self, sparse_embeddings: Tensor, images: int = 1) -> tuple[Tensor, Tensor]:
+        parts = self._parts(images)
         batch = sparse_embeddings.shape[0]
+        if batch % images:
+            raise ValueError(f"{batch} prompts do not split evenly over {images} images")
         tokens = torch.cat([self.output_tokens.expand(batch, -1, -1), sparse_embeddings], dim=1)
         queries = tokens
         rows = len(self.layers) * (self.num_heads * (tokens.shape[1] - 1) + 1)
         image = _PromptTokens(None, tokens.new_empty(batch, rows, self.grid[0] * self.grid[1]))
         layer_values = []  # per layer, the image-to-token values of all prompts (B, H, T, c)
         vectors = None  # the prompts' vectors z (B, M, D) in the space of the image tokens; none before layer 0
-        for j, (layer, parts) in enumerate(zip(self.layers, self.image["layers"])):
+        for j, (layer, layer_parts) in enumerate(zip(self.layers, parts["layers"])):
             queries = self._self_attention(layer, queries, tokens)
             attended = self._token_to_image(layer.cross_attn_token_to_image, queries + tokens, image, vectors,
-                                            parts["token_to_image"])
+                                            layer_parts["token_to_image"])
             queries = layer.norm2(queries + attended)
             queries = layer.norm3(queries + layer.mlp(queries))
             attn = layer.cross_attn_image_to_token
             keys = self._by_prompt_head(attn.k_proj(queries + tokens), scaled=True)
-            self._image_to_token(attn, keys, image, vectors, parts["image_to_token"])
+            self._image_to_token(attn, keys, image, vectors, layer_parts["image_to_token"])
             layer_values.append(self._by_prompt_head(attn.v_proj(queries)))
             added = self._layer_vectors(layer_values[-1], j)
             vectors = added if vectors is None else torch.cat([vectors, added], dim=1)
-            vectors = self._layer_norm(image, vectors, layer_values, parts, layer.norm4)
+            vectors = self._layer_norm(image, vectors, layer_values, layer_parts, layer.norm4)
         # Final attention, only for the used tokens.
         used, final = self.used_tokens, self.transformer.final_attn_token_to_image
         out = queries[:, used] + self._token_to_image(final, (queries + tokens)[:, used], image, vectors,
-                                                      self.image["final"])
+                                                      parts["final"])
         out = self.transformer.norm_final_attn(out)
         iou_pred = self.decoder.iou_prediction_head(out[:, 0])[:, 1:]
         hyper = torch.stack([mlp(out[:, 1 + i]) for i, mlp in enumerate(self.decoder.output_hypernetworks_mlps[1:])],
                             dim=1)
-        return self._masks(image, vectors, hyper), iou_pred
+        return self._masks(image, vectors, hyper, parts["upscale_base"]), iou_pred
 
     @staticmethod
     def _self_attention(layer, queries: Tensor, tokens: Tensor) -> Tensor:
@@ -216,25 +246,33 @@ class SharedImageMaskDecoder:
 
     @staticmethod
     def _per_image(x: Tensor, per_image: Tensor) -> Tensor:
-        """``x (B, H, T, c)`` times a per-image ``(H, c, X)``, as ``(H, B, T, X)``: one product per head for all
-        prompts (a broadcast product would copy the per-image tensor once per prompt)."""
-        batch, heads, tokens, _ = x.shape
-        return (x.transpose(0, 1).flatten(1, 2) @ per_image).view(heads, batch, tokens, -1)
+        """``x (B, H, T, c)`` of ``n`` images' prompts (``B = n P``) times each image's ``(n, H, c, X)``, as
+        ``(n, H, P, T, X)``: one product per image and head for all its prompts (a broadcast product would copy the
+        per-image tensor once per prompt)."""
+        batch, heads, tokens, channels = x.shape
+        images = per_image.shape[0]
+        prompts = batch // images
+        x = x.view(images, prompts, heads, tokens, channels).transpose(1, 2).reshape(images, heads, -1, channels)
+        return (x @ per_image).view(images, heads, prompts, tokens, -1)
 
     def _logits(self, products: Tensor, sigma: Tensor | None) -> Tensor:
         """Prompt-major logits ``(B, H, T, N)`` from :meth:`_per_image` products with :meth:`_with_pe`'s tensors."""
-        heads, batch, tokens, _ = products.shape
-        out = products.new_empty(batch, heads, tokens, self.grid[0] * self.grid[1])
+        images, heads, prompts, tokens, _ = products.shape
+        n = self.grid[0] * self.grid[1]
+        out = products.new_empty(images, prompts, heads, tokens, n)
+        products = products.transpose(1, 2)  # (n, P, H, T, X)
         if sigma is None:
-            return out.copy_(products.transpose(0, 1))
-        pe, base = products[..., out.shape[-1]:], products[..., : out.shape[-1]]
-        return torch.mul(base, sigma[:, None], out=out.transpose(0, 1)).add_(pe).transpose(0, 1)
+            out.copy_(products)
+        else:
+            pe, base = products[..., n:], products[..., :n]
+            torch.mul(base, sigma.view(images, prompts, 1, 1, n), out=out).add_(pe)
+        return out.view(images * prompts, heads, tokens, n)
 
     def _layer_vectors(self, values: Tensor, s: int) -> Tensor:
         """Layer ``s``'s vectors ``z (B, H*(T-1) + 1, D)`` from its image-to-token values ``(B, H, T, c)``, as its
         attention adds them to the image tokens: ``W_o (v_t - v_0)`` by head, then ``W_o v_0`` plus the constant."""
-        rows = self.maps[s][s].unflatten(0, (self.num_heads, -1))  # (H, c, D)
-        mixed = self._per_image(values[:, :, 1:] - values[:, :, :1], rows).transpose(0, 1).flatten(1, 2)
+        rows = self.maps[s][s].unflatten(0, (self.num_heads, -1))[None]  # (1, H, c, D): the same for every prompt
+        mixed = self._per_image(values[:, :, 1:] - values[:, :, :1], rows)[0].transpose(0, 1).flatten(1, 2)
         constant = values[:, :, 0].flatten(1) @ self.maps[s][s] + self.constants[s][s]
         return torch.cat([mixed, constant[:, None]], dim=1)
 
@@ -256,12 +294,16 @@ class SharedImageMaskDecoder:
         logits = self._logits(self._per_image(q, parts["keys"]), image.sigma)  # key biases: constant along softmax
         self._add_vector_logits(logits, q, attn.k_proj.weight, image, vectors)
         weights = torch.softmax(logits, dim=-1)  # (B, H, T, N)
-        scaled = weights.new_empty(heads, batch, tokens, weights.shape[-1])
+        images = parts["values"].shape[0]
+        prompt_major = (images, batch // images, heads, tokens, weights.shape[-1])
+        scaled = weights.new_empty(images, heads, batch // images, tokens, weights.shape[-1])  # image and head major
         if image.sigma is None:
-            scaled.transpose(0, 1).copy_(weights)
+            scaled.transpose(1, 2).copy_(weights.view(prompt_major))
         else:
-            torch.mul(weights, image.sigma[:, None, None], out=scaled.transpose(0, 1))
-        values = (scaled.flatten(1, 2) @ parts["values"]).view(heads, batch, tokens, -1).transpose(0, 1)
+            torch.mul(weights.view(prompt_major), image.sigma.view(*prompt_major[:2], 1, 1, -1),
+                      out=scaled.transpose(1, 2))
+        values = (scaled.flatten(2, 3) @ parts["values"]).view(images, heads, -1, tokens, parts["values"].shape[-1])
+        values = values.transpose(1, 2).reshape(batch, heads, tokens, -1)  # a view for one image
         if image.used:
             vector_values = F.linear(vectors, attn.v_proj.weight).unflatten(2, (heads, -1))
             mixed = (weights.flatten(1, 2) @ image.coef.transpose(1, 2)).view(batch, heads, tokens, -1)
@@ -290,52 +332,65 @@ class SharedImageMaskDecoder:
         where ``P`` subtracts the mean; ``P base · z`` comes from the values and ``parts["cross"]``."""
         coef = image.coef
         cross = torch.empty_like(coef)  # P base[n] · z[m], (B, M, N)
+        images = parts["base_norm"].shape[0]
+        by_image = cross.view(images, -1, *cross.shape[1:])  # (n, P, M, N)
         row = 0
         for values, by_head, constant in zip(layer_values, parts["cross"], parts["cross_constant"]):
-            by_value = self._per_image(values, by_head)  # (H, B, T, N)
-            stop = row + by_value.shape[0] * (by_value.shape[2] - 1)
-            torch.sub(by_value[:, :, 1:], by_value[:, :, :1], out=cross[:, row: stop].unflatten(
-                1, (by_value.shape[0], -1)).transpose(0, 1))
-            torch.add(by_value[:, :, 0].sum(dim=0), constant, out=cross[:, stop])
+            by_value = self._per_image(values, by_head)  # (n, H, P, T, N)
+            heads, tokens = by_value.shape[1], by_value.shape[3]
+            stop = row + heads * (tokens - 1)
+            torch.sub(by_value[:, :, :, 1:], by_value[:, :, :, :1],
+                      out=by_image[:, :, row: stop].unflatten(2, (heads, -1)).transpose(1, 2))
+            torch.add(by_value[:, :, :, 0].sum(dim=1), constant[:, None], out=by_image[:, :, stop])
             row = stop + 1
         centred = _centred(vectors)
         quadratic = (centred @ centred.transpose(1, 2) @ coef).mul_(coef).sum(dim=1)
         linear = cross.mul_(coef).sum(dim=1)
+        per_prompt = lambda x: x.view(images, -1, x.shape[-1])  # noqa: E731  (B, N) -> (n, P, N)
+        base_norm = parts["base_norm"][:, None]
         if image.sigma is None:
-            squares = parts["base_norm"] + 2 * linear + quadratic
+            squares = base_norm + per_prompt(2 * linear) + per_prompt(quadratic)
         else:
-            squares = image.sigma.square() * parts["base_norm"] + 2 * image.sigma * linear + quadratic
-        scale = torch.rsqrt(squares / vectors.shape[-1] + norm.eps)
+            squares = (per_prompt(image.sigma.square()) * base_norm + per_prompt(2 * image.sigma * linear)
+                       + per_prompt(quadratic))
+        scale = torch.rsqrt(squares.view_as(linear) / vectors.shape[-1] + norm.eps)
         image.sigma = scale if image.sigma is None else image.sigma * scale
         coef.mul_(scale[:, None])
         return centred.mul_(norm.weight)
 
-    def _masks(self, image: _PromptTokens, vectors: Tensor, hyper: Tensor) -> Tensor:
+    def _masks(self, image: _PromptTokens, vectors: Tensor, hyper: Tensor, upscale_base: Tensor) -> Tensor:
         """Upscaling and hypernetwork product for the used grid: ``(B, 3, 4 rows, 4 cols)`` logits. Each image token
         gives its own 4x4 block of logits. On a CPU they go prompt by prompt through 16 rows of tokens at a time,
         which keeps the 16x larger intermediate activations in cache (about 1.5x faster than one pass); elsewhere
         ``MASK_PROMPTS`` prompts at a time in batched products (a per-prompt loop would leave a GPU waiting for
-        kernel launches). ``batched_masks`` overrides the choice."""
+        kernel launches). ``batched_masks`` overrides the choice. ``upscale_base``: each image's ``(n, rows * cols,
+        2*2*C1)``."""
         rows, cols = self.used_grid
         weight1, _ = self.upscale1
         weight2, bias2 = self.upscale2
-        upscale_base, constant = self.image["upscale_base"], self.image["upscale_constant"]
+        constant = self.upscale_constant
+        images = upscale_base.shape[0]
+        prompts = len(hyper) // images
         coef = image.coef.unflatten(2, self.grid)[..., :rows, :cols].flatten(2)  # (B, M, rows * cols)
         sigma = image.sigma.unflatten(1, self.grid)[:, :rows, :cols].flatten(1)[..., None]
         vectors = vectors @ weight1
         masks = hyper.new_empty(*hyper.shape[:2], rows * cols * 16)
         batched = self.batched_masks if self.batched_masks is not None else hyper.device.type != "cpu"
-        if batched:
-            for start in range(0, len(hyper), MASK_PROMPTS):
-                b = slice(start, start + MASK_PROMPTS)
-                x = torch.baddbmm(torch.addcmul(constant, sigma[b], upscale_base), coef[b].transpose(1, 2), vectors[b])
+        if batched:  # MASK_PROMPTS prompts at a time: as many of each image
+            step = max(1, MASK_PROMPTS // images)
+            for start in range(0, prompts, step):
+                pick = lambda x: x.view(images, prompts, *x.shape[1:])[:, start: start + step]  # noqa: E731
+                x = torch.addcmul(constant, pick(sigma), upscale_base[:, None]).flatten(0, 1)
+                x = torch.baddbmm(x, pick(coef).flatten(0, 1).transpose(1, 2), pick(vectors).flatten(0, 1))
                 x = self._upscale_rest(x.unflatten(2, (4, -1)).flatten(0, 1), weight2, bias2)
-                masks[b] = hyper[b] @ x.view(len(masks[b]), -1, hyper.shape[-1]).transpose(1, 2)
+                chosen = pick(hyper).flatten(0, 1)
+                pick(masks).copy_((chosen @ x.view(len(chosen), -1, hyper.shape[-1]).transpose(1, 2)).view_as(
+                    pick(masks)))
         else:
             step = 16 * cols
             for b, start in itertools.product(range(len(hyper)), range(0, rows * cols, step)):
                 window = slice(start, start + step)
-                x = torch.addcmul(constant, sigma[b, window], upscale_base[window])
+                x = torch.addcmul(constant, sigma[b, window], upscale_base[b // prompts, window])
                 x = torch.addmm(x, coef[b, :, window].T, vectors[b], out=x).unflatten(1, (4, -1))  # (n, 2*2, C1)
                 x = self._upscale_rest(x, weight2, bias2)
                 masks[b, :, 16 * start: 16 * (start + step)] = hyper[b] @ x.reshape(-1, hyper.shape[-1]).T
@@ -348,3 +403,25 @@ class SharedImageMaskDecoder:
         activation, the second transposed convolution and activation."""
         x = self.act1(F.layer_norm(x, x.shape[-1:], self.norm.weight, self.norm.bias, self.norm.eps))
         return self.act2(torch.addmm(bias2, x.flatten(0, 1), weight2))
+
+
+def _first(parts, images: int):
+    """Every tensor of nested dicts and lists cut to its first ``images`` entries (views)."""
+    if isinstance(parts, dict):
+        return {key: _first(value, images) for key, value in parts.items()}
+    if isinstance(parts, list):
+        return [_first(value, images) for value in parts]
+    return parts[:images]
+
+
+def _with_fixed(parts: dict, fixed: dict) -> dict:
+    """``parts`` with the entries of ``fixed`` (same nesting) added."""
+    out = dict(parts)
+    for key, value in fixed.items():
+        if isinstance(value, dict):
+            out[key] = _with_fixed(parts[key], value)
+        elif isinstance(value, list):
+            out[key] = [_with_fixed(p, f) for p, f in zip(parts[key], value)]
+        else:
+            out[key] = value
+    return out

@@ -6,7 +6,9 @@ refinement asks for (one positive point per prompt, no box or mask input, 3 mask
 as SAM's decoder and ``postprocess_masks`` in a cheaper order; any other request goes to ``SamPredictor`` itself.
 Its image side comes in two steps a caller can separate: :meth:`BatchedPointPredictor.encode` runs SAM's image
 encoder on several images at once (in the autocast precision on a GPU), :meth:`BatchedPointPredictor.set_features`
-makes one image's embedding the current one.
+makes one image's embedding the current one. For the batched GPU path, :meth:`BatchedPointPredictor.set_batch` holds
+several images at once and :meth:`BatchedPointPredictor.predict_points` decodes prompts of all of them together,
+their masks resized to a canvas as large as the largest image (:mod:`pseudolabel.canvas`).
 """
 from __future__ import annotations
 
@@ -23,10 +25,13 @@ from pseudolabel import compat
 compat.apply()  # before segment_anything imports torchvision
 from segment_anything import SamPredictor  # noqa: E402
 
+from pseudolabel.canvas import canvas_shape, pad_stack  # noqa: E402
 from pseudolabel.precision import autocast  # noqa: E402
 from pseudolabel.sam.decoder import SharedImageMaskDecoder  # noqa: E402
+from pseudolabel.transfer import upload  # noqa: E402
 
 RESIZE_CACHE = 16  # mask resizes kept per predictor (one per input/original size pair; VOC has a handful of sizes)
+RESIZE_BYTES = 256 << 20  # float32 logits resized at once by predict_points (the rest waits its turn)
 
 
 def _resize_taps(low: int, canvas: int, kept: int, out: int, taps: int = 4) -> tuple[Tensor, Tensor]:
@@ -86,6 +91,32 @@ class MaskResize:
         return sum(x.index_select(-2, index[:, t]) * weight[:, t, None] for t in range(index.shape[1]))
 
 
+class PaddedMaskResize:
+    """Several images' :class:`MaskResize` (taps, not CSR) at once, onto a canvas of ``size`` (at least each image's
+    original size): ``(n, ..., rows, cols)`` logits of n images -> ``(n, ..., H, W)``, each image's in the top-left
+    corner of its canvas and zero beyond. The taps of each output pixel and their order are each image's own, so the
+    values equal :class:`MaskResize`'s exactly."""
+
+    def __init__(self, resizes: list[MaskResize], size: tuple[int, int]) -> None:
+        self.rows = [pad_stack(list(t), 0, (size[0], t[0].shape[1])) for t in zip(*(r.rows for r in resizes))]
+        self.cols = [pad_stack(list(t), 0, (size[1], t[0].shape[1])) for t in zip(*(r.cols for r in resizes))]
+        self.used = tuple(max(r.used[axis] for r in resizes) for axis in (0, 1))
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        """``(n, m, used rows, used cols)`` logits of the first n images -> ``(n, m, H, W)``."""
+        images = len(logits)
+        rows = self._along(logits, *(t[:images] for t in self.rows)).transpose(-1, -2).contiguous()
+        return self._along(rows, *(t[:images] for t in self.cols)).transpose(-1, -2)
+
+    @staticmethod
+    def _along(x: Tensor, index: Tensor, weight: Tensor) -> Tensor:
+        """:meth:`MaskResize._along_rows` with each image's taps: ``x (n, m, L, K)``, ``index, weight (n, out,
+        taps)`` -> ``(n, m, out, K)``."""
+        shape = (*x.shape[:2], index.shape[1], x.shape[3])
+        return sum(x.gather(2, index[:, None, :, t, None].expand(shape)) * weight[:, None, :, t, None]
+                   for t in range(index.shape[2]))
+
+
 class BatchedPointPredictor(SamPredictor):
     """``SamPredictor`` whose ``predict_torch`` decodes single positive points through the shared-image decoder.
 
@@ -131,16 +162,58 @@ class BatchedPointPredictor(SamPredictor):
         self.reset_image()
         self.original_size, self.input_size = tuple(original_size), tuple(input_size)
         self.features, self.is_image_set = features, True
-        key = (self.input_size, self.original_size, features.shape[-1])
-        if key not in self._resizes:
-            if len(self._resizes) >= RESIZE_CACHE:
-                self._resizes.pop(next(iter(self._resizes)))
-            self._resizes[key] = MaskResize(4 * features.shape[-1], self.model.image_encoder.img_size,
-                                            self.input_size, self.original_size, self.device)
-        self.resize = self._resizes[key]
+        self.resize = self._mask_resize(self.input_size, self.original_size, features.shape[-1])
         _, dense = self.model.prompt_encoder(points=None, boxes=None, masks=None)
         used_grid = tuple(-(-n // 4) for n in self.resize.used)
         self.decoder.set_image(self.features, self.model.prompt_encoder.get_dense_pe(), dense, used_grid)
+
+    def _mask_resize(self, input_size: tuple[int, int], original_size: tuple[int, int], side: int,
+                     sparse: bool | None = None) -> MaskResize:
+        """The (cached) :class:`MaskResize` of an image size."""
+        key = (tuple(input_size), tuple(original_size), side, sparse)
+        if key not in self._resizes:
+            if len(self._resizes) >= RESIZE_CACHE:
+                self._resizes.pop(next(iter(self._resizes)))
+            self._resizes[key] = MaskResize(4 * side, self.model.image_encoder.img_size, input_size, original_size,
+                                            self.device, sparse)
+        return self._resizes[key]
+
+    @torch.no_grad()
+    def set_batch(self, features: Tensor, input_sizes: list[tuple[int, int]],
+                  original_sizes: list[tuple[int, int]]) -> None:
+        """Hold several images for :meth:`predict_points`: their embeddings ``(n, 256, 64, 64)`` (from
+        :meth:`encode`) and sizes (as :meth:`set_features` takes them). Replaces the current image."""
+        self.reset_image()
+        self.batch_sizes = [tuple(s) for s in original_sizes]
+        self.canvas = canvas_shape(self.batch_sizes)
+        self.batch_resize = PaddedMaskResize([self._mask_resize(i, o, features.shape[-1], sparse=False)
+                                              for i, o in zip(input_sizes, original_sizes)], self.canvas)
+        _, dense = self.model.prompt_encoder(points=None, boxes=None, masks=None)
+        used_grid = tuple(-(-n // 4) for n in self.batch_resize.used)
+        self.decoder.set_images(features, self.model.prompt_encoder.get_dense_pe(), dense, used_grid)
+
+    @torch.no_grad()
+    def predict_points(self, xy: Tensor) -> tuple[Tensor, Tensor]:
+        """Masks of one positive point per prompt for the first ``n`` images of :meth:`set_batch`: ``xy (n, P, 2)``
+        (host, float32, each image's own pixel coordinates) -> SAM's 3 thresholded masks ``(n, P, 3, H, W)`` on the
+        canvas (False beyond each image) and their predicted IoUs ``(n, P, 3)``. The prompts of all n images go
+        through the decoder together; the masks are resized ``RESIZE_BYTES`` of logits at a time."""
+        images, prompts = xy.shape[:2]
+        coords = torch.cat([self.transform.apply_coords_torch(points, size)
+                            for points, size in zip(xy, self.batch_sizes)])
+        coords = upload(coords, self.device)[:, None]
+        labels = torch.ones(len(coords), 1, dtype=torch.int64, device=self.device)
+        sparse, _ = self.model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        logits, iou = self.decoder(sparse, images)
+        used_rows, used_cols = self.batch_resize.used
+        logits = logits[..., :used_rows, :used_cols].view(images, prompts, *logits.shape[1:-2], used_rows, used_cols)
+        masks = torch.empty(images, prompts, logits.shape[2], *self.canvas, dtype=torch.bool, device=self.device)
+        step = max(1, RESIZE_BYTES // (4 * images * logits.shape[2] * self.canvas[0] * self.canvas[1]))
+        for start in range(0, prompts, step):
+            chunk = logits[:, start: start + step]
+            resized = self.batch_resize(chunk.flatten(1, 2)).view(masks[:, start: start + step].shape)
+            torch.gt(resized, self.model.mask_threshold, out=masks[:, start: start + step])
+        return masks, iou.view(images, prompts, -1)
 
     @torch.no_grad()
     def predict_torch(self, point_coords, point_labels, boxes=None, mask_input=None, multimask_output=True,

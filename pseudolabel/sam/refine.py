@@ -10,6 +10,13 @@ Everything runs at the image's full resolution, in pieces whose memory is bounde
 are decoded, selected and filtered a few at a time (:data:`MASK_BYTES_PER_STEP`) and the merge runs in bands of rows
 (:data:`MERGE_BYTES_PER_BAND`). Each mask and each pixel is computed exactly as in one piece, so the pieces never
 change a label; at VOC and COCO sizes the pieces are whole.
+
+:meth:`SAMRefiner.refine_batch` (the batched GPU path, any device) refines several images at once: one host copy of
+the labels at the grid points gives every image's prompts, the prompts of all images go through the decoder
+together (``BATCH_PROMPTS`` at a time, fewer where their masks on the batch's canvas would exceed
+:data:`MASK_BYTES_PER_STEP`), and selection, the δ filter and the merge (in bands of :data:`MERGE_BYTES_PER_BAND`)
+run on canvases of all images (:mod:`pseudolabel.canvas`). Its labels equal :meth:`SAMRefiner.refine_embedded`'s
+image by image up to float rounding.
 """
 from __future__ import annotations
 
@@ -20,9 +27,12 @@ import numpy as np
 import scipy.ndimage as ndi
 import torch
 
+from pseudolabel.canvas import crop, pad_stack
 from pseudolabel.classes import IGNORE_INDEX
 from pseudolabel.cli_options import DictConfig
+from pseudolabel.transfer import upload
 
+BATCH_PROMPTS = 256  # prompts decoded together by refine_batch, over all images (about 2 GB of decoder activations)
 MASK_BYTES_PER_STEP = 256 << 20   # SAM's 3 masks per prompt, one byte per pixel: 3 prompts of a 6000x4000 image
 MERGE_BYTES_PER_BAND = 256 << 20  # the merge's per-class float32 scores in one band of rows
 
@@ -78,6 +88,24 @@ class Refinement:
 
 
 @dataclass
+class RefinedBatch:
+    """What :meth:`SAMRefiner.refine_batch` made of several images, on the device except the prompt counts."""
+
+    labels: torch.Tensor                # (B, H, W) uint8 canvas of the refined label maps
+    prompts: list[tuple[int, ...]]      # per image, the prompt points of each class
+    masks_accepted: torch.Tensor        # (B, K) int64: per image and class, the points whose mask passed δ
+    timings: dict[str, float] = field(default_factory=dict)    # seconds by stage, for the whole batch
+
+    def refinements(self, sizes: list[tuple[int, int]]) -> list[Refinement]:
+        """One :class:`Refinement` per image of size ``sizes[i]`` (host copies), each with an equal share of the
+        timings."""
+        labels, accepted = self.labels.cpu().numpy(), self.masks_accepted.cpu().numpy()
+        share = {k: v / len(sizes) for k, v in self.timings.items()}
+        return [Refinement(crop(labels[i], size).copy(), prompts, tuple(int(a) for a in accepted[i, :len(prompts)]),
+                           dict(share)) for i, (size, prompts) in enumerate(zip(sizes, self.prompts))]
+
+
+@dataclass
 class SAMInput:
     """One image prepared for SAM's encoder on the host (thread-safe, :meth:`SAMRefiner.prepare`)."""
 
@@ -101,6 +129,9 @@ class SAMRefiner:
 
     def __init__(self, predictor, cfg: SAMRefineConfig, weights: dict | None = None):
         self.predictor, self.cfg, self.weights = predictor, cfg, weights or {}
+        # refine_embedded_batch through refine_batch (needs the predictor's set_batch); off a CPU by default, where one
+        # image at a time keeps every label independent of the others in a batch
+        self.batched = self.device.type != "cpu" and hasattr(predictor, "set_batch")
 
     @classmethod
     def from_config(cls, cfg: SAMRefineConfig, device="cpu", seed: int = 0, precision: str = "fp32") -> "SAMRefiner":
@@ -139,12 +170,22 @@ class SAMRefiner:
         height, width = y0.shape
         points = grid_points(height, width, self.cfg.grid_size)
         on_label = y0[np.floor(points[:, 1]).astype(int), np.floor(points[:, 0]).astype(int)]
+
+        def peak(k: int, c: int):
+            if not (y0 == c).any():
+                return None
+            flat = np.where(y0 == c, _host(scores[1 + k]), -np.inf).argmax()
+            return flat % width + 0.5, flat // width + 0.5
+        return self._prompts_at(points, on_label, class_ids, peak)
+
+    def _prompts_at(self, points: np.ndarray, on_label: np.ndarray, class_ids, peak) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`prompts` from the grid ``points`` and Y0 at them; ``peak(k, c)``: the xy of class c's highest
+        score in its Y0 region (``ensure_point_per_class``), None when the region is empty."""
         xy, owner = [], []
         for k, c in enumerate(class_ids):
             mine = points[on_label == c]
-            if len(mine) == 0 and self.cfg.ensure_point_per_class and (y0 == c).any():
-                peak = np.where(y0 == c, _host(scores[1 + k]), -np.inf).argmax()
-                mine = np.array([[peak % width + 0.5, peak // width + 0.5]])
+            if len(mine) == 0 and self.cfg.ensure_point_per_class and (at := peak(k, c)) is not None:
+                mine = np.array([at], dtype=points.dtype)
             xy.append(mine)
             owner.extend([k] * len(mine))
         return np.concatenate(xy).reshape(-1, 2), np.array(owner, dtype=np.int64)
@@ -157,10 +198,11 @@ class SAMRefiner:
         masks, iou_pred, _ = self.predictor.predict_torch(coords[:, None, :], labels, multimask_output=True)
         return masks, iou_pred
 
-    def prompts_per_step(self, height: int, width: int) -> int:
-        """Prompts decoded, selected and filtered together: ``points_per_batch``, fewer when their masks would take
-        more than :data:`MASK_BYTES_PER_STEP`."""
-        return max(1, min(self.cfg.points_per_batch, MASK_BYTES_PER_STEP // (3 * height * width)))
+    def prompts_per_step(self, height: int, width: int, most: int | None = None) -> int:
+        """Prompts decoded, selected and filtered together on an image (or a batch's canvas) of ``height x width``:
+        ``most`` (default ``points_per_batch``), fewer when their masks would take more than
+        :data:`MASK_BYTES_PER_STEP`."""
+        return max(1, min(most or self.cfg.points_per_batch, MASK_BYTES_PER_STEP // (3 * height * width)))
 
     def _select_and_filter(self, masks, iou_pred, regions) -> tuple[torch.Tensor, torch.Tensor]:
         """Chosen mask per point and whether it passes δ. ``regions (B, H, W)``: R for each point."""
@@ -237,29 +279,150 @@ class SAMRefiner:
     def merge(self, y0: torch.Tensor, scores: torch.Tensor, class_ids, regions: torch.Tensor,
               accepted: torch.Tensor) -> torch.Tensor:
         """Compose the label map from each class's support: conflicts go to the larger refined score
-        (docs/method.md#merge-and-conflicts). Runs in bands of rows (each pixel on its own, so the same result)."""
-        height, width = y0.shape
-        has_mask = accepted.flatten(1).any(dim=1)[:, None, None]
-        rows = max(1, MERGE_BYTES_PER_BAND // (4 * max(1, len(class_ids)) * width))
-        return torch.cat([self._merge_band(y0[top: top + rows], scores[:, top: top + rows], class_ids,
-                                           regions[:, top: top + rows], accepted[:, top: top + rows], has_mask)
-                          for top in range(0, height, rows)])
+        (docs/method.md#merge-and-conflicts)."""
+        keys = upload(class_ids, regions.device, torch.uint8)
+        return self.merge_batch(y0[None], scores[None], keys[None], regions[None], accepted[None])[0]
 
-    def _merge_band(self, y0, scores, class_ids, regions, accepted, has_mask) -> torch.Tensor:
+    def merge_batch(self, y0: torch.Tensor, scores: torch.Tensor, keys: torch.Tensor, regions: torch.Tensor,
+                    accepted: torch.Tensor) -> torch.Tensor:
+        """:meth:`merge` of several images: ``y0 (B, H, W)``, ``scores (B, 1+K, H, W)``, class keys ``(B, K)``,
+        ``regions`` and ``accepted`` ``(B, K, H, W)`` (a class padded in is in neither). Runs in bands of rows whose
+        per-class float32 scores take at most :data:`MERGE_BYTES_PER_BAND` (each pixel on its own, so the same
+        result; one band at VOC and COCO sizes)."""
+        batch, classes, height, width = regions.shape
+        has_mask = accepted.flatten(2).any(dim=2)[..., None, None]
+        rows = max(1, MERGE_BYTES_PER_BAND // (4 * batch * max(1, classes) * width))
+        if rows >= height:
+            return self._merge_band(y0, scores, keys, regions, accepted, has_mask)
+        return torch.cat([self._merge_band(y0[:, top: top + rows], scores[:, :, top: top + rows], keys,
+                                           regions[:, :, top: top + rows], accepted[:, :, top: top + rows], has_mask)
+                          for top in range(0, height, rows)], dim=1)
+
+    def _merge_band(self, y0, scores, keys, regions, accepted, has_mask) -> torch.Tensor:
+        """:meth:`merge_batch` on one band of rows (``has_mask``: whether each class kept a mask anywhere)."""
         if self.cfg.merge == "replace":
             support = torch.where(has_mask, accepted, regions)
         else:
             support = accepted | regions
-        claims = support.sum(dim=0)
-        winner = torch.where(support, scores[1:1 + len(class_ids)], -torch.inf).argmax(dim=0)
-        keys = torch.tensor(class_ids, dtype=torch.uint8, device=support.device)
-        labels = torch.where(claims > 0, keys[winner], 0).to(torch.uint8)
+        claims = support.sum(dim=1)
+        winner = torch.where(support, scores[:, 1:1 + keys.shape[1]], -torch.inf).argmax(dim=1)
+        labels = torch.where(claims > 0, keys.gather(1, winner.flatten(1)).view_as(winner), 0).to(torch.uint8)
         if self.cfg.conflict_ignore:
             labels = torch.where(claims > 1, IGNORE_INDEX, labels)
         if self.cfg.uncertain_ignore:
             labels = torch.where((labels != y0) & (labels != IGNORE_INDEX), IGNORE_INDEX, labels)
         return labels
 
+    # -- several images at once -----------------------------------------------------------------------------------
+    def refine_embedded_batch(self, embeddings: list[ImageEmbedding], y0s: list, scores: list,
+                              class_ids_list: list) -> list[Refinement]:
+        """:meth:`refine_embedded` of several images: with ``batched`` (the default off a CPU) through
+        :meth:`refine_batch`, else image by image."""
+        if not self.batched:
+            return [self.refine_embedded(e, y, s, c) for e, y, s, c in zip(embeddings, y0s, scores, class_ids_list)]
+        y0s = [torch.as_tensor(y).to(self.device, non_blocking=True) for y in y0s]
+        sizes = [tuple(y.shape) for y in y0s]
+        canvas = pad_stack([torch.as_tensor(s).to(self.device, non_blocking=True).float() for s in scores],
+                           -torch.inf)
+        return self.refine_batch(embeddings, pad_stack(y0s, 0), canvas, sizes, class_ids_list).refinements(sizes)
+
+    def refine_batch(self, embeddings: list[ImageEmbedding], y0: torch.Tensor, scores: torch.Tensor,
+                     sizes: list[tuple[int, int]], class_ids_list: list) -> RefinedBatch:
+        """Refine several images at once on their canvases: ``y0 (B, H, W)`` uint8 and ``scores (B, 1+K, H, W)``
+        (padded class channels -inf), each image's size and classes. One wait for the device (the labels at the
+        grid points, for the prompts); the prompts of all images decoded together, ``BATCH_PROMPTS`` at a time (fewer
+        where their masks on the canvas would exceed :data:`MASK_BYTES_PER_STEP`, :meth:`prompts_per_step`), as many
+        for each image in a step; selection, the δ filter and the merge (:meth:`merge_batch`) on the canvases."""
+        class_ids = [tuple(c) for c in class_ids_list]
+        widest = max(len(c) for c in class_ids)
+        if not self.cfg.enabled:
+            return RefinedBatch(y0.clone(), [(0,) * len(c) for c in class_ids],
+                                torch.zeros(len(class_ids), widest, dtype=torch.int64, device=y0.device))
+        start = time.perf_counter()
+        device, canvas = y0.device, tuple(y0.shape[-2:])
+        keys = upload([c + (IGNORE_INDEX,) * (widest - len(c)) for c in class_ids], device, torch.uint8)
+        regions = y0[:, None] == keys[:, :, None, None]  # (B, K, H, W); a padded class (255) has no pixel
+        xy, owner, ids = self._batch_prompts(y0, scores, keys, sizes, class_ids)
+        counts = [len(o) for o in owner]
+        order = [i for i in sorted(range(len(sizes)), key=lambda i: -counts[i]) if counts[i]]  # most prompts first
+        accepted = torch.zeros_like(regions)
+        passed = torch.zeros(len(sizes) * widest + 1, dtype=torch.int64, device=device)  # + 1: padding's
+        decode = 0.0
+        if order:
+            tick = time.perf_counter()
+            self.predictor.set_batch(torch.cat([embeddings[i].features for i in order]),
+                                     [embeddings[i].input_size for i in order], [sizes[i] for i in order])
+            decode += time.perf_counter() - tick
+        limit = self.prompts_per_step(*canvas, most=BATCH_PROMPTS)
+        for step in _decoding_steps([counts[i] for i in order], limit):
+            images, taken = order[: step.images], slice(step.first, step.first + step.prompts)
+            picked = [_padded(x[taken], step.prompts) for x in (xy[i] for i in images)]
+            tick = time.perf_counter()
+            masks, iou_pred = self.predictor.predict_points(torch.from_numpy(np.stack(picked)).float())
+            decode += time.perf_counter() - tick
+            who = np.stack([_padded(owner[i][taken], step.prompts, -1) for i in images])  # class index, -1: padding
+            flat = np.where(who >= 0, np.array(images)[:, None] * widest + who, len(passed) - 1)
+            flat_device = upload(flat.ravel(), device)
+            if self.cfg.filter_scope == "component":
+                components, component_of_point = ids
+                point_ids = np.stack([_padded(component_of_point[i][taken], step.prompts, 0) for i in images])
+                point_regions = components.flatten(2).flatten(0, 1)[flat_device.clamp(max=len(passed) - 2)] \
+                    == upload(point_ids.ravel(), device)[:, None]
+            else:
+                point_regions = regions.flatten(2).flatten(0, 1)[flat_device.clamp(max=len(passed) - 2)]
+            chosen, keep = self._select_and_filter(masks.flatten(0, 1).flatten(-2), iou_pred.flatten(0, 1),
+                                                   point_regions)
+            keep &= upload(who.ravel() >= 0, device)
+            passed.index_add_(0, flat_device, keep.long())
+            chosen = (chosen & keep[:, None]).view(step.images, step.prompts, -1)
+            classes = upload(who, device)
+            rows = upload(images, device)
+            for k in range(widest):
+                hit = (chosen & (classes == k)[..., None]).any(dim=1).view(step.images, *canvas)
+                accepted[rows, k] |= hit
+        labels = self.merge_batch(y0, scores, keys, regions, accepted)
+        timings = {"sam_decoder": decode, "filter_merge": time.perf_counter() - start - decode}
+        prompts = [tuple(int(n) for n in np.bincount(o, minlength=len(c))) for o, c in zip(owner, class_ids)]
+        return RefinedBatch(labels, prompts, passed[:-1].view(len(sizes), widest), timings)
+
+    def _batch_prompts(self, y0: torch.Tensor, scores: torch.Tensor, keys: torch.Tensor, sizes, class_ids):
+        """:meth:`prompts` of every image of a canvas, from one host copy (Y0 at the grid points; with
+        ``ensure_point_per_class`` each class's score peak; with the component scope Y0 itself). Returns the
+        points and their class indices per image, and with the component scope the components ``(B, K, H, W)``
+        on the device and each point's component per image (else None)."""
+        height, width = y0.shape[-2:]
+        grids = [grid_points(*size, self.cfg.grid_size) for size in sizes]
+        at = np.concatenate([i * height * width + np.floor(p[:, 1]).astype(int) * width + np.floor(p[:, 0]).astype(int)
+                             for i, p in enumerate(grids)])
+        wanted = [y0.flatten()[upload(at, y0.device)].long()]
+        if self.cfg.ensure_point_per_class:
+            region = y0[:, None] == keys[:, :, None, None]
+            best = torch.where(region, scores[:, 1:1 + keys.shape[1]], -torch.inf).flatten(2).argmax(dim=2)
+            wanted += [best.flatten(), region.flatten(2).any(dim=2).long().flatten()]
+        host = torch.cat(wanted).cpu().numpy()  # the one wait: prompts are host work
+        if self.cfg.filter_scope == "component":
+            y0_host = y0.cpu().numpy()
+        on_label = np.split(host[: len(at)], np.cumsum([len(p) for p in grids])[:-1])
+        widest = keys.shape[1]
+        best, present = (host[len(at): len(at) + len(sizes) * widest].reshape(-1, widest),
+                         host[len(at) + len(sizes) * widest:].reshape(-1, widest)) \
+            if self.cfg.ensure_point_per_class else (None, None)
+        xy, owner = [], []
+        for i, (points, labels, ids) in enumerate(zip(grids, on_label, class_ids)):
+            peak = lambda k, c, i=i: (best[i, k] % width + 0.5, best[i, k] // width + 0.5) if present[i, k] else None  # noqa: E731
+            points_xy, points_owner = self._prompts_at(points, labels, ids, peak)
+            xy.append(points_xy)
+            owner.append(points_owner)
+        if self.cfg.filter_scope != "component":
+            return xy, owner, None
+        components = np.zeros((len(sizes), widest, height, width), np.int32)
+        point_ids = []
+        for i, ids in enumerate(class_ids):
+            for k, c in enumerate(ids):
+                components[i, k] = ndi.label(y0_host[i] == c)[0]
+            point_ids.append(np.array([components[i, k, int(y), int(x)] for (x, y), k in zip(xy[i], owner[i])],
+                                      np.int32))
+        return xy, owner, (upload(components, y0.device), point_ids)
 
 def _unrefined(y0, class_ids: tuple[int, ...]) -> Refinement:
     """Refinement off: the label is Y0."""
@@ -269,6 +432,37 @@ def _unrefined(y0, class_ids: tuple[int, ...]) -> Refinement:
 def _host(x) -> np.ndarray:
     """An array or tensor as a host array."""
     return x.cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+@dataclass
+class _Step:
+    """One decoding step of :meth:`SAMRefiner.refine_batch`: prompts ``first .. first + prompts`` of each of the
+    ``images`` images with the most prompts (padded where an image has fewer)."""
+
+    images: int
+    first: int
+    prompts: int
+
+
+def _decoding_steps(counts: list[int], limit: int) -> list[_Step]:
+    """Steps covering ``counts`` prompts of images sorted by count (most first), at most ``limit`` prompts (or one
+    per image) per step: every image with prompts left takes as many, so an image's padding stays within a step."""
+    steps, first = [], 0
+    while (images := sum(1 for c in counts if c > first)):
+        prompts = max(1, min(limit // images, counts[0] - first))
+        steps.append(_Step(images, first, prompts))
+        first += prompts
+    return steps
+
+
+def _padded(values: np.ndarray, length: int, fill=None) -> np.ndarray:
+    """``values`` extended to ``length`` along its first axis with ``fill`` (default: its last entry repeated)."""
+    missing = length - len(values)
+    if missing <= 0:
+        return values
+    tail = np.repeat(values[-1:], missing, axis=0) if fill is None else np.full((missing, *values.shape[1:]), fill,
+                                                                                 values.dtype)
+    return np.concatenate([values, tail])
 
 
 def _runs(owner: np.ndarray):
