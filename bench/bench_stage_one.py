@@ -11,7 +11,9 @@ CUDA, the GPU busy fraction and peak GPU memory; with --agree-with, the label ag
 On a GPU the per-stage times come from a second, short pass whose stages each wait for the GPU (otherwise they
 would measure only the host's share); images/s and the busy fraction come from the normal, overlapped run.
 The busy fraction is the union of the GPU's kernel intervals over their span, from torch.profiler, in a window of
-steady-state batches.
+steady-state batches. The same window gives where the GPU time goes (the kernels taking most of it, kernel launches
+and copies per image); a second, shorter window that also records the host's operators gives each stage's GPU time
+and kernel launches, the operator calls per image and the host waits for the GPU (synchronisations) per batch.
 """
 from __future__ import annotations
 
@@ -130,16 +132,70 @@ def busy_fraction(prof) -> float:
     return busy / (intervals[-1][1] - intervals[0][0])
 
 
+def kernel_breakdown(prof, images: int, top: int = 12) -> dict:
+    """Where a profiled window's GPU time went: the ``top`` kernels by total time (name, calls, ms, share of all
+    kernel time), kernel launches and memory copies per image (device-to-host copies into pageable memory make the
+    host wait)."""
+    kernels, copies = {}, {}
+    for event in prof.events():
+        if not str(getattr(event, "device_type", "")).endswith("CUDA"):
+            continue
+        name = event.name
+        duration = event.time_range.end - event.time_range.start  # microseconds
+        table = copies if name.startswith(("Memcpy", "Memset")) else kernels
+        calls, total = table.get(name, (0, 0.0))
+        table[name] = (calls + 1, total + duration)
+    kernel_time = sum(t for _, t in kernels.values()) or 1.0
+    ranked = sorted(kernels.items(), key=lambda kv: -kv[1][1])[:top]
+    return {"images": images, "kernel_ms": kernel_time / 1000,
+            "kernels_per_image": sum(c for c, _ in kernels.values()) / images,
+            "copies_per_image": {name: calls / images for name, (calls, _) in copies.items()},
+            "top_kernels": [[name[:90], calls, total / 1000, total / kernel_time] for name, (calls, total) in ranked]}
+
+
+SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")  # host waits
+
+
+def _kernels_under(event) -> int:
+    """Kernels launched by an event and the operators under it."""
+    return len(getattr(event, "kernels", ())) + sum(_kernels_under(child) for child in event.cpu_children)
+
+
+def stage_breakdown(prof, images: int, batches: float) -> dict:
+    """Per stage (the pipeline's ``stage: ...`` ranges): GPU ms and kernel launches per image; torch operator calls
+    (from Python) per image and host waits for the GPU (runtime calls that synchronise) per batch."""
+    stages, ops, syncs = {}, 0, {}
+    for event in prof.events():
+        if str(getattr(event, "device_type", "")).endswith("CUDA"):
+            continue
+        if event.name.startswith("stage: "):
+            entry = stages.setdefault(event.name[len("stage: "):], [0.0, 0])
+            entry[0] += event.device_time_total
+            entry[1] += _kernels_under(event)
+        elif event.name.startswith("aten::") and not (event.cpu_parent and event.cpu_parent.name.startswith("aten::")):
+            ops += 1  # operators called from Python (not those they call)
+        elif event.name in SYNCS:
+            syncs[event.name] = syncs.get(event.name, 0) + 1
+    return {"images": images,
+            "stage_gpu_ms_per_image": {k: v[0] / 1000 / images for k, v in stages.items()},
+            "stage_kernels_per_image": {k: v[1] / images for k, v in stages.items()},
+            "ops_per_image": ops / images,
+            "syncs_per_batch": {k: v / max(batches, 1e-9) for k, v in syncs.items()}}
+
+
 class ProfiledWindow:
     """torch.profiler over ``length`` images of a run from image ``first``: GPU activity only; if that records no
     kernel (CUPTI has been seen to drop them), once more over the next ``length`` images with CPU operators recorded
-    too (whose overhead makes that figure a lower bound)."""
+    too (whose overhead makes that figure a lower bound). Then, unless ``stages`` is off, a window of ``length // 2``
+    images with CPU operators and GPU activity for :func:`stage_breakdown`."""
 
     ATTEMPTS = (("CUDA",), ("CPU", "CUDA"))
 
-    def __init__(self, first: int, length: int, limit: int):
-        self.start, self.length, self.limit = first, length, limit
+    def __init__(self, first: int, length: int, limit: int, batch: int, stages: bool = True):
+        self.start, self.length, self.limit, self.batch = first, length, limit, batch
         self.attempt, self.prof, self.result, self.errors, self.ended = 0, None, None, [], None
+        self.kernels, self.stages, self.stage_window = None, None, None
+        self.want_stages = stages
 
     def __call__(self, done: int) -> None:
         try:
@@ -147,16 +203,31 @@ class ProfiledWindow:
                 activities = [getattr(torch.profiler.ProfilerActivity, a) for a in self.ATTEMPTS[self.attempt]]
                 self.prof = torch.profiler.profile(activities=activities)
                 self.prof.__enter__()
-            elif self.prof is not None and done == self.start + self.length:
+            elif self.prof is not None and self.result is None and done == self.start + self.length:
                 torch.cuda.synchronize()
                 self.prof.__exit__(None, None, None)
                 self.ended = done
                 prof, self.prof = self.prof, None
                 self.result = busy_fraction(prof)
+                self.kernels = kernel_breakdown(prof, self.length)
+                length = max(1, self.length // 2)
+                if self.want_stages and done + self.batch + length <= self.limit:
+                    self.stage_window = (done + self.batch, done + self.batch + length)
+            elif self.stage_window and self.prof is None and done == self.stage_window[0]:
+                self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                               torch.profiler.ProfilerActivity.CUDA])
+                self.prof.__enter__()
+            elif self.stage_window and self.prof is not None and done == self.stage_window[1]:
+                torch.cuda.synchronize()
+                self.prof.__exit__(None, None, None)
+                prof, self.prof = self.prof, None
+                self.ended = done
+                images = self.stage_window[1] - self.stage_window[0]
+                self.stages = stage_breakdown(prof, images, images / self.batch)
         except Exception as error:  # noqa: BLE001 - a profiler problem must not stop the benchmark
             self.errors.append(f"{'+'.join(self.ATTEMPTS[self.attempt])}: {type(error).__name__}: {error}")
             self.prof = None
-            if self.attempt + 1 < len(self.ATTEMPTS):
+            if self.result is None and self.attempt + 1 < len(self.ATTEMPTS):
                 self.attempt, self.start = self.attempt + 1, done + 1
 
     @property
@@ -212,7 +283,7 @@ def measure(args) -> dict:
     window = None
     batch = args.batch_size or generate.default_batch_size(torch.device(args.device))
     if cuda and args.profile:
-        window = ProfiledWindow(min(2 * batch, args.images // 4), 4 * batch, args.images - batch)
+        window = ProfiledWindow(min(2 * batch, args.images // 4), 4 * batch, args.images - batch, batch)
     run, facts = labelled_run(args, data, out, args.images, args.batch_size, hook=window, deadline=deadline,
                               steady_from=lambda: window.ended + batch if window and window.ended else None)
     results.update(facts, batch_size=run.batch_size, workers=run.workers)
@@ -223,6 +294,7 @@ def measure(args) -> dict:
         results["gpu_busy_fraction"] = window.result
         results["gpu_busy_window"] = {"images": [window.start, window.start + window.length],
                                       "recorded": window.activities}
+        results["gpu_kernels"], results["gpu_stages"] = window.kernels, window.stages
         if window.errors or window.result is None:
             results.setdefault("errors", []).append(f"busy fraction: {'; '.join(window.errors) or 'not reached'}")
     if cuda:  # stage times with each stage waited for
@@ -296,6 +368,31 @@ def print_table(runs: list[dict]) -> None:
     for r in runs:
         for error in r.get("errors", []):
             print(f"!! {r.get('precision')} b{r.get('batch_size')}: {error}")
+    print_breakdown(runs)
+
+
+def print_breakdown(runs: list[dict]) -> None:
+    """Where each run's GPU time went, from its profiled windows (see the module)."""
+    for r in runs:
+        kernels, stages = r.get("gpu_kernels"), r.get("gpu_stages")
+        if not kernels and not stages:
+            continue
+        print(f"\nwhere the GPU time goes, {r.get('precision')} b{r.get('batch_size')}:")
+        if kernels:
+            copies = ", ".join(f"{name} {n:.1f}" for name, n in sorted(kernels["copies_per_image"].items()))
+            print(f"  {kernels['images']} images: kernel time {kernels['kernel_ms'] / kernels['images']:.1f} ms/image, "
+                  f"{kernels['kernels_per_image']:.0f} kernel launches/image; copies/image: {copies or 'none'}")
+            print(f"  {'share':>6s} {'ms':>8s} {'calls':>6s}  kernel")
+            for name, calls, ms, share in kernels["top_kernels"]:
+                print(f"  {100 * share:5.1f}% {ms:8.1f} {calls:6d}  {name}")
+        if stages:
+            per_stage = ", ".join(f"{name} {ms:.1f} ms ({stages['stage_kernels_per_image'].get(name, 0):.0f} kernels)"
+                                  for name, ms in stages["stage_gpu_ms_per_image"].items())
+            waits = ", ".join(f"{name} {n:.1f}" for name, n in sorted(stages["syncs_per_batch"].items()))
+            print(f"  {stages['images']} images with host operators recorded: GPU time by stage per image: "
+                  f"{per_stage or 'n/a'}")
+            print(f"  torch operator calls/image {stages['ops_per_image']:.0f}; host waits for the GPU per batch: "
+                  f"{waits or 'none'}")
 
 
 def main() -> None:
