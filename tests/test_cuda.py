@@ -1,7 +1,11 @@
 """Stage one on a GPU (skipped without one; bench/gpu_check.sh runs them): the real ViT-B/16 and SAM ViT-B
-architectures with random weights on synthetic VOC-sized images. Batched fp32 labels against unbatched ones, the
-overlapped CUDA streams against synchronised stages, the batched SAM encoder and the refinement against
-segment-anything's SamPredictor, and the GPU path against the CPU path."""
+architectures with random weights on synthetic VOC-sized images. Labels of a batch's images labelled together against
+each image labelled alone, the overlapped CUDA streams against synchronised stages, the batched SAM encoder and the
+decoding of several images' prompts together against segment-anything's SamPredictor, PAR of several images against
+each alone, the host waits of the batched step, and the GPU path against the CPU path."""
+import contextlib
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -36,6 +40,16 @@ def label_all(cam, refiner, samples, batch_size, device="cuda", timed=False):
     return {r.image_id: r for r in records}
 
 
+@contextlib.contextmanager
+def image_by_image(cam, refiner):
+    """The models' image-by-image GPU path (each image's own Skip-CAM and SAM refinement steps)."""
+    cam.batched = refiner.batched = False
+    try:
+        yield
+    finally:
+        cam.batched = refiner.batched = True
+
+
 def agreement(a: dict, b: dict, field: str) -> float:
     assert a.keys() == b.keys()
     same = sum(int((getattr(a[i], field) == getattr(b[i], field)).sum()) for i in a)
@@ -43,12 +57,19 @@ def agreement(a: dict, b: dict, field: str) -> float:
 
 
 def test_fp32_batched_labels_agree_with_unbatched(dataset, models):
+    """A batch's images labelled together (the default on a GPU, batches of 4 and of 1) against each image labelled
+    alone by the image-by-image steps: the same labels up to the rounding of fp32 kernels."""
     samples = list(dataset)
-    unbatched, batched = label_all(*models, samples, 1), label_all(*models, samples, 4)
-    assert agreement(batched, unbatched, "refined") >= 0.999
-    assert agreement(batched, unbatched, "initial") >= 0.999
-    for image_id in batched:
-        np.testing.assert_allclose(batched[image_id].loc_maps_lowres, unbatched[image_id].loc_maps_lowres, atol=1e-3)
+    with image_by_image(*models):
+        unbatched = label_all(*models, samples, 1)
+    for batch_size in (4, 1):
+        batched = label_all(*models, samples, batch_size)
+        assert agreement(batched, unbatched, "refined") >= 0.999
+        assert agreement(batched, unbatched, "initial") >= 0.999
+        for image_id in batched:
+            np.testing.assert_allclose(batched[image_id].loc_maps_lowres, unbatched[image_id].loc_maps_lowres,
+                                       atol=1e-3)
+            assert batched[image_id].class_stats.prompts == unbatched[image_id].class_stats.prompts
 
 
 def test_overlapped_streams_equal_synchronised_stages(dataset, models):
@@ -84,6 +105,56 @@ def test_batched_encoder_and_decoder_match_sam_predictor(dataset, models, monkey
         clear = logits.abs() > 1e-2 * logits.abs().max()  # away from the threshold by more than rounding moves it
         assert torch.equal(masks[clear], logits[clear] > 0) and clear.float().mean() > 0.5
         torch.testing.assert_close(iou, expected_iou, rtol=1e-2, atol=1e-3)
+    # the three images' prompts decoded together, their masks on one canvas
+    sizes = [image.shape[:2] for image in images]
+    ours.set_batch(torch.cat([e.features for e in embeddings]), [e.input_size for e in embeddings], sizes)
+    xy = torch.from_numpy(np.random.default_rng(1).random((3, 16, 2))).float() * torch.tensor(
+        [[[w, h]] for h, w in sizes]).float()
+    masks, iou = ours.predict_points(xy)
+    for i, (image, size) in enumerate(zip(images, sizes)):
+        library.set_image(image)
+        coords = library.transform.apply_coords_torch(xy[i].cuda()[:, None], size)
+        logits, expected_iou, _ = library.predict_torch(coords, torch.ones(16, 1, dtype=torch.int64, device="cuda"),
+                                                        return_logits=True)
+        clear = logits.abs() > 1e-2 * logits.abs().max()
+        own = masks[i, :, :, : size[0], : size[1]]
+        assert torch.equal(own[clear], logits[clear] > 0) and clear.float().mean() > 0.5
+        assert not masks[i, :, :, size[0]:].any() and not masks[i, :, :, :, size[1]:].any()
+        torch.testing.assert_close(iou[i], expected_iou, rtol=1e-2, atol=1e-3)
+
+
+def test_par_of_several_images_equals_par_of_each():
+    from pseudolabel.cam.par import par_refine, par_refine_batch
+
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    sizes, channels = [(240, 320), (320, 240), (213, 320), (1, 40)], [2, 4, 3, 2]
+    images = [torch.rand(3, *s, device="cuda", generator=generator) * 255 for s in sizes]
+    scores = [torch.rand(k, *s, device="cuda", generator=generator) for k, s in zip(channels, sizes)]
+    for image, score, together in zip(images, scores, par_refine_batch(images, scores)):
+        torch.testing.assert_close(together, par_refine(image[None], score[None])[0], rtol=1e-4, atol=1e-5)
+
+
+def test_the_batched_step_waits_for_the_gpu_twice(dataset, models):
+    """Once warm, the batched labelling step makes the host wait for the GPU only for its two host copies (CAA's
+    CAMs for OpenCV, Y0 at the grid points for SAM's prompts): every other transfer is asynchronous and no operator
+    reads a result back (CUDA's sync debug mode reports each wait)."""
+    cam, refiner = models
+    labeller = Labeller(cam, refiner, "cuda")
+    prepared = [labeller.prepare(s) for s in list(dataset)[:8]]
+    encoded = labeller.encode(prepared)
+    labeller.label_batch(prepared, encoded)  # caches: mask resizes of these sizes
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            pending = labeller.label_batch(prepared, encoded)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    waits = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
+    assert len(waits) == 2, waits
+    assert all(np.array_equal(p.result().refined, q.result().refined)
+               for p, q in zip(pending, labeller.label_batch(prepared, encoded)))
 
 
 def test_the_gpu_path_agrees_with_the_cpu_path():

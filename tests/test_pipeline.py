@@ -214,7 +214,7 @@ def test_precision_is_stored_and_compared_on_resume(voc, tmp_path, caplog):
     assert main(args_for(voc, tmp_path, "--limit", "2")) == 2
 
 
-def tiny_models(delta: float = 0.2):
+def tiny_models():
     from tests.fixtures.tiny_clip import tiny_skipcam
     from pseudolabel.sam.models import load_sam
     from pseudolabel.sam.predictor import BatchedPointPredictor
@@ -223,7 +223,7 @@ def tiny_models(delta: float = 0.2):
     cam = tiny_skipcam()
     cam.host_labels = False  # the torch label path both ways (the CPU's own, PIL's and OpenCV's, differs by rounding)
     return cam, SAMRefiner(BatchedPointPredictor(load_sam("vit_tiny_test", "random", seed=2)[0]),
-                           SAMRefineConfig(delta=delta))
+                           SAMRefineConfig(delta=0.2, grid_size=8))
 
 
 def test_batched_labelling_equals_image_by_image(voc):
@@ -282,10 +282,61 @@ def test_a_batched_run_writes_the_labels_of_an_image_by_image_run(voc, tmp_path,
     for batched in (False, True):
         monkeypatch.setattr(generate, "load_models", load_with(batched))
         outputs[batched] = tmp_path / str(batched)
-        run(args_for(voc, outputs[batched], "--batch-size", "4", "--limit", "5"))
+        run(args_for(voc, outputs[batched], "--batch-size", "4", "--limit", "5", "--grid-size", "8"))
     alone, together = labels_of(outputs[False]), labels_of(outputs[True])
     for image_id, (refined, initial, maps) in alone.items():
         assert np.array_equal(refined, together[image_id][0]) and np.array_equal(initial, together[image_id][1])
         np.testing.assert_allclose(together[image_id][2], maps, atol=2e-6)
     stats = lambda out: {i: open_shards(out)[i].class_stats for i in open_shards(out)}  # noqa: E731
     assert stats(outputs[False]) == stats(outputs[True]) and len(stats(outputs[True])) == 5
+
+
+class DataDependentOps:
+    """Counts the operators whose result size or value the host must read (``.item()``, ``nonzero``, boolean-mask
+    indexing, ``repeat_interleave`` without ``output_size``...): on a GPU each makes the host wait for the device."""
+
+    NAMES = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::_unique2", "aten::equal",
+             "aten::is_nonzero"}
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        seen = self.seen = Counter()
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                name, kwargs = func._schema.name, kwargs or {}
+                masks = name in ("aten::index", "aten::index_put_", "aten::_index_put_impl_") and any(
+                    isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] if i is not None)
+                sized = name == "aten::repeat_interleave" and len(args) > 1 and isinstance(args[1], torch.Tensor) \
+                    and kwargs.get("output_size") is None
+                if name in DataDependentOps.NAMES or masks or sized:
+                    seen[name] += 1
+                return func(*args, **kwargs)
+        self.mode = Mode()
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+
+
+def test_the_batched_step_reads_nothing_back_but_its_two_host_copies(voc):
+    """The batched labelling step (warm: its caches filled) uses no operator whose result the host must wait for;
+    its only waits are the two host copies (CAA's CAMs, Y0 at the grid points), not operators. The image-by-image
+    step, for contrast, has some."""
+    from pseudolabel.datasets import build_dataset
+
+    cam, refiner = tiny_models()
+    cam.batched = refiner.batched = True
+    labeller = Labeller(cam, refiner, "cpu")
+    prepared = [labeller.prepare(s) for s in list(build_dataset("voc", voc, "train"))[:4]]
+    encoded = labeller.encode(prepared)
+    labeller.label_batch(prepared, encoded)
+    with DataDependentOps() as batched:
+        labeller.label_batch(prepared, encoded)
+    assert batched.seen == {}
+    cam.batched = refiner.batched = False
+    with DataDependentOps() as alone:
+        labeller.label(prepared[0], encoded[0])
+    assert alone.seen["aten::_local_scalar_dense"] > 0

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from pseudolabel.transfer import upload
+
 OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
 
@@ -48,8 +50,8 @@ def _affinity(image: torch.Tensor, cfg: PARConfig) -> torch.Tensor:
     near = neighbours(image, cfg.dilations)
     colour = -((near - image.unsqueeze(2)).abs() / (near.std(dim=2, keepdim=True) + 1e-8) / cfg.w1) ** 2
     colour = colour.mean(dim=1, keepdim=True)
-    distance = torch.tensor([d * (math.sqrt(2) if dy and dx else 1.0) for d in cfg.dilations for dy, dx in OFFSETS],
-                            dtype=image.dtype, device=image.device).view(1, 1, -1, 1, 1)
+    distance = upload([d * (math.sqrt(2) if dy and dx else 1.0) for d in cfg.dilations for dy, dx in OFFSETS],
+                      image.device, image.dtype).view(1, 1, -1, 1, 1)
     position = -(distance / (distance.std() + 1e-8) / cfg.w1) ** 2
     return F.softmax(colour, dim=2) + cfg.w2 * F.softmax(position, dim=2)
 
@@ -70,7 +72,7 @@ def _propagate(scores: torch.Tensor, affinity: torch.Tensor, dilations) -> torch
 def _neighbour_index(height: int, width: int, dilations, device) -> torch.Tensor:
     """``(8 * len(dilations), H*W)``: the flat index of each pixel's neighbours, in :func:`neighbours`' order, at the
     border clamped as replicate padding does."""
-    steps = torch.tensor([(dy * d, dx * d) for d in dilations for dy, dx in OFFSETS], device=device)
+    steps = upload([(dy * d, dx * d) for d in dilations for dy, dx in OFFSETS], device)
     ys = (torch.arange(height, device=device) + steps[:, :1]).clamp_(0, height - 1)  # (N, H)
     xs = (torch.arange(width, device=device) + steps[:, 1:]).clamp_(0, width - 1)  # (N, W)
     return (ys[:, :, None] * width + xs[:, None, :]).flatten(1)

@@ -49,6 +49,17 @@ def _resize_taps(low: int, canvas: int, kept: int, out: int, taps: int = 4) -> t
     return torch.where(weight != 0, index, first[:, None]), weight  # zero-weight taps re-read the first sample
 
 
+def point_prompts(prompt_encoder, coords: Tensor) -> Tensor:
+    """SAM's sparse prompt embeddings ``(B, 2, D)`` of one positive point each (``coords (B, 1, 2)`` in the encoder's
+    input frame): the point's and the padding token's, exactly as ``PromptEncoder`` computes them, without its
+    boolean-mask assignments (each makes the host wait for a GPU)."""
+    points = torch.cat([coords + 0.5, torch.zeros_like(coords)], dim=1)  # the point at its pixel's centre, padding
+    pe = prompt_encoder.pe_layer.forward_with_coords(points, prompt_encoder.input_image_size)
+    point = pe[:, 0] + prompt_encoder.point_embeddings[1].weight
+    padding = torch.zeros_like(pe[:, 1]) + prompt_encoder.not_a_point_embed.weight
+    return torch.stack([point, padding], dim=1)
+
+
 class MaskResize:
     """SAM's ``postprocess_masks`` (bilinear to the square canvas, crop the padding, bilinear to the original size)
     as one separable banded linear map from the low-resolution logits, a few multiply-adds per output pixel instead
@@ -61,9 +72,10 @@ class MaskResize:
 
     def __init__(self, low_res: int, canvas: int, input_size: tuple[int, int], original_size: tuple[int, int],
                  device: torch.device | str = "cpu", sparse: bool | None = None) -> None:
-        self.rows = [t.to(device) for t in _resize_taps(low_res, canvas, input_size[0], original_size[0])]
-        self.cols = [t.to(device) for t in _resize_taps(low_res, canvas, input_size[1], original_size[1])]
-        self.used = (int(self.rows[0].max()) + 1, int(self.cols[0].max()) + 1)
+        rows = _resize_taps(low_res, canvas, input_size[0], original_size[0])  # on the host: no wait for a GPU
+        cols = _resize_taps(low_res, canvas, input_size[1], original_size[1])
+        self.used = (int(rows[0].max()) + 1, int(cols[0].max()) + 1)
+        self.rows, self.cols = [upload(t, device) for t in rows], [upload(t, device) for t in cols]
         self.sparse = torch.device(device).type == "cpu" if sparse is None else sparse
         if self.sparse:
             with warnings.catch_warnings():  # torch calls its CSR support "beta"; the products used here are plain
@@ -201,10 +213,8 @@ class BatchedPointPredictor(SamPredictor):
         images, prompts = xy.shape[:2]
         coords = torch.cat([self.transform.apply_coords_torch(points, size)
                             for points, size in zip(xy, self.batch_sizes)])
-        coords = upload(coords, self.device)[:, None]
-        labels = torch.ones(len(coords), 1, dtype=torch.int64, device=self.device)
-        sparse, _ = self.model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-        logits, iou = self.decoder(sparse, images)
+        logits, iou = self.decoder(point_prompts(self.model.prompt_encoder, upload(coords, self.device)[:, None]),
+                                   images)
         used_rows, used_cols = self.batch_resize.used
         logits = logits[..., :used_rows, :used_cols].view(images, prompts, *logits.shape[1:-2], used_rows, used_cols)
         masks = torch.empty(images, prompts, logits.shape[2], *self.canvas, dtype=torch.bool, device=self.device)
@@ -225,7 +235,7 @@ class BatchedPointPredictor(SamPredictor):
                                          return_logits)
         if not self.is_image_set:
             raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
-        sparse, _ = self.model.prompt_encoder(points=(point_coords, point_labels), boxes=None, masks=None)
+        sparse = point_prompts(self.model.prompt_encoder, point_coords)
         on_cpu = self.device.type == "cpu"
         size = self.prompts_per_step or (4 if on_cpu else len(sparse))
         threads = (self.threads or torch.get_num_threads()) if on_cpu else 1
