@@ -214,13 +214,13 @@ def test_precision_is_stored_and_compared_on_resume(voc, tmp_path, caplog):
     assert main(args_for(voc, tmp_path, "--limit", "2")) == 2
 
 
-def tiny_models():
+def tiny_models(**cam_options):
     from tests.fixtures.tiny_clip import tiny_skipcam
     from pseudolabel.sam.models import load_sam
     from pseudolabel.sam.predictor import BatchedPointPredictor
     from pseudolabel.sam.refine import SAMRefineConfig
 
-    cam = tiny_skipcam()
+    cam = tiny_skipcam(**cam_options)
     cam.host_labels = False  # the torch label path both ways (the CPU's own, PIL's and OpenCV's, differs by rounding)
     return cam, SAMRefiner(BatchedPointPredictor(load_sam("vit_tiny_test", "random", seed=2)[0]),
                            SAMRefineConfig(delta=0.2, grid_size=8))
@@ -248,6 +248,24 @@ def test_batched_labelling_equals_image_by_image(voc):
         np.testing.assert_allclose(b.loc_maps_lowres, a.loc_maps_lowres, atol=2e-6)
         assert a.class_stats == b.class_stats and a.size == b.size and a.loc_class_ids == b.loc_class_ids
     assert sum(r.class_stats.changed_pixels for r in alone.values()) > 0  # SAM changed labels
+
+
+def test_the_token_budget_holds_in_the_batched_step(voc):
+    """--max-tokens below every image's token grid (6 against 9-12): the batched Skip-CAM step runs on the
+    scaled-down CAM inputs as the image-by-image one does, with the same Y0 and maps, and Y0 at full size."""
+    from pseudolabel.datasets import build_dataset
+
+    samples = list(build_dataset("voc", voc, "train"))
+    cam, _ = tiny_models(max_tokens=6)
+    alone = {r.image_id: r for r in Labeller(cam, None, "cpu", batched=False).label_all(samples, 4, 2)}
+    cam.batched = True
+    together = {r.image_id: r for r in Labeller(cam, None, "cpu", batched=True).label_all(samples, 4, 2)}
+    assert together.keys() == alone.keys() and len(alone) == 7
+    for image_id, a in alone.items():
+        b = together[image_id]
+        assert np.array_equal(a.initial, b.initial) and b.initial.shape == SIZES[int(image_id[-1])], image_id
+        np.testing.assert_allclose(b.loc_maps_lowres, a.loc_maps_lowres, atol=2e-6)
+        assert np.prod(b.loc_maps_lowres.shape[1:]) <= 6
 
 
 def test_a_failing_batched_step_is_labelled_image_by_image(voc, monkeypatch):

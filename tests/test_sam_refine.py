@@ -234,6 +234,8 @@ def test_prompts_per_step_at_the_sizes_that_matter():
     step = SAMRefiner(None, SAMRefineConfig()).prompts_per_step
     assert step(500, 500) == step(640, 640) == 64          # VOC and COCO: the configured batch, labels unchanged
     assert step(4000, 6000) == 3                          # 6000x4000: 3 x 3 masks of 24 M pixels per step
+    from pseudolabel.sam.refine import BATCH_PROMPTS     # the batched path's steps on a VOC batch's canvas: whole
+    assert step(500, 500, most=BATCH_PROMPTS) == BATCH_PROMPTS and step(4000, 6000, most=BATCH_PROMPTS) == 3
 
 
 def _scene(rng, classes):
@@ -243,6 +245,16 @@ def _scene(rng, classes):
         y, x = rng.integers(0, 40, 2)
         y0[y: y + rng.integers(8, 30), x: x + rng.integers(8, 30)] = c
     return y0, rng.random((1 + len(classes), H, W)).astype(np.float32)
+
+
+def _random_boxes(x, y):
+    """Three boxes of random sizes around the point (x, y), the same for the same point."""
+    half = np.random.default_rng(int(1000 * x + y)).integers(2, 20, (3, 2))
+    return np.stack([box(int(y) - h, int(y) + h, int(x) - w, int(x) + w) for h, w in half])
+
+
+def _random_ious(x, y):
+    return np.random.default_rng(int(1000 * x + y) + 1).random(3)
 
 
 def refine_both(refiner_of, scenes):
@@ -273,18 +285,57 @@ def test_batched_refinement_equals_image_by_image(cfg, monkeypatch):
     monkeypatch.setattr(refine_module, "BATCH_PROMPTS", 40)  # several steps
     rng = np.random.default_rng(7)
     scenes = [(*_scene(rng, c), c) for c in ((3,), (5, 9, 14), (2, 20), (11,))]
-
-    def masks(x, y):  # three boxes of random sizes around the point
-        half = np.random.default_rng(int(1000 * x + y)).integers(2, 20, (3, 2))
-        return np.stack([box(int(y) - h, int(y) + h, int(x) - w, int(x) + w) for h, w in half])
-    ious = lambda x, y: np.random.default_rng(int(1000 * x + y) + 1).random(3)  # noqa: E731
-    alone, together = refine_both(lambda: SAMRefiner(FakePredictor(masks, ious), SAMRefineConfig(**cfg)), scenes)
+    alone, together = refine_both(lambda: SAMRefiner(FakePredictor(_random_boxes, _random_ious),
+                                                     SAMRefineConfig(**cfg)), scenes)
     for a, b in zip(alone, together):
         assert np.array_equal(a.labels, b.labels)
         assert a.prompts == b.prompts and a.masks_accepted == b.masks_accepted
     if cfg.get("enabled", True):
         assert sum(sum(r.masks_accepted) for r in alone) > 0 and any((r.labels != s[0]).any()
                                                                      for r, s in zip(alone, scenes))
+
+
+@pytest.mark.parametrize("cfg", [{"delta": 0.2}, {"filter_scope": "component", "delta": 0.3, "merge": "overwrite",
+                                  "uncertain_ignore": True}], ids=("class", "component"))
+def test_batched_refinement_keeps_the_memory_budget(cfg, monkeypatch):
+    """The batched path within the budgets of large images: a decoding step holds no more prompts than their masks
+    on the batch's canvas fit in MASK_BYTES_PER_STEP (here 5), the merge runs in one-row bands
+    (MERGE_BYTES_PER_BAND), and the labels equal those of each image alone in one piece."""
+    from pseudolabel.sam import refine as refine_module
+
+    rng = np.random.default_rng(11)
+    scenes = [(*_scene(rng, c), c) for c in ((3,), (5, 9, 14), (2, 20))]
+    refiner_of = lambda: SAMRefiner(FakePredictor(_random_boxes, _random_ious), SAMRefineConfig(**cfg))  # noqa: E731
+    whole, _ = refine_both(refiner_of, scenes)
+    steps, bands = [], []
+    monkeypatch.setattr(FakePredictor, "predict_points",
+                        lambda self, xy, decode=FakePredictor.predict_points: steps.append(xy.shape[0] * xy.shape[1])
+                        or decode(self, xy))
+    monkeypatch.setattr(SAMRefiner, "_merge_band",
+                        lambda self, y0, *rest, merge=SAMRefiner._merge_band: bands.append(y0.shape[-2])
+                        or merge(self, y0, *rest))
+    monkeypatch.setattr(refine_module, "MASK_BYTES_PER_STEP", 5 * 3 * H * W)
+    monkeypatch.setattr(refine_module, "MERGE_BYTES_PER_BAND", 1)
+    _, pieces = refine_both(refiner_of, scenes)
+    for a, b in zip(whole, pieces):
+        assert np.array_equal(a.labels, b.labels)
+        assert a.prompts == b.prompts and a.masks_accepted == b.masks_accepted
+    prompts = sum(sum(r.prompts) for r in whole)
+    assert max(steps) <= 5 and len(steps) >= prompts / 5 and sum(r.prompts != (0,) * len(r.prompts) for r in whole) > 1
+    assert set(bands) == {1} and len(bands) >= H   # the batch's merge in bands of one row (the images alone too)
+    assert sum(sum(r.masks_accepted) for r in whole) > 0
+
+
+def test_batched_refinement_when_the_largest_image_has_no_prompt():
+    """The masks' canvas is the whole batch's even when its largest image has no prompt (Y0 without its class)."""
+    rng = np.random.default_rng(5)
+    empty = np.zeros((80, 90), np.uint8)
+    scenes = [(*_scene(rng, (3, 8)), (3, 8)), (empty, rng.random((2, 80, 90)).astype(np.float32), (4,))]
+    alone, together = refine_both(lambda: SAMRefiner(FakePredictor(_random_boxes, _random_ious),
+                                                     SAMRefineConfig(delta=0.2)), scenes)
+    for a, b in zip(alone, together):
+        assert np.array_equal(a.labels, b.labels) and a.prompts == b.prompts and a.masks_accepted == b.masks_accepted
+    assert together[1].prompts == (0,) and sum(together[0].prompts) > 0
 
 
 def test_decoding_steps_cover_every_prompt_once():

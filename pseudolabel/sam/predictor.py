@@ -192,12 +192,13 @@ class BatchedPointPredictor(SamPredictor):
 
     @torch.no_grad()
     def set_batch(self, features: Tensor, input_sizes: list[tuple[int, int]],
-                  original_sizes: list[tuple[int, int]]) -> None:
+                  original_sizes: list[tuple[int, int]], canvas: tuple[int, int] | None = None) -> None:
         """Hold several images for :meth:`predict_points`: their embeddings ``(n, 256, 64, 64)`` (from
-        :meth:`encode`) and sizes (as :meth:`set_features` takes them). Replaces the current image."""
+        :meth:`encode`), sizes (as :meth:`set_features` takes them) and the masks' canvas (default: the smallest
+        that holds every image). Replaces the current image."""
         self.reset_image()
         self.batch_sizes = [tuple(s) for s in original_sizes]
-        self.canvas = canvas_shape(self.batch_sizes)
+        self.canvas = tuple(canvas) if canvas is not None else canvas_shape(self.batch_sizes)
         self.batch_resize = PaddedMaskResize([self._mask_resize(i, o, features.shape[-1], sparse=False)
                                               for i, o in zip(input_sizes, original_sizes)], self.canvas)
         _, dense = self.model.prompt_encoder(points=None, boxes=None, masks=None)

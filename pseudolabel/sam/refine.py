@@ -131,7 +131,7 @@ class SAMRefiner:
         self.predictor, self.cfg, self.weights = predictor, cfg, weights or {}
         # refine_embedded_batch through refine_batch (needs the predictor's set_batch); off a CPU by default, where one
         # image at a time keeps every label independent of the others in a batch
-        self.batched = self.device.type != "cpu" and hasattr(predictor, "set_batch")
+        self.batched = hasattr(predictor, "set_batch") and self.device.type != "cpu"
 
     @classmethod
     def from_config(cls, cfg: SAMRefineConfig, device="cpu", seed: int = 0, precision: str = "fp32") -> "SAMRefiner":
@@ -351,7 +351,8 @@ class SAMRefiner:
         if order:
             tick = time.perf_counter()
             self.predictor.set_batch(torch.cat([embeddings[i].features for i in order]),
-                                     [embeddings[i].input_size for i in order], [sizes[i] for i in order])
+                                     [embeddings[i].input_size for i in order], [sizes[i] for i in order],
+                                     canvas)  # the whole batch's: an image without prompts may be the largest
             decode += time.perf_counter() - tick
         limit = self.prompts_per_step(*canvas, most=BATCH_PROMPTS)
         for step in _decoding_steps([counts[i] for i in order], limit):
