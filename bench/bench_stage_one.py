@@ -71,9 +71,8 @@ def labelled_run(args, data: Path, out: Path, images: int, batch_size: int | Non
     """One StageOneRun over the first ``images`` images; returns it and its timing facts. The steady-state rate
     counts from image ``steady_from`` (an int, or a function called after the run; default: after the first batches,
     which set up cuDNN and the allocator)."""
-    with RunLog(out) as log:
-        run = generate.StageOneRun.setup(generate.build_parser().parse_args(
-            stage_one_args(args, data, out, images, batch_size)), log)
+    options = generate.build_parser().parse_args(stage_one_args(args, data, out, images, batch_size))
+    with RunLog(out) as log, generate.StageOneRun.setup(options, log) as run:  # leaving it releases the output locks
         return run, label_timed(run, args, timed, hook, deadline, steady_from)
 
 
@@ -267,6 +266,24 @@ def guarded(name: str, results: dict, action):
         return None
 
 
+FINISH_SECONDS = 15  # kept before --stop-by for what follows the runs: the agreement, the results, the table
+
+
+def time_left(args) -> float:
+    """Seconds until ``--stop-by``, less :data:`FINISH_SECONDS` (infinite without it)."""
+    return args.stop_by - time.time() - FINISH_SECONDS if args.stop_by else float("inf")
+
+
+def optional_part(name: str, results: dict, args, action) -> None:
+    """A pass after the main run (the timing pass, a sweep run): ``action(seconds)`` within ``--part-seconds``, or
+    less where ``--stop-by`` comes sooner; skipped (and said so) when under 5 seconds are left."""
+    seconds = min(args.part_seconds, time_left(args))
+    if seconds < 5:
+        results.setdefault("errors", []).append(f"{name}: skipped, --stop-by comes too soon")
+        return
+    guarded(name, results, lambda: action(seconds))
+
+
 def measure(args) -> dict:
     cuda = args.device.startswith("cuda")
     results = {"device": args.device, "gpu": torch.cuda.get_device_name() if cuda else None,
@@ -279,7 +296,8 @@ def measure(args) -> dict:
     if not (data / "labels.csv").is_file():
         make_voc_sized(data, args.images, VOC_SIZES if args.mixed_sizes else VOC_SIZES[:1], seed=0)
     out = work / "shards"
-    deadline = time.perf_counter() + args.max_seconds if args.max_seconds else None
+    budget = min(args.max_seconds or float("inf"), time_left(args))
+    deadline = time.perf_counter() + budget if budget < float("inf") else None
     window = None
     batch = args.batch_size or generate.default_batch_size(torch.device(args.device))
     if cuda and args.profile:
@@ -297,22 +315,22 @@ def measure(args) -> dict:
         results["gpu_kernels"], results["gpu_stages"] = window.kernels, window.stages
         if window.errors or window.result is None:
             results.setdefault("errors", []).append(f"busy fraction: {'; '.join(window.errors) or 'not reached'}")
-    if cuda:  # stage times with each stage waited for
-        timed_images = min(args.images, args.timed_images)
-
-        def timed():
+    timed_images = min(args.images, args.timed_images if args.timed_images is not None else 32 if cuda else 0)
+    if timed_images:  # stage times with each stage waited for (a CPU's always are)
+        def timed(seconds: float):
             timed_run, timed_facts = labelled_run(args, data, work / "timed", timed_images, args.batch_size,
-                                                  timed=True, deadline=time.perf_counter() + args.part_seconds)
+                                                  timed=True, deadline=time.perf_counter() + seconds)
             results["ms_per_image_timed"] = {k: 1000 * v / max(timed_run.labelled, 1)
                                              for k, v in timed_run.stage_seconds.items()}
             results["timed_images"] = timed_run.labelled
-        guarded("timed pass", results, timed)
+        optional_part("timed pass", results, args, timed)
     for size in args.memory_sweep or ():
-        def sweep(size=size):
-            _, sweep_facts = labelled_run(args, data, work / f"sweep-{size}", min(args.images, 2 * size), size,
-                                          deadline=time.perf_counter() + args.part_seconds)
+        def sweep(seconds: float, size=size):
+            _, sweep_facts = labelled_run(args, data, work / f"sweep-{size}", min(args.images, max(16, 3 * size)),
+                                          size, deadline=time.perf_counter() + seconds)
             results.setdefault("peak_gpu_gib_by_batch_size", {})[size] = sweep_facts["peak_gpu_gib"]
-        guarded(f"memory sweep, batch size {size}", results, sweep)
+            results.setdefault("images_per_s_by_batch_size", {})[size] = sweep_facts.get("steady_images_per_s")
+        optional_part(f"memory sweep, batch size {size}", results, args, sweep)
     shards = list(out.glob("shard-*.h5"))
     results["shard_kb_per_image"] = sum(p.stat().st_size for p in shards) / max(facts["done"], 1) / 1000
     results["rss_peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -357,10 +375,14 @@ def print_table(runs: list[dict]) -> None:
             shown = [f"{100 * v:.3f}%" if isinstance(v, float) and key != "loc_maps_mean_abs_diff" else cell(v, 4)
                      for v in values]
             rows.append((f"{title} the other run", shown))
+    def by_size(r: dict, key: str, size: int):  # JSON turns the sizes into strings
+        table = r.get(key) or {}
+        return table.get(str(size), table.get(size))
     for size in sorted({int(s) for r in runs for s in (r.get("peak_gpu_gib_by_batch_size") or {})}):
         rows.append((f"peak GPU GiB at batch size {size}",
-                     [cell((r.get("peak_gpu_gib_by_batch_size") or {}).get(str(size),
-                           (r.get("peak_gpu_gib_by_batch_size") or {}).get(size)), 2) for r in runs]))
+                     [cell(by_size(r, "peak_gpu_gib_by_batch_size", size), 2) for r in runs]))
+        rows.append((f"images/s at batch size {size} (short run)",
+                     [cell(by_size(r, "images_per_s_by_batch_size", size), 2) for r in runs]))
     width = max(len(name) for name, _ in rows) + 2
     print(f"{'':{width}s}" + "".join(f"{n:>22s}" for n in names))
     for name, values in rows:
@@ -408,11 +430,17 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="synthetic images made by an earlier run (--out DIR/data)")
     parser.add_argument("--agree-with", type=Path, help="another run's shards (DIR/shards): label agreement")
     parser.add_argument("--max-seconds", type=float, help="stop labelling after this long (report what is done)")
-    parser.add_argument("--timed-images", type=int, default=32, help="CUDA: images of the stage-timing pass")
+    parser.add_argument("--timed-images", type=int,
+                        help="images of the stage-timing pass (default: 32 on CUDA; 0, none, on a CPU)")
     parser.add_argument("--part-seconds", type=float, default=15,
-                        help="CUDA: time budget of the stage-timing pass and of each memory-sweep run")
+                        help="time budget of the stage-timing pass and of each memory-sweep run")
     parser.add_argument("--memory-sweep", type=lambda v: [int(x) for x in v.split(",")],
-                        help="CUDA: also the peak GPU memory at these batch sizes, e.g. 1,8,16,32")
+                        help="also the peak GPU memory and images/s at these batch sizes, e.g. 1,16,32 (a short "
+                             "run each: 3 batches, at least 16 images, --part-seconds)")
+    parser.add_argument("--stop-by", type=float, default=os.environ.get("BENCH_STOP_BY"),
+                        help="a time (seconds since the epoch; default: $BENCH_STOP_BY) by which the results must be "
+                             "written: the runs are shortened or skipped to keep it (bench/gpu_check.sh sets it from "
+                             "each part's time limit)")
     parser.add_argument("--no-profile", dest="profile", action="store_false", help="CUDA: no busy-fraction window")
     parser.add_argument("--tiny", action="store_true", help="tiny test models instead of ViT-B/16 + SAM ViT-B "
                                                             "(a quick check of the script itself)")

@@ -2,8 +2,10 @@
 # Stage one on an NVIDIA GPU, checked and measured in under six minutes: the CUDA tests, then
 # bench/bench_stage_one.py on 256 synthetic VOC-sized images (1-3 classes each) with the real ViT-B/16 and SAM ViT-B
 # architectures and random weights, at bf16 and at fp32 (batch size 8), and one table: images/s, ms per image by
-# stage, peak GPU memory (also at batch sizes 1, 16 and 32), GPU busy fraction, label and localization-map agreement
-# of bf16 with fp32. Every part is guarded: a failing part prints its error and the others still run.
+# stage, peak GPU memory and images/s also at batch sizes 1, 16 and 32 (each precision), GPU busy fraction, label,
+# Y0 and localization-map agreement of bf16 with fp32, and where the GPU time goes (the profiler's top kernels, kernel
+# launches per image, GPU time per stage, host waits per batch). Every part is guarded: a failing part prints its
+# error and the others still run; each part has a time limit, and all of them together at most TOTAL seconds (345).
 #
 # Run it from the repository root, with the machine's own python3 (PyTorch with CUDA, numpy, h5py, scipy,
 # opencv-python(-headless), pillow, tqdm); no internet and no virtual environment are needed:
@@ -15,8 +17,12 @@
 #     -d WHEELS open_clip_torch==3.3.0 segment-anything==1.0 ftfy==6.3.1 wcwidth zlib-ng==1.1.0 timm==1.0.31
 # (--python-version: the GPU machine's Python.)
 # Settings: OUT=DIR writes the table (gpu_check.txt), results.jsonl and the logs (*.log) there; IMAGES (256), BATCH (8),
-# PYTHON (python3). A dry run of the script on a CPU, real architectures, 2 images: DEVICE=cpu IMAGES=2 (add TINY=1
-# for tiny test models).
+# TOTAL (345), PYTHON (python3). A dry run of the script on a CPU, real architectures, 2 images: DEVICE=cpu IMAGES=2
+# (add TINY=1 for tiny test models); it runs every part, its time limits x8, the sweep at batch size 1 only and a
+# one-image timing pass. In a virtual environment that has only what the GPU machine has (PyTorch, numpy, h5py,
+# scipy, OpenCV, Pillow, tqdm, pytest...), it shows that the GPU run cannot fail on a missing package or a Python error:
+#   python3 -m venv --system-site-packages ENV   # or a plain venv with those packages
+#   DEVICE=cpu IMAGES=2 PYTHON=ENV/bin/python WHEELS=DIR bench/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 DEVICE="${DEVICE:-cuda}"
@@ -24,6 +30,7 @@ IMAGES="${IMAGES:-256}"
 BATCH="${BATCH:-8}"
 PY="${PYTHON:-python3}"
 SLOW="${SLOW:-$([ "$DEVICE" = cuda ] && echo 1 || echo 8)}"  # time limits x SLOW (a CPU dry run is slow)
+TOTAL="$(( ${TOTAL:-345} * SLOW ))"                            # all parts together, seconds
 WORK="$(mktemp -d /tmp/gpu_check.XXXXXX)"
 LOGS="${OUT:-$WORK}"
 mkdir -p "$LOGS"
@@ -34,16 +41,23 @@ TINY_FLAG=()
 CHECK_START=$(date +%s)
 STATUS=()
 
-# part NAME SECONDS LOG COMMAND...: run a part with a time limit, its output into LOG, its last lines shown
+# part NAME SECONDS LOG COMMAND...: run a part with a time limit (at most what is left of TOTAL, less 10 s for the
+# report), its output into LOG, its last lines shown
 part() {
     local name="$1" limit="$2" log="$3"
     shift 3
-    local start rc before
-    limit=$((limit * SLOW))
+    local start rc before left
     start=$(date +%s)
+    left=$((TOTAL - 10 - (start - CHECK_START)))
+    limit=$((limit * SLOW < left ? limit * SLOW : left))
+    if [ "$limit" -lt 5 ]; then
+        echo "!! $name skipped: the check's TOTAL of ${TOTAL}s is spent"
+        STATUS+=("$(printf '%-34s skipped (TOTAL spent)' "$name")")
+        return 0
+    fi
     before=$(cat "$LOGS/$log" 2>/dev/null | wc -l)
     echo "=== $name (limit ${limit}s)"
-    timeout --kill-after=10 "$limit" "$@" >>"$LOGS/$log" 2>&1
+    BENCH_STOP_BY=$((start + limit)) timeout --kill-after=10 "$limit" "$@" >>"$LOGS/$log" 2>&1  # a bench keeps it
     rc=$?
     tail -n +"$((before + 1))" "$LOGS/$log" | tail -n 4 | cut -c1-240
     STATUS+=("$(printf '%-34s rc=%-4s %4ss' "$name" "$rc" "$(( $(date +%s) - start ))")")
@@ -88,14 +102,18 @@ print("stage one imported; versions:", {p: m.version(p) for p in ("torch", "open
 part "CUDA tests" 90 tests.log "$PY" -m pytest -q -p no:cacheprovider -m cuda -rs \
     tests/test_cuda.py tests/test_sam_decoder.py tests/test_skipcam.py
 
-SWEEP=()
-[ "$DEVICE" = cuda ] && SWEEP=(--memory-sweep 1,16,32)
-part "stage one, bf16, batch $BATCH" 130 bench-bf16.log "$PY" bench/bench_stage_one.py --device "$DEVICE" \
-    --images "$IMAGES" --batch-size "$BATCH" --precision bf16 --mixed-sizes --max-seconds $((45 * SLOW)) --out "$WORK/bf16" \
-    --json "$WORK/results.jsonl" ${SWEEP[@]+"${SWEEP[@]}"} ${TINY_FLAG[@]+"${TINY_FLAG[@]}"}
-part "stage one, fp32, batch $BATCH" 90 bench-fp32.log "$PY" bench/bench_stage_one.py --device "$DEVICE" \
-    --images "$IMAGES" --batch-size "$BATCH" --precision fp32 --mixed-sizes --max-seconds $((40 * SLOW)) --out "$WORK/fp32" \
-    --data "$WORK/bf16/data" --agree-with "$WORK/bf16/shards" --json "$WORK/results.jsonl" ${TINY_FLAG[@]+"${TINY_FLAG[@]}"}
+# per precision: the main run (--max-seconds), a timing pass and three sweep runs (--part-seconds each), all
+# shortened where needed to write their results within the part's limit (BENCH_STOP_BY)
+EXTRA=(--memory-sweep 1,16,32)
+[ "$DEVICE" = cuda ] || EXTRA=(--memory-sweep 1 --timed-images 1)
+part "stage one, bf16, batch $BATCH" 150 bench-bf16.log "$PY" bench/bench_stage_one.py --device "$DEVICE" \
+    --images "$IMAGES" --batch-size "$BATCH" --precision bf16 --mixed-sizes --max-seconds $((35 * SLOW)) \
+    --part-seconds $((12 * SLOW)) --out "$WORK/bf16" --json "$WORK/results.jsonl" "${EXTRA[@]}" \
+    ${TINY_FLAG[@]+"${TINY_FLAG[@]}"}
+part "stage one, fp32, batch $BATCH" 150 bench-fp32.log "$PY" bench/bench_stage_one.py --device "$DEVICE" \
+    --images "$IMAGES" --batch-size "$BATCH" --precision fp32 --mixed-sizes --max-seconds $((35 * SLOW)) \
+    --part-seconds $((12 * SLOW)) --out "$WORK/fp32" --data "$WORK/bf16/data" --agree-with "$WORK/bf16/shards" \
+    --json "$WORK/results.jsonl" "${EXTRA[@]}" ${TINY_FLAG[@]+"${TINY_FLAG[@]}"}
 
 [ -f "$WORK/results.jsonl" ] && [ "$LOGS" != "$WORK" ] && cp "$WORK/results.jsonl" "$LOGS/"
 {
