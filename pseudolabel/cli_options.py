@@ -4,8 +4,12 @@ library only (the storage layer and the evaluator import it).
 
 A config field becomes ``--field-name VALUE`` (``--flag-name`` when its metadata declares ``"flag"``); a boolean
 becomes ``--name`` / ``--no-name``. Field metadata: ``"help"`` (the text; the default is appended), optional
-``"choices"``, ``"flag"`` and ``"default_text"`` (the default as the help states it, for one that depends on the
-dataset, say). Field types: ``bool``, ``int``, ``float``, ``str``, or one of them ``| None``.
+``"choices"``, ``"flag"``, ``"default_text"`` (the default as the help states it, for one that depends on the
+dataset, say) and the inclusive bounds ``"min"`` / ``"max"`` (checked by :class:`DictConfig` whenever a config is
+built, so a bad value fails before any work, whichever tool gave it). Field types: ``bool``, ``int``, ``float``,
+``str``, or one of them ``| None``. A tool that needs one config's options twice, or next to options of the same
+name, gives them a ``prefix`` (``--eval-seed``). :func:`assignments_to_argv` turns ``field=value`` pairs into the
+same options, so both spellings are parsed, and refused, by the same parser.
 """
 from __future__ import annotations
 
@@ -26,9 +30,13 @@ def program_name(script: str) -> str:
     return invoked if invoked.startswith("cep-") else script
 
 
-def option_name(field: dataclasses.Field) -> str:
-    """The option of a field: ``--`` + its ``flag`` metadata or its name, with '-' for '_'."""
-    return "--" + field.metadata.get("flag", field.name).replace("_", "-")
+def option_name(field: dataclasses.Field, prefix: str = "") -> str:
+    """The option of a field: ``--`` + ``prefix`` + its ``flag`` metadata or its name, with '-' for '_'."""
+    return "--" + (prefix + field.metadata.get("flag", field.name)).replace("_", "-")
+
+
+def _dest(field: dataclasses.Field, prefix: str) -> str:
+    return (prefix + field.name).replace("-", "_")
 
 
 def value_type(cls: type, field: dataclasses.Field) -> type:
@@ -43,9 +51,10 @@ def value_type(cls: type, field: dataclasses.Field) -> type:
     return hint
 
 
-def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, title: str | None = None):
-    """Add one option per field of the dataclass ``cls`` (in a group titled ``title`` when given) and return the
-    group. Options default to None, so :func:`given_options` tells what was given; help shows the field's default."""
+def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, title: str | None = None, prefix: str = ""):
+    """Add one option per field of the dataclass ``cls`` (in a group titled ``title`` when given; named with
+    ``prefix``) and return the group. Options default to None, so :func:`given_options` tells what was given; help
+    shows the field's default."""
     group = parser.add_argument_group(title) if title else parser
     for field in dataclasses.fields(cls):
         kind = value_type(cls, field)
@@ -57,22 +66,63 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, title: str
         elif field.default_factory is not dataclasses.MISSING:
             help_text += f" (default: {field.default_factory()})"
         required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
-        options = {"dest": field.name, "default": None, "required": required, "help": help_text}
+        options = {"dest": _dest(field, prefix), "default": None, "required": required, "help": help_text}
         if kind is bool:
-            group.add_argument(option_name(field), action=argparse.BooleanOptionalAction, **options)
+            group.add_argument(option_name(field, prefix), action=argparse.BooleanOptionalAction, **options)
         else:
-            group.add_argument(option_name(field), type=kind, choices=field.metadata.get("choices"), **options)
+            group.add_argument(option_name(field, prefix), type=kind, choices=field.metadata.get("choices"), **options)
     return group
 
 
-def given_options(args: argparse.Namespace, cls: type) -> dict:
+def given_options(args: argparse.Namespace, cls: type, prefix: str = "") -> dict:
     """``field name -> value`` of the options of ``cls`` given on the command line."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name) is not None}
+    values = {f.name: getattr(args, _dest(f, prefix)) for f in dataclasses.fields(cls)}
+    return {name: value for name, value in values.items() if value is not None}
 
 
-def config_from_options(args: argparse.Namespace, cls: type):
+def config_from_options(args: argparse.Namespace, cls: type, prefix: str = ""):
     """An instance of ``cls``: the given options over the dataclass defaults."""
-    return cls(**given_options(args, cls))
+    return cls(**given_options(args, cls, prefix))
+
+
+def options_argv(config, base) -> list[str]:
+    """The options that turn the dataclass config ``base`` into ``config`` (same class): ``--num-skips 0 --no-refine``."""
+    argv = []
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if value != getattr(base, field.name):
+            flag = option_name(field)
+            argv += ([flag] if value else ["--no-" + flag[2:]]) if isinstance(value, bool) else [flag, str(value)]
+    return argv
+
+
+TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def assignments_to_argv(assignments: list[str], classes: tuple[type, ...]) -> list[str]:
+    """``field=value`` pairs (a field's name or its flag name, ``-`` or ``_``) as the options of ``classes``:
+    ``num_skips=0 refine=false`` -> ``--num-skips 0 --no-refine``. An unknown name or a boolean that is not
+    true/false is a ``ValueError``; values are left to the parser, which checks them as it checks the options."""
+    by_name = {}
+    for cls in classes:
+        for field in dataclasses.fields(cls):
+            by_name[field.name] = by_name[option_name(field)[2:].replace("-", "_")] = (cls, field)
+    argv = []
+    for assignment in assignments:
+        name, equals, value = assignment.partition("=")
+        key = name.strip().replace("-", "_")
+        if not equals or key not in by_name:
+            known = ", ".join(sorted({option_name(f)[2:].replace("-", "_") for _, f in by_name.values()}))
+            raise ValueError(f"'{assignment}' is not field=value with a known field (known: {known})")
+        cls, field = by_name[key]
+        if value_type(cls, field) is bool:
+            if value.strip().lower() not in TRUE + FALSE:
+                raise ValueError(f"'{assignment}': {option_name(field)} is a switch, give true or false")
+            flag = option_name(field)
+            argv.append(flag if value.strip().lower() in TRUE else "--no-" + flag[2:])
+        else:
+            argv += [option_name(field), value.strip()]
+    return argv
 
 
 def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -88,7 +138,17 @@ def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 class DictConfig:
-    """``to_dict`` / ``from_dict`` for a flat dataclass config (a mixin); an unknown key is an error naming it."""
+    """``to_dict`` / ``from_dict`` for a flat dataclass config (a mixin); an unknown key is an error naming it. Values
+    outside a field's ``"min"`` / ``"max"`` metadata are refused when the config is built, naming the option."""
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value, low, high = getattr(self, field.name), field.metadata.get("min"), field.metadata.get("max")
+            if value is None or (low is None and high is None):
+                continue
+            if (low is not None and value < low) or (high is not None and value > high):
+                bounds = f">= {low}" if high is None else f"<= {high}" if low is None else f"in [{low}, {high}]"
+                raise ValueError(f"{option_name(field)} {value}: must be {bounds}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

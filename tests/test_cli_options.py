@@ -8,7 +8,8 @@ from typing import Optional
 
 import pytest
 
-from pseudolabel.cli_options import DictConfig, add_dataclass_options, config_from_options, given_options
+from pseudolabel.cli_options import (DictConfig, add_dataclass_options, assignments_to_argv, config_from_options,
+                                    given_options, options_argv)
 
 
 @dataclass
@@ -17,6 +18,7 @@ class Example(DictConfig):
     count: Optional[int] = field(default=3, metadata={"help": "how many"})
     name: str = field(default="a", metadata={"help": "which", "choices": ("a", "b")})
     enabled: bool = field(default=True, metadata={"help": "switch", "flag": "feature"})
+    share: float = field(default=0.5, metadata={"help": "a share", "min": 0.0, "max": 1.0})
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -69,3 +71,31 @@ def test_dict_round_trip_and_unknown_keys():
     assert Example.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match=r"unknown Example fields: \['colour'\]"):
         Example.from_dict({"colour": "red"})
+
+
+def test_prefixed_options_live_beside_options_of_the_same_name():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--name")
+    add_dataclass_options(parser, Example, "example", prefix="ex_")
+    args = parser.parse_args(["--name", "free", "--ex-name", "b", "--no-ex-feature"])
+    assert args.name == "free" and given_options(args, Example, "ex_") == {"name": "b", "enabled": False}
+    assert config_from_options(args, Example, "ex_") == Example(name="b", enabled=False)
+
+
+def test_assignments_become_the_same_options():
+    argv = assignments_to_argv(["count=4", "feature=false", "enabled=yes", "name=b"], (Example,))
+    assert argv == ["--count", "4", "--no-feature", "--feature", "--name", "b"]
+    assert config_from_options(parse(*argv), Example) == Example(count=4, enabled=True, name="b")
+    assert options_argv(Example(count=4, enabled=False), Example()) == ["--count", "4", "--no-feature"]
+    with pytest.raises(ValueError, match="known: count, feature, name, share, threshold"):
+        assignments_to_argv(["colour=red"], (Example,))
+    with pytest.raises(ValueError, match="is a switch"):
+        assignments_to_argv(["feature=maybe"], (Example,))
+
+
+def test_bounds_from_the_metadata_refuse_bad_values_naming_the_option():
+    with pytest.raises(ValueError, match=r"--share 1.5: must be in \[0.0, 1.0\]"):
+        Example(share=1.5)
+    with pytest.raises(ValueError, match="--share"):
+        Example.from_dict({"share": -1})
+    assert Example(share=1.0).share == 1.0

@@ -48,7 +48,7 @@ class SAMRefineConfig(DictConfig):
     sam_checkpoint: str | None = field(default=None, metadata={
         "help": "local SAM checkpoint; default: the official file in the cache, downloaded if absent; "
                 "'random' = seeded random weights (pipeline checks only)"})
-    grid_size: int = field(default=16, metadata={"help": "n_h = n_w: candidate points at the cell centres"})
+    grid_size: int = field(default=16, metadata={"help": "n_h = n_w: candidate points at the cell centres", "min": 1})
     delta: float = field(default=0.5, metadata={"help": "δ: keep a mask if its filter metric >= δ (Eq. 8)"})
     filter_metric: str = field(default="iou", metadata={"help": "iou = |m∩R|/|m∪R|; containment = |m∩R|/|m|",
                                                         "choices": ("iou", "containment")})
@@ -66,7 +66,7 @@ class SAMRefineConfig(DictConfig):
     uncertain_ignore: bool = field(default=False, metadata={"help": "pixels whose label differs from Y0 -> 255"})
     ensure_point_per_class: bool = field(default=False, metadata={
         "help": "a class with no grid point gets its localization peak as a prompt"})
-    points_per_batch: int = field(default=64, metadata={"help": "prompts decoded together"})
+    points_per_batch: int = field(default=64, metadata={"help": "prompts decoded together", "min": 1})
 
 
 def grid_points(height: int, width: int, n: int) -> np.ndarray:
