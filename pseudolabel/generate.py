@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -59,38 +60,53 @@ def build_parser() -> argparse.ArgumentParser:
                     "shard).\n"
                     "The method, every option's role and the paper's tables as commands: docs/method.md",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", choices=("voc", "coco", "custom", "demo"), help="what to label")
+    parser.add_argument("dataset", choices=DATASET_CHOICES, help="what to label")
     run = parser.add_argument_group("run")
     run.add_argument("--out", type=Path, help="output directory (default: outputs/<dataset>_<split>, outputs/demo for "
                                               "the demo, in the checkout; in the working directory when installed)")
-    run.add_argument("--split", help="split (default: voc train_aug, coco train, custom/demo all)")
-    run.add_argument("--data-root", type=Path, help="dataset root (default: data/VOCdevkit/VOC2012, data/coco)")
-    run.add_argument("--label-source", choices=("xml", "mask"), default="xml",
-                     help="VOC image-level labels from Annotations XML (default) or from GT masks (as WeCLIP)")
-    run.add_argument("--images", type=Path, help="custom: folder of images")
-    run.add_argument("--labels", type=Path, help="custom: CSV (image_id,classes) or JSON tag list")
-    run.add_argument("--classes", type=Path, help="custom: class list (.txt one per line, or .json)")
-    run.add_argument("--device", default="auto",
-                     help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda (= cuda:LOCAL_RANK), cuda:N")
-    run.add_argument("--precision", choices=PRECISIONS,
-                     help=f"numeric precision of CLIP's blocks and SAM's image encoder on CUDA (default: "
-                          f"{DEFAULT_CUDA_PRECISION} on CUDA; a CPU always computes in fp32). It changes a few "
-                          "labels, so it is part of the configuration a resume compares")
-    run.add_argument("--batch-size", type=int,
-                     help="images per batch (default: 1 on a CPU, 8 on CUDA); labels do not depend on it on a CPU; "
-                          "on a GPU larger batches need more memory (docs/stage_one.md#stage-one-on-a-gpu)")
-    run.add_argument("--shard-size", type=int, default=200, help="images per shard file (default: 200)")
-    run.add_argument("--workers", type=int,
-                     help="threads decoding and preprocessing images ahead (default: 2 on a CPU, up to 8 on CUDA)")
-    run.add_argument("--limit", type=int, help="only the first N images of the split (quick checks)")
+    add_run_options(run)
     run.add_argument("--overwrite", action="store_true", help="delete earlier outputs in --out and start again")
-    add_dataclass_options(parser, SkipCAMConfig, "Skip-CAM (stage one, part 1)")
-    add_dataclass_options(parser, SAMRefineConfig, "SAM refinement (stage one, part 2)")
+    add_method_options(parser)
     return parser
 
 
+DATASET_CHOICES = ("voc", "coco", "custom", "demo")
+METHOD_CONFIGS = (SkipCAMConfig, SAMRefineConfig)   # the dataclasses whose fields are stage one's method options
+
+
+def add_run_options(group) -> None:
+    """What to label and how to run: every stage-one option but ``--out``, ``--overwrite`` and the method's."""
+    group.add_argument("--split", help="split (default: voc train_aug, coco train, custom/demo all)")
+    group.add_argument("--data-root", type=Path, help="dataset root (default: data/VOCdevkit/VOC2012, data/coco)")
+    group.add_argument("--label-source", choices=("xml", "mask"), default="xml",
+                       help="VOC image-level labels from Annotations XML (default) or from GT masks (as WeCLIP)")
+    group.add_argument("--images", type=Path, help="custom: folder of images")
+    group.add_argument("--labels", type=Path, help="custom: CSV (image_id,classes) or JSON tag list")
+    group.add_argument("--classes", type=Path, help="custom: class list (.txt one per line, or .json)")
+    group.add_argument("--device", default="auto",
+                       help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda (= cuda:LOCAL_RANK), cuda:N")
+    group.add_argument("--precision", choices=PRECISIONS,
+                       help=f"numeric precision of CLIP's blocks and SAM's image encoder on CUDA (default: "
+                            f"{DEFAULT_CUDA_PRECISION} on CUDA; a CPU always computes in fp32). It changes a few "
+                            "labels, so it is part of the configuration a resume compares")
+    group.add_argument("--batch-size", type=int,
+                       help="images per batch (default: 1 on a CPU, 8 on CUDA); labels do not depend on it on a CPU; "
+                            "on a GPU larger batches need more memory (docs/stage_one.md#stage-one-on-a-gpu)")
+    group.add_argument("--shard-size", type=int, default=200, help="images per shard file (default: 200)")
+    group.add_argument("--workers", type=int,
+                       help="threads decoding and preprocessing images ahead (default: 2 on a CPU, up to 8 on CUDA)")
+    group.add_argument("--limit", type=int, help="only the first N images of the split (quick checks)")
+
+
+def add_method_options(parser: argparse.ArgumentParser) -> None:
+    """The method options, one per field of :data:`METHOD_CONFIGS`."""
+    add_dataclass_options(parser, SkipCAMConfig, "Skip-CAM (stage one, part 1)")
+    add_dataclass_options(parser, SAMRefineConfig, "SAM refinement (stage one, part 2)")
+
+
+@functools.lru_cache(maxsize=None)
 def reachable(host: str, timeout: float = 3.0) -> bool:
-    """Whether a download host answers at all (the demo falls back to random weights when not)."""
+    """Whether a download host answers at all (the demo falls back to random weights when not); asked once."""
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         return False
     try:
@@ -127,6 +143,12 @@ def load_dataset(args, name: str, split: str):
         return build_dataset("custom", args.images or args.data_root, split, labels=args.labels, classes=args.classes)
     options = {"label_source": args.label_source} if name == "voc" else {}
     return build_dataset(name, args.data_root, split, **options)
+
+
+def random_weights_banner(notes, what: str = "The pipeline runs", made: str = "the labels are") -> None:
+    """The loud notice that seeded random weights are in use (``notes``: why)."""
+    print(f"{BANNER}\n!! RANDOM WEIGHTS: {'; '.join(notes) or 'requested'}.\n!! {what} end to end with seeded random "
+          f"weights; {made} NOT meaningful.\n{BANNER}", file=sys.stderr)
 
 
 def distributed() -> tuple[int, int, int]:
@@ -273,8 +295,7 @@ class StageOneRun:
             random_weights = any(w and w.get("kind") == "random" for w in weights.values())
             log.detail("weights", weights)
             if random_weights:
-                print(f"{BANNER}\n!! RANDOM WEIGHTS: {'; '.join(notes) or 'requested'}.\n!! The pipeline runs end to "
-                      f"end with seeded random weights; the labels are NOT meaningful.\n{BANNER}", file=sys.stderr)
+                random_weights_banner(notes)
                 log.detail(f"RANDOM WEIGHTS: {'; '.join(notes) or 'requested'}; the labels are not meaningful",
                            level=logging.WARNING)
             attrs = shard_attributes(cfg, dataset, weights, random_weights,
@@ -315,11 +336,11 @@ class StageOneRun:
         again = [s for s in self.todo if s.image_id in self.retries]
         progress = tqdm(total=len(self.todo), desc=f"rank {self.rank}", unit="img", dynamic_ncols=True)
         try:
-            with BackgroundWriter(self._stage, depth=max(32, 4 * self.batch_size)) as writer:
+            with BackgroundWriter(self.stage, depth=max(32, 4 * self.batch_size)) as writer:
                 for samples, batch_size in ((fresh, self.batch_size), (again, 1)):
                     for result in labeller.label_all(samples, batch_size, self.workers, deferred=True):
                         if isinstance(result, ImageFailure):
-                            self._record_failure(result)
+                            self.record_failure(result)
                         else:
                             writer.put(result)
                         progress.update()
@@ -330,12 +351,12 @@ class StageOneRun:
             self.stage_seconds.update(labeller.seconds)
         self.stage_seconds["write"] += writer.seconds
 
-    def _stage(self, record: LabelRecord | PendingRecord) -> None:
+    def stage(self, record: LabelRecord | PendingRecord) -> None:
         """Stage one finished image (the writer thread, which waits here for a batch's copies from the GPU)."""
         self.store.stage(record.result() if isinstance(record, PendingRecord) else record)
         self.labelled += 1
 
-    def _record_failure(self, failure: ImageFailure) -> None:
+    def record_failure(self, failure: ImageFailure) -> None:
         """Add a failure; an image that failed before keeps its count of attempts and the earlier reason."""
         LOG.warning("skipped %s: %s", failure.sample.image_id, failure.reason)
         entry = {"image_id": failure.sample.image_id, "path": failure.path, "reason": failure.reason,
@@ -362,10 +383,25 @@ class StageOneRun:
     def finish(self) -> dict:
         """Pack what is staged, write this rank's failures and summary, the manifest (rank 0, once every rank is
         done) and print the totals. Returns the summary."""
+        summary, manifest = self.close(time.perf_counter() - self.start)
+        if manifest is not None:
+            damaged = manifest["damaged"] and f", {len(manifest['damaged'])} damaged shard(s) set aside in damaged/"
+            print(f"\nstage one done: {manifest['num_images']} images in {len(manifest['shards'])} shard(s), "
+                  f"{len(manifest['failures'])} failure(s){damaged or ''} -> {self.store.out}")
+        print(f"rank {self.rank}: {summary['images']} labelled this run ({self.already_done} already done), "
+              f"{len(self.failures)} failed, {summary['wall_seconds']:.1f} s, ms/image by stage "
+              f"{summary['ms_per_image']}")
+        if self.random_weights:
+            print("NOTE: produced with RANDOM weights (recorded as random_weights=True in the shards).",
+                  file=sys.stderr)
+        return summary
+
+    def close(self, wall: float) -> tuple[dict, dict | None]:
+        """Pack what is staged, write this rank's failures and its summary after ``wall`` seconds, and (rank 0, once
+        every rank is here) the manifest. Returns the summary and the manifest (None on other ranks)."""
         tick = time.perf_counter()
         self.store.pack()
         self.stage_seconds["write"] += time.perf_counter() - tick
-        wall = time.perf_counter() - self.start
         summary = self.summary(wall)
         self.log.detail(f"{len(self.failures)} failure(s)", self.failures or None,
                         level=logging.WARNING if self.failures else logging.INFO)
@@ -373,17 +409,7 @@ class StageOneRun:
         self.store.write_json(f"failures-r{self.rank:03d}.json", self.failures)
         self.store.write_json(f"summary-r{self.rank:03d}.json", summary)
         barrier(self.world)
-        if self.rank == 0:
-            manifest = self.store.write_manifest(self.world)
-            damaged = manifest["damaged"] and f", {len(manifest['damaged'])} damaged shard(s) set aside in damaged/"
-            print(f"\nstage one done: {manifest['num_images']} images in {len(manifest['shards'])} shard(s), "
-                  f"{len(manifest['failures'])} failure(s){damaged or ''} -> {self.store.out}")
-        print(f"rank {self.rank}: {summary['images']} labelled this run ({self.already_done} already done), "
-              f"{len(self.failures)} failed, {wall:.1f} s, ms/image by stage {summary['ms_per_image']}")
-        if self.random_weights:
-            print("NOTE: produced with RANDOM weights (recorded as random_weights=True in the shards).",
-                  file=sys.stderr)
-        return summary
+        return summary, self.store.write_manifest(self.world) if self.rank == 0 else None
 
     def __enter__(self) -> "StageOneRun":
         return self

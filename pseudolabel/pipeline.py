@@ -31,20 +31,22 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from pseudolabel.canvas import crop
-from pseudolabel.cam.skipcam import FrozenFeatures, SkipCAM
+from pseudolabel.cam.skipcam import CAMOutput, FrozenFeatures, SkipCAM
 from pseudolabel.datasets import Sample
 from pseudolabel.image_io import ImageReadError, read_rgb
-from pseudolabel.sam.refine import ImageEmbedding, SAMInput, SAMRefiner
+from pseudolabel.sam.refine import ImageEmbedding, Refinement, SAMInput, SAMRefiner
 from pseudolabel.storage.class_stats import ClassStats
 from pseudolabel.storage.shards import LabelRecord
 from pseudolabel.transfer import Download
 
 LOG = logging.getLogger(__name__)
+T = TypeVar("T")
 DEFAULT_CUDA_BATCH_SIZE = 8  # images per batch on a GPU (docs/stage_one.md#stage-one-on-a-gpu); 1 on a CPU
 STAGES = ("decode", "clip_frozen", "sam_encoder", "skipcam", "sam", "write")  # Labeller.seconds' stages (+ "write")
 OOM_HINT = "out of memory: try a smaller --batch-size, or --image-size for a very large image"
@@ -136,6 +138,15 @@ def is_fatal(error: BaseException) -> bool:
         text.startswith("CUDA error") or "device-side assert" in text or "CUBLAS_STATUS" in text)
 
 
+def recover(error: Exception, device: torch.device) -> None:
+    """After an image failed: re-raise what no later image survives; after running out of GPU memory, free the cached
+    blocks."""
+    if is_fatal(error):
+        raise error
+    if device.type == "cuda" and isinstance(error, torch.cuda.OutOfMemoryError):
+        torch.cuda.empty_cache()
+
+
 class Labeller:
     """Labels images with a Skip-CAM and (optionally) a SAM refiner on one device (see the module).
 
@@ -203,9 +214,7 @@ class Labeller:
                                                           cam_out.class_ids) if self.refiner else None
                 if refinement:
                     self.seconds.update({k: v for k, v in refinement.timings.items() if k != "sam_encoder"})
-        return _record(sample, item.image.shape[:2], cam_out.class_ids, refinement.labels if refinement else cam_out.y0,
-                       cam_out.y0, cam_out.loc_maps_lowres, refinement and refinement.prompts,
-                       refinement and refinement.masks_accepted)
+        return label_record(sample, item.image.shape[:2], cam_out, refinement)
 
     def label_batch(self, items: list[PreparedImage], encoded: list[EncodedImage]) -> list[PendingRecord]:
         """The labelling step of several images together: Skip-CAM
@@ -242,7 +251,7 @@ class Labeller:
         prepared = self._prepared(samples, workers)
         pending = None
         try:
-            for batch in _batches(prepared, max(1, batch_size)):
+            for batch in batches(prepared, max(1, batch_size)):
                 ready = [item for item in batch if isinstance(item, PreparedImage)]
                 encoded = self._encode_isolated(ready)
                 if pending is not None:
@@ -255,31 +264,14 @@ class Labeller:
 
     def _prepared(self, samples: list[Sample], workers: int) -> Iterator[PreparedImage | ImageFailure]:
         """Prepared images in order, computed ahead in ``workers`` threads."""
-        def prepare(sample):
-            try:
-                return self.prepare(sample)
-            except ImageReadError as error:
-                return ImageFailure(sample, error.path, error.reason, "read")
-
-        workers = max(1, workers)
-        pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="prepare")
+        items = prepared_ahead(samples, self.prepare, workers)
         try:
-            ahead = collections.deque()
-            iterator = iter(samples)
-            for sample in iterator:
-                ahead.append(pool.submit(prepare, sample))
-                if len(ahead) >= 2 * workers:
-                    break
-            while ahead:
-                item = ahead.popleft().result()
-                nxt = next(iterator, None)
-                if nxt is not None:
-                    ahead.append(pool.submit(prepare, nxt))
+            for item in items:
                 if isinstance(item, PreparedImage):
                     self.seconds["decode"] += item.seconds
                 yield item
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)  # prompt on Ctrl-C: queued images are not decoded
+            items.close()  # stops the decoding threads now, also when leaving by an exception (Ctrl-C)
 
     def _encode_isolated(self, items: list[PreparedImage]) -> dict[int, EncodedImage | ImageFailure]:
         """:meth:`encode` of the batch; if it fails, of each image alone. Keyed by ``id(item)``."""
@@ -327,11 +319,7 @@ class Labeller:
         return ImageFailure(item.sample, str(item.sample.image_path), failure_reason(error), "label")
 
     def _recover(self, error: Exception) -> None:
-        """Re-raise what no later image survives; after running out of GPU memory, free the cached blocks."""
-        if is_fatal(error):
-            raise error
-        if self.cuda and isinstance(error, torch.cuda.OutOfMemoryError):
-            torch.cuda.empty_cache()
+        recover(error, self.device)
 
     # -- helpers ------------------------------------------------------------------------------------------------
     def _on(self, stream):
@@ -368,7 +356,44 @@ class _NoStream:
         return False
 
 
-def _batches(items: Iterable, size: int) -> Iterator[list]:
+def prepared_ahead(samples: list[Sample], prepare: Callable[[Sample], T], workers: int) -> Iterator[T | ImageFailure]:
+    """``prepare(sample)`` of every sample, in order, computed ahead in ``workers`` threads; a sample whose image
+    cannot be read (``ImageReadError``) gives an :class:`ImageFailure`."""
+    def attempt(sample):
+        try:
+            return prepare(sample)
+        except ImageReadError as error:
+            return ImageFailure(sample, error.path, error.reason, "read")
+
+    workers = max(1, workers)
+    pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="prepare")
+    try:
+        ahead = collections.deque()
+        iterator = iter(samples)
+        for sample in iterator:
+            ahead.append(pool.submit(attempt, sample))
+            if len(ahead) >= 2 * workers:
+                break
+        while ahead:
+            item = ahead.popleft().result()
+            nxt = next(iterator, None)
+            if nxt is not None:
+                ahead.append(pool.submit(attempt, nxt))
+            yield item
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # prompt on Ctrl-C: queued images are not decoded
+
+
+def label_record(sample: Sample, size: tuple[int, int], cam_out: CAMOutput, refinement: Refinement | None
+                 ) -> LabelRecord:
+    """What stage one stores for one image of ``size`` (H, W): the refined label (Y0 without refinement), Y0, the
+    localization maps and the per-class records."""
+    return _record(sample, size, cam_out.class_ids, refinement.labels if refinement else cam_out.y0, cam_out.y0,
+                   cam_out.loc_maps_lowres, refinement and refinement.prompts, refinement and refinement.masks_accepted)
+
+
+def batches(items: Iterable, size: int) -> Iterator[list]:
+    """``items`` in lists of ``size`` (the last one shorter)."""
     batch = []
     for item in items:
         batch.append(item)

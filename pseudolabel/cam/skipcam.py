@@ -56,25 +56,27 @@ class SkipCAMConfig(DictConfig):
     """
 
     num_skips: int = field(default=3, metadata={"help": "K skip connections: outputs of blocks N-2..N-1-K are fused "
-                                                       "with block N-1's (0 = plain CLIP-ES Grad-CAM)"})
+                                                       "with block N-1's (0 = plain CLIP-ES Grad-CAM)", "min": 0})
     skip_fusion: str = field(default="sum", metadata={"help": "how skip features are fused", "choices": ("sum", "mean")})
     skip_entry: str = field(default="input", metadata={
         "help": "where skips enter (docs/method.md#skip-fusion): input = into the last block's input; output = added "
                 "to its output before pooling; average = last block run on each feature, CAMs averaged",
         "choices": ("input", "output", "average")})
     tau: float = field(default=0.4, metadata={"help": "CAA box confidence threshold τ",
-                                              "default_text": _default_text("tau", 0.4)})
+                                              "default_text": _default_text("tau", 0.4), "min": 0.0, "max": 1.0})
     bg_power: float = field(default=1.0, metadata={"help": "background score = (1 - max_c M_c) ** bg_power"})
     use_par: bool = field(default=True, metadata={"help": "refine the scores with PAR (WeCLIP's label path)",
                                                   "flag": "par"})
     par_max_side: int = field(default=320, metadata={
-        "help": "PAR runs with the image's long side scaled to this (WeCLIP's 320 crops); 0 = full resolution"})
+        "help": "PAR runs with the image's long side scaled to this (WeCLIP's 320 crops); 0 = full resolution",
+        "min": 0})
     prompt_set: str = field(default="prompt1", metadata={
         "help": "text prompts, the paper's Table 9 settings: prompt1 = CLIP-ES's 'a clean origami {}.' and class names "
                 "(clipes is another name for it), prompt2 = CLIP's 7 templates, prompt3 = prompt1 with synonyms or "
                 "attributes added to the class names, prompt4 = both (docs/stage_one.md)",
         "choices": tuple(PROMPT_SETS) + tuple(PROMPT_SET_ALIASES)})
-    attn_blocks: int = field(default=8, metadata={"help": "last blocks whose attention forms the CAA affinity"})
+    attn_blocks: int = field(default=8, metadata={"help": "last blocks whose attention forms the CAA affinity",
+                                                  "min": 1})
     image_size: str = field(default="full", metadata={
         "help": "CAM input size: 'full' = each side rounded up to a multiple of 16, or a long-side length e.g. 512"})
     max_tokens: int = field(default=1600, metadata={
@@ -91,6 +93,9 @@ class SkipCAMConfig(DictConfig):
     seed: int = field(default=0, metadata={"help": "seed for random weights"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.image_size != "full" and not (self.image_size.isdigit() and int(self.image_size) > 0):
+            raise ValueError(f"--image-size {self.image_size}: give 'full' or the long side in pixels, e.g. 512")
         self.clip_model = clip_architecture(self.clip_model, self.clip_weights)
         self.prompt_set = canonical_prompt_set(self.prompt_set)
 
@@ -179,8 +184,10 @@ class SkipCAM:
     """Skip-CAM localization maps and the initial label Y0 for images with known image-level classes."""
 
     def __init__(self, model, tokenizer, class_set: ClassSet, cfg: SkipCAMConfig, device="cpu", weights=None,
-                 precision: str = "fp32"):
-        """``precision``: autocast of the CLIP blocks on CUDA (:mod:`pseudolabel.precision`; a CPU uses fp32)."""
+                 precision: str = "fp32", text: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """``precision``: autocast of the CLIP blocks on CUDA (:mod:`pseudolabel.precision`; a CPU uses fp32).
+        ``text``: the foreground and background text embeddings of ``cfg.prompt_set`` when another SkipCAM on the
+        same model has them (``fg_text``, ``bg_text``), else computed here."""
         self.model, self.cfg, self.class_set, self.precision = model, cfg, class_set, precision
         self.device = torch.device(device)
         self.visual = model.visual
@@ -192,9 +199,11 @@ class SkipCAM:
         self.patch = self.visual.conv1.kernel_size[0]
         self.logit_scale = float(model.logit_scale.exp())  # 100 for OpenAI's weights, as CLIP-ES hard-codes
         self.weights = weights or {}
-        foreground, background = prompt_texts(class_set, cfg.prompt_set)
-        self.fg_text = text_embeddings(model, tokenizer, foreground, self.device)
-        self.bg_text = text_embeddings(model, tokenizer, background, self.device)
+        if text is None:
+            foreground, background = prompt_texts(class_set, cfg.prompt_set)
+            text = (text_embeddings(model, tokenizer, foreground, self.device),
+                    text_embeddings(model, tokenizer, background, self.device))
+        self.fg_text, self.bg_text = text
         self.par_cfg = PARConfig()
         # the batched torch path (label_batch) for lists of images; off a CPU by default, where one image at a time
         # keeps every label independent of the others in a batch

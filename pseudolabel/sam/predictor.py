@@ -170,7 +170,11 @@ class BatchedPointPredictor(SamPredictor):
     @torch.no_grad()
     def set_features(self, features: Tensor, input_size: tuple[int, int], original_size: tuple[int, ...]) -> None:
         """Make ``features (1, 256, 64, 64)`` (from :meth:`encode`) the current image, of ``original_size``
-        resized to ``input_size``: what ``set_image`` does after the encoder."""
+        resized to ``input_size``: what ``set_image`` does after the encoder. Setting the current image's features
+        again (several refinement settings of one image) costs nothing."""
+        if self.is_image_set and features is self.features and (tuple(input_size), tuple(original_size)) == \
+                (self.input_size, self.original_size):
+            return
         self.reset_image()
         self.original_size, self.input_size = tuple(original_size), tuple(input_size)
         self.features, self.is_image_set = features, True
