@@ -110,6 +110,12 @@ class CountTable(Counts):
     def num_images(self) -> int:
         return len(self.image_ids)
 
+    def subset(self, image_ids: list[str]) -> "CountTable":
+        """The rows of ``image_ids`` (in that order)."""
+        row = {image_id: i for i, image_id in enumerate(self.image_ids)}
+        rows = np.array([row[i] for i in image_ids], np.int64)
+        return CountTable(image_ids=list(image_ids), **{name: getattr(self, name)[rows] for name in COUNT_NAMES})
+
     @property
     def num_classes(self) -> int:
         return self.tp.shape[1]

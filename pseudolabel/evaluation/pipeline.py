@@ -6,7 +6,7 @@ and the label viewer call it too.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from tqdm import tqdm
@@ -268,6 +268,93 @@ def bootstrap_means(tables: list[CountTable], config: EvaluationConfig, progress
     return bootstrap_statistics(counts, statistic, config.bootstrap, config.seed, progress)
 
 
+@dataclass
+class CountedSystems:
+    """Per-image counts of one or more prediction sources against one GT, with their point estimates and no
+    bootstrap yet (:func:`count_systems`); :func:`score_counts` completes them into an :class:`EvaluationResult`.
+    Counting is the expensive part: a caller scoring one source against several others counts each source once and
+    pairs them with :meth:`followed_by`."""
+
+    class_names: list[str]
+    split: str | None
+    systems: list[SystemScores]
+    missing: dict[str, list[str]] = field(default_factory=dict)
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+    out_of_range_pixels: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def image_ids(self) -> list[str]:
+        return self.systems[0].counts.image_ids
+
+    def followed_by(self, other: "CountedSystems", config: EvaluationConfig) -> "CountedSystems":
+        """These systems, then ``other``'s (counted against the same GT), on the images both have: what one
+        :func:`count_systems` call over all of them gives."""
+        common = set(other.image_ids)
+        ids = [i for i in self.image_ids if i in common]
+        systems = [replace(s, ci={}) if s.counts.image_ids == ids else _scores(s.name, s.counts.subset(ids),
+                                                                                config.mean_over)
+                   for s in self.systems + other.systems]
+        renumber = {f"pred{k + 1}": f"pred{k + 1 + len(self.systems)}" for k in range(len(other.systems))}
+        missing = {**self.missing, **{renumber[k]: v for k, v in other.missing.items()}}
+        out_of_range = {**self.out_of_range_pixels,
+                        **{renumber[k]: v for k, v in other.out_of_range_pixels.items() if k != "gt"}}
+        skipped = {reason: sorted(set(ids_a) | set(other.skipped.get(reason, [])))
+                   for reason, ids_a in self.skipped.items()}
+        return CountedSystems(self.class_names, self.split, systems, missing, skipped, out_of_range)
+
+
+def count_systems(
+    gt: str | LabelSource,
+    preds: list[tuple[str | LabelSource, str]],
+    config: EvaluationConfig,
+    data_root: str | None = None,
+    progress: bool = True,
+) -> CountedSystems:
+    """Match image ids, read, check and count every image of ``preds`` (``(source, label kind)`` pairs, paired on the
+    same images) against ``gt``; sources as in ``open_source``."""
+    gt_source = open_source(gt, data_root=data_root)
+    sources = [open_source(pred, kind, data_root) for pred, kind in preds]
+    check_class_names([gt_source, *sources], config.classes)
+    num_classes = _resolve_num_classes(config, [gt_source, *sources])
+    if config.ignore_index < num_classes:
+        raise EvaluationError(f"--ignore-index {config.ignore_index} must be >= num_classes {num_classes}")
+    class_names = list(next((s.class_names for s in [gt_source, *sources] if s.class_names
+                             and len(s.class_names) == num_classes), [str(c) for c in range(num_classes)]))
+    image_ids, missing = match_ids(gt_source, sources, config.allow_missing)
+    if not image_ids:
+        raise EvaluationError(f"no image of {gt_source.description} has a prediction to score")
+    outcomes = collect_counts(ImageScorer(gt_source, sources, num_classes, config), image_ids, config.workers,
+                              progress)
+    scored = [o for o in outcomes if o.counts is not None]
+    skipped = {"size_mismatch": [o.image_id for o in outcomes if o.skipped_reason == "size_mismatch"]}
+    if not scored:
+        raise EvaluationError("every image was skipped (size mismatch); nothing to score")
+    out_of_range = {key: sum(o.out_of_range.get(key, 0) for o in outcomes)
+                    for key in ["gt"] + [f"pred{n}" for n in range(1, len(sources) + 1)]}
+    ids = [o.image_id for o in scored]
+    systems = [_scores(source.description, CountTable.stack(ids, [o.counts[k] for o in scored], num_classes),
+                       config.mean_over) for k, source in enumerate(sources)]
+    split = gt_source.split or next((s.split for s in sources if s.split), None)
+    return CountedSystems(class_names, split, systems, missing, skipped, out_of_range)
+
+
+def score_counts(counted: CountedSystems, config: EvaluationConfig, progress: bool = True) -> EvaluationResult:
+    """Bootstrap intervals of every system and, for two systems, the paired test: the finished result."""
+    systems = counted.systems
+    paired = None
+    if config.bootstrap > 0:
+        samples = bootstrap_means([s.counts for s in systems], config, progress)   # columns: [mIoU, mBIoU] per system
+        for k, system in enumerate(systems):
+            system.ci = {"mIoU": percentile_interval(samples[:, 2 * k], config.confidence),
+                         "mBIoU": percentile_interval(samples[:, 2 * k + 1], config.confidence)}
+        if len(systems) == 2:
+            a, b = systems
+            paired = {"mIoU": paired_test(a.miou - b.miou, samples[:, 0] - samples[:, 2], config.confidence),
+                      "mBIoU": paired_test(a.mbiou - b.mbiou, samples[:, 1] - samples[:, 3], config.confidence)}
+    return EvaluationResult(counted.class_names, counted.split, counted.image_ids, systems, config, paired,
+                            counted.missing, counted.skipped, counted.out_of_range_pixels)
+
+
 def evaluate(
     gt: str | LabelSource,
     pred: str | LabelSource,
@@ -280,38 +367,5 @@ def evaluate(
 ) -> EvaluationResult:
     """Score ``pred`` (and ``pred2``, paired on the same images) against ``gt``; sources as in ``open_source``."""
     config = config or EvaluationConfig()
-    gt_source = open_source(gt, data_root=data_root)
-    preds = [open_source(pred, pred_kind, data_root)]
-    if pred2 is not None:
-        preds.append(open_source(pred2, pred2_kind, data_root))
-    check_class_names([gt_source, *preds], config.classes)
-    num_classes = _resolve_num_classes(config, [gt_source, *preds])
-    if config.ignore_index < num_classes:
-        raise EvaluationError(f"--ignore-index {config.ignore_index} must be >= num_classes {num_classes}")
-    class_names = list(next((s.class_names for s in [gt_source, *preds] if s.class_names
-                             and len(s.class_names) == num_classes), [str(c) for c in range(num_classes)]))
-    image_ids, missing = match_ids(gt_source, preds, config.allow_missing)
-    if not image_ids:
-        raise EvaluationError(f"no image of {gt_source.description} has a prediction to score")
-    outcomes = collect_counts(ImageScorer(gt_source, preds, num_classes, config), image_ids, config.workers, progress)
-    scored = [o for o in outcomes if o.counts is not None]
-    skipped = {"size_mismatch": [o.image_id for o in outcomes if o.skipped_reason == "size_mismatch"]}
-    if not scored:
-        raise EvaluationError("every image was skipped (size mismatch); nothing to score")
-    out_of_range = {key: sum(o.out_of_range.get(key, 0) for o in outcomes)
-                    for key in ["gt"] + [f"pred{n}" for n in range(1, len(preds) + 1)]}
-    ids = [o.image_id for o in scored]
-    systems = [_scores(source.description, CountTable.stack(ids, [o.counts[k] for o in scored], num_classes),
-                       config.mean_over) for k, source in enumerate(preds)]
-    paired = None
-    if config.bootstrap > 0:
-        samples = bootstrap_means([s.counts for s in systems], config, progress)   # columns: [mIoU, mBIoU] per system
-        for k, system in enumerate(systems):
-            system.ci = {"mIoU": percentile_interval(samples[:, 2 * k], config.confidence),
-                         "mBIoU": percentile_interval(samples[:, 2 * k + 1], config.confidence)}
-        if len(systems) == 2:
-            a, b = systems
-            paired = {"mIoU": paired_test(a.miou - b.miou, samples[:, 0] - samples[:, 2], config.confidence),
-                      "mBIoU": paired_test(a.mbiou - b.mbiou, samples[:, 1] - samples[:, 3], config.confidence)}
-    split = gt_source.split or next((s.split for s in preds if s.split), None)
-    return EvaluationResult(class_names, split, ids, systems, config, paired, missing, skipped, out_of_range)
+    preds = [(pred, pred_kind)] + ([(pred2, pred2_kind)] if pred2 is not None else [])
+    return score_counts(count_systems(gt, preds, config, data_root, progress), config, progress)
