@@ -84,7 +84,7 @@ def test_each_module_importing_a_torchvision_user_applies_the_shims_itself(modul
 
 
 SUBPACKAGES = ("pseudolabel.cam", "pseudolabel.sam", "pseudolabel.storage", "pseudolabel.viewer",
-               "pseudolabel.datasets", "pseudolabel.evaluation")
+               "pseudolabel.datasets", "pseudolabel.evaluation", "pseudolabel.ablation")
 LIGHT_SUBPACKAGES = ("pseudolabel.storage", "pseudolabel.viewer", "pseudolabel.datasets", "pseudolabel.evaluation")
 LIGHT_MODULES = ("pseudolabel", *SUBPACKAGES, "pseudolabel.evaluation.cli", "pseudolabel.storage.format",
                  "pseudolabel.storage.shards", "pseudolabel.storage.run_store", "pseudolabel.storage.check",

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 # tools/ entry -> its console script. A new tool goes into one of these two tables (tests below check both).
 COMMANDS = {"gen_pseudo.sh": "cep-gen-pseudo", "evaluate.py": "cep-evaluate", "view_labels.py": "cep-view",
-            "check_shards.py": "cep-check-shards", "export_labels.py": "cep-export"}
+            "check_shards.py": "cep-check-shards", "export_labels.py": "cep-export", "ablate.sh": "cep-ablate"}
 NOT_COMMANDS = {"_env.sh", "_venv.py", "run_tests.sh", "prepare_data.sh", "render_coco_gt.py", "train_seg.sh",
                 "test_seg.sh"}
 
@@ -81,12 +81,13 @@ def test_wheel_carries_the_class_lists_and_model_configs(installed):
     names = set(zipfile.ZipFile(wheel).namelist())
     wanted = [p.relative_to(REPO).as_posix() for pattern in ("pseudolabel/class_lists/*.json",
                                                               "pseudolabel/cam/model_configs/*.json",
+                                                              "pseudolabel/ablation/sweeps/*.json",
                                                               "segtrain/configs/*.py") for p in REPO.glob(pattern)]
     assert {"pseudolabel/class_lists/voc.json", "pseudolabel/class_lists/coco.json"} <= set(wanted)
     assert set(wanted) <= names
 
 
-@pytest.mark.parametrize("command", ["cep-gen-pseudo", "cep-evaluate"])
+@pytest.mark.parametrize("command", ["cep-gen-pseudo", "cep-evaluate", "cep-ablate"])
 def test_installed_commands_run_outside_the_repository(installed, command):
     _, venv, outside = installed
     result = subprocess.run([str(venv / "bin" / command), "--help"], cwd=outside, capture_output=True, text=True,

@@ -1,0 +1,378 @@
+"""``tools/ablate.sh`` (``cep-ablate``): a sweep of stage-one settings in one run, each row an ordinary stage-one
+output, then one report (docs/ablations.md).
+
+Layout of ``--out``::
+
+    sweep.json                 the sweep (tables, every row's configuration); a rerun must match it
+    rows/<row>/                each row's shards, config.json, manifest.json: what tools/gen_pseudo.sh writes
+    timing-r<rank>.json        per row, the stage-one time a standalone run would spend; the sweep's own wall time
+    report.md, report.csv, report.json, plots/<table>.png
+    run.log                    every run of the sweep, appended
+
+Under torchrun the ranks split the images as gen_pseudo's do; rank 0 writes the manifests and the report.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from pseudolabel.ablation.report import REPORT_FILES, TIMING_GLOB, default_gt, write_report
+from pseudolabel.ablation.shared import ModelPool, RowSetting, SharedStages, sharing_plan
+from pseudolabel.ablation.sweep import Row, Sweep, SweepBuilder, SweepError, gen_pseudo_flags, sweep_file
+from pseudolabel.classes import DATA_DIR
+from pseudolabel.cli_options import add_dataclass_options, program_name
+from pseudolabel.config import config_from_args
+from pseudolabel.datasets import Sample, WeakDataset
+from pseudolabel.evaluation.pipeline import EvaluationConfig
+from pseudolabel.generate import (DATASET_CHOICES, StageOneRun, add_method_options, add_run_options, barrier,
+                                  build_parser as gen_pseudo_parser, demo_weights, distributed, load_dataset,
+                                  open_store, previous_failures, random_weights_banner, resolve_device,
+                                  shard_attributes, split_of)
+from pseudolabel.pipeline import (STAGES, ImageFailure, batches, default_batch_size, default_workers, failure_reason,
+                                  prepared_ahead, recover)
+from pseudolabel.precision import effective_precision
+from pseudolabel.storage.atomic import atomic_write
+from pseudolabel.storage.format import MANIFEST, SHARD_GLOB
+from pseudolabel.storage.run_log import RunLog
+from pseudolabel.storage.run_store import OutputError, guard_write
+from pseudolabel.storage.shards import shard_image_ids
+
+LOG = logging.getLogger("pseudolabel.ablation")
+SWEEP_FILE = "sweep.json"
+ROWS = "rows"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=program_name("tools/ablate.sh"),
+        description="The paper's ablations in one run: stage one under every setting of a sweep (each image decoded "
+                    "once, the work settings share computed once), each setting's labels an ordinary stage-one output, "
+                    "then mIoU/mBIoU with bootstrap CIs and paired tests against each table's baseline.\n"
+                    "Examples:\n"
+                    "  tools/ablate.sh voc --split train --sweep paper --out outputs/ablate   # Tables 5-11\n"
+                    "  tools/ablate.sh voc --split train --sweep skips --sweep delta --out outputs/k_delta\n"
+                    "  tools/ablate.sh voc --split train --row num_skips=0 --row num_skips=3 --out outputs/k\n"
+                    "  tools/ablate.sh demo                           # the bundled photos, offline\n"
+                    "  NPROC=4 tools/ablate.sh voc --split train --sweep paper --out outputs/ablate\n"
+                    "Rerunning the same command resumes; a finished sweep only rebuilds the report.\n"
+                    "Sweep files, the report and what is shared: docs/ablations.md",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", choices=DATASET_CHOICES, help="what to label")
+    sweep = parser.add_argument_group("sweep")
+    sweep.add_argument("--sweep", action="append", default=[], metavar="NAME|FILE",
+                       help="a shipped sweep (paper, components, sam_size, skips, grid, prompts, tau, delta, demo) or "
+                            "a sweep file; repeatable (default for the demo: demo)")
+    sweep.add_argument("--row", action="append", default=[], metavar="OPTIONS",
+                       help="a row from the command line, e.g. --row num_skips=0 or --row '--num-skips 0 --no-refine'; "
+                            "repeatable; these rows form one table whose baseline is the first")
+    sweep.add_argument("--out", type=Path, help="output directory (default: outputs/ablate_<dataset>_<split>, "
+                                                "outputs/ablate_demo for the demo)")
+    sweep.add_argument("--overwrite", action="store_true",
+                       help="delete an earlier sweep's rows and report in --out and start again")
+    sweep.add_argument("--gt", help="ground truth, as tools/evaluate.py's --gt (default: the split's own masks, e.g. "
+                                    "voc:train, when present; none for custom folders and the demo); 'none': no "
+                                    "evaluation, the report gives each row's agreement with its baseline")
+    run = parser.add_argument_group("run (as tools/gen_pseudo.sh, for every row)")
+    add_run_options(run)
+    add_dataclass_options(parser, EvaluationConfig, "evaluation (tools/evaluate.py's options, prefixed --eval-)",
+                          prefix="eval_")
+    add_method_options(parser)
+    return parser
+
+
+def sweep_dir(args: argparse.Namespace) -> Path:
+    """``--out``, or ``outputs/ablate_<dataset>_<split>`` (``outputs/ablate_demo``) like gen_pseudo's default."""
+    name = "ablate_demo" if args.dataset == "demo" else f"ablate_{args.dataset}_{split_of(args)}"
+    return args.out or DATA_DIR.parent / "outputs" / name
+
+
+def build_sweep(args: argparse.Namespace, config_dataset: str, split: str, precision: str = "fp32") -> Sweep:
+    """The sweep of ``--sweep`` files and ``--row`` options, every row checked (the demo defaults to ``demo``)."""
+    builder = SweepBuilder(args, config_dataset, split, precision)
+    names = args.sweep or ([] if args.row or args.dataset != "demo" else ["demo"])
+    descriptions = [builder.add_file(sweep_file(name)) for name in names]
+    if args.row:
+        builder.add_table({"name": "rows", "title": "rows given with --row", "rows": args.row}, "--row")
+    return builder.build(" + ".join(names + (["--row"] if args.row else [])), " ".join(d for d in descriptions if d))
+
+
+def prepare_folder(out: Path, sweep: Sweep, about: dict, overwrite: bool, rank: int, world: int) -> None:
+    """Rank 0: refuse another sweep's folder (unless ``overwrite``, which empties it) and record this sweep."""
+    path = out / SWEEP_FILE
+    if rank == 0:
+        if path.is_file() and not overwrite:
+            changed = sweep.differences(json.loads(path.read_text()))
+            if changed:
+                raise ValueError(f"'{out}' holds another sweep ({'; '.join(changed[:5])}"
+                                 f"{'; ...' if len(changed) > 5 else ''}). Use another --out, or --overwrite to delete "
+                                 "its rows and report and start again")
+        guard_write(lambda: out.mkdir(parents=True, exist_ok=True), out)
+        if overwrite:
+            for name in (ROWS, "plots"):
+                shutil.rmtree(out / name, ignore_errors=True)
+            for file in [*REPORT_FILES, *out.glob(TIMING_GLOB), path]:
+                (out / file).unlink(missing_ok=True)
+        document = {**sweep.identity(), "about": about}
+        guard_write(lambda: atomic_write(path, lambda h: h.write(json.dumps(document, indent=1).encode())), path)
+    barrier(world)
+
+
+@dataclass
+class SweepRun:
+    """One rank's sweep: :meth:`setup` builds it (models, one stage-one run per row, the work list),
+    :meth:`label_images` labels image by image, :meth:`finish` closes the rows and writes the report."""
+
+    args: argparse.Namespace
+    sweep: Sweep
+    out: Path
+    rows: list[StageOneRun]             # one per sweep row, same order; their models come from one ModelPool
+    settings: list[RowSetting]          # each row's configuration, Skip-CAM and refiner
+    working: list[bool]                 # whether a row has images left on any rank (closed at the end if so)
+    images: list[Sample]                # this rank's images that some row still needs
+    device: str
+    rank: int
+    world: int
+    random_weights: bool
+    log: RunLog
+    start: float = field(default_factory=time.perf_counter)
+    image_passes: int = 0
+
+    @classmethod
+    def setup(cls, args: argparse.Namespace, log: RunLog, sweep: Sweep, dataset: WeakDataset, device: str,
+              precision: str) -> "SweepRun":
+        """Models and settings of every row (checked before anything is written), the folder, one stage-one run per
+        row (its store opened and recovered as gen_pseudo does) and this rank's images that some row needs."""
+        split, config_dataset = split_of(args), "voc" if args.dataset == "demo" else args.dataset
+        rank, world, _ = distributed()
+        pool, settings, notes = ModelPool(dataset.class_set, device), [], set()
+        for row in sweep.rows:          # every model and setting built (and checked) before anything is written
+            config = copy.deepcopy(row.config)
+            notes.update(demo_weights(config) if args.dataset == "demo" else [])
+            settings.append(RowSetting(config, pool.skipcam(config), pool.refiner(config)))
+        out = sweep_dir(args)
+        defaults = config_from_args(gen_pseudo_parser().parse_args([args.dataset]), config_dataset, split, precision)
+        about = {"name": sweep.name, "description": sweep.description, "dataset": args.dataset, "split": split,
+                 "data_root": str(args.data_root) if args.data_root else None, "limit": args.limit,
+                 "gen_pseudo": {row.slug: gen_pseudo_command(args, split, gen_pseudo_flags(row.config, defaults),
+                                                             out / ROWS / row.slug) for row in sweep.rows}}
+        prepare_folder(out, sweep, about, args.overwrite, rank, world)
+        log.attach()
+        mine = dataset.samples[: args.limit][rank::world] if args.limit else dataset.samples[rank::world]
+        every = {s.image_id for s in (dataset.samples[: args.limit] if args.limit else dataset.samples)}
+        runs = [row_run(row, setting, dataset, out / ROWS / row.slug, mine, device, log)
+                for row, setting in zip(sweep.rows, settings)]
+        working = [not every <= run.store.finished() for run in runs]
+        random_any = any(run.random_weights for run in runs)
+        if random_any:
+            random_weights_banner(sorted(notes), "The sweep runs", "its labels and numbers are")
+        needed = {s.image_id for run in runs for s in run.todo}
+        images = [s for s in mine if s.image_id in needed]
+        for line in sharing_plan([(row.slug, setting.config) for row, setting in zip(sweep.rows, settings)]):
+            LOG.info(line)
+        LOG.info("%s; sweep %s: %d rows in %d tables; rank %d/%d: %d images to label (%d row-images, %d already "
+                 "done) -> %s; %s, %s, batches of %d", dataset.describe(), sweep.name, len(sweep.rows),
+                 len(sweep.tables), rank, world, len(images), sum(len(r.todo) for r in runs),
+                 sum(r.already_done for r in runs), out, device, precision, runs[0].batch_size)
+        return cls(args=args, sweep=sweep, out=out, rows=runs, settings=settings, working=working, images=images,
+                   device=device, rank=rank, world=world, random_weights=random_any, log=log)
+
+    def label_images(self) -> None:
+        """Batch by batch (decoded and preprocessed ahead in threads; the distinct frozen-block passes and SAM
+        encoders once per batch), then image by image every row that still needs the image, sharing its work. An
+        image that cannot be read, or fails for a row, becomes that row's failure and the sweep goes on."""
+        stages = SharedStages(self.settings, self.device)
+        todo = [{s.image_id for s in run.todo} for run in self.rows]
+        progress = tqdm(total=len(self.images), desc=f"rank {self.rank}", unit="img", dynamic_ncols=True)
+        prepared = prepared_ahead(self.images, stages.prepare, self.rows[0].workers)
+        try:
+            for batch in batches(prepared, self.rows[0].batch_size):
+                ready = [item for item in batch if not isinstance(item, ImageFailure)]
+                works = {id(item): work for item, work in zip(ready, self.encode(stages, ready))}
+                for item in batch:
+                    rows = [(run, setting) for run, setting, ids in zip(self.rows, self.settings, todo)
+                            if item.sample.image_id in ids]
+                    progress.set_postfix(rows=len(rows), refresh=False)
+                    self.label_rows(item, works.get(id(item)), rows)
+                    self.image_passes += 1
+                    progress.update()
+        finally:
+            prepared.close()
+            progress.close()
+
+    def encode(self, stages: SharedStages, items: list) -> list:
+        """The batch step; if it fails, image by image; an image that fails alone gets its error instead."""
+        if not items:
+            return []
+        try:
+            return stages.encode(items)
+        except Exception as error:  # noqa: BLE001 - any per-image error: recorded, the sweep goes on
+            recover(error, torch.device(self.device))
+            if len(items) == 1:
+                return [error]
+            return [result for item in items for result in self.encode(stages, [item])]
+
+    def label_rows(self, item, work, rows: list) -> None:
+        """Every row of one image; a row's time is added once every row is done (its share of the point masks)."""
+        spent = []
+        for run, setting in rows:
+            failure = item if isinstance(item, ImageFailure) else self.failure(item, work) \
+                if isinstance(work, Exception) else None
+            if failure is None:
+                try:
+                    record, time_spent = work.label(setting)
+                except Exception as error:  # noqa: BLE001 - any per-image error: recorded, the sweep goes on
+                    recover(error, torch.device(self.device))
+                    failure = self.failure(item, error)
+            if failure is not None:
+                run.record_failure(failure)
+                continue
+            tick = time.perf_counter()
+            run.stage(record)
+            spent.append((run, time_spent, time.perf_counter() - tick))
+        for run, time_spent, write_seconds in spent:
+            run.stage_seconds.update(time_spent.by_stage())
+            run.stage_seconds["write"] += write_seconds
+
+    @staticmethod
+    def failure(item, error: Exception) -> ImageFailure:
+        return ImageFailure(item.sample, str(item.sample.image_path), failure_reason(error), "label")
+
+    def finish(self) -> dict | None:
+        """Close the rows that had work (pack, failures, summary, manifest), add this run's times to the ledger and
+        (rank 0) write the report. Returns the report's JSON on rank 0."""
+        for run, working in zip(self.rows, self.working):
+            if working:
+                LOG.info("closing row '%s'", run.store.out.name)
+                run.close(sum(run.stage_seconds[s] for s in STAGES))
+        self.record_times(time.perf_counter() - self.start)
+        barrier(self.world)
+        if self.rank != 0:
+            return None
+        report = write_report(self.out, self.args, default_gt(self.args, self.rows[0].dataset))
+        print(f"\nsweep done: {len(self.sweep.rows)} rows in {len(self.sweep.tables)} tables -> {self.out}\n"
+              f"report: {self.out / 'report.md'} (and report.csv, report.json, plots/)")
+        if self.random_weights:
+            print("NOTE: produced with RANDOM weights (recorded as random_weights=True in the shards).",
+                  file=sys.stderr)
+        return report
+
+    def record_times(self, wall: float) -> None:
+        """Add this run's per-row stage seconds and the sweep's wall time to ``timing-r<rank>.json``."""
+        path = self.out / f"timing-r{self.rank:03d}.json"
+        ledger = json.loads(path.read_text()) if path.is_file() else {"rows": {}, "sweep": {}}
+        for run in self.rows:
+            entry = ledger["rows"].setdefault(run.store.out.name, {"images": 0, "seconds": {}})
+            entry["images"] += run.labelled
+            for stage, seconds in run.stage_seconds.items():
+                entry["seconds"][stage] = entry["seconds"].get(stage, 0.0) + seconds
+        totals = ledger["sweep"]
+        totals.update(runs=totals.get("runs", 0) + 1, images=totals.get("images", 0) + self.image_passes,
+                      wall_seconds=totals.get("wall_seconds", 0.0) + wall)
+        guard_write(lambda: atomic_write(path, lambda h: h.write(json.dumps(ledger, indent=1).encode())), path)
+
+
+def row_run(row: Row, setting: RowSetting, dataset: WeakDataset, out: Path, mine: list, device: str,
+            log: RunLog) -> StageOneRun:
+    """One row as a stage-one run of this rank: its store opened (and recovered) as gen_pseudo opens it, and the
+    images of ``mine`` it still lacks (those an earlier run failed on are tried again, as gen_pseudo does)."""
+    rank, world, _ = distributed()
+    args = copy.copy(row.args)
+    args.overwrite = False  # an --overwrite of the sweep has emptied the folder already
+    weights = {"clip": setting.cam.weights, "sam": setting.refiner.weights if setting.refiner else None}
+    random_weights = any(w and w.get("kind") == "random" for w in weights.values())
+    attrs = shard_attributes(setting.config, dataset, weights, random_weights,
+                             with_image_dir=args.dataset in ("custom", "demo"))
+    store = open_store(args, out, rank, world, dataset.class_set, attrs,
+                       {**setting.config.to_dict(), "weights": weights})
+    done, failed_before = store.finished(), previous_failures(store.out)
+    todo = [s for s in mine if s.image_id not in done]
+    return StageOneRun(args=args, cfg=setting.config, dataset=dataset, cam=setting.cam, refiner=setting.refiner,
+                       store=store, device=device, rank=rank, world=world, random_weights=random_weights, log=log,
+                       todo=todo, already_done=len(mine) - len(todo),
+                       failures=[dict(p, stage="dataset") for p in dataset.problems] if rank == 0 else [],
+                       retries={s.image_id: failed_before[s.image_id] for s in todo if s.image_id in failed_before},
+                       batch_size=args.batch_size or default_batch_size(torch.device(device)),
+                       workers=args.workers or default_workers(torch.device(device)))
+
+
+def gen_pseudo_command(args: argparse.Namespace, split: str, flags: list[str], out: Path) -> str:
+    """The standalone command that writes the same row."""
+    words = ["tools/gen_pseudo.sh", args.dataset]
+    if args.dataset != "demo":
+        words += ["--split", split]
+    for option in ("data_root", "images", "labels", "classes"):
+        if getattr(args, option):
+            words += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
+    if args.dataset == "voc" and args.label_source != "xml":
+        words += ["--label-source", args.label_source]
+    if args.limit:
+        words += ["--limit", str(args.limit)]
+    if args.shard_size != gen_pseudo_parser().get_default("shard_size"):
+        words += ["--shard-size", str(args.shard_size)]  # shards of the same images, byte for byte
+    return " ".join(words + flags + ["--out", str(out)])
+
+
+def finished(out: Path, sweep: Sweep, samples: list) -> bool:
+    """Whether ``out`` holds this sweep with every row's shards holding every image (nothing staged)."""
+    path = out / SWEEP_FILE
+    if not path.is_file() or sweep.differences(json.loads(path.read_text())):
+        return False
+    wanted = {s.image_id for s in samples}
+    for row in sweep.rows:
+        folder = out / ROWS / row.slug
+        if any(folder.glob(".staging/r*/*.npz")) or not (folder / MANIFEST).is_file():
+            return False
+        if not wanted <= {i for shard in folder.glob(SHARD_GLOB) for i in shard_image_ids(shard)}:
+            return False
+    return True
+
+
+def run(argv: list[str] | None = None) -> dict | None:
+    """Parse options, run the sweep's rows on this rank's images, and (rank 0) return the report's JSON. A sweep
+    whose rows are all finished only gets its report rebuilt."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    rank, world, local_rank = distributed()
+    out, split = sweep_dir(args), split_of(args)
+    with RunLog(out, rank, world) as log:
+        device = resolve_device(args.device, local_rank)
+        if torch.device(device).type == "cuda":
+            torch.cuda.set_device(torch.device(device))
+        precision, note = effective_precision(args.precision, device)
+        if note:
+            LOG.info(note)
+        sweep = build_sweep(args, "voc" if args.dataset == "demo" else args.dataset, split, precision)
+        dataset = load_dataset(args, args.dataset, split)
+        log.detail("dataset", {"name": dataset.name, "split": split, "root": dataset.root, "images": len(dataset),
+                               "left out": dataset.problems})
+        if not args.overwrite and finished(out, sweep, dataset.samples[: args.limit] if args.limit
+                                           else dataset.samples):
+            log.attach()
+            LOG.info("every row of sweep %s in %s is finished: rebuilding the report", sweep.name, out)
+            return write_report(out, args, default_gt(args, dataset)) if rank == 0 else None
+        sweep_run = SweepRun.setup(args, log, sweep, dataset, device, precision)
+        sweep_run.label_images()
+        return sweep_run.finish()
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        run(argv)
+    except (SweepError, OutputError, FileNotFoundError, ValueError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

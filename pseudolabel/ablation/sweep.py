@@ -1,0 +1,235 @@
+"""Sweeps: stage-one settings grouped into tables, each setting (a row) an ordinary stage-one configuration.
+
+A sweep file is JSON (the shipped ones: ``pseudolabel/ablation/sweeps/``; format: docs/ablations.md)::
+
+    {"description": "...",
+     "tables": [{"name": "skips", "title": "Table 7: number of skip connections K", "baseline": "num_skips=3",
+                 "rows": ["num_skips=0", "num_skips=1", "num_skips=2", "num_skips=3"]}]}
+
+A row is a string of stage-one method options, spelled as ``tools/gen_pseudo.sh`` takes them (``--num-skips 0
+--no-refine``) or as ``field=value`` pairs (``num_skips=0 refine=false``), or ``{"label": ..., "flags": ...}`` to give
+it a name (one spelling per row). Both go through gen_pseudo's own parser (:func:`pseudolabel.generate.add_method_options`) and
+the config classes' checks, so a row is refused exactly where gen_pseudo would refuse the same options. A row's
+configuration is gen_pseudo's for the sweep's dataset and options plus the row's options; rows of any tables that
+come to the same configuration are one row (one output folder, labelled once). ``baseline`` names one row of the
+table (its label or its options; default: the first row).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+import shlex
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from pseudolabel.cli_options import assignments_to_argv, config_differences, given_options, options_argv
+from pseudolabel.config import PseudoLabelConfig, config_from_args
+from pseudolabel.generate import METHOD_CONFIGS, add_method_options
+
+SWEEP_DIR = Path(__file__).with_name("sweeps")
+SWEEP_FORMAT = "cep-ablation-sweep"
+
+
+class SweepError(ValueError):
+    """A sweep file or row that cannot be used; the message names the file, the table and the row."""
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    """argparse that raises instead of printing usage and exiting (a bad row is one message, not a usage dump)."""
+
+    def error(self, message: str):
+        raise SweepError(message)
+
+
+def _method_parser() -> argparse.ArgumentParser:
+    parser = _RaisingParser(add_help=False, allow_abbrev=False)
+    add_method_options(parser)
+    return parser
+
+
+def row_argv(flags: str) -> list[str]:
+    """A row's options as gen_pseudo's argv: a row that starts with ``--`` is taken as is, any other is
+    ``field=value`` pairs (``num_skips=0 refine=false`` -> ``--num-skips 0 --no-refine``)."""
+    tokens = shlex.split(flags)
+    return tokens if tokens and tokens[0].startswith("--") else assignments_to_argv(tokens, METHOD_CONFIGS)
+
+
+@dataclass
+class Row:
+    """One stage-one configuration of a sweep; ``slug`` names its output folder ``rows/<slug>``."""
+
+    slug: str
+    config: PseudoLabelConfig
+    args: argparse.Namespace            # gen_pseudo's options for this row (the sweep's, then the row's)
+    flags: list[str]                    # the row's options over the sweep's, as gen_pseudo options
+
+
+@dataclass
+class TableRow:
+    """A row as a table shows it: its label and the sweep row it is."""
+
+    label: str
+    row: Row
+
+
+@dataclass
+class Table:
+    name: str
+    title: str
+    rows: list[TableRow]
+    baseline: Row
+    note: str = ""
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "title": self.title, "note": self.note, "baseline": self.baseline.slug,
+                "rows": [{"label": r.label, "row": r.row.slug} for r in self.rows]}
+
+
+@dataclass
+class Sweep:
+    """The tables of a sweep and its distinct rows, in first-appearance order."""
+
+    name: str
+    description: str
+    tables: list[Table]
+    rows: list[Row]
+
+    def identity(self) -> dict:
+        """What a rerun into the same folder must match (``sweep.json``): the tables and every row's configuration."""
+        return {"format": SWEEP_FORMAT, "tables": [t.to_json() for t in self.tables],
+                "rows": {r.slug: r.config.to_dict() for r in self.rows}}
+
+    def differences(self, stored: dict) -> list[str]:
+        """What differs from an earlier sweep's identity (``sweep.json``; empty: the same sweep)."""
+        stored = {key: value for key, value in stored.items() if key in ("format", "tables", "rows")}
+        return config_differences(_flatten(stored), _flatten(self.identity()))
+
+
+def _flatten(identity: dict) -> dict:
+    """Tables as a dict by position, so :func:`config_differences` names what changed."""
+    return {**identity, "tables": {str(k): {**t, "rows": {str(j): r for j, r in enumerate(t["rows"])}}
+                                   for k, t in enumerate(identity.get("tables", []))}}
+
+
+def gen_pseudo_flags(config: PseudoLabelConfig, base: PseudoLabelConfig) -> list[str]:
+    """The options that turn ``base`` into ``config`` (gen_pseudo's spelling)."""
+    return options_argv(config.cam, base.cam) + options_argv(config.refine, base.refine)
+
+
+def slug_of(config: PseudoLabelConfig, base: PseudoLabelConfig) -> str:
+    """A folder name from the options that turn ``base`` into ``config``: ``num-skips-0_no-refine``; ``defaults``
+    when there are none."""
+    pieces: list[str] = []
+    for word in gen_pseudo_flags(config, base):
+        if word.startswith("--"):
+            pieces.append(word[2:])
+        else:
+            pieces[-1] += f"-{word}"
+    slug = re.sub(r"[^A-Za-z0-9._+=-]+", "-", "_".join(pieces)) or "defaults"
+    if len(slug) > 80:  # a long path or many options: keep it readable and unique
+        slug = f"{slug[:70]}-{zlib.crc32(slug.encode()):08x}"
+    return slug
+
+
+class SweepBuilder:
+    """Turns sweep files and ``--row`` strings into a :class:`Sweep` over the sweep's base options ``args`` (a
+    namespace with gen_pseudo's options: dataset, split, the method options given to the sweep) and the precision
+    the device uses (:func:`pseudolabel.precision.effective_precision`)."""
+
+    def __init__(self, args: argparse.Namespace, config_dataset: str, split: str, precision: str = "fp32"):
+        self.args, self.config_dataset, self.split, self.precision = args, config_dataset, split, precision
+        self.base = config_from_args(args, config_dataset, split, precision)
+        self.parser = _method_parser()
+        self.rows: dict[str, Row] = {}        # slug -> row
+        self.tables: list[Table] = []
+
+    def row(self, flags: str, where: str) -> Row:
+        """The row of ``flags`` (an existing one when the configuration is the same)."""
+        try:
+            argv = row_argv(flags)
+            given = self.parser.parse_args(argv)
+            args = copy.copy(self.args)
+            for cls in METHOD_CONFIGS:
+                for name, value in given_options(given, cls).items():
+                    setattr(args, name, value)
+            config = config_from_args(args, self.config_dataset, self.split, self.precision)
+        except ValueError as error:
+            raise SweepError(f"{where}, row '{flags}': {error}") from None
+        slug = slug_of(config, self.base)
+        existing = self.rows.get(slug)
+        if existing is not None and existing.config != config:
+            slug = f"{slug}-{zlib.crc32(json.dumps(config.to_dict(), sort_keys=True).encode()):08x}"
+            existing = self.rows.get(slug)
+        if existing is None:
+            existing = self.rows[slug] = Row(slug, config, args, gen_pseudo_flags(config, self.base))
+        return existing
+
+    def add_table(self, spec: dict, where: str) -> None:
+        """Add one table (``{"name", "title", "rows", "baseline"}``) of a sweep file or of ``--row`` options."""
+        name = str(spec.get("name") or f"table{len(self.tables) + 1}")
+        where = f"{where}, table '{name}'"
+        unknown = set(spec) - {"name", "title", "rows", "baseline", "note"}
+        if unknown:
+            raise SweepError(f"{where}: unknown keys {sorted(unknown)} (a table has name, title, note, rows, "
+                             "baseline)")
+        if not isinstance(spec.get("rows"), list) or not spec["rows"]:
+            raise SweepError(f"{where}: a table needs a non-empty 'rows' list")
+        if name in {t.name for t in self.tables}:
+            raise SweepError(f"{where}: two tables have this name")
+        rows = []
+        for item in spec["rows"]:
+            flags, label = (item.get("flags", ""), item.get("label")) if isinstance(item, dict) else (item, None)
+            if not isinstance(flags, str):
+                raise SweepError(f"{where}: a row is a string of options or {{'label': ..., 'flags': ...}}")
+            row = self.row(flags, where)
+            if row in [r.row for r in rows]:
+                raise SweepError(f"{where}: rows '{flags}' and '{[r.label for r in rows if r.row is row][0]}' are "
+                                 "the same configuration")
+            rows.append(TableRow(label or flags.strip() or "defaults", row))
+        baseline = spec.get("baseline")
+        if baseline is None:
+            base_row = rows[0].row
+        else:
+            by_label = [r.row for r in rows if r.label == baseline]
+            base_row = by_label[0] if by_label else self.row(str(baseline), where)
+            if base_row not in [r.row for r in rows]:
+                raise SweepError(f"{where}: the baseline '{baseline}' is not one of the table's rows")
+        self.tables.append(Table(name, str(spec.get("title") or name), rows, base_row, str(spec.get("note", ""))))
+
+    def add_file(self, path: Path) -> str:
+        """Add every table of a sweep file; returns its description."""
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise SweepError(f"cannot read the sweep file '{path}': {error}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("tables"), list) or not data["tables"]:
+            raise SweepError(f"{path}: a sweep file is a JSON object with a non-empty 'tables' list")
+        for spec in data["tables"]:
+            if not isinstance(spec, dict):
+                raise SweepError(f"{path}: every table is an object with 'rows'")
+            self.add_table(spec, str(path))
+        return str(data.get("description", ""))
+
+    def build(self, name: str, description: str = "") -> Sweep:
+        if not self.tables:
+            raise SweepError("nothing to run: give --sweep NAME|FILE or --row OPTIONS")
+        return Sweep(name, description, self.tables, list(self.rows.values()))
+
+
+def sweep_file(name: str) -> Path:
+    """A shipped sweep by name (``paper``, ``skips``, ...), or a file path."""
+    shipped = SWEEP_DIR / f"{name}.json"
+    if shipped.is_file():
+        return shipped
+    path = Path(name)
+    if not path.is_file():
+        raise SweepError(f"no sweep '{name}': give a file, or one of the shipped sweeps "
+                         f"({', '.join(shipped_sweeps())})")
+    return path
+
+
+def shipped_sweeps() -> list[str]:
+    return sorted(p.stem for p in SWEEP_DIR.glob("*.json"))
