@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from pseudolabel.ablation.report import REPORT_FILES, TIMING_GLOB, default_gt, write_report
 from pseudolabel.ablation.shared import ModelPool, RowSetting, SharedStages, sharing_plan
-from pseudolabel.ablation.sweep import Row, Sweep, SweepBuilder, SweepError, gen_pseudo_flags, sweep_file
+from pseudolabel.ablation.sweep import (Row, Sweep, SweepBuilder, SweepError, gen_pseudo_flags, shipped_sweeps,
+                                        sweep_file)
 from pseudolabel.classes import DATA_DIR
 from pseudolabel.cli_options import add_dataclass_options, program_name
 from pseudolabel.config import config_from_args
@@ -70,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("dataset", choices=DATASET_CHOICES, help="what to label")
     sweep = parser.add_argument_group("sweep")
     sweep.add_argument("--sweep", action="append", default=[], metavar="NAME|FILE",
-                       help="a shipped sweep (paper, components, sam_size, skips, grid, prompts, tau, delta, demo) or "
-                            "a sweep file; repeatable (default for the demo: demo)")
+                       help=f"a shipped sweep ({', '.join(shipped_sweeps())}; docs/ablations.md#sweeps) or a sweep "
+                            "file; repeatable (default for the demo: demo)")
     sweep.add_argument("--row", action="append", default=[], metavar="OPTIONS",
                        help="a row from the command line, e.g. --row num_skips=0 or --row '--num-skips 0 --no-refine'; "
                             "repeatable; these rows form one table whose baseline is the first")
