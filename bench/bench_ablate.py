@@ -7,7 +7,7 @@ defaults); the K sweep (K = 0, 1, 2, 3, SAM on). Prints per image the wall and C
 models are loaded before it) and their ratios to the default run's, the process's peak memory (and the GPU's on
 CUDA), whether the sweeps' default rows equal the standalone run's labels, and each row's estimated standalone time.
 Targets (docs/ablations.md#speed): each sweep <= 1.6x the default run per image, peak memory <= 1.5 GB above it.
-Usage: python bench/bench_ablate.py [--images 3] [--repeats 1] [--device cpu|cuda]
+Usage: python bench/bench_ablate.py [--images 3] [--repeats 1] [--device cpu|cuda] [--malloc-defaults]
 """
 from __future__ import annotations
 
@@ -65,8 +65,10 @@ def child(kind: str, argv: list[str]) -> None:
                                  "gpu_mib": gpu}))
 
 
-def measure(kind: str, argv: list[str]) -> dict:
-    result = subprocess.run([sys.executable, __file__, "--child", kind, "--", *argv], capture_output=True, text=True)
+def measure(kind: str, argv: list[str], malloc_defaults: bool) -> dict:
+    env = dict(os.environ, **({"GLIBC_TUNABLES": "", "THP_MEM_ALLOC_ENABLE": "0"} if malloc_defaults else {}))
+    result = subprocess.run([sys.executable, __file__, "--child", kind, "--", *argv], capture_output=True, text=True,
+                            env=env)
     lines = [line for line in result.stdout.splitlines() if line.startswith("BENCH ")]
     if result.returncode or not lines:
         sys.exit(f"{kind} failed:\n{result.stderr[-3000:]}")
@@ -86,6 +88,10 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=1, help="alternating runs of each; the one with the least CPU "
                                                                 "time is shown")
+    parser.add_argument("--malloc-defaults", action="store_true",
+                        help="run with glibc's default malloc (GLIBC_TUNABLES= THP_MEM_ALLOC_ENABLE=0): peak memory "
+                             "is then what the run holds at once; tools/_env.sh's settings keep freed memory, so "
+                             "their peak varies by about a GB from run to run (docs/stage_one.md)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("argv", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -107,11 +113,13 @@ def main() -> None:
                                                     "SAM-settings sweep": ("7 (6)", []), "K sweep (K = 0..3)": ("4", [])}
         for repeat in range(args.repeats):       # the runs alternate, so a busy spell of the machine hits each
             out = tmp / f"default{repeat}"
-            runs["default gen_pseudo run"][1].append(measure("gen_pseudo", [*dataset, "--out", str(out)]))
+            runs["default gen_pseudo run"][1].append(measure("gen_pseudo", [*dataset, "--out", str(out)],
+                                                                      args.malloc_defaults))
             for name, sweep in (("SAM-settings sweep", SAM_SWEEP), ("K sweep (K = 0..3)", K_SWEEP)):
                 path, out = tmp / f"{name[:3]}.json", tmp / f"{name[:3]}{repeat}"
                 path.write_text(json.dumps(sweep))
-                result = measure("ablate", [*dataset, "--sweep", str(path), "--out", str(out), "--gt", "none"])
+                result = measure("ablate", [*dataset, "--sweep", str(path), "--out", str(out), "--gt", "none"],
+                                 args.malloc_defaults)
                 ours, standalone = labels(out / "rows" / "defaults"), labels(tmp / "default0")
                 result["same_as_default_run"] = ours.keys() == standalone.keys() and all(
                     np.array_equal(ours[i], standalone[i]) for i in ours)
@@ -122,6 +130,7 @@ def main() -> None:
         default = best["default gen_pseudo run"][1]
     print(f"\nsweeps vs one default stage-one run: ViT-B/16 + SAM ViT-B (random weights), {args.images} synthetic "
           f"500x375 image(s), device {args.device}, {os.cpu_count()} CPUs, best of {args.repeats} alternating run(s) "
+          f"{'with glibc malloc defaults ' if args.malloc_defaults else ''}"
           "by CPU time. The machine may be shared: wall times are noisy, CPU times (every thread of the process) "
           "less so")
     gpu = default["gpu_mib"] is not None

@@ -103,6 +103,11 @@ def test_rows_are_ordinary_stage_one_outputs(swept):
         assert len(open_shards(out / "rows" / slug)) == 3
     assert [t["name"] for t in report["tables"]] == ["skips", "tau", "sam", "rows"]
     assert [r["row"] for r in report["tables"][2]["rows"]] == ["defaults", "grid-size-8", "delta-0.3", "no-refine"]
+    log = (out / "run.log").read_text()    # the log says what each row computes and what it reuses
+    assert "row 'num-skips-0': CLIP frozen blocks: computes; Skip-CAM output: computes; SAM vit_tiny_test image " \
+           "embedding and point masks: computes" in log
+    assert "row 'delta-0.3': CLIP frozen blocks: reuses 'num-skips-0'; Skip-CAM output: reuses 'defaults'" in log
+    assert "row 'tau-0.6': CLIP frozen blocks: reuses 'num-skips-0'; Skip-CAM output: computes" in log
 
 
 def test_each_shared_product_is_computed_once_per_image(swept):

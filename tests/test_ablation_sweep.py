@@ -94,7 +94,7 @@ def test_changed_tables_are_differences_of_the_identity():
     assert any("tables.0.rows.0.row" in c for c in changes)
 
 
-def test_point_masks_decode_each_point_once_and_charge_every_user():
+def test_point_masks_decode_each_point_once_keep_it_while_expected_and_charge_every_user():
     decoded = []
 
     def decode(xy, size):
@@ -102,13 +102,17 @@ def test_point_masks_decode_each_point_once_and_charge_every_user():
         masks = torch.stack([torch.full((3, *size), int(x) % 2 == 0) for x, _ in xy])
         return masks, torch.tensor(xy[:, :1]).repeat(1, 3).float()
 
+    first_row, second_row = np.array([[0.5, 0.5], [1.5, 0.5]]), np.array([[1.5, 0.5], [2.5, 0.5], [0.5, 0.5]])
     masks = PointMasks(decode)
-    first = masks(np.array([[0.5, 0.5], [1.5, 0.5]]), (2, 3))
+    masks.expect(first_row)
+    masks.expect(second_row)
+    first = masks(first_row, (2, 3))
+    assert set(masks.points) == {(0.5, 0.5), (1.5, 0.5)}                    # the second row will ask for both
     masks.asked = 0
-    second, iou = masks(np.array([[1.5, 0.5], [2.5, 0.5], [0.5, 0.5]]), (2, 3))
+    second, iou = masks(second_row, (2, 3))
     assert decoded == [(0.5, 0.5), (1.5, 0.5), (2.5, 0.5)]                 # each point decoded once
     assert torch.equal(second[0], first[0][1]) and torch.equal(second[2], first[0][0])
-    assert iou[:, 0].tolist() == [1.5, 2.5, 0.5]
+    assert iou[:, 0].tolist() == [1.5, 2.5, 0.5] and masks.points == {}    # nothing asked for any more: dropped
     assert masks.asked == 3 and masks.seconds_per_point == masks.seconds / 3 > 0
     stages = RowTime(collections.Counter(skipcam=1.0, sam=2.0), masks, 3).by_stage()
     assert stages["skipcam"] == 1.0 and stages["sam"] == pytest.approx(2.0 + masks.seconds)

@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from pseudolabel.ablation.report import REPORT_FILES, TIMING_GLOB, default_gt, write_report
-from pseudolabel.ablation.shared import ModelPool, RowSetting, SharedStages, sharing_plan
+from pseudolabel.ablation.shared import ImageWork, ModelPool, RowSetting, SharedStages, sharing_plan
 from pseudolabel.ablation.sweep import (Row, Sweep, SweepBuilder, SweepError, gen_pseudo_flags, shipped_sweeps,
                                         sweep_file)
 from pseudolabel.classes import DATA_DIR
@@ -225,6 +225,8 @@ class SweepRun:
     def label_rows(self, item, work, rows: list) -> None:
         """Every row of one image; a row's time is added once every row is done (its share of the point masks)."""
         spent = []
+        if isinstance(work, ImageWork):
+            work.expect([setting for _, setting in rows])
         for run, setting in rows:
             failure = item if isinstance(item, ImageFailure) else self.failure(item, work) \
                 if isinstance(work, Exception) else None

@@ -69,23 +69,27 @@ def sam_key(config: PseudoLabelConfig) -> tuple:
 class PointMasks:
     """SAM's masks and predicted IoUs per prompt point of one image on one SAM model, each point decoded once.
 
-    Called like :meth:`SAMRefiner.point_masks` with ``decode`` (that method) behind it; the masks come back on the
-    host. They are kept bit-packed (``np.packbits``, 1/8 of a bool tensor): a 500x375 image's 3 masks take 70 KB a
-    point, so the 1,300 points of grids 8, 16 and 32 together hold at most 90 MB. ``asked`` counts the points asked
-    for since it was reset; :attr:`seconds_per_point` is the decoding time per point over the image, so a row is
-    charged for its points what a standalone run would spend on them, whoever decoded them (points decoded a few at
-    a time cost more each than in full batches, and averaging spreads that over the rows)."""
+    Called like :meth:`SAMRefiner.point_masks` with ``decode`` (that method) behind it. A point's masks are kept
+    while rows that will ask for it remain (:meth:`expect`) and dropped after their last use, so a sweep holds only
+    the points some later row of the image still needs (a 500x375 image's 3 masks take 560 KB a point). ``asked``
+    counts the points asked for since it was reset; :attr:`seconds_per_point` is the decoding time per point over
+    the image, so a row is charged for its points what a standalone run would spend on them, whoever decoded them
+    (points decoded a few at a time cost more each than in full batches, and averaging spreads that over the
+    rows)."""
 
     def __init__(self, decode):
         self.decode = decode
-        self.points: dict[tuple[float, float], tuple[np.ndarray, torch.Tensor]] = {}
-        self.shape: tuple[int, ...] = ()
-        self.seconds = 0.0
-        self.asked = 0
+        self.points: dict[tuple[float, float], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.uses: collections.Counter = collections.Counter()   # asks still to come, by point
+        self.seconds, self.decoded, self.asked = 0.0, 0, 0
 
     @property
     def seconds_per_point(self) -> float:
-        return self.seconds / max(len(self.points), 1)
+        return self.seconds / max(self.decoded, 1)
+
+    def expect(self, xy: np.ndarray) -> None:
+        """A row will ask for these points."""
+        self.uses.update((float(x), float(y)) for x, y in xy)
 
     def __call__(self, xy: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         keys = [(float(x), float(y)) for x, y in xy]
@@ -94,14 +98,26 @@ class PointMasks:
             start = time.perf_counter()
             masks, iou = self.decode(np.array(new, dtype=xy.dtype).reshape(-1, 2), size)
             self.seconds += time.perf_counter() - start
-            self.shape = tuple(masks.shape[1:])
-            packed = np.packbits(masks.cpu().numpy().reshape(len(new), -1), axis=1)
-            self.points.update({k: (packed[i], iou[i].cpu()) for i, k in enumerate(new)})
+            self.decoded += len(new)
+            if new == keys:     # all new (the first row to ask): no copy
+                self._used(keys, masks, iou)
+                return masks, iou
+            self.points.update({k: (masks[i], iou[i]) for i, k in enumerate(new)})
+        found = [self.points[k] for k in keys]
+        masks, iou = torch.stack([m for m, _ in found]), torch.stack([i for _, i in found])
+        self._used(keys)
+        return masks, iou
+
+    def _used(self, keys: list, masks: torch.Tensor | None = None, iou: torch.Tensor | None = None) -> None:
+        """Count the asks; keep a point while more are to come, drop it after its last."""
         self.asked += len(keys)
-        packed = np.stack([self.points[k][0] for k in keys])
-        masks = np.unpackbits(packed, axis=1, count=int(np.prod(self.shape))).view(bool)
-        return (torch.from_numpy(masks).view(len(keys), *self.shape),
-                torch.stack([self.points[k][1] for k in keys]))
+        for i, k in enumerate(keys):
+            self.uses[k] -= 1
+            if self.uses[k] > 0 and masks is not None:
+                self.points[k] = (masks[i], iou[i])
+            elif self.uses[k] <= 0:
+                self.points.pop(k, None)
+                del self.uses[k]
 
 
 class SharedMasksRefiner(SAMRefiner):
@@ -268,6 +284,19 @@ class ImageWork:
             "sam_decoder"], filter_merge=filter_merge)
         spent.masks, spent.points = masks, masks.asked
         return refinement
+
+    def expect(self, settings: list[RowSetting]) -> None:
+        """Tell each SAM model's :class:`PointMasks` which points the image's rows will ask for, so each point is
+        kept until its last use and no longer. A row whose Skip-CAM fails here is left to fail in :meth:`label`."""
+        for setting in settings:
+            if setting.refiner is None:
+                continue
+            try:
+                cam_out, _ = self.cam_output(setting)
+            except Exception:  # noqa: BLE001 - reported when the row is labelled
+                continue
+            xy, _ = setting.refiner.prompts(cam_out.y0, cam_out.score_maps, cam_out.class_ids)
+            self.point_masks[sam_key(setting.config)].expect(xy)
 
     def label(self, setting: RowSetting) -> tuple[LabelRecord, RowTime]:
         """The record of one row and the time a standalone run would spend on it (gen_pseudo's stages)."""
