@@ -200,6 +200,12 @@ def lock_output(out: Path, rank: int) -> contextlib.ExitStack:
         return locks.pop_all()
 
 
+def weights_of(cam: SkipCAM, refiner: SAMRefiner | None) -> tuple[dict, bool]:
+    """The identity of the models' weights (``{"clip": ..., "sam": ...}``) and whether any is random."""
+    weights = {"clip": cam.weights, "sam": refiner.weights if refiner else None}
+    return weights, any(w and w.get("kind") == "random" for w in weights.values())
+
+
 def shard_attributes(cfg: PseudoLabelConfig, dataset: WeakDataset, weights: dict, random_weights: bool,
                      with_image_dir: bool) -> dict:
     """The run's root attributes of every shard (names and encodings: ``pseudolabel/storage/format.py``)."""
@@ -291,40 +297,51 @@ class StageOneRun:
         out = output_dir(args, split)
         with lock_output(out, rank) as locks:  # before any model loads; released again if setting up fails
             cam, refiner = load_models(cfg, dataset.class_set, device)
-            weights = {"clip": cam.weights, "sam": refiner.weights if refiner else None}
-            random_weights = any(w and w.get("kind") == "random" for w in weights.values())
+            weights, random_weights = weights_of(cam, refiner)
             log.detail("weights", weights)
             if random_weights:
                 random_weights_banner(notes)
                 log.detail(f"RANDOM WEIGHTS: {'; '.join(notes) or 'requested'}; the labels are not meaningful",
                            level=logging.WARNING)
-            attrs = shard_attributes(cfg, dataset, weights, random_weights,
-                                     with_image_dir=args.dataset in ("custom", "demo"))
-            batch_size = args.batch_size or default_batch_size(torch.device(device))
-            workers = args.workers or default_workers(torch.device(device))
-            log.detail("environment", {"device": device, "precision": precision, "batch size": batch_size,
-                                       "workers": workers, "world size": world,
-                                       "torch threads": torch.get_num_threads(), "versions": attrs["versions"]})
-            # what a rerun compares before resuming: the configuration, the weights and the class set
-            identity = {**cfg.to_dict(), "weights": weights, "class_set": dataset.class_set.to_json()}
-            store = open_store(args, out, rank, world, dataset.class_set, attrs, identity)
-            log.attach()                    # the output directory exists and is writable
-            mine = dataset.samples[: args.limit][rank::world] if args.limit else dataset.samples[rank::world]
-            done = store.finished()
-            failed_before = previous_failures(store.out)
-            todo = [s for s in mine if s.image_id not in done]
-            retries = {s.image_id: failed_before[s.image_id] for s in todo if s.image_id in failed_before}
-            # images that failed before go last and alone (batch size 1): a known bad image never holds up a batch
-            todo = [s for s in todo if s.image_id not in retries] + [s for s in todo if s.image_id in retries]
-            LOG.info("%s; rank %d/%d: %d images to label (%d already done%s) -> %s; %s, %s, batches of %d", 
-                     dataset.describe(), rank, world, len(todo), len(mine) - len(todo),
-                     f", {len(retries)} failed before and retried once" if retries else "", out, device, precision,
-                     batch_size)
-            return cls(args=args, cfg=cfg, dataset=dataset, cam=cam, refiner=refiner, store=store, device=device,
-                       rank=rank, world=world, random_weights=random_weights, log=log, todo=todo,
-                       already_done=len(mine) - len(todo),
-                       failures=[dict(p, stage="dataset") for p in dataset.problems] if rank == 0 else [],
-                       retries=retries, batch_size=batch_size, workers=workers, locks=locks.pop_all())
+            stage_one = cls.with_models(args, cfg, dataset, cam, refiner, out, device, log, locks)
+            log.detail("environment", {"device": device, "precision": precision, "batch size": stage_one.batch_size,
+                                       "workers": stage_one.workers, "world size": world,
+                                       "torch threads": torch.get_num_threads(),
+                                       "versions": stage_one.store.attrs["versions"]})
+            LOG.info("%s; rank %d/%d: %d images to label (%d already done%s) -> %s; %s, %s, batches of %d",
+                     dataset.describe(), rank, world, len(stage_one.todo), stage_one.already_done,
+                     f", {len(stage_one.retries)} failed before and retried once" if stage_one.retries else "", out,
+                     device, precision, stage_one.batch_size)
+            return stage_one
+
+    @classmethod
+    def with_models(cls, args: argparse.Namespace, cfg: PseudoLabelConfig, dataset: WeakDataset, cam: SkipCAM,
+              refiner: SAMRefiner | None, out: Path, device: str, log: RunLog,
+              locks: contextlib.ExitStack) -> "StageOneRun":
+        """A run of ``cfg`` on loaded models into ``out``, whose locks (:func:`lock_output`) ``locks`` holds and the
+        run takes over: the output store opened (:func:`open_store`, compared with the run's identity) and the images
+        of this rank's share it still has to label (those an earlier run failed on last)."""
+        rank, world, _ = distributed()
+        weights, random_weights = weights_of(cam, refiner)
+        attrs = shard_attributes(cfg, dataset, weights, random_weights,
+                                 with_image_dir=args.dataset in ("custom", "demo"))
+        # what a rerun compares before resuming: the configuration, the weights and the class set
+        identity = {**cfg.to_dict(), "weights": weights, "class_set": dataset.class_set.to_json()}
+        store = open_store(args, out, rank, world, dataset.class_set, attrs, identity)
+        log.attach()                    # the output directory exists and is writable
+        mine = dataset.samples[: args.limit][rank::world] if args.limit else dataset.samples[rank::world]
+        done = store.finished()
+        failed_before = previous_failures(store.out)
+        todo = [s for s in mine if s.image_id not in done]
+        retries = {s.image_id: failed_before[s.image_id] for s in todo if s.image_id in failed_before}
+        # images that failed before go last and alone (batch size 1): a known bad image never holds up a batch
+        todo = [s for s in todo if s.image_id not in retries] + [s for s in todo if s.image_id in retries]
+        return cls(args=args, cfg=cfg, dataset=dataset, cam=cam, refiner=refiner, store=store, device=device,
+                   rank=rank, world=world, random_weights=random_weights, log=log, todo=todo,
+                   already_done=len(mine) - len(todo),
+                   failures=[dict(p, stage="dataset") for p in dataset.problems] if rank == 0 else [],
+                   retries=retries, batch_size=args.batch_size or default_batch_size(torch.device(device)),
+                   workers=args.workers or default_workers(torch.device(device)), locks=locks.pop_all())
 
     def label_images(self) -> None:
         """The labelling loop (:class:`pseudolabel.pipeline.Labeller`): the work list in batches, decoded ahead in

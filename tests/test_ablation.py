@@ -14,6 +14,7 @@ import time
 import h5py
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from pseudolabel.ablation import shared
@@ -30,7 +31,8 @@ TINY = ["--clip-model", "ViT-T-16-cep-test", "--clip-weights", "random", "--sam-
         "--sam-checkpoint", "random", "--device", "cpu"]
 SWEEP = {"tables": [
     {"name": "skips", "title": "number of skips K", "baseline": "num_skips=3", "rows": ["num_skips=0", "num_skips=3"]},
-    {"name": "tau", "title": "tau", "baseline": "tau=0.4", "rows": ["tau=0.4", {"label": "τ 0.6", "flags": "--tau 0.6"}]},
+    {"name": "tau", "title": "tau", "baseline": "tau=0.4",
+     "rows": ["tau=0.4", {"label": "τ 0.6", "flags": "--tau 0.6"}]},
     {"name": "sam", "title": "SAM settings", "rows": ["", "grid_size=8", "delta=0.3", "refine=false"]},
 ]}
 ROWS = ["defaults", "num-skips-0", "tau-0.6", "grid-size-8", "delta-0.3", "no-refine"]
@@ -101,6 +103,10 @@ def test_rows_are_ordinary_stage_one_outputs(swept):
     for slug in ROWS:
         assert check_shards(out / "rows" / slug) == []
         assert len(open_shards(out / "rows" / slug)) == 3
+        # each row was locked as gen_pseudo locks its --out, by the sweep's process
+        for lock in (".lock", ".lock-r000"):
+            assert json.loads((out / "rows" / slug / lock).read_text())["pid"] == os.getpid()
+    assert json.loads((out / ".lock").read_text())["pid"] == os.getpid()
     assert [t["name"] for t in report["tables"]] == ["skips", "tau", "sam", "rows"]
     assert [r["row"] for r in report["tables"][2]["rows"]] == ["defaults", "grid-size-8", "delta-0.3", "no-refine"]
     log = (out / "run.log").read_text()    # the log says what each row computes and what it reuses
@@ -118,9 +124,9 @@ def test_each_shared_product_is_computed_once_per_image(swept):
     assert points and max(points.values()) == 1    # every prompt point of an image decoded once
 
 
-@pytest.mark.parametrize("slug", ["num-skips-0", "tau-0.6", "delta-0.3", "grid-size-8"])
-def test_row_is_byte_identical_to_a_standalone_gen_pseudo_run(swept, slug, tmp_path):
-    out, report, _, _ = swept
+def assert_row_equals_gen_pseudo(out, slug, tmp_path):
+    """Run the row's standalone gen_pseudo command (recorded in sweep.json) into ``tmp_path`` and compare the
+    shards byte for byte, config.json and the manifest."""
     command = json.loads((out / "sweep.json").read_text())["about"]["gen_pseudo"][slug]
     argv = shlex.split(command)[1:]
     argv[argv.index("--out") + 1] = str(tmp_path)
@@ -132,8 +138,27 @@ def test_row_is_byte_identical_to_a_standalone_gen_pseudo_run(swept, slug, tmp_p
         assert filecmp.cmp(tmp_path / name, row / name, shallow=False), name
     assert (tmp_path / "config.json").read_bytes() == (row / "config.json").read_bytes()
     standalone, ours = (json.loads((d / "manifest.json").read_text()) for d in (tmp_path, row))
-    assert {k: standalone[k] for k in ("config", "shards", "failures", "num_images")} == \
-        {k: ours[k] for k in ("config", "shards", "failures", "num_images")}
+    assert {k: standalone[k] for k in ("config", "shards", "failures", "num_images", "damaged")} == \
+        {k: ours[k] for k in ("config", "shards", "failures", "num_images", "damaged")}
+
+
+@pytest.mark.parametrize("slug", ["num-skips-0", "tau-0.6", "delta-0.3", "grid-size-8"])
+def test_row_is_byte_identical_to_a_standalone_gen_pseudo_run(swept, slug, tmp_path):
+    assert_row_equals_gen_pseudo(swept[0], slug, tmp_path)
+
+
+def test_the_token_budget_applies_to_rows_as_in_gen_pseudo(voc, tmp_path):
+    """--max-tokens of the sweep holds for every row, a row may change it, and rows with other budgets do not
+    share the frozen blocks (their CAM inputs differ)."""
+    out = tmp_path / "sweep"
+    run(["voc", "--data-root", str(voc), "--split", "train", "--out", str(out), "--limit", "2", *TINY,
+         "--no-refine", "--max-tokens", "6", "--gt", "none", "--row", "tau=0.4", "--row", "max_tokens=0"])
+    for slug in ("defaults", "max-tokens-0"):
+        assert_row_equals_gen_pseudo(out, slug, tmp_path / slug)
+    budgeted, full = (labels_of(out / "rows" / slug) for slug in ("defaults", "max-tokens-0"))
+    image_id = sorted(full)[0]
+    assert budgeted[image_id][2].shape[-2:] == (2, 3) and full[image_id][2].shape[-2:] == (3, 4)   # token grids
+    assert "--max-tokens 6" in json.loads((out / "sweep.json").read_text())["about"]["gen_pseudo"]["defaults"]
 
 
 def test_report_numbers_are_tools_evaluates(swept, tmp_path):
@@ -223,7 +248,92 @@ def test_a_bad_row_fails_before_any_work(voc, tmp_path, capsys, row, message):
                  "--row", row]) == 2
     error = capsys.readouterr().err
     assert message in error and (row in error or "num_skips" in message)
-    assert not out.exists()
+    # nothing written: at most the folder's lock, taken before any model loads, and the log saying why
+    assert not out.exists() or {p.name for p in out.iterdir()} <= {".lock", ".lock-r000", "run.log"}
+
+
+def error_line(err: str) -> str:
+    """The one ``error:`` line a tool ends with (no traceback)."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err and sum(line.startswith("error:") for line in lines) == 1, err[-2000:]
+    return next(line for line in lines if line.startswith("error:"))
+
+
+def test_a_second_sweep_on_the_same_out_fails_at_once_naming_the_holder(voc, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    args = ["voc", "--data-root", str(voc), "--split", "train", "--out", str(out), "--limit", "1", *TINY,
+            "--no-refine", "--gt", "none", "--row", "tau=0.4"]
+    code = (f"import time; from pseudolabel.storage.lock import OutputLock; OutputLock({str(out)!r}).acquire(); "
+            "print('held', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(shared, "load_clip", lambda *a, **k: pytest.fail("a model loaded, --out being locked"))
+        assert main(args) == 2
+        line = error_line(capsys.readouterr().err)
+        assert f"'{out}' is in use by another run (PID {holder.pid} on " in line and "another --out" in line
+        assert not (out / "sweep.json").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)  # a holder that dies leaves no stale lock
+        holder.wait()
+    monkeypatch.undo()
+    assert main(args) == 0 and len(open_shards(out / "rows" / "defaults")) == 1
+
+
+def test_a_damaged_row_shard_is_set_aside_and_its_images_labelled_again(swept, voc, sweep_file, tmp_path):
+    import shutil
+
+    out = shutil.copytree(swept[0], tmp_path / "out")
+    row = out / "rows" / "tau-0.6"
+    shard = sorted(row.glob("shard-*.h5"))[-1]
+    data = bytearray(shard.read_bytes())
+    data[len(data) * 2 // 3] ^= 0x04
+    shard.write_bytes(bytes(data))
+    assert main(sweep_args(voc, sweep_file, out)) == 0
+    assert (row / "damaged" / shard.name).read_bytes() == bytes(data)
+    assert [d["shard"] for d in json.loads((row / "manifest.json").read_text())["damaged"]] == [shard.name]
+    assert check_shards(row) == []
+    for slug in ROWS:   # healed: every row as in the undamaged sweep
+        assert same_labels(labels_of(out / "rows" / slug), labels_of(swept[0] / "rows" / slug)), slug
+    scores = ("row", "images", "mIoU", "mIoU_ci", "mBIoU", "mBIoU_ci", "diff_mIoU", "p_mIoU", "p_mBIoU")
+    assert [{k: r.get(k) for k in scores} for r in json.loads((out / "report.json").read_text())["tables"][1]["rows"]] \
+        == [{k: r.get(k) for k in scores} for r in swept[1]["tables"][1]["rows"]]
+
+
+def test_an_unreadable_image_is_each_rows_failure_as_in_gen_pseudo(tmp_path):
+    voc = make_voc(tmp_path / "data", n_train=3, n_val=1, size=(40, 56))
+    (voc / "JPEGImages" / "2007_000001.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    out = tmp_path / "sweep"
+    run(["voc", "--data-root", str(voc), "--split", "train", "--out", str(out), *TINY, "--no-refine", "--gt", "none",
+         "--row", "tau=0.4", "--row", "tau=0.6"])
+    for slug in ("defaults", "tau-0.6"):
+        assert sorted(open_shards(out / "rows" / slug)) == ["2007_000000", "2007_000002"]
+        assert_row_equals_gen_pseudo(out, slug, tmp_path / slug)   # the same failures in the manifest too
+        failures = json.loads((out / "rows" / slug / "manifest.json").read_text())["failures"]
+        assert [(f["image_id"], f["stage"]) for f in failures] == [("2007_000001", "read")]
+
+
+def test_point_masks_are_kept_for_later_rows_within_the_budget():
+    decoded = []
+
+    def decode(xy, size):   # masks that mark their point, IoUs that name its x
+        decoded.extend(tuple(p) for p in xy.tolist())
+        masks = torch.zeros(len(xy), 3, *size, dtype=torch.bool)
+        for i, (x, y) in enumerate(xy):
+            masks[i, :, int(y), int(x)] = True
+        return masks, torch.tensor(xy[:, :1], dtype=torch.float32).repeat(1, 3)
+
+    points = shared.PointMasks(decode, budget=2 * 3 * 8 * 8)   # two points' masks of an 8x8 image
+    xy = np.array([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
+    points.expect(xy)
+    points.expect(xy[::-1])                                    # two rows ask for the same points
+    for asked in (xy, xy[::-1]):
+        masks, iou = points(asked, (8, 8))
+        for i, (x, y) in enumerate(asked):
+            assert masks[i, :, int(y), int(x)].all() and int(masks[i].sum()) == 3 and iou[i, 0] == x
+        assert points.kept_bytes <= points.budget
+    assert decoded == [(1.0, 1.0), (2.0, 2.0), (3.0, 3.0), (3.0, 3.0)]   # the third is beyond the budget: again
+    assert points.points == {} and points.kept_bytes == 0 and not points.uses   # dropped after the last ask
 
 
 def test_resume_after_kill_9_equals_an_uninterrupted_sweep(swept, voc, sweep_file, tmp_path):
@@ -251,7 +361,8 @@ def test_resume_after_kill_9_equals_an_uninterrupted_sweep(swept, voc, sweep_fil
 def test_two_ranks_under_torchrun_split_the_images_as_gen_pseudo(swept, voc, tmp_path):
     out = tmp_path / "ddp"
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", "29548", "-m", "pseudolabel.ablation.cli", "voc",
+    # --standalone: torchrun picks a free port itself, so test runs sharing a machine never collide
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "pseudolabel.ablation.cli", "voc",
            "--data-root", str(voc), "--split", "train", "--out", str(out), *TINY, "--row", "tau=0.6",
            "--row", "delta=0.3", "--gt", "none"]
     result = subprocess.run(cmd, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True,

@@ -25,6 +25,7 @@ TOOLS = {
     "render_coco_gt": lambda: load_tool("render_coco_gt").main,
     "train_seg": lambda: importlib.import_module("segtrain.train").main,
     "test_seg": lambda: importlib.import_module("segtrain.test").main,
+    "ablate": lambda: importlib.import_module("pseudolabel.ablation.cli").main,
 }
 
 

@@ -14,6 +14,7 @@ Under torchrun the ranks split the images as gen_pseudo's do; rank 0 writes the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import logging
@@ -28,25 +29,23 @@ from tqdm import tqdm
 
 from pseudolabel.ablation.report import REPORT_FILES, TIMING_GLOB, default_gt, write_report
 from pseudolabel.ablation.shared import ImageWork, ModelPool, RowSetting, SharedStages, sharing_plan
-from pseudolabel.ablation.sweep import (Row, Sweep, SweepBuilder, SweepError, gen_pseudo_flags, shipped_sweeps,
-                                        sweep_file)
+from pseudolabel.ablation.sweep import Row, Sweep, SweepBuilder, gen_pseudo_flags, shipped_sweeps, sweep_file
 from pseudolabel.classes import DATA_DIR
 from pseudolabel.cli_options import add_dataclass_options, program_name
 from pseudolabel.config import config_from_args
 from pseudolabel.datasets import Sample, WeakDataset
 from pseudolabel.evaluation.pipeline import EvaluationConfig
+from pseudolabel.exits import OutputError, guard_write, tool_main
 from pseudolabel.generate import (DATASET_CHOICES, StageOneRun, add_method_options, add_run_options, barrier,
                                   build_parser as gen_pseudo_parser, demo_weights, distributed, load_dataset,
-                                  open_store, previous_failures, random_weights_banner, resolve_device,
-                                  shard_attributes, split_of)
-from pseudolabel.pipeline import (STAGES, ImageFailure, batches, default_batch_size, default_workers, failure_reason,
-                                  prepared_ahead, recover)
+                                  lock_output, random_weights_banner, resolve_device, split_of)
+from pseudolabel.pipeline import STAGES, ImageFailure, batches, failure_reason, prepared_ahead, recover
 from pseudolabel.precision import effective_precision
 from pseudolabel.storage.atomic import atomic_write
 from pseudolabel.storage.format import MANIFEST, SHARD_GLOB
+from pseudolabel.storage.lock import OutputLock
 from pseudolabel.storage.run_log import RunLog
-from pseudolabel.storage.run_store import OutputError, guard_write
-from pseudolabel.storage.shards import shard_image_ids
+from pseudolabel.storage.shards import shard_image_ids, shard_problem
 
 LOG = logging.getLogger("pseudolabel.ablation")
 SWEEP_FILE = "sweep.json"
@@ -108,7 +107,9 @@ def build_sweep(args: argparse.Namespace, config_dataset: str, split: str, preci
 
 
 def prepare_folder(out: Path, sweep: Sweep, about: dict, overwrite: bool, rank: int, world: int) -> None:
-    """Rank 0: refuse another sweep's folder (unless ``overwrite``, which empties it) and record this sweep."""
+    """Rank 0: refuse another sweep's folder (unless ``overwrite``, which deletes its report, its times and the rows
+    this sweep does not have; its own rows are emptied as gen_pseudo's ``--overwrite`` empties a folder) and record
+    this sweep."""
     path = out / SWEEP_FILE
     if rank == 0:
         if path.is_file() and not overwrite:
@@ -119,8 +120,12 @@ def prepare_folder(out: Path, sweep: Sweep, about: dict, overwrite: bool, rank: 
                                  "its rows and report and start again")
         guard_write(lambda: out.mkdir(parents=True, exist_ok=True), out)
         if overwrite:
-            for name in (ROWS, "plots"):
-                shutil.rmtree(out / name, ignore_errors=True)
+            ours = {row.slug for row in sweep.rows}
+            for folder in sorted((out / ROWS).glob("*")):
+                if folder.name not in ours:
+                    with OutputLock(folder):   # not while a gen_pseudo run writes there
+                        shutil.rmtree(folder)
+            shutil.rmtree(out / "plots", ignore_errors=True)
             for file in [*REPORT_FILES, *out.glob(TIMING_GLOB), path]:
                 (out / file).unlink(missing_ok=True)
         document = {**sweep.identity(), "about": about}
@@ -131,7 +136,8 @@ def prepare_folder(out: Path, sweep: Sweep, about: dict, overwrite: bool, rank: 
 @dataclass
 class SweepRun:
     """One rank's sweep: :meth:`setup` builds it (models, one stage-one run per row, the work list),
-    :meth:`label_images` labels image by image, :meth:`finish` closes the rows and writes the report."""
+    :meth:`label_images` labels image by image, :meth:`finish` closes the rows and writes the report. Use it as a
+    context manager: leaving it releases the rows' output locks."""
 
     args: argparse.Namespace
     sweep: Sweep
@@ -145,6 +151,7 @@ class SweepRun:
     world: int
     random_weights: bool
     log: RunLog
+    locks: contextlib.ExitStack         # the rows' output locks
     start: float = field(default_factory=time.perf_counter)
     image_passes: int = 0
 
@@ -152,8 +159,9 @@ class SweepRun:
     def setup(cls, args: argparse.Namespace, log: RunLog, sweep: Sweep, dataset: WeakDataset, device: str,
               precision: str) -> "SweepRun":
         """Models and settings of every row (checked before anything is written), the folder, one stage-one run per
-        row (its store opened and recovered as gen_pseudo does) and this rank's images that some row needs."""
-        split, config_dataset = split_of(args), "voc" if args.dataset == "demo" else args.dataset
+        row (its folder locked and its store opened and recovered as gen_pseudo's are) and this rank's images that
+        some row needs. The caller holds the lock of ``--out``."""
+        split = split_of(args)
         rank, world, _ = distributed()
         pool, settings, notes = ModelPool(dataset.class_set, device), [], set()
         for row in sweep.rows:          # every model and setting built (and checked) before anything is written
@@ -161,31 +169,41 @@ class SweepRun:
             notes.update(demo_weights(config) if args.dataset == "demo" else [])
             settings.append(RowSetting(config, pool.skipcam(config), pool.refiner(config)))
         out = sweep_dir(args)
-        defaults = config_from_args(gen_pseudo_parser().parse_args([args.dataset]), config_dataset, split, precision)
+        defaults = config_from_args(gen_pseudo_parser().parse_args([args.dataset]),
+                                    "voc" if args.dataset == "demo" else args.dataset, split, precision)
         about = {"name": sweep.name, "description": sweep.description, "dataset": args.dataset, "split": split,
                  "data_root": str(args.data_root) if args.data_root else None, "limit": args.limit,
                  "gen_pseudo": {row.slug: gen_pseudo_command(args, split, gen_pseudo_flags(row.config, defaults),
                                                              out / ROWS / row.slug) for row in sweep.rows}}
         prepare_folder(out, sweep, about, args.overwrite, rank, world)
         log.attach()
-        mine = dataset.samples[: args.limit][rank::world] if args.limit else dataset.samples[rank::world]
-        every = {s.image_id for s in (dataset.samples[: args.limit] if args.limit else dataset.samples)}
-        runs = [row_run(row, setting, dataset, out / ROWS / row.slug, mine, device, log)
-                for row, setting in zip(sweep.rows, settings)]
-        working = [not every <= run.store.finished() for run in runs]
-        random_any = any(run.random_weights for run in runs)
-        if random_any:
-            random_weights_banner(sorted(notes), "The sweep runs", "its labels and numbers are")
-        needed = {s.image_id for run in runs for s in run.todo}
-        images = [s for s in mine if s.image_id in needed]
-        for line in sharing_plan([(row.slug, setting.config) for row, setting in zip(sweep.rows, settings)]):
-            LOG.info(line)
-        LOG.info("%s; sweep %s: %d rows in %d tables; rank %d/%d: %d images to label (%d row-images, %d already "
-                 "done) -> %s; %s, %s, batches of %d", dataset.describe(), sweep.name, len(sweep.rows),
-                 len(sweep.tables), rank, world, len(images), sum(len(r.todo) for r in runs),
-                 sum(r.already_done for r in runs), out, device, precision, runs[0].batch_size)
-        return cls(args=args, sweep=sweep, out=out, rows=runs, settings=settings, working=working, images=images,
-                   device=device, rank=rank, world=world, random_weights=random_any, log=log)
+        with contextlib.ExitStack() as held:
+            runs = []
+            for row, setting in zip(sweep.rows, settings):
+                runs.append(held.enter_context(row_run(row, setting, dataset, out / ROWS / row.slug, device, log)))
+            samples = dataset.samples[: args.limit] if args.limit else dataset.samples
+            every = {s.image_id for s in samples}
+            working = [not every <= run.store.finished() for run in runs]
+            random_any = any(run.random_weights for run in runs)
+            if random_any:
+                random_weights_banner(sorted(notes), "The sweep runs", "its labels and numbers are")
+            needed = {s.image_id for run in runs for s in run.todo}
+            images = [s for s in samples[rank::world] if s.image_id in needed]
+            for line in sharing_plan([(row.slug, setting.config) for row, setting in zip(sweep.rows, settings)]):
+                LOG.info(line)
+            LOG.info("%s; sweep %s: %d rows in %d tables; rank %d/%d: %d images to label (%d row-images, %d already "
+                     "done) -> %s; %s, %s, batches of %d", dataset.describe(), sweep.name, len(sweep.rows),
+                     len(sweep.tables), rank, world, len(images), sum(len(r.todo) for r in runs),
+                     sum(r.already_done for r in runs), out, device, precision, runs[0].batch_size)
+            return cls(args=args, sweep=sweep, out=out, rows=runs, settings=settings, working=working,
+                       images=images, device=device, rank=rank, world=world, random_weights=random_any, log=log,
+                       locks=held.pop_all())
+
+    def __enter__(self) -> "SweepRun":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.locks.close()
 
     def label_images(self) -> None:
         """Batch by batch (decoded and preprocessed ahead in threads; the distinct frozen-block passes and SAM
@@ -284,28 +302,13 @@ class SweepRun:
         guard_write(lambda: atomic_write(path, lambda h: h.write(json.dumps(ledger, indent=1).encode())), path)
 
 
-def row_run(row: Row, setting: RowSetting, dataset: WeakDataset, out: Path, mine: list, device: str,
-            log: RunLog) -> StageOneRun:
-    """One row as a stage-one run of this rank: its store opened (and recovered) as gen_pseudo opens it, and the
-    images of ``mine`` it still lacks (those an earlier run failed on are tried again, as gen_pseudo does)."""
-    rank, world, _ = distributed()
-    args = copy.copy(row.args)
-    args.overwrite = False  # an --overwrite of the sweep has emptied the folder already
-    weights = {"clip": setting.cam.weights, "sam": setting.refiner.weights if setting.refiner else None}
-    random_weights = any(w and w.get("kind") == "random" for w in weights.values())
-    attrs = shard_attributes(setting.config, dataset, weights, random_weights,
-                             with_image_dir=args.dataset in ("custom", "demo"))
-    store = open_store(args, out, rank, world, dataset.class_set, attrs,
-                       {**setting.config.to_dict(), "weights": weights})
-    done, failed_before = store.finished(), previous_failures(store.out)
-    todo = [s for s in mine if s.image_id not in done]
-    return StageOneRun(args=args, cfg=setting.config, dataset=dataset, cam=setting.cam, refiner=setting.refiner,
-                       store=store, device=device, rank=rank, world=world, random_weights=random_weights, log=log,
-                       todo=todo, already_done=len(mine) - len(todo),
-                       failures=[dict(p, stage="dataset") for p in dataset.problems] if rank == 0 else [],
-                       retries={s.image_id: failed_before[s.image_id] for s in todo if s.image_id in failed_before},
-                       batch_size=args.batch_size or default_batch_size(torch.device(device)),
-                       workers=args.workers or default_workers(torch.device(device)))
+def row_run(row: Row, setting: RowSetting, dataset: WeakDataset, out: Path, device: str, log: RunLog) -> StageOneRun:
+    """One row as the stage-one run gen_pseudo would start with the row's options on this rank: ``out`` locked, the
+    store opened (and recovered, or emptied on ``--overwrite``) and the images of this rank it still lacks (those an
+    earlier run failed on are tried again)."""
+    with lock_output(out, rank=distributed()[0]) as locks:
+        return StageOneRun.with_models(row.args, setting.config, dataset, setting.cam, setting.refiner, out, device,
+                                       log, locks)
 
 
 def gen_pseudo_command(args: argparse.Namespace, split: str, flags: list[str], out: Path) -> str:
@@ -326,7 +329,8 @@ def gen_pseudo_command(args: argparse.Namespace, split: str, flags: list[str], o
 
 
 def finished(out: Path, sweep: Sweep, samples: list) -> bool:
-    """Whether ``out`` holds this sweep with every row's shards holding every image (nothing staged)."""
+    """Whether ``out`` holds this sweep with every row's shards holding every image, each shard intact and nothing
+    staged."""
     path = out / SWEEP_FILE
     if not path.is_file() or sweep.differences(json.loads(path.read_text())):
         return False
@@ -335,14 +339,18 @@ def finished(out: Path, sweep: Sweep, samples: list) -> bool:
         folder = out / ROWS / row.slug
         if any(folder.glob(".staging/r*/*.npz")) or not (folder / MANIFEST).is_file():
             return False
-        if not wanted <= {i for shard in folder.glob(SHARD_GLOB) for i in shard_image_ids(shard)}:
+        shards = sorted(folder.glob(SHARD_GLOB))
+        if any(shard_problem(shard) for shard in shards):
+            return False        # the rows' stores set damaged shards aside and label their images again
+        if not wanted <= {i for shard in shards for i in shard_image_ids(shard)}:
             return False
     return True
 
 
 def run(argv: list[str] | None = None) -> dict | None:
     """Parse options, run the sweep's rows on this rank's images, and (rank 0) return the report's JSON. A sweep
-    whose rows are all finished only gets its report rebuilt."""
+    whose rows are all finished only gets its report rebuilt. ``--out`` is locked (one sweep per folder) before any
+    model loads."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     rank, world, local_rank = distributed()
@@ -358,22 +366,21 @@ def run(argv: list[str] | None = None) -> dict | None:
         dataset = load_dataset(args, args.dataset, split)
         log.detail("dataset", {"name": dataset.name, "split": split, "root": dataset.root, "images": len(dataset),
                                "left out": dataset.problems})
-        if not args.overwrite and finished(out, sweep, dataset.samples[: args.limit] if args.limit
-                                           else dataset.samples):
-            log.attach()
-            LOG.info("every row of sweep %s in %s is finished: rebuilding the report", sweep.name, out)
-            return write_report(out, args, default_gt(args, dataset)) if rank == 0 else None
-        sweep_run = SweepRun.setup(args, log, sweep, dataset, device, precision)
-        sweep_run.label_images()
-        return sweep_run.finish()
+        with lock_output(out, rank):
+            if not args.overwrite and finished(out, sweep, dataset.samples[: args.limit] if args.limit
+                                               else dataset.samples):
+                log.attach()
+                LOG.info("every row of sweep %s in %s is finished: rebuilding the report", sweep.name, out)
+                return write_report(out, args, default_gt(args, dataset)) if rank == 0 else None
+            with SweepRun.setup(args, log, sweep, dataset, device, precision) as sweep_run:
+                sweep_run.label_images()
+                return sweep_run.finish()
 
 
+@tool_main(OutputError, FileNotFoundError, ValueError, RuntimeError)
 def main(argv: list[str] | None = None) -> int:
-    try:
-        run(argv)
-    except (SweepError, OutputError, FileNotFoundError, ValueError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    """``tools/ablate.sh``: exit status 0, 2 (an error, one line) or 130 (interrupted)."""
+    run(argv)
     return 0
 
 

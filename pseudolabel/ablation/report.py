@@ -289,7 +289,8 @@ def report_markdown(report: dict) -> str:
 
 CSV_COLUMNS = ("table", "label", "row", "baseline", "options", "images", "mIoU", "mIoU_low", "mIoU_high", "mBIoU",
                "mBIoU_low", "mBIoU_high", "diff_mIoU", "diff_mIoU_low", "diff_mIoU_high", "p_mIoU", "diff_mBIoU",
-               "diff_mBIoU_low", "diff_mBIoU_high", "p_mBIoU", "agreement", "ms_per_image", *(f"ms_{s}" for s in STAGES))
+               "diff_mBIoU_low", "diff_mBIoU_high", "p_mBIoU", "agreement", "ms_per_image",
+               *(f"ms_{s}" for s in STAGES))
 
 
 def report_csv(report: dict) -> str:

@@ -8,11 +8,12 @@ product                                shared by rows with the same             
 =====================================  ================================================  ============================
 CLIP model, SAM model                  model, weights and seed                           once per sweep
 text embeddings                        CLIP model and prompt set                         once per sweep
-CLIP frozen-block outputs              CLIP model, CAM input size, precision             once per image (per batch)
+CLIP frozen-block outputs              CLIP model, CAM input size and token budget,      once per image (per batch)
+                                       precision
 SAM image embedding                    SAM model, precision                              once per image (per batch)
 Skip-CAM output (maps, scores, Y0)     Skip-CAM setting (every ``SkipCAMConfig`` field)  once per image
 SAM masks of one prompt point          SAM model and point (a point's masks depend on    once per image and point
-                                       nothing else)
+                                       nothing else)                                     (within a memory budget)
 =====================================  ================================================  ============================
 
 So rows differing in K, skip entry, τ, prompts or PAR share the frozen blocks; rows differing only in SAM settings
@@ -39,10 +40,11 @@ from pseudolabel.config import PseudoLabelConfig
 from pseudolabel.datasets import Sample
 from pseudolabel.image_io import read_rgb
 from pseudolabel.pipeline import label_record
-from pseudolabel.sam.refine import ImageEmbedding, Refinement, SAMInput, SAMRefiner
+from pseudolabel.sam.refine import MASK_BYTES_PER_STEP, ImageEmbedding, Refinement, SAMInput, SAMRefiner
 from pseudolabel.storage.shards import LabelRecord
 
 LOG = logging.getLogger("pseudolabel.ablation")
+KEPT_MASK_BYTES = 2 * MASK_BYTES_PER_STEP   # point masks kept for an image's later rows, per SAM model (512 MiB)
 
 
 def clip_key(config: PseudoLabelConfig) -> tuple:
@@ -51,8 +53,9 @@ def clip_key(config: PseudoLabelConfig) -> tuple:
 
 
 def frozen_key(config: PseudoLabelConfig) -> tuple:
-    """What the frozen blocks' outputs depend on: the model, the CAM input size and the precision."""
-    return (*clip_key(config), config.cam.image_size, config.precision)
+    """What the frozen blocks' outputs depend on: the model, the CAM input size (``image_size`` within the token
+    budget ``max_tokens``) and the precision."""
+    return (*clip_key(config), config.cam.image_size, config.cam.max_tokens, config.precision)
 
 
 def cam_key(config: PseudoLabelConfig) -> str:
@@ -71,16 +74,19 @@ class PointMasks:
 
     Called like :meth:`SAMRefiner.point_masks` with ``decode`` (that method) behind it. A point's masks are kept
     while rows that will ask for it remain (:meth:`expect`) and dropped after their last use, so a sweep holds only
-    the points some later row of the image still needs (a 500x375 image's 3 masks take 560 KB a point). ``asked``
-    counts the points asked for since it was reset; :attr:`seconds_per_point` is the decoding time per point over
-    the image, so a row is charged for its points what a standalone run would spend on them, whoever decoded them
-    (points decoded a few at a time cost more each than in full batches, and averaging spreads that over the
-    rows)."""
+    the points some later row of the image still needs (a 500x375 image's 3 masks take 560 KB a point), and never
+    more than ``budget`` bytes of them: a point beyond it is decoded again when a later row asks (a 6000x4000
+    image's 3 masks take 72 MB). The first row to ask gets the decoder's own tensors; the points kept for later
+    rows are copies, so the decoder's batch is freed. ``asked`` counts the points asked for since it was reset;
+    :attr:`seconds_per_point` is the decoding time per point over the image, so a row is charged for its points
+    what a standalone run would spend on them, whoever decoded them (points decoded a few at a time cost more each
+    than in full batches, and averaging spreads that over the rows)."""
 
-    def __init__(self, decode):
-        self.decode = decode
+    def __init__(self, decode, budget: int = KEPT_MASK_BYTES):
+        self.decode, self.budget = decode, budget
         self.points: dict[tuple[float, float], tuple[torch.Tensor, torch.Tensor]] = {}
         self.uses: collections.Counter = collections.Counter()   # asks still to come, by point
+        self.kept_bytes = 0
         self.seconds, self.decoded, self.asked = 0.0, 0, 0
 
     @property
@@ -94,30 +100,31 @@ class PointMasks:
     def __call__(self, xy: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         keys = [(float(x), float(y)) for x, y in xy]
         new = [k for k in dict.fromkeys(keys) if k not in self.points]
+        fresh = {}
         if new:
             start = time.perf_counter()
             masks, iou = self.decode(np.array(new, dtype=xy.dtype).reshape(-1, 2), size)
             self.seconds += time.perf_counter() - start
             self.decoded += len(new)
-            if new == keys:     # all new (the first row to ask): no copy
-                self._used(keys, masks, iou)
-                return masks, iou
-            self.points.update({k: (masks[i], iou[i]) for i, k in enumerate(new)})
-        found = [self.points[k] for k in keys]
-        masks, iou = torch.stack([m for m, _ in found]), torch.stack([i for _, i in found])
-        self._used(keys)
+            fresh = {k: (masks[i], iou[i]) for i, k in enumerate(new)}
+        if new != keys:         # some points kept from an earlier row, or one point twice
+            found = [self.points.get(k) or fresh[k] for k in keys]
+            masks, iou = torch.stack([m for m, _ in found]), torch.stack([i for _, i in found])
+        self._used(keys, fresh)
         return masks, iou
 
-    def _used(self, keys: list, masks: torch.Tensor | None = None, iou: torch.Tensor | None = None) -> None:
-        """Count the asks; keep a point while more are to come, drop it after its last."""
+    def _used(self, keys: list, fresh: dict) -> None:
+        """Count the asks; keep a new point while more are to come (within the budget), drop it after its last."""
         self.asked += len(keys)
-        for i, k in enumerate(keys):
+        for k in keys:
             self.uses[k] -= 1
-            if self.uses[k] > 0 and masks is not None:
-                self.points[k] = (masks[i], iou[i])
-            elif self.uses[k] <= 0:
-                self.points.pop(k, None)
+            if self.uses[k] <= 0:
+                dropped = self.points.pop(k, None)
+                self.kept_bytes -= dropped[0].nbytes if dropped else 0
                 del self.uses[k]
+            elif k in fresh and k not in self.points and self.kept_bytes + fresh[k][0].nbytes <= self.budget:
+                self.points[k] = (fresh[k][0].clone(), fresh[k][1].clone())
+                self.kept_bytes += fresh[k][0].nbytes
 
 
 class SharedMasksRefiner(SAMRefiner):

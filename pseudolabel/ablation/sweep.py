@@ -8,11 +8,11 @@ A sweep file is JSON (the shipped ones: ``pseudolabel/ablation/sweeps/``; format
 
 A row is a string of stage-one method options, spelled as ``tools/gen_pseudo.sh`` takes them (``--num-skips 0
 --no-refine``) or as ``field=value`` pairs (``num_skips=0 refine=false``), or ``{"label": ..., "flags": ...}`` to give
-it a name (one spelling per row). Both go through gen_pseudo's own parser (:func:`pseudolabel.generate.add_method_options`) and
-the config classes' checks, so a row is refused exactly where gen_pseudo would refuse the same options. A row's
-configuration is gen_pseudo's for the sweep's dataset and options plus the row's options; rows of any tables that
-come to the same configuration are one row (one output folder, labelled once). ``baseline`` names one row of the
-table (its label or its options; default: the first row).
+it a name (one spelling per row). Both go through gen_pseudo's own parser
+(:func:`pseudolabel.generate.add_method_options`) and the config classes' checks, so a row is refused exactly where
+gen_pseudo would refuse the same options. A row's configuration is gen_pseudo's for the sweep's dataset and options
+plus the row's options; rows of any tables that come to the same configuration are one row (one output folder,
+labelled once). ``baseline`` names one row of the table (its label or its options; default: the first row).
 """
 from __future__ import annotations
 
