@@ -145,6 +145,14 @@ def load_dataset(args, name: str, split: str):
     return build_dataset(name, args.data_root, split, **options)
 
 
+def logged_dataset(args: argparse.Namespace, split: str, log: RunLog) -> WeakDataset:
+    """The dataset of ``args`` (:func:`load_dataset`), summarised in ``log``."""
+    dataset = load_dataset(args, args.dataset, split)
+    log.detail("dataset", {"name": dataset.name, "split": split, "root": dataset.root, "images": len(dataset),
+                           "left out": dataset.problems})
+    return dataset
+
+
 def random_weights_banner(notes, what: str = "The pipeline runs", made: str = "the labels are") -> None:
     """The loud notice that seeded random weights are in use (``notes``: why)."""
     print(f"{BANNER}\n!! RANDOM WEIGHTS: {'; '.join(notes) or 'requested'}.\n!! {what} end to end with seeded random "
@@ -169,6 +177,18 @@ def resolve_device(device: str, local_rank: int) -> str:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return f"cuda:{local_rank}" if device == "cuda" else device
+
+
+def device_and_precision(args: argparse.Namespace, local_rank: int) -> tuple[str, str]:
+    """This rank's device (:func:`resolve_device`; a GPU is made the current one) and the precision it computes in
+    (``--precision``; logged when the device changes it)."""
+    device = resolve_device(args.device, local_rank)
+    if torch.device(device).type == "cuda":
+        torch.cuda.set_device(torch.device(device))
+    precision, note = effective_precision(args.precision, device)
+    if note:
+        LOG.info(note)
+    return device, precision
 
 
 def load_models(cfg: PseudoLabelConfig, class_set: ClassSet, device: str) -> tuple[SkipCAM, SAMRefiner | None]:
@@ -282,18 +302,11 @@ class StageOneRun:
         to label (each recorded in ``log``). Use the result as a context manager: leaving it releases the locks."""
         split = split_of(args)
         rank, world, local_rank = distributed()
-        device = resolve_device(args.device, local_rank)
-        if torch.device(device).type == "cuda":
-            torch.cuda.set_device(torch.device(device))
-        precision, note = effective_precision(args.precision, device)
-        if note:
-            LOG.info(note)
+        device, precision = device_and_precision(args, local_rank)
         cfg = config_from_args(args, "voc" if args.dataset == "demo" else args.dataset, split, precision)
         log.detail("configuration", cfg.to_dict())
         notes = demo_weights(cfg) if args.dataset == "demo" else []
-        dataset = load_dataset(args, args.dataset, split)
-        log.detail("dataset", {"name": dataset.name, "split": split, "root": dataset.root, "images": len(dataset),
-                               "left out": dataset.problems})
+        dataset = logged_dataset(args, split, log)
         out = output_dir(args, split)
         with lock_output(out, rank) as locks:  # before any model loads; released again if setting up fails
             cam, refiner = load_models(cfg, dataset.class_set, device)

@@ -4,10 +4,12 @@ output, then one report (docs/ablations.md).
 Layout of ``--out``::
 
     sweep.json                 the sweep (tables, every row's configuration); a rerun must match it
-    rows/<row>/                each row's shards, config.json, manifest.json: what tools/gen_pseudo.sh writes
+    rows/<row>/                each row's shards, config.json, manifest.json and locks: what tools/gen_pseudo.sh
+                               writes
     timing-r<rank>.json        per row, the stage-one time a standalone run would spend; the sweep's own wall time
     report.md, report.csv, report.json, plots/<table>.png
     run.log                    every run of the sweep, appended
+    .lock, .lock-r<rank>       one sweep per folder (``pseudolabel/storage/lock.py``), taken before any model loads
 
 Under torchrun the ranks split the images as gen_pseudo's do; rank 0 writes the manifests and the report.
 """
@@ -37,10 +39,9 @@ from pseudolabel.datasets import Sample, WeakDataset
 from pseudolabel.evaluation.pipeline import EvaluationConfig
 from pseudolabel.exits import OutputError, guard_write, tool_main
 from pseudolabel.generate import (DATASET_CHOICES, StageOneRun, add_method_options, add_run_options, barrier,
-                                  build_parser as gen_pseudo_parser, demo_weights, distributed, load_dataset,
-                                  lock_output, random_weights_banner, resolve_device, split_of)
+                                  build_parser as gen_pseudo_parser, demo_weights, device_and_precision, distributed,
+                                  lock_output, logged_dataset, random_weights_banner, split_of)
 from pseudolabel.pipeline import STAGES, ImageFailure, batches, failure_reason, prepared_ahead, recover
-from pseudolabel.precision import effective_precision
 from pseudolabel.storage.atomic import atomic_write
 from pseudolabel.storage.format import MANIFEST, SHARD_GLOB
 from pseudolabel.storage.lock import OutputLock
@@ -64,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "  tools/ablate.sh voc --split train --row num_skips=0 --row num_skips=3 --out outputs/k\n"
                     "  tools/ablate.sh demo                           # the bundled photos, offline\n"
                     "  NPROC=4 tools/ablate.sh voc --split train --sweep paper --out outputs/ablate\n"
-                    "Rerunning the same command resumes; a finished sweep only rebuilds the report.\n"
+                    "Rerunning the same command resumes (and relabels the images of a damaged shard); a finished "
+                    "sweep only rebuilds the report. One sweep per --out at a time: it is locked before any model "
+                    "loads, and each row folder as gen_pseudo locks its own.\n"
                     "Sweep files, the report and what is shared: docs/ablations.md",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", choices=DATASET_CHOICES, help="what to label")
@@ -78,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", type=Path, help="output directory (default: outputs/ablate_<dataset>_<split>, "
                                                 "outputs/ablate_demo for the demo)")
     sweep.add_argument("--overwrite", action="store_true",
-                       help="delete an earlier sweep's rows and report in --out and start again")
+                       help="start again: delete an earlier sweep's report, times and rows in --out (the rows of this "
+                            "sweep are emptied as gen_pseudo's --overwrite empties a folder)")
     sweep.add_argument("--gt", help="ground truth, as tools/evaluate.py's --gt (default: the split's own masks, e.g. "
                                     "voc:train, when present; none for custom folders and the demo); 'none': no "
                                     "evaluation, the report gives each row's agreement with its baseline")
@@ -356,16 +360,9 @@ def run(argv: list[str] | None = None) -> dict | None:
     rank, world, local_rank = distributed()
     out, split = sweep_dir(args), split_of(args)
     with RunLog(out, rank, world) as log:
-        device = resolve_device(args.device, local_rank)
-        if torch.device(device).type == "cuda":
-            torch.cuda.set_device(torch.device(device))
-        precision, note = effective_precision(args.precision, device)
-        if note:
-            LOG.info(note)
+        device, precision = device_and_precision(args, local_rank)
         sweep = build_sweep(args, "voc" if args.dataset == "demo" else args.dataset, split, precision)
-        dataset = load_dataset(args, args.dataset, split)
-        log.detail("dataset", {"name": dataset.name, "split": split, "root": dataset.root, "images": len(dataset),
-                               "left out": dataset.problems})
+        dataset = logged_dataset(args, split, log)
         with lock_output(out, rank):
             if not args.overwrite and finished(out, sweep, dataset.samples[: args.limit] if args.limit
                                                else dataset.samples):

@@ -239,19 +239,21 @@ class SharedStages:
         """The batch step: every distinct frozen-block pass and SAM image encoder, on all images of the batch."""
         works = [ImageWork(item, self.device) for item in items]
         for key, cam in self.frozen_by.items():
-            start = time.perf_counter()
-            frozen = cam.frozen([item.clip_inputs[key] for item in items])
-            each = (time.perf_counter() - start) / len(items)
-            for work, features in zip(works, frozen):
-                work.frozen[key] = (features, each)
+            for work, timed in zip(works, per_item_seconds(cam.frozen, [item.clip_inputs[key] for item in items])):
+                work.frozen[key] = timed
         for key, refiner in self.sam_by.items():
-            start = time.perf_counter()
-            embeddings = refiner.embed([item.sam_inputs[key] for item in items])
-            each = (time.perf_counter() - start) / len(items)
-            for work, embedding in zip(works, embeddings):
-                work.embeddings[key] = (embedding, each)
+            for work, timed in zip(works, per_item_seconds(refiner.embed, [item.sam_inputs[key] for item in items])):
+                work.embeddings[key] = timed
                 work.point_masks[key] = PointMasks(refiner.decode)
         return works
+
+
+def per_item_seconds(step, inputs: list) -> list[tuple]:
+    """``step(inputs)``'s results, each with its share of the step's seconds."""
+    start = time.perf_counter()
+    results = step(inputs)
+    each = (time.perf_counter() - start) / len(inputs)
+    return [(result, each) for result in results]
 
 
 class ImageWork:
