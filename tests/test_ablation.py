@@ -14,7 +14,6 @@ import time
 import h5py
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from pseudolabel.ablation import shared
@@ -226,8 +225,12 @@ def test_a_changed_sweep_is_refused_unless_overwrite(voc, tmp_path, capsys):
     base = ["voc", "--data-root", str(voc), "--split", "train", "--out", str(tmp_path), "--limit", "1", *TINY,
             "--gt", "none"]
     assert main([*base, "--row", "refine=false"]) == 0
-    assert main([*base, "--row", "refine=false tau=0.6"]) == 2
-    assert "holds another sweep" in capsys.readouterr().err
+    with pytest.MonkeyPatch.context() as patch:   # refused before any model loads
+        patch.setattr(shared, "load_clip", lambda *a, **k: pytest.fail("a model loaded for a refused sweep"))
+        assert main([*base, "--row", "refine=false tau=0.6"]) == 2
+    assert error_line(capsys.readouterr().err) == (
+        f"error: '{tmp_path}' holds another sweep (rows no longer in the sweep: no-refine; new rows: tau-0.6_no-refine; table "
+        "rows: other baseline and rows). Use another --out, or --overwrite to delete its rows and report and start again")
     assert main([*base, "--row", "refine=false tau=0.6", "--overwrite"]) == 0
     assert [p.name for p in (tmp_path / "rows").iterdir()] == ["tau-0.6_no-refine"]
 
@@ -311,29 +314,6 @@ def test_an_unreadable_image_is_each_rows_failure_as_in_gen_pseudo(tmp_path):
         assert_row_equals_gen_pseudo(out, slug, tmp_path / slug)   # the same failures in the manifest too
         failures = json.loads((out / "rows" / slug / "manifest.json").read_text())["failures"]
         assert [(f["image_id"], f["stage"]) for f in failures] == [("2007_000001", "read")]
-
-
-def test_point_masks_are_kept_for_later_rows_within_the_budget():
-    decoded = []
-
-    def decode(xy, size):   # masks that mark their point, IoUs that name its x
-        decoded.extend(tuple(p) for p in xy.tolist())
-        masks = torch.zeros(len(xy), 3, *size, dtype=torch.bool)
-        for i, (x, y) in enumerate(xy):
-            masks[i, :, int(y), int(x)] = True
-        return masks, torch.tensor(xy[:, :1], dtype=torch.float32).repeat(1, 3)
-
-    points = shared.PointMasks(decode, budget=2 * 3 * 8 * 8)   # two points' masks of an 8x8 image
-    xy = np.array([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
-    points.expect(xy)
-    points.expect(xy[::-1])                                    # two rows ask for the same points
-    for asked in (xy, xy[::-1]):
-        masks, iou = points(asked, (8, 8))
-        for i, (x, y) in enumerate(asked):
-            assert masks[i, :, int(y), int(x)].all() and int(masks[i].sum()) == 3 and iou[i, 0] == x
-        assert points.kept_bytes <= points.budget
-    assert decoded == [(1.0, 1.0), (2.0, 2.0), (3.0, 3.0), (3.0, 3.0)]   # the third is beyond the budget: again
-    assert points.points == {} and points.kept_bytes == 0 and not points.uses   # dropped after the last ask
 
 
 def test_resume_after_kill_9_equals_an_uninterrupted_sweep(swept, voc, sweep_file, tmp_path):

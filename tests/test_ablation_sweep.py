@@ -91,7 +91,9 @@ def test_changed_tables_are_differences_of_the_identity():
     other.add_table({"name": "k", "rows": ["num_skips=1", "num_skips=3"], "baseline": "num_skips=3"}, "x")
     assert b.build("x").differences(stored) == []
     changes = other.build("x").differences({**stored, "about": {"anything": 1}})
-    assert any("tables.0.rows.0.row" in c for c in changes)
+    assert changes == ["rows no longer in the sweep: num-skips-0", "new rows: num-skips-1", "table k: other rows"]
+    stored["rows"]["defaults"]["cam"]["tau"] = 0.6   # the same row name, another configuration
+    assert b.build("x").differences(stored) == ["row defaults: cam.tau: 0.6 -> 0.4"]
 
 
 def test_point_masks_decode_each_point_once_keep_it_while_expected_and_charge_every_user():
@@ -117,3 +119,26 @@ def test_point_masks_decode_each_point_once_keep_it_while_expected_and_charge_ev
     stages = RowTime(collections.Counter(skipcam=1.0, sam=2.0), masks, 3).by_stage()
     assert stages["skipcam"] == 1.0 and stages["sam"] == pytest.approx(2.0 + masks.seconds)
     assert stages["sam_decoder"] == pytest.approx(masks.seconds)
+
+
+def test_point_masks_are_kept_for_later_rows_within_the_budget():
+    decoded = []
+
+    def decode(xy, size):   # masks that mark their point, IoUs that name its x
+        decoded.extend(tuple(p) for p in xy.tolist())
+        masks = torch.zeros(len(xy), 3, *size, dtype=torch.bool)
+        for i, (x, y) in enumerate(xy):
+            masks[i, :, int(y), int(x)] = True
+        return masks, torch.tensor(xy[:, :1], dtype=torch.float32).repeat(1, 3)
+
+    points = PointMasks(decode, budget=2 * 3 * 8 * 8)   # two points' masks of an 8x8 image
+    xy = np.array([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
+    points.expect(xy)
+    points.expect(xy[::-1])                                    # two rows ask for the same points
+    for asked in (xy, xy[::-1]):
+        masks, iou = points(asked, (8, 8))
+        for i, (x, y) in enumerate(asked):
+            assert masks[i, :, int(y), int(x)].all() and int(masks[i].sum()) == 3 and iou[i, 0] == x
+        assert points.kept_bytes <= points.budget
+    assert decoded == [(1.0, 1.0), (2.0, 2.0), (3.0, 3.0), (3.0, 3.0)]   # the third is beyond the budget: again
+    assert points.points == {} and points.kept_bytes == 0 and not points.uses   # dropped after the last ask

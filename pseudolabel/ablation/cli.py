@@ -110,18 +110,20 @@ def build_sweep(args: argparse.Namespace, config_dataset: str, split: str, preci
     return builder.build(" + ".join(names + (["--row"] if args.row else [])), " ".join(d for d in descriptions if d))
 
 
+def refuse_another_sweep(out: Path, sweep: Sweep) -> None:
+    """Refuse a folder holding another sweep (its ``sweep.json`` differs), naming the differences."""
+    path = out / SWEEP_FILE
+    changed = sweep.differences(json.loads(path.read_text())) if path.is_file() else []
+    if changed:
+        raise ValueError(f"'{out}' holds another sweep ({'; '.join(changed[:5])}{'; ...' if len(changed) > 5 else ''})."
+                         " Use another --out, or --overwrite to delete its rows and report and start again")
+
+
 def prepare_folder(out: Path, sweep: Sweep, about: dict, overwrite: bool, rank: int, world: int) -> None:
-    """Rank 0: refuse another sweep's folder (unless ``overwrite``, which deletes its report, its times and the rows
-    this sweep does not have; its own rows are emptied as gen_pseudo's ``--overwrite`` empties a folder) and record
-    this sweep."""
+    """Rank 0: record this sweep in ``out``; on ``overwrite``, first delete an earlier sweep's report, its times and
+    the rows this sweep does not have (its own rows are emptied as gen_pseudo's ``--overwrite`` empties a folder)."""
     path = out / SWEEP_FILE
     if rank == 0:
-        if path.is_file() and not overwrite:
-            changed = sweep.differences(json.loads(path.read_text()))
-            if changed:
-                raise ValueError(f"'{out}' holds another sweep ({'; '.join(changed[:5])}"
-                                 f"{'; ...' if len(changed) > 5 else ''}). Use another --out, or --overwrite to delete "
-                                 "its rows and report and start again")
         guard_write(lambda: out.mkdir(parents=True, exist_ok=True), out)
         if overwrite:
             ours = {row.slug for row in sweep.rows}
@@ -333,10 +335,9 @@ def gen_pseudo_command(args: argparse.Namespace, split: str, flags: list[str], o
 
 
 def finished(out: Path, sweep: Sweep, samples: list) -> bool:
-    """Whether ``out`` holds this sweep with every row's shards holding every image, each shard intact and nothing
-    staged."""
-    path = out / SWEEP_FILE
-    if not path.is_file() or sweep.differences(json.loads(path.read_text())):
+    """Whether ``out`` (holding this sweep: :func:`refuse_another_sweep`) has every row's shards holding every
+    image, each shard intact and nothing staged."""
+    if not (out / SWEEP_FILE).is_file():
         return False
     wanted = {s.image_id for s in samples}
     for row in sweep.rows:
@@ -364,6 +365,8 @@ def run(argv: list[str] | None = None) -> dict | None:
         sweep = build_sweep(args, "voc" if args.dataset == "demo" else args.dataset, split, precision)
         dataset = logged_dataset(args, split, log)
         with lock_output(out, rank):
+            if not args.overwrite:
+                refuse_another_sweep(out, sweep)
             if not args.overwrite and finished(out, sweep, dataset.samples[: args.limit] if args.limit
                                                else dataset.samples):
                 log.attach()

@@ -103,15 +103,28 @@ class Sweep:
                 "rows": {r.slug: r.config.to_dict() for r in self.rows}}
 
     def differences(self, stored: dict) -> list[str]:
-        """What differs from an earlier sweep's identity (``sweep.json``; empty: the same sweep)."""
-        stored = {key: value for key, value in stored.items() if key in ("format", "tables", "rows")}
-        return config_differences(_flatten(stored), _flatten(self.identity()))
-
-
-def _flatten(identity: dict) -> dict:
-    """Tables as a dict by position, so :func:`config_differences` names what changed."""
-    return {**identity, "tables": {str(k): {**t, "rows": {str(j): r for j, r in enumerate(t["rows"])}}
-                                   for k, t in enumerate(identity.get("tables", []))}}
+        """What differs from an earlier sweep's identity (``sweep.json``; empty: the same sweep), one short phrase
+        each: rows no longer in the sweep, new rows, rows whose configuration changed (the fields), tables changed."""
+        mine = self.identity()
+        if stored.get("format") != mine["format"]:
+            return [f"format {stored.get('format')!r} -> {mine['format']!r}"]
+        old, new = stored.get("rows", {}), mine["rows"]
+        changes = []
+        if gone := [slug for slug in old if slug not in new]:
+            changes.append(f"rows no longer in the sweep: {', '.join(gone)}")
+        if added := [slug for slug in new if slug not in old]:
+            changes.append(f"new rows: {', '.join(added)}")
+        changes += [f"row {slug}: {', '.join(config_differences(old[slug], new[slug]))}"
+                    for slug in new if slug in old and old[slug] != new[slug]]
+        old_tables = {t["name"]: t for t in stored.get("tables", [])}
+        new_tables = {t["name"]: t for t in mine["tables"]}
+        if list(old_tables) != list(new_tables):
+            changes.append(f"tables {', '.join(old_tables) or 'none'} -> {', '.join(new_tables)}")
+        for name, table in new_tables.items():
+            if name in old_tables and old_tables[name] != table:
+                changed = [key for key in table if old_tables[name].get(key) != table[key]]
+                changes.append(f"table {name}: other {' and '.join(changed)}")
+        return changes
 
 
 def gen_pseudo_flags(config: PseudoLabelConfig, base: PseudoLabelConfig) -> list[str]:
