@@ -146,6 +146,26 @@ def test_row_is_byte_identical_to_a_standalone_gen_pseudo_run(swept, slug, tmp_p
     assert_row_equals_gen_pseudo(swept[0], slug, tmp_path)
 
 
+def test_rows_stay_byte_identical_with_masks_in_pieces_and_beyond_the_kept_budget(voc, tmp_path, monkeypatch):
+    """SAM's prompts decoded in steps of 5 (as a large image's are) and room for only 3 points' masks between rows,
+    so later rows decode most points again: the labels are still gen_pseudo's."""
+    from pseudolabel.sam import refine
+
+    monkeypatch.setattr(refine, "MASK_BYTES_PER_STEP", 5 * 3 * 40 * 56)   # steps of 5 prompts on a 40x56 image
+    monkeypatch.setattr(shared, "KEPT_MASK_BYTES", 3 * 3 * 40 * 56)
+    steps = []
+    decode = shared.SharedMasksRefiner.decode
+    monkeypatch.setattr(shared.SharedMasksRefiner, "decode", lambda self, xy, size: (steps.append(xy.tolist()),
+                                                                                      decode(self, xy, size))[1])
+    out = tmp_path / "sweep"
+    run(["voc", "--data-root", str(voc), "--split", "train", "--out", str(out), "--limit", "1", *TINY, "--gt", "none",
+         "--row", "tau=0.4", "--row", "delta=0.3", "--row", "num_skips=0"])
+    points = [tuple(p) for step in steps for p in step]
+    assert max(map(len, steps)) == 5 and len(points) > len(set(points))   # in pieces, and some decoded again
+    for slug in ("defaults", "delta-0.3", "num-skips-0"):
+        assert_row_equals_gen_pseudo(out, slug, tmp_path / slug)
+
+
 def test_the_token_budget_applies_to_rows_as_in_gen_pseudo(voc, tmp_path):
     """--max-tokens of the sweep holds for every row, a row may change it, and rows with other budgets do not
     share the frozen blocks (their CAM inputs differ)."""

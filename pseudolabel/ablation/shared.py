@@ -244,7 +244,7 @@ class SharedStages:
         for key, refiner in self.sam_by.items():
             for work, timed in zip(works, per_item_seconds(refiner.embed, [item.sam_inputs[key] for item in items])):
                 work.embeddings[key] = timed
-                work.point_masks[key] = PointMasks(refiner.decode)
+                work.point_masks[key] = PointMasks(refiner.decode, KEPT_MASK_BYTES)
         return works
 
 
