@@ -159,7 +159,7 @@ def test_rows_stay_byte_identical_with_masks_in_pieces_and_beyond_the_kept_budge
                                                                                       decode(self, xy, size))[1])
     out = tmp_path / "sweep"
     run(["voc", "--data-root", str(voc), "--split", "train", "--out", str(out), "--limit", "1", *TINY, "--gt", "none",
-         "--row", "tau=0.4", "--row", "delta=0.3", "--row", "num_skips=0"])
+         "--grid-size", "8", "--row", "tau=0.4", "--row", "delta=0.3", "--row", "num_skips=0"])
     points = [tuple(p) for step in steps for p in step]
     assert max(map(len, steps)) == 5 and len(points) > len(set(points))   # in pieces, and some decoded again
     for slug in ("defaults", "delta-0.3", "num-skips-0"):
