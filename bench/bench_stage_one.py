@@ -36,6 +36,7 @@ from pseudolabel.classes import CLASSES_DIR  # noqa: E402
 from pseudolabel.storage.run_log import RunLog  # noqa: E402
 from pseudolabel.storage.shards import open_shards  # noqa: E402
 from tests.fixtures.tiny_datasets import VOC_SIZES, make_voc_sized  # noqa: E402
+from tests.fixtures.tiny_models import register_tiny_models  # noqa: E402
 
 STAGE_ORDER = ("decode", "clip_frozen", "sam_encoder", "skipcam", "last_block_grad", "caa", "bg_par", "sam",
                "sam_decoder", "filter_merge", "write")
@@ -451,6 +452,8 @@ def main() -> None:
         print_table([json.loads(line) for line in args.report.read_text().splitlines() if line.strip()])
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.tiny:
+        register_tiny_models()
     results = measure(args)
     if args.json:
         with open(args.json, "a") as handle:

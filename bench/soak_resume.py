@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 from pseudolabel.storage.check import check_shards  # noqa: E402
 from pseudolabel.storage.shards import open_shards  # noqa: E402
 from tests.fixtures.tiny_datasets import make_voc  # noqa: E402
+from tests.fixtures.tiny_models import module_command  # noqa: E402
 
 TINY = ["--clip-model", "ViT-T-16-cep-test-quickgelu", "--clip-weights", "random", "--sam-model", "vit_tiny_test",
         "--sam-checkpoint", "random", "--device", "cpu", "--shard-size", "2"]
@@ -36,8 +37,8 @@ MODES = {"no-refine": ["--no-refine"], "sam": []}
 
 
 def command(voc: Path, out: Path, mode: str) -> list[str]:
-    return [sys.executable, "-m", "pseudolabel.generate", "voc", "--data-root", str(voc), "--split", "train",
-            "--out", str(out), *TINY, *MODES[mode]]
+    return module_command("pseudolabel.generate", "voc", "--data-root", str(voc), "--split", "train", "--out",
+                          str(out), *TINY, *MODES[mode])
 
 
 def contents(out: Path) -> dict[str, tuple[bytes, bytes, bytes]]:
@@ -50,7 +51,7 @@ def contents(out: Path) -> dict[str, tuple[bytes, bytes, bytes]]:
 def reference(voc: Path, out: Path, mode: str) -> tuple[dict, float, float]:
     """An uninterrupted run: its contents, when its first image was staged and when it ended (seconds)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(command(voc, out, mode), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command(voc, out, mode), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = None
     while proc.poll() is None:
         if first is None and any(out.glob(".staging/r000/*.npz")):
@@ -70,7 +71,7 @@ def trial(voc: Path, out: Path, mode: str, after_images: int, delay: float) -> d
     """Kill a fresh run ``delay`` seconds after its ``after_images``-th finished image (0: ``delay`` seconds after its
     start), resume it to the end; what was on disk at the kill, and the resume's summary line."""
     start = time.perf_counter()
-    proc = subprocess.Popen(command(voc, out, mode), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command(voc, out, mode), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while after_images and proc.poll() is None and finished_images(out) < after_images:
         time.sleep(0.005)
     time.sleep(delay)
@@ -79,7 +80,7 @@ def trial(voc: Path, out: Path, mode: str, after_images: int, delay: float) -> d
     proc.wait()
     state = {"at": time.perf_counter() - start, "shards": len(list(out.glob("shard-*.h5"))),
              "staged": len(list(out.glob(".staging/r*/*.npz"))), "finished": finished}
-    resumed = subprocess.run(command(voc, out, mode), capture_output=True, text=True)
+    resumed = subprocess.run(command(voc, out, mode), cwd=REPO, capture_output=True, text=True)
     state["resume_status"] = resumed.returncode
     state["resume_line"] = next((line for line in resumed.stdout.splitlines() if line.startswith("rank 0:")), "")
     return state

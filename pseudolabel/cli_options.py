@@ -4,12 +4,13 @@ library only (the storage layer and the evaluator import it).
 
 A config field becomes ``--field-name VALUE`` (``--flag-name`` when its metadata declares ``"flag"``); a boolean
 becomes ``--name`` / ``--no-name``. Field metadata: ``"help"`` (the text; the default is appended), optional
-``"choices"``, ``"flag"``, ``"default_text"`` (the default as the help states it, for one that depends on the
-dataset, say) and the inclusive bounds ``"min"`` / ``"max"`` (checked by :class:`DictConfig` whenever a config is
-built, so a bad value fails before any work, whichever tool gave it). Field types: ``bool``, ``int``, ``float``,
-``str``, or one of them ``| None``. A tool that needs one config's options twice, or next to options of the same
-name, gives them a ``prefix`` (``--eval-seed``). :func:`assignments_to_argv` turns ``field=value`` pairs into the
-same options, so both spellings are parsed, and refused, by the same parser.
+``"choices"`` (a sequence, or a function returning one, called when a parser is built: the names of a registry that
+can grow, such as the SAM variants), ``"flag"``, ``"default_text"`` (the default as the help states it, for one that
+depends on the dataset, say) and the inclusive bounds ``"min"`` / ``"max"`` (checked by :class:`DictConfig` whenever
+a config is built, so a bad value fails before any work, whichever tool gave it). Field types: ``bool``, ``int``,
+``float``, ``str``, or one of them ``| None``. A tool that needs one config's options twice, or next to options of the
+same name, gives them a ``prefix`` (``--eval-seed``). :func:`assignments_to_argv` turns ``field=value`` pairs into
+the same options, so both spellings are parsed, and refused, by the same parser.
 """
 from __future__ import annotations
 
@@ -51,6 +52,14 @@ def value_type(cls: type, field: dataclasses.Field) -> type:
     return hint
 
 
+def field_choices(field: dataclasses.Field) -> tuple | None:
+    """The values a field's option accepts (its ``"choices"`` metadata, a function called now), or None for any."""
+    choices = field.metadata.get("choices")
+    if callable(choices):
+        choices = choices()
+    return None if choices is None else tuple(choices)
+
+
 def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, title: str | None = None, prefix: str = ""):
     """Add one option per field of the dataclass ``cls`` (in a group titled ``title`` when given; named with
     ``prefix``) and return the group. Options default to None, so :func:`given_options` tells what was given; help
@@ -70,7 +79,7 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, title: str
         if kind is bool:
             group.add_argument(option_name(field, prefix), action=argparse.BooleanOptionalAction, **options)
         else:
-            group.add_argument(option_name(field, prefix), type=kind, choices=field.metadata.get("choices"), **options)
+            group.add_argument(option_name(field, prefix), type=kind, choices=field_choices(field), **options)
     return group
 
 

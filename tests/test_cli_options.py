@@ -1,5 +1,6 @@
 """pseudolabel.cli_options: options generated from dataclass fields by type (string annotations included), flag
-names from field metadata, booleans as --x/--no-x, defaults in the help, and the shared dict round trip."""
+names from field metadata, booleans as --x/--no-x, defaults in the help, choices read from a registry when a parser
+is built, and the shared dict round trip."""
 from __future__ import annotations  # every annotation below is a string, as in the project's config modules
 
 import argparse
@@ -71,6 +72,26 @@ def test_dict_round_trip_and_unknown_keys():
     assert Example.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match=r"unknown Example fields: \['colour'\]"):
         Example.from_dict({"colour": "red"})
+
+
+def test_choices_given_as_a_function_are_read_when_each_parser_is_built():
+    registry = ["x"]
+
+    @dataclass
+    class Registered:
+        kind: str = field(default="x", metadata={"help": "a registered name", "choices": lambda: registry})
+
+    def parser() -> argparse.ArgumentParser:
+        built = argparse.ArgumentParser()
+        add_dataclass_options(built, Registered)
+        return built
+
+    before = parser()
+    registry.append("y")
+    assert config_from_options(parser().parse_args(["--kind", "y"]), Registered).kind == "y"
+    with pytest.raises(SystemExit):
+        before.parse_args(["--kind", "y"])  # its choices are those of the registry when it was built
+    assert "{x,y}" in parser().format_help()
 
 
 def test_prefixed_options_live_beside_options_of_the_same_name():

@@ -16,6 +16,7 @@ from pseudolabel.generate import main, run
 from pseudolabel.storage.check import check_shards
 from pseudolabel.storage.shards import open_shards, shard_image_ids
 from tests.fixtures.tiny_datasets import make_voc
+from tests.fixtures.tiny_models import ENTRY_MODULE, REPO, module_command
 
 TINY = ["--clip-model", "ViT-T-16-cep-test-quickgelu", "--clip-weights", "random", "--sam-model", "vit_tiny_test",
         "--sam-checkpoint", "random", "--device", "cpu"]
@@ -185,9 +186,9 @@ def test_unwritable_output_is_a_clear_error(voc, tmp_path, capsys):
 
 def test_resume_after_kill_9_gives_the_same_labels(voc, tmp_path, full_run):
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "pseudolabel.generate", *args_for(voc, out, "--shard-size", "2")]
+    cmd = module_command("pseudolabel.generate", *args_for(voc, out, "--shard-size", "2"))
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not list(out.glob("shard-*.h5")) and proc.poll() is None:
         time.sleep(0.05)
@@ -211,8 +212,10 @@ def test_two_ranks_under_torchrun_share_the_work(voc, tmp_path, full_run):
     out = tmp_path / "ddp"
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     # --standalone: torchrun picks a free port itself, so test runs sharing a machine never collide
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "pseudolabel.generate", *args_for(voc, out)]
-    result = subprocess.run(cmd, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=240)
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", ENTRY_MODULE, "pseudolabel.generate",
+           *args_for(voc, out)]
+    result = subprocess.run(cmd, env=dict(os.environ, HF_HUB_OFFLINE="1"), cwd=REPO, capture_output=True, text=True,
+                            timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = json.loads((out / "manifest.json").read_text())
     by_rank = {name.split("-")[1] for name in manifest["shards"]}
@@ -318,7 +321,7 @@ def test_a_damaged_shard_is_set_aside_and_its_images_labelled_again(voc, tmp_pat
 
 def test_ctrl_c_is_one_line_and_exit_130(voc, tmp_path):
     out = tmp_path / "interrupted"
-    proc = subprocess.Popen([sys.executable, "-m", "pseudolabel.generate", *args_for(voc, out)],
+    proc = subprocess.Popen(module_command("pseudolabel.generate", *args_for(voc, out)), cwd=REPO,
                             env=dict(os.environ, HF_HUB_OFFLINE="1"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.time() + 120
@@ -358,9 +361,9 @@ def test_a_really_full_disk_gives_the_message_not_a_crash(voc, tmp_path, full_ru
     with small_disk(tmp_path / "disk", "160k") as disk:
         out = disk / "out"
         filler = fill(disk, leave=64 * 1024)   # enough to start and stage, not to finish
-        command = [sys.executable, "-m", "pseudolabel.generate", *args_for(voc, out, "--shard-size", "5")]
-        result = subprocess.run(command, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True,
-                                timeout=300)
+        command = module_command("pseudolabel.generate", *args_for(voc, out, "--shard-size", "5"))
+        result = subprocess.run(command, env=dict(os.environ, HF_HUB_OFFLINE="1"), cwd=REPO, capture_output=True,
+                                text=True, timeout=300)
         assert result.returncode == 2, result.stderr[-3000:]
         assert "the disk is full" in one_error_line(result.stderr)
         filler.unlink()

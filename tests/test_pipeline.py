@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -24,6 +23,7 @@ from pseudolabel.sam.refine import SAMRefiner
 from pseudolabel.storage.run_store import RunStore
 from pseudolabel.storage.shards import open_shards, shard_image_ids
 from tests.fixtures.tiny_datasets import make_voc
+from tests.fixtures.tiny_models import REPO, module_command
 from tests.test_generate import args_for
 
 SIZES = {0: (40, 56), 1: (56, 40), 2: (40, 56), 3: (33, 47), 4: (40, 56), 5: (48, 64), 6: (56, 40)}
@@ -183,8 +183,8 @@ def test_a_writer_error_stops_the_run_with_its_message(voc, tmp_path, monkeypatc
 
 def test_kill_9_in_the_middle_of_a_batch_loses_and_duplicates_nothing(voc, unbatched, tmp_path):
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "pseudolabel.generate", *args_for(voc, out, "--batch-size", "7", "--shard-size", "3")]
-    proc = subprocess.Popen(cmd, env=dict(os.environ, HF_HUB_OFFLINE="1"), stdout=subprocess.DEVNULL,
+    cmd = module_command("pseudolabel.generate", *args_for(voc, out, "--batch-size", "7", "--shard-size", "3"))
+    proc = subprocess.Popen(cmd, env=dict(os.environ, HF_HUB_OFFLINE="1"), cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     staged = lambda: list(out.glob(".staging/r000/*.npz"))  # noqa: E731
     deadline = time.time() + 180

@@ -8,13 +8,14 @@ import scipy.ndimage as ndi
 import torch
 
 from pseudolabel.cam.caa import affinity_from_attention, box_mask
-from pseudolabel.cam.clip_models import MODEL_CONFIGS, clip_architecture, load_clip
+from pseudolabel.cam.clip_models import clip_architecture, load_clip
 from pseudolabel.cam.par import PARConfig, par_refine
 from pseudolabel.cam.skipcam import SkipCAM, SkipCAMConfig
 from pseudolabel.classes import get_class_set
 from pseudolabel.config import PseudoLabelConfig
 from tests.fixtures.clipes_reference import transition_matrix
 from tests.fixtures.tiny_clip import TINY_CLIP, tiny_skipcam
+from tests.fixtures.tiny_models import MODEL_CONFIGS
 
 TINY_GELU = TINY_CLIP.removesuffix("-quickgelu")
 

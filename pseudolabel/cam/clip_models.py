@@ -1,4 +1,4 @@
-"""CLIP models through open_clip: its registry of configs plus ours (``pseudolabel/cam/model_configs``), and weights.
+"""CLIP models through open_clip: its registry of model configs (``open_clip.add_model_config`` adds more), and weights.
 
 Weights: ``"openai"`` (downloaded and cached by open_clip), a local file (OpenAI's original TorchScript archive such as
 ``ViT-B-16.pt``, or a state dict in OpenAI / open_clip key format), or ``"random"`` (seeded; demo, tests, benchmarks).
@@ -29,8 +29,6 @@ from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME  # noqa: E
 from open_clip.transformer import QuickGELU  # noqa: E402
 
 LOG = logging.getLogger(__name__)
-MODEL_CONFIGS = Path(__file__).with_name("model_configs")
-open_clip.add_model_config(MODEL_CONFIGS)
 DEFAULT_CLIP_MODEL = "ViT-B-16-quickgelu"  # OpenAI's ViT-B/16 as OpenAI trained it (the paper's backbone)
 QUICKGELU_SUFFIX = "-quickgelu"  # open_clip's name for the QuickGELU variant of a config
 # In OpenAI's files but not in open_clip's state dict (attn_mask is a non-persistent buffer there).
@@ -38,7 +36,7 @@ OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_m
 
 
 def available_models() -> list[str]:
-    """Model names accepted by ``load_clip`` (open_clip's and ours)."""
+    """Model names accepted by ``load_clip``: open_clip's registry, read now (so it includes configs added since)."""
     return open_clip.list_models()
 
 

@@ -1,4 +1,5 @@
-"""SAM variants (segment-anything's registry plus a tiny test variant) and checkpoint loading.
+"""SAM variants (segment-anything's builders and official checkpoints; more through :func:`register_sam_variant`)
+and checkpoint loading.
 
 Official checkpoints are plain state dicts, loaded with ``torch.load(weights_only=True)``
 (``pseudolabel/checkpoints.py``). Without a local file the official checkpoint is downloaded into a cache directory
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,29 +21,17 @@ from pseudolabel.download import DownloadError, download_file, file_sha256
 
 compat.apply()  # before segment_anything imports torchvision
 from segment_anything import sam_model_registry  # noqa: E402
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer  # noqa: E402
 
 LOG = logging.getLogger(__name__)
 URL_ROOT = "https://dl.fbaipublicfiles.com/segment_anything/"
 
 
-def build_tiny_sam(checkpoint=None, image_size: int = 256, width: int = 32) -> Sam:
-    """A tiny SAM built from segment-anything's own classes (256 px input, 2 encoder blocks) for tests."""
-    embedding = image_size // 16
-    return Sam(
-        image_encoder=ImageEncoderViT(depth=2, embed_dim=width, img_size=image_size, num_heads=2, out_chans=256,
-                                      use_rel_pos=True, global_attn_indexes=(1,), window_size=4),
-        prompt_encoder=PromptEncoder(embed_dim=256, image_embedding_size=(embedding, embedding),
-                                     input_image_size=(image_size, image_size), mask_in_chans=16),
-        mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer_dim=256, iou_head_depth=3,
-                                 iou_head_hidden_dim=64,
-                                 transformer=TwoWayTransformer(depth=1, embedding_dim=256, mlp_dim=256, num_heads=2)),
-    )
-
-
 @dataclass(frozen=True)
 class SAMVariant:
-    build: object
+    """How to build a SAM variant (``build(checkpoint=None)`` -> an untrained ``Sam``, as segment-anything's
+    ``sam_model_registry`` entries) and its official checkpoint's file name and SHA-256 (None: random weights only)."""
+
+    build: Callable[..., torch.nn.Module]
     filename: str | None = None
     sha256: str | None = None
 
@@ -55,9 +45,18 @@ SAM_VARIANTS = {
                         "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622"),
     "vit_h": SAMVariant(sam_model_registry["vit_h"], "sam_vit_h_4b8939.pth",
                         "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e"),
-    # Tiny SAM from the same classes (256 px encoder input, 2 blocks) for tests; random weights only.
-    "vit_tiny_test": SAMVariant(build_tiny_sam),
 }
+
+
+def register_sam_variant(name: str, build: Callable[..., torch.nn.Module], filename: str | None = None,
+                         sha256: str | None = None) -> None:
+    """Add a SAM variant to the registry, so ``load_sam`` builds it and ``--sam-model`` accepts it (the choices are
+    read from the registry when a parser is built). ``build(checkpoint=None)`` returns an untrained ``Sam``; without
+    ``filename`` the variant runs with random weights only. Registering a name again with another variant is an
+    error."""
+    variant = SAMVariant(build, filename, sha256)
+    if SAM_VARIANTS.setdefault(name, variant) != variant:
+        raise ValueError(f"SAM variant '{name}' is already registered with another builder or checkpoint")
 
 
 def cache_dir() -> Path:

@@ -37,6 +37,14 @@ MASK_BYTES_PER_STEP = 256 << 20   # SAM's 3 masks per prompt, one byte per pixel
 MERGE_BYTES_PER_BAND = 256 << 20  # the merge's per-class float32 scores in one band of rows
 
 
+def registered_sam_variants() -> tuple[str, ...]:
+    """The names in the SAM registry (``pseudolabel/sam/models.py``), read when a parser is built: segment_anything
+    is imported then, not with this module."""
+    from pseudolabel.sam.models import SAM_VARIANTS
+
+    return tuple(SAM_VARIANTS)
+
+
 @dataclass
 class SAMRefineConfig(DictConfig):
     """Stage one, part 2. Defaults and their reasons: docs/method.md#open-choices-and-their-flags."""
@@ -44,7 +52,7 @@ class SAMRefineConfig(DictConfig):
     enabled: bool = field(default=True, metadata={"help": "refine Y0 with SAM (off: the output is Y0)",
                                                   "flag": "refine"})
     sam_model: str = field(default="vit_b", metadata={"help": "SAM variant (paper Table 6)",
-                                                      "choices": ("vit_b", "vit_l", "vit_h", "vit_tiny_test")})
+                                                      "choices": registered_sam_variants})
     sam_checkpoint: str | None = field(default=None, metadata={
         "help": "local SAM checkpoint; default: the official file in the cache, downloaded if absent; "
                 "'random' = seeded random weights (pipeline checks only)"})
