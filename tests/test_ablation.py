@@ -25,6 +25,7 @@ from pseudolabel.sam.refine import SAMRefiner
 from pseudolabel.storage.check import check_shards
 from pseudolabel.storage.shards import open_shards
 from tests.fixtures.tiny_datasets import make_voc
+from tests.fixtures.tiny_models import ENTRY_MODULE, REPO, module_command
 
 TINY = ["--clip-model", "ViT-T-16-cep-test", "--clip-weights", "random", "--sam-model", "vit_tiny_test",
         "--sam-checkpoint", "random", "--device", "cpu"]
@@ -338,8 +339,8 @@ def test_an_unreadable_image_is_each_rows_failure_as_in_gen_pseudo(tmp_path):
 
 def test_resume_after_kill_9_equals_an_uninterrupted_sweep(swept, voc, sweep_file, tmp_path):
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "pseudolabel.ablation.cli", *sweep_args(voc, sweep_file, out)]
-    proc = subprocess.Popen(cmd, env=dict(os.environ, HF_HUB_OFFLINE="1"), stdout=subprocess.DEVNULL,
+    cmd = module_command("pseudolabel.ablation.cli", *sweep_args(voc, sweep_file, out))
+    proc = subprocess.Popen(cmd, env=dict(os.environ, HF_HUB_OFFLINE="1"), cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None and len(list(out.glob("rows/*/.staging/r*/*.npz"))) < 4:
@@ -362,10 +363,10 @@ def test_two_ranks_under_torchrun_split_the_images_as_gen_pseudo(swept, voc, tmp
     out = tmp_path / "ddp"
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     # --standalone: torchrun picks a free port itself, so test runs sharing a machine never collide
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "pseudolabel.ablation.cli", "voc",
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", ENTRY_MODULE, "pseudolabel.ablation.cli", "voc",
            "--data-root", str(voc), "--split", "train", "--out", str(out), *TINY, "--row", "tau=0.6",
            "--row", "delta=0.3", "--gt", "none"]
-    result = subprocess.run(cmd, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True,
+    result = subprocess.run(cmd, env=dict(os.environ, HF_HUB_OFFLINE="1"), cwd=REPO, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     for slug in ("tau-0.6", "delta-0.3"):
