@@ -24,6 +24,7 @@ from pseudolabel.generate import run as gen_pseudo
 from pseudolabel.sam.refine import SAMRefiner
 from pseudolabel.storage.check import check_shards
 from pseudolabel.storage.shards import open_shards
+from tests.fixtures.outputs import assert_same_labels, one_error_line, stored_labels
 from tests.fixtures.tiny_datasets import make_voc
 from tests.fixtures.tiny_models import ENTRY_MODULE, REPO, module_command
 
@@ -42,15 +43,6 @@ def sweep_args(voc, sweep_file, out, *extra):
     return ["voc", "--data-root", str(voc), "--split", "train", "--out", str(out), "--shard-size", "2", *TINY,
             "--sweep", str(sweep_file), "--row", "num_skips=0", "--eval-bootstrap", "200", "--eval-workers", "1",
             *extra]
-
-
-def labels_of(folder):
-    shards = open_shards(folder)
-    return {i: (shards[i].refined, shards[i].initial, shards[i].loc_maps_lowres) for i in shards}
-
-
-def same_labels(a, b) -> bool:
-    return a.keys() == b.keys() and all(all(np.array_equal(x, y) for x, y in zip(a[i], b[i])) for i in a)
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +167,7 @@ def test_the_token_budget_applies_to_rows_as_in_gen_pseudo(voc, tmp_path):
          "--no-refine", "--max-tokens", "6", "--gt", "none", "--row", "tau=0.4", "--row", "max_tokens=0"])
     for slug in ("defaults", "max-tokens-0"):
         assert_row_equals_gen_pseudo(out, slug, tmp_path / slug)
-    budgeted, full = (labels_of(out / "rows" / slug) for slug in ("defaults", "max-tokens-0"))
+    budgeted, full = (stored_labels(out / "rows" / slug) for slug in ("defaults", "max-tokens-0"))
     image_id = sorted(full)[0]
     assert budgeted[image_id][2].shape[-2:] == (2, 3) and full[image_id][2].shape[-2:] == (3, 4)   # token grids
     assert "--max-tokens 6" in json.loads((out / "sweep.json").read_text())["about"]["gen_pseudo"]["defaults"]
@@ -249,7 +241,7 @@ def test_a_changed_sweep_is_refused_unless_overwrite(voc, tmp_path, capsys):
     with pytest.MonkeyPatch.context() as patch:   # refused before any model loads
         patch.setattr(shared, "load_clip", lambda *a, **k: pytest.fail("a model loaded for a refused sweep"))
         assert main([*base, "--row", "refine=false tau=0.6"]) == 2
-    assert error_line(capsys.readouterr().err) == (
+    assert one_error_line(capsys.readouterr().err) == (
         f"error: '{tmp_path}' holds another sweep (rows no longer in the sweep: no-refine; new rows: tau-0.6_no-refine; table "
         "rows: other baseline and rows). Use another --out, or --overwrite to delete its rows and report and start again")
     assert main([*base, "--row", "refine=false tau=0.6", "--overwrite"]) == 0
@@ -276,13 +268,6 @@ def test_a_bad_row_fails_before_any_work(voc, tmp_path, capsys, row, message):
     assert not out.exists() or {p.name for p in out.iterdir()} <= {".lock", ".lock-r000", "run.log"}
 
 
-def error_line(err: str) -> str:
-    """The one ``error:`` line a tool ends with (no traceback)."""
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert "Traceback" not in err and sum(line.startswith("error:") for line in lines) == 1, err[-2000:]
-    return next(line for line in lines if line.startswith("error:"))
-
-
 def test_a_second_sweep_on_the_same_out_fails_at_once_naming_the_holder(voc, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     args = ["voc", "--data-root", str(voc), "--split", "train", "--out", str(out), "--limit", "1", *TINY,
@@ -294,7 +279,7 @@ def test_a_second_sweep_on_the_same_out_fails_at_once_naming_the_holder(voc, tmp
         assert holder.stdout.readline().strip() == "held"
         monkeypatch.setattr(shared, "load_clip", lambda *a, **k: pytest.fail("a model loaded, --out being locked"))
         assert main(args) == 2
-        line = error_line(capsys.readouterr().err)
+        line = one_error_line(capsys.readouterr().err)
         assert f"'{out}' is in use by another run (PID {holder.pid} on " in line and "another --out" in line
         assert not (out / "sweep.json").exists()
     finally:
@@ -318,7 +303,7 @@ def test_a_damaged_row_shard_is_set_aside_and_its_images_labelled_again(swept, v
     assert [d["shard"] for d in json.loads((row / "manifest.json").read_text())["damaged"]] == [shard.name]
     assert check_shards(row) == []
     for slug in ROWS:   # healed: every row as in the undamaged sweep
-        assert same_labels(labels_of(out / "rows" / slug), labels_of(swept[0] / "rows" / slug)), slug
+        assert_same_labels(stored_labels(swept[0] / "rows" / slug), stored_labels(out / "rows" / slug))
     scores = ("row", "images", "mIoU", "mIoU_ci", "mBIoU", "mBIoU_ci", "diff_mIoU", "p_mIoU", "p_mBIoU")
     assert [{k: r.get(k) for k in scores} for r in json.loads((out / "report.json").read_text())["tables"][1]["rows"]] \
         == [{k: r.get(k) for k in scores} for r in swept[1]["tables"][1]["rows"]]
@@ -354,7 +339,7 @@ def test_resume_after_kill_9_equals_an_uninterrupted_sweep(swept, voc, sweep_fil
     for slug in ROWS:
         summary = json.loads((out / "rows" / slug / "summary-r000.json").read_text())
         assert summary["already_done"] >= staged[slug] + 2 * packed[slug]   # what was finished was kept
-        assert same_labels(labels_of(out / "rows" / slug), labels_of(swept[0] / "rows" / slug)), slug
+        assert_same_labels(stored_labels(swept[0] / "rows" / slug), stored_labels(out / "rows" / slug))
     assert json.loads((out / "report.json").read_text())["tables"][0]["rows"][0]["mIoU"] == \
         swept[1]["tables"][0]["rows"][0]["mIoU"]
 
@@ -373,7 +358,7 @@ def test_two_ranks_under_torchrun_split_the_images_as_gen_pseudo(swept, voc, tmp
         manifest = json.loads((out / "rows" / slug / "manifest.json").read_text())
         assert {name.split("-")[1] for name in manifest["shards"]} == {"r000", "r001"}
         assert len(manifest["summaries"]) == 2 and manifest["num_images"] == 3
-        assert same_labels(labels_of(out / "rows" / slug), labels_of(swept[0] / "rows" / slug))
+        assert_same_labels(stored_labels(swept[0] / "rows" / slug), stored_labels(out / "rows" / slug))
     assert (out / "report.md").is_file()
 
 

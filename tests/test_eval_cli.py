@@ -8,6 +8,7 @@ from PIL import Image
 from pseudolabel.classes import pascal_palette
 from pseudolabel.evaluation import EvaluationConfig, evaluate
 from pseudolabel.evaluation.cli import main
+from tests.fixtures.outputs import one_error_line
 
 C = 4
 
@@ -104,12 +105,6 @@ def test_plain_folders_need_num_classes(folders, capsys):
     assert "--num-classes" in capsys.readouterr().err
 
 
-def error_line(capsys) -> str:
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    return lines[0]
-
-
 def shard_dir(path, classes, labels):
     """A shard directory of a class set named ``classes`` (background first) holding ``labels`` by image id."""
     from pseudolabel.classes import ClassSet
@@ -138,7 +133,7 @@ def test_sources_with_classes_in_another_order_are_refused_naming_both_lists(tmp
     gt = shard_dir(tmp_path / "a", ["background", "cat", "dog"], labels)
     pred = shard_dir(tmp_path / "b", ["background", "dog", "cat"], labels)   # same count, other order
     assert main(["--gt", str(gt), "--pred", str(pred), "--quiet", "--workers", "1", "--bootstrap", "0"]) == 2
-    line = error_line(capsys)
+    line = one_error_line(capsys.readouterr().err, alone=True)
     assert "['background', 'cat', 'dog']" in line and "['background', 'dog', 'cat']" in line
     assert main(["--gt", str(gt), "--pred", str(gt), "--quiet", "--workers", "1", "--bootstrap", "0"]) == 0
 
@@ -151,7 +146,7 @@ def test_png_folders_take_their_class_names_from_classes(tmp_path, labels, capsy
     (tmp_path / "swapped.txt").write_text("Dog\nCat\n")
     common = ["--gt", str(gt), "--pred", str(tmp_path / "pred"), "--quiet", "--workers", "1", "--bootstrap", "0"]
     assert main([*common, "--classes", str(tmp_path / "swapped.txt")]) == 2
-    assert "['background', 'Dog', 'Cat']" in error_line(capsys)
+    assert "['background', 'Dog', 'Cat']" in one_error_line(capsys.readouterr().err, alone=True)
     assert main([*common, "--classes", str(tmp_path / "same.txt")]) == 0
     assert "100.0" in capsys.readouterr().out
 
@@ -159,7 +154,7 @@ def test_png_folders_take_their_class_names_from_classes(tmp_path, labels, capsy
 def test_a_corrupt_prediction_png_is_one_line_naming_it(folders, capsys):
     (folders / "noisy" / "img3.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     assert run(folders, "--pred", str(folders / "noisy")) == 2
-    line = error_line(capsys)
+    line = one_error_line(capsys.readouterr().err, alone=True)
     assert str(folders / "noisy" / "img3.png") in line and "cannot decode" in line
 
 
@@ -175,5 +170,5 @@ def test_a_damaged_shard_is_one_line_naming_it_and_the_checker(tmp_path, labels,
     shard.write_bytes(bytes(data))
     gt = shard_dir(tmp_path / "gt", ["background", "cat", "dog"], labels)
     assert main(["--gt", str(gt), "--pred", str(pred), "--quiet", "--workers", "1", "--bootstrap", "0"]) == 2
-    line = error_line(capsys)
+    line = one_error_line(capsys.readouterr().err, alone=True)
     assert f"shard '{shard}' is damaged" in line and f"tools/check_shards.py {pred}" in line

@@ -15,6 +15,7 @@ from pseudolabel.cam.skipcam import SkipCAMConfig
 from pseudolabel.generate import main, run
 from pseudolabel.storage.check import check_shards
 from pseudolabel.storage.shards import open_shards, shard_image_ids
+from tests.fixtures.outputs import assert_same_labels, one_error_line, stored_labels
 from tests.fixtures.tiny_datasets import make_voc
 from tests.fixtures.tiny_models import ENTRY_MODULE, REPO, module_command
 
@@ -24,11 +25,6 @@ TINY = ["--clip-model", "ViT-T-16-cep-test-quickgelu", "--clip-weights", "random
 
 def args_for(voc, out, *extra):
     return ["voc", "--data-root", str(voc), "--split", "train", "--out", str(out), "--shard-size", "2", *TINY, *extra]
-
-
-def labels_of(out):
-    shards = open_shards(out)
-    return {i: (shards[i].refined, shards[i].initial) for i in shards}
 
 
 @pytest.fixture(scope="module")
@@ -198,10 +194,8 @@ def test_resume_after_kill_9_gives_the_same_labels(voc, tmp_path, full_run):
     summary = run(args_for(voc, out))
     assert summary["already_done"] >= 2 * min(finished_before, 1)
     assert summary["images"] + summary["already_done"] == 5
-    expected, got = labels_of(full_run[0]), labels_of(out)
-    assert expected.keys() == got.keys()
-    for image_id in expected:
-        assert all(np.array_equal(a, b) for a, b in zip(expected[image_id], got[image_id]))
+    expected, got = stored_labels(full_run[0]), stored_labels(out)
+    assert_same_labels(expected, got)
     assert not list(out.glob("*.tmp"))
     for shard in out.glob("shard-*.h5"):
         with h5py.File(shard, "r") as handle:  # every shard is complete and readable
@@ -220,10 +214,7 @@ def test_two_ranks_under_torchrun_share_the_work(voc, tmp_path, full_run):
     manifest = json.loads((out / "manifest.json").read_text())
     by_rank = {name.split("-")[1] for name in manifest["shards"]}
     assert by_rank == {"r000", "r001"} and manifest["num_images"] == 5 and len(manifest["summaries"]) == 2
-    expected, got = labels_of(full_run[0]), labels_of(out)
-    assert expected.keys() == got.keys()
-    for image_id in expected:  # the same labels as one process
-        assert all(np.array_equal(a, b) for a, b in zip(expected[image_id], got[image_id]))
+    assert_same_labels(stored_labels(full_run[0]), stored_labels(out))  # the same labels as one process
     holders = {name: json.loads((out / name).read_text()) for name in (".lock", ".lock-r000", ".lock-r001")}
     assert holders[".lock"]["pid"] == holders[".lock-r000"]["pid"] != holders[".lock-r001"]["pid"]  # rank 0: both
 
@@ -254,14 +245,6 @@ def test_demo_keeps_openai_clip_weights_found_in_the_cache_offline(tmp_path, mon
     cfg = PseudoLabelConfig("voc", "all", SkipCAMConfig(clip_model="ViT-B/16"))
     demo_weights(cfg)
     assert (cfg.cam.clip_weights, cfg.cam.clip_model) == ("openai", "ViT-B-16-quickgelu")
-
-
-def one_error_line(text: str) -> str:
-    lines = [line for line in text.splitlines() if line.strip()]
-    assert not any("Traceback" in line for line in lines), "\n".join(lines[-30:])
-    errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1, "\n".join(lines[-30:])
-    return errors[0]
 
 
 def test_a_second_run_on_the_same_out_fails_at_once_naming_the_holder(voc, tmp_path, capsys, monkeypatch):
@@ -312,10 +295,8 @@ def test_a_damaged_shard_is_set_aside_and_its_images_labelled_again(voc, tmp_pat
     assert (out / "damaged" / shard.name).read_bytes() == bytes(data)  # kept for inspection
     manifest = json.loads((out / "manifest.json").read_text())
     assert [d["shard"] for d in manifest["damaged"]] == [shard.name] and "SHA-256" in manifest["damaged"][0]["reason"]
-    expected, got = labels_of(full_run[0]), labels_of(out)   # healed: the same labels as the undamaged run
-    assert expected.keys() == got.keys()
-    for image_id in expected:
-        assert all(np.array_equal(a, b) for a, b in zip(expected[image_id], got[image_id]))
+    expected, got = stored_labels(full_run[0]), stored_labels(out)   # healed: the same labels as the undamaged run
+    assert_same_labels(expected, got)
     assert check_shards(out) == []
 
 
@@ -349,7 +330,7 @@ def test_a_full_disk_while_a_shard_is_written_is_one_line_and_loses_nothing(voc,
     monkeypatch.undo()
     summary = run(args_for(voc, out))
     assert summary["images"] + summary["already_done"] == 5 and summary["already_done"] == 2
-    expected, got = labels_of(full_run[0]), labels_of(out)
+    expected, got = stored_labels(full_run[0]), stored_labels(out)
     assert expected.keys() == got.keys()
 
 
@@ -368,10 +349,8 @@ def test_a_really_full_disk_gives_the_message_not_a_crash(voc, tmp_path, full_ru
         assert "the disk is full" in one_error_line(result.stderr)
         filler.unlink()
         run(args_for(voc, out, "--shard-size", "5"))
-        expected, got = labels_of(full_run[0]), labels_of(out)
-        assert expected.keys() == got.keys()
-        for image_id in expected:
-            assert all(np.array_equal(a, b) for a, b in zip(expected[image_id], got[image_id]))
+        expected, got = stored_labels(full_run[0]), stored_labels(out)
+        assert_same_labels(expected, got)
 
 
 def test_ids_hdf5_would_confuse_are_separate_images(tmp_path):

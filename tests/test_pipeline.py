@@ -22,6 +22,7 @@ from pseudolabel.precision import DEFAULT_CUDA_PRECISION, effective_precision
 from pseudolabel.sam.refine import SAMRefiner
 from pseudolabel.storage.run_store import RunStore
 from pseudolabel.storage.shards import open_shards, shard_image_ids
+from tests.fixtures.outputs import assert_same_labels, stored_labels
 from tests.fixtures.tiny_datasets import make_voc
 from tests.fixtures.tiny_models import REPO, module_command
 from tests.test_generate import args_for
@@ -47,16 +48,6 @@ def voc(tmp_path_factory):
 def unbatched(voc, tmp_path_factory):
     out = tmp_path_factory.mktemp("b1")
     return out, run(args_for(voc, out, "--batch-size", "1", "--shard-size", "3"))
-
-
-def labels_of(out):
-    shards = open_shards(out)
-    return {i: (shards[i].refined, shards[i].initial, shards[i].loc_maps_lowres) for i in shards}
-
-
-def assert_same_labels(expected: dict, got: dict, ids=None) -> None:
-    for image_id in ids if ids is not None else expected:
-        assert all(np.array_equal(a, b) for a, b in zip(expected[image_id], got[image_id])), image_id
 
 
 def test_batch_size_4_gives_byte_identical_shards(voc, unbatched, tmp_path):
@@ -123,7 +114,7 @@ def test_a_failing_image_is_recorded_and_the_batch_goes_on(voc, unbatched, tmp_p
     assert failures["2007_000003"]["stage"] == "label" and "OutOfMemoryError" in failures["2007_000003"]["reason"]
     assert "--batch-size" in failures["2007_000003"]["reason"] and failures["2007_000005"]["attempts"] == 1
     assert "can't allocate memory" in failures["2007_000005"]["reason"]
-    expected, got = labels_of(unbatched[0]), labels_of(out)
+    expected, got = stored_labels(unbatched[0]), stored_labels(out)
     assert set(got) == set(expected) - set(failures)
     assert_same_labels(expected, got, got)
 
@@ -139,7 +130,7 @@ def test_a_failing_image_is_recorded_and_the_batch_goes_on(voc, unbatched, tmp_p
     monkeypatch.setattr(SkipCAM, "frozen", frozen)
     run(args_for(voc, out, "--batch-size", "4"))
     assert open_shards(out).failures == [] and len(open_shards(out)) == 7
-    assert_same_labels(expected, labels_of(out))
+    assert_same_labels(expected, stored_labels(out))
 
 
 def test_failure_reasons_are_one_line_with_a_hint_for_memory():
@@ -198,7 +189,7 @@ def test_kill_9_in_the_middle_of_a_batch_loses_and_duplicates_nothing(voc, unbat
     assert summary["already_done"] >= finished and summary["already_done"] + summary["images"] == 7
     in_shards = Counter(i for p in out.glob("shard-*.h5") for i in shard_image_ids(p))
     assert set(in_shards.values()) == {1} and len(in_shards) == 7
-    assert_same_labels(labels_of(unbatched[0]), labels_of(out))
+    assert_same_labels(stored_labels(unbatched[0]), stored_labels(out))
 
 
 def test_precision_is_stored_and_compared_on_resume(voc, tmp_path, caplog):
@@ -301,7 +292,7 @@ def test_a_batched_run_writes_the_labels_of_an_image_by_image_run(voc, tmp_path,
         monkeypatch.setattr(generate, "load_models", load_with(batched))
         outputs[batched] = tmp_path / str(batched)
         run(args_for(voc, outputs[batched], "--batch-size", "4", "--limit", "5", "--grid-size", "8"))
-    alone, together = labels_of(outputs[False]), labels_of(outputs[True])
+    alone, together = stored_labels(outputs[False]), stored_labels(outputs[True])
     for image_id, (refined, initial, maps) in alone.items():
         assert np.array_equal(refined, together[image_id][0]) and np.array_equal(initial, together[image_id][1])
         np.testing.assert_allclose(together[image_id][2], maps, atol=2e-6)

@@ -25,6 +25,7 @@ from segtrain.config import RENAMED_KEY, read_config
 from segtrain.crf import dense_crf
 from segtrain.datasets import ShardMismatchError, ShardPseudoLabelDataset
 from tests.fixtures.file_server import serving
+from tests.fixtures.outputs import one_error_line
 from tests.fixtures.tiny_datasets import make_coco, make_voc
 
 REPO = Path(__file__).resolve().parents[1]
@@ -271,14 +272,6 @@ def test_train_resume_and_test_with_tta_and_crf(tiny, tmp_path):
     assert settings["scales"] == [1.0, 0.75] and settings["crf"]["iterations"] == 10
 
 
-def error_line(capsys) -> str:
-    """The tool's stderr: exactly one line starting with 'error:' (no traceback)."""
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1 and not any("Traceback" in line for line in lines), lines[-20:]
-    return errors[0]
-
-
 class _Payload:
     def __init__(self, marker):
         self.marker = str(marker)
@@ -297,11 +290,11 @@ def test_test_seg_refuses_a_crafted_checkpoint_and_one_that_does_not_fit(tiny, t
                                "some.other.model": torch.zeros(3)}}, foreign)
     common = ["--config", str(config), "--out", str(tmp_path / "test"), "--bootstrap", "0"]
     assert seg_test.main([str(crafted), *common]) == 2
-    line = error_line(capsys)
+    line = one_error_line(capsys.readouterr().err)
     assert "refused to load checkpoint" in line and "builtins.exec" in line and not marker.exists()
 
     assert seg_test.main([str(foreign), *common]) == 2
-    line = error_line(capsys)
+    line = one_error_line(capsys.readouterr().err)
     assert "does not fit the model" in line and " missing (auxiliary_head." in line and " more)" in line
     assert "1 unexpected (some.other.model)" in line and "of another shape (decode_head.conv_seg.weight)" in line
 
@@ -315,7 +308,7 @@ def test_resume_from_a_checkpoint_of_another_model_is_refused(tiny, tmp_path, ca
     torch.save({"state_dict": {"x": torch.zeros(1)}, "meta": {"iter": 2}}, work / "iter_2.pth")
     (work / "last_checkpoint").write_text(str(work / "iter_2.pth"))
     assert seg_train.main([str(config), "--work-dir", str(work), "--no-pretrained", "--resume"]) == 2
-    line = error_line(capsys)
+    line = one_error_line(capsys.readouterr().err)
     assert "--resume checkpoint" in line and "iter_2.pth" in line and "1 unexpected (x)" in line
 
 
@@ -331,7 +324,7 @@ def test_training_on_damaged_shards_stops_before_the_runner(tiny, tmp_path, caps
     shard.write_bytes(bytes(data))
     config = tiny_voc_config(tiny, tmp_path / "tiny_voc.py", shards)
     assert seg_train.main([str(config), "--work-dir", str(tmp_path / "work"), "--no-pretrained"]) == 2
-    line = error_line(capsys)
+    line = one_error_line(capsys.readouterr().err)
     assert str(shard) in line and "tools/check_shards.py" in line and "damaged" in line
     assert not list((tmp_path / "work").glob("*.pth"))
 
@@ -344,5 +337,5 @@ def test_one_training_per_work_dir(tiny, tmp_path, capsys):
     work = tmp_path / "work"
     with OutputLock(work, what="--work-dir"):   # another training holds it
         assert seg_train.main([str(config), "--work-dir", str(work), "--no-pretrained"]) == 2
-    line = error_line(capsys)
+    line = one_error_line(capsys.readouterr().err)
     assert f"'{work}' is in use by another run" in line and f"PID {os.getpid()}" in line and "--work-dir" in line
