@@ -23,6 +23,7 @@ from mmengine.runner import Runner, find_latest_checkpoint
 from mmseg.registry import DATASETS
 
 from pseudolabel.checkpoints import CheckpointError, refusal
+from pseudolabel.console import hide_foreign_log_lines
 from pseudolabel.exits import OutputError, guard_write, tool_main
 from pseudolabel.storage.lock import OutputLock
 from pseudolabel.storage.shards import ShardError, open_shards
@@ -160,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         if local_rank_zero:
             write_run_info(cfg, shard_attrs)
         runner = Runner.from_cfg(cfg)
+        hide_foreign_log_lines(runner.logger)
         start = starting_checkpoint(cfg)
         try:
             if start:
