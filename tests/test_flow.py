@@ -95,3 +95,12 @@ def test_stage_two_configs_read_what_stage_one_writes_by_default(dataset, tmp_pa
         train = Config.fromfile(str(path)).train_dataloader.dataset
         assert REPO / train.shards_dir == out, path.name                   # relative to the repository root
         assert Path(train.data_root) == root, path.name
+
+
+def test_the_readme_and_stage_two_docs_show_the_commands_run_here():
+    """The sessions in README.md and docs/stage_two.md chain stage one into stage two with the commands above, with
+    no path given."""
+    for doc in ("README.md", "docs/stage_two.md"):
+        commands = [line.split("#")[0].strip() for line in (REPO / doc).read_text().splitlines()]
+        assert commands.index("tools/train_seg.sh") == commands.index("tools/gen_pseudo.sh voc") + 1, doc
+        assert f"tools/train_seg.sh segtrain/configs/{COCO_CONFIG}" in (REPO / doc).read_text(), doc
