@@ -7,7 +7,7 @@ _base_ = [
     'mmseg::_base_/models/upernet_swin.py',
     './_base_/datasets/voc12aug_pseudo.py',
     'mmseg::_base_/default_runtime.py',
-    'mmseg::_base_/schedules/schedule_40k.py',
+    './_base_/schedules/adamw_40k.py',
 ]
 num_classes = 21
 norm_cfg = dict(type='BN', requires_grad=True)
@@ -28,16 +28,7 @@ model = dict(
     auxiliary_head=dict(in_channels=512, num_classes=num_classes, norm_cfg=norm_cfg))
 
 optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01),
     paramwise_cfg=dict(custom_keys={
         'absolute_pos_embed': dict(decay_mult=0.),
         'relative_position_bias_table': dict(decay_mult=0.),
         'norm': dict(decay_mult=0.)}))
-param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
-    dict(type='PolyLR', eta_min=0.0, power=1.0, begin=1500, end=40000, by_epoch=False),
-]
-default_hooks = dict(
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=4000, max_keep_ckpts=3, save_best='mIoU'))
