@@ -32,9 +32,9 @@ from tqdm import tqdm
 
 from pseudolabel.classes import pascal_palette
 from pseudolabel.cli_options import add_dataclass_options, config_from_options
+from pseudolabel.datasets.custom import find_image
 from pseudolabel.exits import OutputError, output_error, tool_main, worker_pool
 from pseudolabel.image_io import write_label_png
-from pseudolabel.datasets.custom import find_image
 from pseudolabel.storage.atomic import atomic_write
 from pseudolabel.storage.coco_rle import category_ids, class_masks, coco_document
 from pseudolabel.storage.format import LABEL_KINDS, REFINED
