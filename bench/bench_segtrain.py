@@ -1,7 +1,7 @@
-"""Stage-two speed: training iterations/s of the VOC config on this machine, and data-loading images/s with labels
+"""Stage-two speed: training iterations/s of the VOC configs on this machine, and data-loading images/s with labels
 read from shards vs from palette PNGs (0, 2, 4 workers). One command, prints tables:
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_segtrain.py [--iters 2] [--images 96]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_segtrain.py [--iters 2] [--images 96] [--configs CONFIG ...]
 """
 from __future__ import annotations
 
@@ -33,9 +33,9 @@ from segtrain.pretrained import drop_pretrained
 VOC_CONFIG = Path(__file__).resolve().parents[1] / "segtrain/configs/deeplabv3plus_r101-d8_4xb4-20k_voc12aug-pseudo-512x512.py"
 
 
-def bench_training(iters: int, batch: int = 2, crop: int = 512) -> tuple[float, str]:
-    """Seconds per iteration (after one warm-up) of the VOC model, random init, SGD as configured."""
-    cfg = Config.fromfile(VOC_CONFIG)
+def bench_training(config: Path, iters: int, batch: int = 2, crop: int = 512) -> tuple[float, str]:
+    """Seconds per iteration (after one warm-up) of a config's model, random init, its optimizer as configured."""
+    cfg = Config.fromfile(config)
     drop_pretrained(cfg.model)
     model = MODELS.build(cfg.model)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -126,14 +126,18 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=2, help="timed training iterations")
     parser.add_argument("--images", type=int, default=96, help="images for the loading benchmark")
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--configs", nargs="+", type=Path, default=[VOC_CONFIG],
+                        help="configs whose model trains (default: the VOC DeepLabV3+ R101; e.g. also "
+                             "segtrain/configs/segformer_mit-b5_4xb4-40k_voc12aug-pseudo-512x512.py)")
     args = parser.parse_args()
     register_all_modules(init_default_scope=True)
     torch.manual_seed(0)
     print(f"torch threads: {torch.get_num_threads()}, CPUs: {torch.multiprocessing.cpu_count()}")
     if not args.skip_training:
-        seconds, device = bench_training(args.iters)
-        print("\n| model | device | batch x crop | s/iter | iter/s |\n|---|---|---|---|---|")
-        print(f"| DeepLabV3+ R101 (random init) | {device} | 2 x 512^2 | {seconds:.2f} | {1 / seconds:.3f} |")
+        print("\n| model (random init) | device | batch x crop | s/iter | iter/s |\n|---|---|---|---|---|")
+        for config in args.configs:
+            seconds, device = bench_training(config, args.iters)
+            print(f"| {config.stem} | {device} | 2 x 512^2 | {seconds:.2f} | {1 / seconds:.3f} |")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         make_data(root, args.images)

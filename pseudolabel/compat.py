@@ -15,6 +15,8 @@ Three known incompatibilities are handled here, each a no-op where it is not nee
    mmengine 0.10.7's training state (``HistoryBuffer``, numpy scalars and dtypes), which the safe unpickler rejects
    by default, is allow-listed so that resume works; mmengine's local-file loader refuses anything else in one line.
 
+:func:`apply` also hides the stack's warnings that are not the user's business (``pseudolabel/console.py``).
+
 Call :func:`apply` before importing torchvision, mmcv or mmseg or a library that imports them. The modules that do
 call it first: ``pseudolabel/cam/clip_models.py`` (open_clip), ``pseudolabel/sam/models.py`` and
 ``pseudolabel/sam/predictor.py`` (segment_anything) and ``segtrain/__init__.py`` (mmseg); ``import pseudolabel``
@@ -26,6 +28,8 @@ import importlib.machinery
 import importlib.util
 import sys
 import types
+
+from pseudolabel.console import hide_foreign_warnings
 
 _STATE = {"torchvision": False, "mmcv_ext": False, "checkpoints": False}
 
@@ -151,6 +155,7 @@ def _safe_checkpoint_loading() -> None:
 
 def apply() -> dict:
     """Apply every shim that is needed here; safe to call repeatedly. Returns what was applied."""
+    hide_foreign_warnings()   # before mmengine (imported below) imports pkg_resources
     if not _STATE["torchvision"]:
         _patch_torchvision()
     if not _STATE["mmcv_ext"]:

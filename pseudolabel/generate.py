@@ -28,6 +28,7 @@ from pseudolabel.cam.clip_models import openai_weights_cached
 from pseudolabel.classes import DATA_DIR, ClassSet, get_class_set
 from pseudolabel.cli_options import add_dataclass_options, program_name
 from pseudolabel.config import PseudoLabelConfig, config_from_args
+from pseudolabel.console import console_logging
 from pseudolabel.datasets import DEFAULT_SPLITS, Sample, WeakDataset, build_dataset
 from pseudolabel.exits import OutputError, tool_main
 from pseudolabel.pipeline import (STAGES, BackgroundWriter, ImageFailure, Labeller, PendingRecord, default_batch_size,
@@ -451,7 +452,7 @@ class StageOneRun:
 def run(argv: list[str] | None = None) -> dict:
     """Parse options, label every image of this rank's share, and return this rank's summary."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    console_logging()
     rank, world, _ = distributed()
     with RunLog(output_dir(args, split_of(args)), rank, world) as log:
         with StageOneRun.setup(args, log) as stage_one:

@@ -108,10 +108,13 @@ def read_label_png(path: str | Path) -> np.ndarray:
     return labels
 
 
-def write_label_png(target: str | Path | BinaryIO, labels: np.ndarray, palette: np.ndarray,
+def write_label_png(target: str | Path | BinaryIO, labels: np.ndarray, palette: np.ndarray | None,
                     compress_level: int = 6) -> None:
-    """Write a ``uint8`` label map as a palette PNG (so viewers show colours, not a black image) to a path or an
-    open binary file. ``compress_level`` (zlib, 0-9) trades file size for speed; any level decodes the same."""
-    image = Image.fromarray(np.asarray(labels, dtype=np.uint8), mode="P")
-    image.putpalette(np.asarray(palette, dtype=np.uint8).reshape(-1).tolist())
+    """Write a ``uint8`` label map to a path or an open binary file: a palette PNG (so viewers show colours, not a
+    black image), or with ``palette=None`` an 8-bit single-channel PNG of the indices (SBD's ``SegmentationClassAug``
+    format, which every image reader returns as the indices). ``compress_level`` (zlib, 0-9) trades file size for
+    speed; any level decodes the same."""
+    image = Image.fromarray(np.asarray(labels, dtype=np.uint8), mode="P" if palette is not None else "L")
+    if palette is not None:
+        image.putpalette(np.asarray(palette, dtype=np.uint8).reshape(-1).tolist())
     image.save(target, format="PNG", compress_level=compress_level)

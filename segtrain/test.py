@@ -14,6 +14,7 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 from pseudolabel.checkpoints import CheckpointError
+from pseudolabel.console import hide_foreign_log_lines
 from pseudolabel.evaluation import EvaluationConfig, EvaluationError, LabelSourceError, evaluate
 from pseudolabel.evaluation.report import format_table, write_json
 from pseudolabel.exits import EXIT_ERROR, OutputError, tool_main
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out or Path(args.checkpoint).parent / f"test_{settings_name(args)}")
     cfg = test_config(args, out_dir)
     runner = Runner.from_cfg(cfg)
+    hide_foreign_log_lines(runner.logger)
     check_checkpoint_fits(runner.model, cfg.load_from, "the")
     runner.test()
     write_settings(args, cfg, out_dir)

@@ -23,6 +23,7 @@ from mmengine.runner import Runner, find_latest_checkpoint
 from mmseg.registry import DATASETS
 
 from pseudolabel.checkpoints import CheckpointError, refusal
+from pseudolabel.console import hide_foreign_log_lines
 from pseudolabel.exits import OutputError, guard_write, tool_main
 from pseudolabel.storage.lock import OutputLock
 from pseudolabel.storage.shards import ShardError, open_shards
@@ -38,7 +39,8 @@ PACKAGES = ("torch", "torchvision", "numpy", "mmengine", "mmcv-lite", "mmcv", "m
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train an MMSegmentation model on stage-one pseudo-label shards.")
     parser.add_argument("config", help="mmseg config, e.g. segtrain/configs/deeplabv3plus_r101-d8_4xb4-20k_voc12aug-pseudo-512x512.py")
-    parser.add_argument("--shards", help="stage-one shard directory (overrides the config's shards_dir)")
+    parser.add_argument("--shards", help="stage-one shard directory (default: the config's shards_dir, stage one's "
+                                         "default output, e.g. outputs/voc_train_aug from tools/gen_pseudo.sh voc)")
     parser.add_argument("--work-dir", help="checkpoints, logs, config copy (default: work_dirs/<config name>)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the work dir")
     parser.add_argument("--no-pretrained", action="store_true", help="random init instead of ImageNet weights")
@@ -160,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         if local_rank_zero:
             write_run_info(cfg, shard_attrs)
         runner = Runner.from_cfg(cfg)
+        hide_foreign_log_lines(runner.logger)
         start = starting_checkpoint(cfg)
         try:
             if start:

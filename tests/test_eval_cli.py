@@ -172,3 +172,42 @@ def test_a_damaged_shard_is_one_line_naming_it_and_the_checker(tmp_path, labels,
     assert main(["--gt", str(gt), "--pred", str(pred), "--quiet", "--workers", "1", "--bootstrap", "0"]) == 2
     line = one_error_line(capsys.readouterr().err, alone=True)
     assert f"shard '{shard}' is damaged" in line and f"tools/check_shards.py {pred}" in line
+
+
+def test_sources_made_with_random_weights_are_named_on_the_console_and_in_the_json(tmp_path, capsys):
+    from pseudolabel.storage.export import export_labels
+    from pseudolabel.storage.shards import ShardWriter, open_shards
+    from tests.fixtures.viewer_shards import ATTRS, VOC, make_voc_run
+
+    root, random_shards, _ = make_voc_run(tmp_path)        # written with random_weights=True
+    real_shards = tmp_path / "real"
+    real_shards.mkdir()
+    with ShardWriter(real_shards / "shard-r000-00000.h5", VOC, dict(ATTRS, random_weights=False)) as writer:
+        for record in open_shards(random_shards).values():
+            writer.write(record)
+    exported = export_labels(random_shards, tmp_path / "exported", progress=False).label_dir
+
+    def scores(*sources):
+        out = tmp_path / "r.json"
+        args = ["--gt", "voc:train", "--data-root", str(root), "--bootstrap", "0", "--workers", "1", "--quiet",
+                "--json", str(out)]
+        for flag, source in zip(("--pred", "--pred2"), sources):
+            args += [flag, str(source)]
+        assert main(args) == 0
+        console = capsys.readouterr()
+        return json.loads(out.read_text()), console.out + console.err
+
+    data, console = scores(real_shards)
+    assert data["random_weights"] is False and "RANDOM" not in console
+    for random_source in (random_shards, exported):         # the shards, and the PNGs exported from them
+        data, console = scores(random_source)
+        assert data["random_weights"] is True and data["random_weights_sources"] == ["pred1"]
+        assert data["systems"][0]["random_weights"] is True
+        assert "RANDOM WEIGHTS: system 1 was made with random model weights" in console
+        assert data["mIoU"] < 100
+    data, console = scores(real_shards, random_shards)
+    assert data["random_weights_sources"] == ["pred2"] and [s["random_weights"] for s in data["systems"]] == [
+        False, True]
+    assert "RANDOM WEIGHTS: system 2 was made" in console
+    result = evaluate(random_shards, real_shards, config=EvaluationConfig(bootstrap=0, workers=1), progress=False)
+    assert result.random_weights_sources == ["gt"]      # random-weight labels as the GT are named too

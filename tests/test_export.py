@@ -1,5 +1,7 @@
-"""Export of shards to palette PNGs (VOC layout, flat) and CLIP-ES .npy maps: read back by the evaluator, by a stock
-mmseg VOC pipeline and the way CLIP-ES's eval_cam.py reads them; resumable, atomic, refuses to mix labels."""
+"""Export of shards to PNGs (palette or index, VOC layout or flat), COCO RLE masks and CLIP-ES .npy maps: read back
+by the evaluator, by a stock mmseg VOC pipeline, by the image readers trainers use (imageio as WeCLIP reads labels,
+OpenCV, PIL, mmcv), by pycocotools and the way CLIP-ES's eval_cam.py reads them; resumable, atomic, refuses to mix
+labels."""
 import json
 
 import cv2
@@ -129,13 +131,14 @@ def test_round_trip_through_the_evaluator(tmp_path):
     assert results["pngs"]["per_class"] == results["shards"]["per_class"]
 
 
-def test_stock_mmseg_voc_pipeline_reads_the_export(tmp_path):
+@pytest.mark.parametrize("png_mode", ["palette", "index"])
+def test_stock_mmseg_voc_pipeline_reads_the_export(tmp_path, png_mode):
     from mmseg.datasets import PascalVOCDataset
     from mmseg.datasets.transforms import LoadAnnotations
 
     root, shard_dir, dataset = make_voc_run(tmp_path)
     out = tmp_path / "out"
-    export_labels(shard_dir, out, progress=False)
+    export_labels(shard_dir, out, ExportConfig(png_mode=png_mode), progress=False)
     voc = PascalVOCDataset(data_root=str(root), ann_file=str(out / "train.txt"),
                            data_prefix=dict(img_path="JPEGImages", seg_map_path=str(out / "SegmentationClassPseudo")),
                            pipeline=[LoadAnnotations()])
@@ -194,3 +197,132 @@ def test_other_labels_into_the_same_folder_are_refused_unless_overwrite(shards, 
     png = tmp_path / "out" / "SegmentationClassPseudo" / "2007_000001.png"
     assert np.array_equal(np.array(Image.open(png)), stored(directory, "2007_000001", "initial"))
     assert tool([str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
+
+
+def read_as_weclip(path):
+    """WeCLIP's label loader (its datasets/voc.py: ``imageio.v2.imread``)."""
+    imageio = pytest.importorskip("imageio.v2", reason="imageio is a test dependency (requirements.txt)")
+    return imageio.imread(path)
+
+
+def read_with_mmcv(path, backend):
+    import mmcv
+
+    with open(path, "rb") as handle:
+        return mmcv.imfrombytes(handle.read(), flag="unchanged", backend=backend)
+
+
+# How each reader a trainer may use opens a label PNG: imageio as WeCLIP, OpenCV unchanged and grayscale (CLIP-ES and
+# many DeepLab ports), PIL, mmcv's decoders (mmseg's LoadAnnotations uses the pillow one).
+READERS = {
+    "imageio (WeCLIP)": read_as_weclip,
+    "cv2 unchanged": lambda path: cv2.imread(str(path), cv2.IMREAD_UNCHANGED),
+    "cv2 grayscale": lambda path: cv2.imread(str(path), cv2.IMREAD_GRAYSCALE),
+    "PIL": lambda path: np.array(Image.open(path)),
+    "mmcv pillow": lambda path: read_with_mmcv(path, "pillow"),
+    "mmcv cv2": lambda path: read_with_mmcv(path, "cv2"),
+}
+# Palette PNGs hold the indices too, but these readers turn them into colours (or grey levels of the colours).
+COLOUR_READERS = {"imageio (WeCLIP)", "cv2 unchanged", "cv2 grayscale", "mmcv cv2"}
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_index_pngs_read_as_class_indices_with_every_reader(shards, tmp_path, reader):
+    directory, records = shards
+    summary = export_labels(directory, tmp_path / "out", ExportConfig(png_mode="index", workers=1), progress=False)
+    for image_id in records:
+        labels = READERS[reader](summary.label_dir / f"{image_id}.png")
+        expected = stored(directory, image_id, "refined")
+        assert labels.dtype == np.uint8 and labels.shape == expected.shape, reader
+        assert np.array_equal(labels, expected), reader       # 15 stays 15, 255 stays 255
+    assert json.loads((tmp_path / "out" / "export.json").read_text())["png_mode"] == "index"
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_palette_pngs_give_indices_only_to_palette_aware_readers(shards, tmp_path, reader):
+    """What docs/export.md tells users: palette PNGs are for viewing and PIL-based loaders (mmseg)."""
+    directory, records = shards
+    summary = export_labels(directory, tmp_path / "out", ExportConfig(workers=1), progress=False)
+    labels = READERS[reader](summary.label_dir / "sub/b.png")
+    expected = stored(directory, "sub/b", "refined")
+    reads_indices = labels.shape == expected.shape and np.array_equal(labels, expected)
+    assert reads_indices == (reader not in COLOUR_READERS), reader
+    if reader == "cv2 grayscale":      # the grey level of VOC's colour of class 15 (person), not 15
+        assert set(np.unique(labels[expected == 15])) == {147}
+
+
+def test_changing_the_png_mode_of_an_export_is_refused(shards, tmp_path):
+    directory, _ = shards
+    export_labels(directory, tmp_path / "out", ExportConfig(workers=1), progress=False)
+    with pytest.raises(ExportError, match="png_mode: 'palette' -> 'index'"):
+        export_labels(directory, tmp_path / "out", ExportConfig(png_mode="index", workers=1), progress=False)
+    record = tmp_path / "out" / "export.json"
+    older = json.loads(record.read_text())
+    del older["png_mode"]                        # an export.json written before the option: palette PNGs
+    record.write_text(json.dumps(older))
+    assert export_labels(directory, tmp_path / "out", ExportConfig(workers=1), progress=False).written == 0
+
+
+def masks_by_class(coco, image_entry, class_names):
+    """{class index: decoded mask} of one image, through pycocotools' COCO API (annToMask)."""
+    found = {}
+    for annotation in coco.loadAnns(coco.getAnnIds(imgIds=[image_entry["id"]])):
+        name = coco.loadCats([annotation["category_id"]])[0]["name"]
+        index = class_names.index(name)
+        assert index not in found, f"two annotations of {name} in {image_entry['file_name']}"
+        found[index] = coco.annToMask(annotation)
+    return found
+
+
+def test_coco_rle_json_decodes_to_the_shard_labels(shards, tmp_path):
+    from pycocotools.coco import COCO
+
+    directory, records = shards
+    summary = export_labels(directory, tmp_path / "out", ExportConfig(coco_rle=True, workers=2), progress=False)
+    assert summary.coco_json == tmp_path / "out" / "train_coco_rle.json"
+    document = json.loads(summary.coco_json.read_text())
+    assert document["info"]["random_weights"] is True and document["info"]["kind"] == "refined"
+    assert [(c["id"], c["name"]) for c in document["categories"]] == list(enumerate(VOC.classes))[1:]
+    coco = COCO(str(summary.coco_json))
+    assert len(coco.imgs) == len(records)
+    for entry in coco.dataset["images"]:
+        image_id = entry["file_name"].removesuffix(".jpg")        # VOC's JPEGImages/<id>.jpg
+        labels = stored(directory, image_id, "refined")
+        assert (entry["height"], entry["width"]) == labels.shape
+        masks = masks_by_class(coco, entry, list(VOC.classes))
+        present = {int(c) for c in np.unique(labels)} - {0, 255}
+        assert set(masks) == present                              # one entry per class in the label map
+        for index, mask in masks.items():
+            assert np.array_equal(mask, labels == index), (image_id, index)
+        for annotation in coco.loadAnns(coco.getAnnIds(imgIds=[entry["id"]])):
+            mask = labels == VOC.classes.index(coco.loadCats([annotation["category_id"]])[0]["name"])
+            rows, cols = np.nonzero(mask)
+            assert annotation["area"] == mask.sum() and annotation["iscrowd"] == 0
+            assert annotation["bbox"] == [cols.min(), rows.min(), cols.max() - cols.min() + 1,
+                                          rows.max() - rows.min() + 1]
+    # a resumed export (every PNG already there) writes the same JSON
+    again = export_labels(directory, tmp_path / "out", ExportConfig(coco_rle=True, workers=1), progress=False)
+    assert again.written == 0 and json.loads(again.coco_json.read_text()) == document
+
+
+def test_coco_rle_uses_coco_category_ids_and_custom_file_names(tmp_path):
+    from pseudolabel.classes import get_class_set
+
+    coco_classes = get_class_set("coco")
+    images = tmp_path / "photos"
+    images.mkdir()
+    Image.new("RGB", (9, 7)).save(images / "cat.png")
+    labels = np.zeros((7, 9), np.uint8)
+    labels[2:5, 3:8] = 80                                          # toothbrush: COCO category id 90
+    labels[0, 0] = 1                                               # person: COCO category id 1
+    attrs = dict(ATTRS, dataset="custom", image_dir=str(images))
+    (tmp_path / "shards").mkdir()
+    with ShardWriter(tmp_path / "shards" / "shard-r000-00000.h5", coco_classes, attrs) as writer:
+        writer.write(LabelRecord(image_id="cat", refined=labels, initial=labels,
+                                 loc_maps_lowres=np.zeros((2, 1, 1), np.float32), loc_class_ids=(1, 80),
+                                 class_ids=(1, 80), size=labels.shape))
+    summary = export_labels(tmp_path / "shards", tmp_path / "out", ExportConfig(coco_rle=True), progress=False)
+    document = json.loads(summary.coco_json.read_text())
+    assert document["images"] == [{"id": 1, "file_name": "cat.png", "height": 7, "width": 9}]
+    assert sorted(a["category_id"] for a in document["annotations"]) == [1, 90]
+    assert {c["id"]: c["name"] for c in document["categories"]}[90] == "toothbrush"

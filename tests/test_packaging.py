@@ -82,8 +82,10 @@ def test_wheel_carries_the_package_data_and_no_test_model(installed):
     names = set(archive.namelist())
     wanted = [p.relative_to(REPO).as_posix() for pattern in ("pseudolabel/class_lists/*.json",
                                                               "pseudolabel/ablation/sweeps/*.json",
-                                                              "segtrain/configs/*.py") for p in REPO.glob(pattern)]
-    assert {"pseudolabel/class_lists/voc.json", "pseudolabel/class_lists/coco.json"} <= set(wanted)
+                                                              "segtrain/configs/*.py", "segtrain/configs/_base_/*/*.py")
+              for p in REPO.glob(pattern)]
+    assert {"pseudolabel/class_lists/voc.json", "pseudolabel/class_lists/coco.json",
+            "segtrain/configs/_base_/datasets/voc12aug_pseudo.py"} <= set(wanted)
     assert set(wanted) <= names
     # the tests' tiny models (tests/fixtures/tiny_models.py) are neither files nor names in the wheel
     assert not [name for name in names if "model_configs" in name or name.startswith("tests/")]

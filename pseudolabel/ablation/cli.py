@@ -35,6 +35,7 @@ from pseudolabel.ablation.sweep import Row, Sweep, SweepBuilder, gen_pseudo_flag
 from pseudolabel.classes import DATA_DIR
 from pseudolabel.cli_options import add_dataclass_options, program_name
 from pseudolabel.config import config_from_args
+from pseudolabel.console import console_logging
 from pseudolabel.datasets import Sample, WeakDataset
 from pseudolabel.evaluation.pipeline import EvaluationConfig
 from pseudolabel.exits import OutputError, guard_write, tool_main
@@ -357,7 +358,7 @@ def run(argv: list[str] | None = None) -> dict | None:
     whose rows are all finished only gets its report rebuilt. ``--out`` is locked (one sweep per folder) before any
     model loads."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    console_logging()
     rank, world, local_rank = distributed()
     out, split = sweep_dir(args), split_of(args)
     with RunLog(out, rank, world) as log:

@@ -3,7 +3,7 @@
 Typical use::
 
     from pseudolabel.evaluation import EvaluationConfig, evaluate, image_miou
-    result = evaluate("voc:train", "out/shards", config=EvaluationConfig(bootstrap=1000))
+    result = evaluate("voc:train", "outputs/voc_train", config=EvaluationConfig(bootstrap=1000))
     print(result.systems[0].miou, result.to_json()["ci"])
     worst = image_miou(result.systems[0].counts)   # per-image mIoU, e.g. for a viewer's --worst
 """

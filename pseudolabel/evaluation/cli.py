@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from pseudolabel.cli_options import add_dataclass_options, config_from_options
 from pseudolabel.evaluation.pipeline import EvaluationConfig, EvaluationError, evaluate
-from pseudolabel.evaluation.report import format_table, plot_per_class, write_json
+from pseudolabel.evaluation.report import format_table, plot_per_class, random_weights_note, write_json
 from pseudolabel.evaluation.sources import LabelSourceError
 from pseudolabel.exits import OutputError, tool_main
 from pseudolabel.storage.format import LABEL_KINDS, REFINED
@@ -46,4 +47,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         plot_per_class(result, args.plot)
         print(f"chart written to {args.plot}")
+    if note := random_weights_note(result):
+        print(f"NOTE: {note} (\"random_weights\": true in --json)", file=sys.stderr)
     return 0

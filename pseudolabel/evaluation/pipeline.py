@@ -189,13 +189,15 @@ class SystemScores:
     miou_labelled: float                  # labelled-only: pixels predicted as ignore are not scored
     coverage: float                       # labelled pixels / scored pixels
     ci: dict[str, tuple[float, float]] = field(default_factory=dict)
+    random_weights: bool = False          # the predictions were made with random model weights
 
     def to_json(self, class_names: list[str]) -> dict:
         per_class = {name: {"IoU": _num(100 * iou), "BIoU": _num(100 * biou)}
                      for name, iou, biou in zip(class_names, self.class_iou, self.class_biou)}
         return {"name": self.name, "mIoU": _num(self.miou), "mBIoU": _num(self.mbiou),
                 "mIoU_labelled_only": _num(self.miou_labelled), "coverage": _num(self.coverage),
-                "per_class": per_class, "ci": {k: [_num(v) for v in ci] for k, ci in self.ci.items()}}
+                "random_weights": self.random_weights, "per_class": per_class,
+                "ci": {k: [_num(v) for v in ci] for k, ci in self.ci.items()}}
 
 
 def _num(value: float) -> float | None:
@@ -216,10 +218,17 @@ class EvaluationResult:
     missing: dict[str, list[str]] = field(default_factory=dict)
     skipped: dict[str, list[str]] = field(default_factory=dict)
     out_of_range_pixels: dict[str, int] = field(default_factory=dict)
+    gt_random_weights: bool = False       # the GT itself was made with random weights (e.g. shards as --gt)
 
     @property
     def num_images(self) -> int:
         return len(self.image_ids)
+
+    @property
+    def random_weights_sources(self) -> list[str]:
+        """The roles (``gt``, ``pred1``, ``pred2``) of the sources made with random model weights."""
+        return (["gt"] if self.gt_random_weights else []) + [
+            f"pred{k + 1}" for k, s in enumerate(self.systems) if s.random_weights]
 
     def to_json(self) -> dict:
         first = self.systems[0].to_json(self.class_names)
@@ -228,6 +237,7 @@ class EvaluationResult:
             "mIoU_flavour": "strict (predicted ignore = miss, mmseg IoUMetric); mean over " + (
                 "classes with union > 0" if self.config.mean_over == "mmseg" else "classes present in GT"),
             "split": self.split, "num_images": self.num_images,
+            "random_weights": bool(self.random_weights_sources), "random_weights_sources": self.random_weights_sources,
             "systems": [s.to_json(self.class_names) for s in self.systems],
             # ``paired`` holds the mIoU test at its top level (diff, ci, p_value) and the mBIoU test under "mBIoU".
             "paired": ({"metric": "mIoU", **self.paired["mIoU"].to_json(), "mBIoU": self.paired["mBIoU"].to_json()}
@@ -240,7 +250,7 @@ class EvaluationResult:
         }
 
 
-def _scores(name: str, table: CountTable, mean_over: str) -> SystemScores:
+def _scores(name: str, table: CountTable, mean_over: str, random_weights: bool = False) -> SystemScores:
     gt_total = table.total("gt")
     inter_l, union_l = labelled_only_sums(table)
     return SystemScores(
@@ -251,6 +261,7 @@ def _scores(name: str, table: CountTable, mean_over: str) -> SystemScores:
         mbiou=float(mean_iou(table.total("band_inter"), table.total("band_union"), gt_total, mean_over)),
         miou_labelled=float(mean_iou(inter_l, union_l, gt_total, mean_over)),
         coverage=coverage(table),
+        random_weights=random_weights,
     )
 
 
@@ -281,6 +292,7 @@ class CountedSystems:
     missing: dict[str, list[str]] = field(default_factory=dict)
     skipped: dict[str, list[str]] = field(default_factory=dict)
     out_of_range_pixels: dict[str, int] = field(default_factory=dict)
+    gt_random_weights: bool = False
 
     @property
     def image_ids(self) -> list[str]:
@@ -292,7 +304,7 @@ class CountedSystems:
         common = set(other.image_ids)
         ids = [i for i in self.image_ids if i in common]
         systems = [replace(s, ci={}) if s.counts.image_ids == ids else _scores(s.name, s.counts.subset(ids),
-                                                                                config.mean_over)
+                                                                                config.mean_over, s.random_weights)
                    for s in self.systems + other.systems]
         renumber = {f"pred{k + 1}": f"pred{k + 1 + len(self.systems)}" for k in range(len(other.systems))}
         missing = {**self.missing, **{renumber[k]: v for k, v in other.missing.items()}}
@@ -300,7 +312,8 @@ class CountedSystems:
                         **{renumber[k]: v for k, v in other.out_of_range_pixels.items() if k != "gt"}}
         skipped = {reason: sorted(set(ids_a) | set(other.skipped.get(reason, [])))
                    for reason, ids_a in self.skipped.items()}
-        return CountedSystems(self.class_names, self.split, systems, missing, skipped, out_of_range)
+        return CountedSystems(self.class_names, self.split, systems, missing, skipped, out_of_range,
+                              self.gt_random_weights)
 
 
 def count_systems(
@@ -333,9 +346,10 @@ def count_systems(
                     for key in ["gt"] + [f"pred{n}" for n in range(1, len(sources) + 1)]}
     ids = [o.image_id for o in scored]
     systems = [_scores(source.description, CountTable.stack(ids, [o.counts[k] for o in scored], num_classes),
-                       config.mean_over) for k, source in enumerate(sources)]
+                       config.mean_over, getattr(source, "random_weights", False)) for k, source in enumerate(sources)]
     split = gt_source.split or next((s.split for s in sources if s.split), None)
-    return CountedSystems(class_names, split, systems, missing, skipped, out_of_range)
+    return CountedSystems(class_names, split, systems, missing, skipped, out_of_range,
+                          getattr(gt_source, "random_weights", False))
 
 
 def score_counts(counted: CountedSystems, config: EvaluationConfig, progress: bool = True) -> EvaluationResult:
@@ -352,7 +366,7 @@ def score_counts(counted: CountedSystems, config: EvaluationConfig, progress: bo
             paired = {"mIoU": paired_test(a.miou - b.miou, samples[:, 0] - samples[:, 2], config.confidence),
                       "mBIoU": paired_test(a.mbiou - b.mbiou, samples[:, 1] - samples[:, 3], config.confidence)}
     return EvaluationResult(counted.class_names, counted.split, counted.image_ids, systems, config, paired,
-                            counted.missing, counted.skipped, counted.out_of_range_pixels)
+                            counted.missing, counted.skipped, counted.out_of_range_pixels, counted.gt_random_weights)
 
 
 def evaluate(

@@ -27,6 +27,8 @@ def format_table(result: EvaluationResult) -> str:
              f"classes: {len(result.class_names)}   "
              f"boundary: kernel {cfg.boundary_kernel}, border {cfg.boundary_border}"]
     lines += [f"system {k + 1}: {s.name}" for k, s in enumerate(systems)]
+    if result.random_weights_sources:
+        lines.append(random_weights_note(result))
     lines += [header, "-" * len(header)]
     for c, name in enumerate(result.class_names):
         lines.append(f"{name:<{name_width}}" + "".join(
@@ -55,6 +57,16 @@ def format_table(result: EvaluationResult) -> str:
         if pixels:
             lines.append(f"WARNING: {pixels} pixels of {key} have class values >= {len(result.class_names)}")
     return "\n".join(lines)
+
+
+def random_weights_note(result: EvaluationResult) -> str:
+    """One loud line naming the sources made with random model weights (empty when none was)."""
+    names = {"gt": "the GT"} | {f"pred{k + 1}": f"system {k + 1}" for k in range(len(result.systems))}
+    made = [names[role] for role in result.random_weights_sources]
+    if not made:
+        return ""
+    return (f"RANDOM WEIGHTS: {' and '.join(made)} {'was' if len(made) == 1 else 'were'} made with random model "
+            "weights; these scores show that the pipeline runs, not what the method does")
 
 
 def write_json(result: EvaluationResult, path: str | Path) -> None:

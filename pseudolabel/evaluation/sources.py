@@ -3,9 +3,13 @@
 ``open_source(spec)`` detects the kind: a directory containing ``*.h5`` -> shards; ``name:split`` (e.g. ``voc:val``)
 -> dataset GT through ``pseudolabel.datasets.build_dataset``; any other directory -> a folder of ``<id>.png`` index
 PNGs (stage two's palette PNGs included). Every source is picklable, so worker processes can read from it.
+
+``random_weights`` says whether a source was made with random model weights: shards record it (``random_weights``
+attribute), and so does the ``export.json`` beside a folder written by ``tools/export_labels.py``.
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +34,7 @@ class LabelSource(Protocol):
     num_classes: int | None               # None when the source does not know its class set
     class_names: tuple[str, ...] | None
     split: str | None                     # e.g. "voc:train" when known
+    random_weights: bool                  # made with random model weights (its scores say nothing about the method)
 
     def ids(self) -> list[str]: ...
     def read(self, image_id: str) -> np.ndarray: ...      # (H, W) uint8
@@ -45,10 +50,12 @@ class PngFolderSource:
     class_names: tuple[str, ...] | None = None
     split: str | None = None
     description: str = field(init=False)
+    random_weights: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
         self.description = str(self.root)
+        self.random_weights = exported_with_random_weights(self.root)
 
     def ids(self) -> list[str]:
         return sorted(p.relative_to(self.root).with_suffix("").as_posix() for p in self.root.rglob("*.png"))
@@ -77,6 +84,7 @@ class DatasetSource:
     split: str = field(init=False)
     num_classes: int = field(init=False)
     class_names: tuple[str, ...] = field(init=False)
+    random_weights: bool = field(default=False, init=False)   # a dataset's GT is made by people
 
     def __post_init__(self) -> None:
         from pseudolabel.datasets import build_dataset  # imported on use: only dataset specs need it
@@ -109,6 +117,7 @@ class ShardSource:
     split: str | None = field(init=False)
     num_classes: int | None = field(init=False)
     class_names: tuple[str, ...] | None = field(init=False)
+    random_weights: bool = field(init=False)
 
     def __post_init__(self) -> None:
         from pseudolabel.storage.shards import open_shards  # imported on use: only shard directories need it
@@ -123,6 +132,7 @@ class ShardSource:
         self.class_names = tuple(class_set.classes) if class_set is not None else None
         self.split = f"{attrs['dataset']}:{attrs['split']}" if attrs.get("dataset") and attrs.get("split") else None
         self.description = f"{self.directory} ({self.kind})"
+        self.random_weights = bool(attrs.get("random_weights", False))
 
     def ids(self) -> list[str]:
         return list(self.shards.keys())
@@ -132,6 +142,23 @@ class ShardSource:
 
     def read(self, image_id: str) -> np.ndarray:
         return getattr(self.shards[image_id], self.kind)
+
+
+def exported_with_random_weights(folder: Path) -> bool:
+    """Whether ``folder`` holds labels exported (``tools/export_labels.py``) from shards made with random weights:
+    its ``export.json`` (flat layout) or its parent's (VOC layout, ``<out>/SegmentationClassPseudo``) says so."""
+    from pseudolabel.storage.export import RECORD, RECORD_FORMAT, VOC_LABEL_DIR  # imported on use: PNG folders only
+
+    for record, layout in ((folder / RECORD, "flat"), (folder.parent / RECORD, "voc")):
+        if layout == "voc" and folder.name != VOC_LABEL_DIR:
+            continue
+        try:
+            exported = json.loads(record.read_text())
+        except (OSError, ValueError):
+            continue
+        if exported.get("format") == RECORD_FORMAT and exported.get("layout") == layout:
+            return bool(exported.get("random_weights", False))
+    return False
 
 
 def _is_shard_dir(path: Path) -> bool:

@@ -4,8 +4,8 @@
 # the same set tools/evaluate.py scores with --gt coco:val).
 _base_ = ['./deeplabv3plus_r101-d8_4xb4-20k_voc12aug-pseudo-512x512.py']
 
-data_root = 'data/coco'
-shards_dir = 'work_dirs/shards/coco_train'
+data_root = '{{$CEP_DATA_ROOT:data}}/coco'    # the stage-one defaults, as in the VOC data base
+shards_dir = 'outputs/coco_train'               # tools/gen_pseudo.sh coco writes it
 num_classes = 81
 class_set = 'coco'
 expected_dataset = 'coco'
