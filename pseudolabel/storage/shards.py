@@ -2,10 +2,11 @@
 
 Layout (docs/design.md): root attributes (dataset, split, class names, config JSON, versions, weights identity,
 random_weights), ``/palette`` (HDF5 Palette spec) and one group per image under ``/images`` holding ``refined`` and
-``initial`` label maps (HDF5 Image spec, indexed, referencing the palette, so HDFView shows them coloured; a
-``valid_range`` for h5web), the localization maps at token resolution and the per-class records ``class_stats``
-(absent in shards written before stage one kept them). gzip and Fletcher-32 only; one chunk per dataset. Nothing is
-ever unpickled: metadata is JSON.
+``initial`` label maps (HDF5 Image spec as libhdf5's H5IM writes it, indexed, referencing the palette, so HDFView
+shows them coloured; a ``valid_range`` for h5web), their colour renderings (the image group is a NeXus NXdata group
+plotting them, for silx and h5web), the localization maps at token resolution and the per-class records
+``class_stats`` (absent in shards written before stage one kept them). gzip and Fletcher-32 only; one chunk per
+dataset. Nothing is ever unpickled: metadata is JSON.
 
 Self-checking (:mod:`pseudolabel.storage.checksum`): a shard is built in memory and written with plain Python I/O
 (temp file, fsync, rename; HDF5 itself never writes to disk, so a full disk is an ordinary ``OSError``), with the
@@ -39,28 +40,41 @@ from pseudolabel.storage.format import (
     CLASS_STATS,
     CLASS_STATS_ATTRS,
     DATASET_FILTERS,
+    DEFAULT,
     FORMAT,
     FORMAT_VERSION,
+    HDF5_LIBVER,
     IMAGE_ATTRS,
+    IMAGE_MINMAX,
     IMAGE_SPEC,
     IMAGES,
     INITIAL,
     LABEL_KINDS,
-    LABEL_RANGE_ATTRS,
     LOC_CONVENTION,
     LOC_MAPS,
     LOC_MAPS_ATTRS,
     MANIFEST,
+    NXDATA_ATTRS,
+    NXENTRY_ATTRS,
     PALETTE,
     PALETTE_REF,
     PALETTE_SPEC,
     REFINED,
+    RENDERING_ATTRS,
+    RENDERING_TITLES,
+    RENDERINGS,
     ROOT_ATTRS,
+    ROW_AXIS,
+    ROW_AXIS_TITLE,
     SHARD_GLOB,
+    TRUECOLOR_SPEC,
     USERBLOCK_SIZE,
+    VALID_RANGE,
     check_label_kind,
     image_key,
     read_attrs,
+    row_axis,
+    row_axis_path,
     write_attrs,
 )
 
@@ -121,9 +135,14 @@ class ShardDamagedError(ShardError):
         return type(self), (self.path, self.reason)
 
 
-def _ascii(text: str) -> np.bytes_:
-    """A fixed-length ASCII string attribute, as the HDF5 Image/Palette specification expects."""
-    return np.bytes_(text.encode("ascii"))
+def _write_spec_strings(target: h5py.AttributeManager, values: Mapping[str, str]) -> None:
+    """Image/Palette spec string attributes as libhdf5's ``H5LTset_attribute_string`` writes them: scalar, ASCII,
+    NULL-terminated, the text's length plus one byte (``H5IMis_image`` and ``H5IMis_palette`` refuse other padding)."""
+    for name, text in values.items():
+        string_type = h5py.h5t.C_S1.copy()
+        string_type.set_size(len(text) + 1)
+        string_type.set_strpad(h5py.h5t.STR_NULLTERM)
+        target.create(name, np.bytes_(text.encode("ascii")), dtype=h5py.Datatype(string_type))
 
 
 class ShardWriter:
@@ -135,24 +154,37 @@ class ShardWriter:
         self.path = Path(path)
         self.class_set = class_set
         self.buffer = io.BytesIO()
-        self.file = h5py.File(self.buffer, "w", userblock_size=USERBLOCK_SIZE)
+        self.file = h5py.File(self.buffer, "w", userblock_size=USERBLOCK_SIZE, libver=HDF5_LIBVER)
         write_attrs(self.file.attrs, ROOT_ATTRS, {"format": FORMAT, "format_version": FORMAT_VERSION,
                                                   "class_names": list(class_set.classes),
                                                   "class_set": class_set.to_json(), **attrs})
-        palette = self.file.create_dataset(PALETTE, data=pascal_palette())
-        for key, value in PALETTE_SPEC.items():
-            palette.attrs[key] = _ascii(value)
+        self.file.attrs[DEFAULT] = IMAGES
+        self.palette = pascal_palette()
+        palette = self.file.create_dataset(PALETTE, data=self.palette)
+        _write_spec_strings(palette.attrs, PALETTE_SPEC)
         self.palette_ref = palette.ref
         self.images = self.file.create_group(IMAGES)
+        self.images.attrs.update(NXENTRY_ATTRS)
         self.count = 0
 
-    def _label_dataset(self, group: h5py.Group, name: str, labels: np.ndarray) -> None:
-        data = group.create_dataset(name, data=np.asarray(labels, np.uint8), chunks=labels.shape, **DATASET_FILTERS)
-        for key, value in IMAGE_SPEC.items():
-            data.attrs[key] = _ascii(value)
-        data.attrs[PALETTE_REF] = self.palette_ref
-        for key in LABEL_RANGE_ATTRS:
-            data.attrs[key] = np.array([0, self.class_set.num_classes - 1], np.uint8)
+    def _label_dataset(self, group: h5py.Group, kind: str, labels: np.ndarray) -> None:
+        labels = np.asarray(labels, np.uint8)
+        data = group.create_dataset(kind, data=labels, chunks=labels.shape, **DATASET_FILTERS)
+        _write_spec_strings(data.attrs, IMAGE_SPEC)
+        data.attrs.create(PALETTE_REF, [self.palette_ref], dtype=h5py.ref_dtype)
+        data.attrs[IMAGE_MINMAX] = np.array([labels.min(), labels.max()], np.uint8)
+        data.attrs[VALID_RANGE] = np.array([0, self.class_set.num_classes - 1], np.uint8)
+        rgb = self.palette[labels]
+        rendering = group.create_dataset(RENDERINGS[kind], data=rgb, chunks=rgb.shape, **DATASET_FILTERS)
+        _write_spec_strings(rendering.attrs, TRUECOLOR_SPEC)
+        rendering.attrs.update({**RENDERING_ATTRS, "long_name": RENDERING_TITLES[kind]})
+
+    def _row_axis(self, height: int) -> h5py.Dataset:
+        """The shard's row axis for images of ``height`` rows (one dataset per height, hard-linked into each group)."""
+        path = row_axis_path(height)
+        if path not in self.file:
+            self.file.create_dataset(path, data=row_axis(height)).attrs["long_name"] = ROW_AXIS_TITLE
+        return self.file[path]
 
     def write(self, record: LabelRecord) -> None:
         """Add one image's record."""
@@ -160,12 +192,17 @@ class ShardWriter:
         if record.refined.shape != (height, width) or record.initial.shape != (height, width):
             raise ValueError(f"{record.image_id}: label maps {record.refined.shape}/{record.initial.shape} "
                              f"do not match the image size {record.size}")
-        group = self.images.create_group(image_key(record.image_id))
+        key = image_key(record.image_id)
+        group = self.images.create_group(key)
         write_attrs(group.attrs, IMAGE_ATTRS, {"image_id": record.image_id, "height": height, "width": width,
                                                "class_ids": record.class_ids,
                                                "class_names": [self.class_set.classes[c] for c in record.class_ids]})
+        group.attrs.update(NXDATA_ATTRS)
         self._label_dataset(group, REFINED, record.refined)
         self._label_dataset(group, INITIAL, record.initial)
+        group[ROW_AXIS] = self._row_axis(height)
+        if self.count == 0:
+            self.images.attrs[DEFAULT] = key
         maps = np.asarray(record.loc_maps_lowres, np.float16)
         loc = group.create_dataset(LOC_MAPS, data=maps, chunks=maps.shape if maps.size else None,
                                    **(DATASET_FILTERS if maps.size else {}))
