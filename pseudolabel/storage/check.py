@@ -199,7 +199,7 @@ def _check_rendering(group: h5py.Group, kind: str, labels: np.ndarray, where: st
         return
     problems += _spec_string_problems(data.attrs, TRUECOLOR_SPEC, f"{where}/{name}", exact=True)
     problems += _spec_string_problems(data.attrs, RENDERING_ATTRS, f"{where}/{name}", exact=False)
-    if shard.palette is not None and not np.array_equal(data[()], shard.palette[labels]):
+    if shard.palette is not None and not np.array_equal(data[()], np.take(shard.palette, labels, axis=0)):
         problems.append(f"{where}/{name}: does not show '{kind}' in the colours of /{PALETTE}")
 
 

@@ -27,6 +27,9 @@ USERBLOCK_SIZE = 512                 # bytes before the HDF5 data, holding the d
 # The HDF5 1.10 file format (readable by HDF5 1.10 and later: h5py, HDFView 3, h5web, silx): a single-chunk dataset
 # needs no chunk B-tree and a small group no symbol-table heap, about 9 KB less per image than the 1.8 format.
 HDF5_LIBVER = ("v110", "v110")
+# Attributes an image group keeps in its object header (its 9 would pass HDF5's default of 8 and move to a heap of
+# their own, about 1.5 KB more per image): HDF5's "attribute phase change", (max compact, min dense).
+IMAGE_GROUP_ATTRIBUTE_PHASE_CHANGE = (16, 12)
 SHARD_GLOB = "shard-*.h5"
 MANIFEST = "manifest.json"
 RUN_FORMAT = "cep-pseudolabel-run"  # the manifest's "format"

@@ -15,6 +15,7 @@ SHA-256 of the file in its user block. :class:`ShardSet` verifies every shard wh
 """
 from __future__ import annotations
 
+import functools
 import glob
 import io
 import json
@@ -34,7 +35,7 @@ except ImportError:  # a platform without zlib-ng wheels: same result, slower
 from pseudolabel.classes import ClassSet, pascal_palette
 from pseudolabel.loc_maps import resize_maps
 from pseudolabel.storage.atomic import atomic_write
-from pseudolabel.storage.checksum import fletcher32_payload, seal, verify_file
+from pseudolabel.storage.checksum import fletcher32, fletcher32_payload, seal, verify_file
 from pseudolabel.storage.class_stats import ClassStats
 from pseudolabel.storage.format import (
     CLASS_STATS,
@@ -45,6 +46,7 @@ from pseudolabel.storage.format import (
     FORMAT_VERSION,
     HDF5_LIBVER,
     IMAGE_ATTRS,
+    IMAGE_GROUP_ATTRIBUTE_PHASE_CHANGE,
     IMAGE_MINMAX,
     IMAGE_SPEC,
     IMAGES,
@@ -135,14 +137,34 @@ class ShardDamagedError(ShardError):
         return type(self), (self.path, self.reason)
 
 
-def _write_spec_strings(target: h5py.AttributeManager, values: Mapping[str, str]) -> None:
-    """Image/Palette spec string attributes as libhdf5's ``H5LTset_attribute_string`` writes them: scalar, ASCII,
-    NULL-terminated, the text's length plus one byte (``H5IMis_image`` and ``H5IMis_palette`` refuse other padding)."""
+@functools.cache
+def _spec_string(text: str) -> tuple[h5py.h5t.TypeStringID, np.ndarray]:
+    """HDF5 type and value of an Image/Palette spec string as libhdf5's ``H5LTset_attribute_string`` writes it:
+    ASCII, NULL-terminated, the text's length plus one byte (``H5IMis_image`` and ``H5IMis_palette`` refuse other
+    padding)."""
+    string_type = h5py.h5t.C_S1.copy()
+    string_type.set_size(len(text) + 1)
+    string_type.set_strpad(h5py.h5t.STR_NULLTERM)
+    return string_type, np.array(text.encode("ascii"), f"S{len(text) + 1}")
+
+
+def _write_spec_strings(target: h5py.HLObject, values: Mapping[str, str]) -> None:
+    """Scalar spec string attributes on a new object (h5py's low-level calls: a third of ``attrs.create``'s time)."""
+    scalar = h5py.h5s.create(h5py.h5s.SCALAR)
     for name, text in values.items():
-        string_type = h5py.h5t.C_S1.copy()
-        string_type.set_size(len(text) + 1)
-        string_type.set_strpad(h5py.h5t.STR_NULLTERM)
-        target.create(name, np.bytes_(text.encode("ascii")), dtype=h5py.Datatype(string_type))
+        string_type, value = _spec_string(text)
+        h5py.h5a.create(target.id, name.encode(), string_type, scalar).write(value)
+
+
+def _single_chunk_dataset(group: h5py.Group, name: str, array: np.ndarray) -> h5py.Dataset:
+    """A one-chunk dataset with :data:`DATASET_FILTERS`, its chunk deflated (zlib-ng when installed) and checksummed
+    here and written as HDF5's filters store it (deflate, then Fletcher-32 appended little-endian). Hand-written
+    because zlib-ng deflates 3-5x faster than the zlib HDF5 links, and the label maps and their colour renderings
+    are most of a shard's writing time; HDF5 reads and verifies the chunk like any other."""
+    data = group.create_dataset(name, shape=array.shape, dtype=array.dtype, chunks=array.shape, **DATASET_FILTERS)
+    payload = deflate.compress(np.ascontiguousarray(array).tobytes(), DATASET_FILTERS["compression_opts"])
+    data.id.write_direct_chunk((0,) * array.ndim, payload + fletcher32(payload).to_bytes(4, "little"))
+    return data
 
 
 class ShardWriter:
@@ -161,22 +183,26 @@ class ShardWriter:
         self.file.attrs[DEFAULT] = IMAGES
         self.palette = pascal_palette()
         palette = self.file.create_dataset(PALETTE, data=self.palette)
-        _write_spec_strings(palette.attrs, PALETTE_SPEC)
+        _write_spec_strings(palette, PALETTE_SPEC)
         self.palette_ref = palette.ref
         self.images = self.file.create_group(IMAGES)
         self.images.attrs.update(NXENTRY_ATTRS)
+        self.group_properties = h5py.h5p.create(h5py.h5p.GROUP_CREATE)
+        self.group_properties.set_attr_phase_change(*IMAGE_GROUP_ATTRIBUTE_PHASE_CHANGE)
+        self.link_properties = h5py.h5p.create(h5py.h5p.LINK_CREATE)
+        self.link_properties.set_char_encoding(h5py.h5t.CSET_UTF8)   # group names as h5py's create_group stores them
         self.count = 0
 
     def _label_dataset(self, group: h5py.Group, kind: str, labels: np.ndarray) -> None:
         labels = np.asarray(labels, np.uint8)
-        data = group.create_dataset(kind, data=labels, chunks=labels.shape, **DATASET_FILTERS)
-        _write_spec_strings(data.attrs, IMAGE_SPEC)
+        data = _single_chunk_dataset(group, kind, labels)
+        _write_spec_strings(data, IMAGE_SPEC)
         data.attrs.create(PALETTE_REF, [self.palette_ref], dtype=h5py.ref_dtype)
         data.attrs[IMAGE_MINMAX] = np.array([labels.min(), labels.max()], np.uint8)
         data.attrs[VALID_RANGE] = np.array([0, self.class_set.num_classes - 1], np.uint8)
-        rgb = self.palette[labels]
-        rendering = group.create_dataset(RENDERINGS[kind], data=rgb, chunks=rgb.shape, **DATASET_FILTERS)
-        _write_spec_strings(rendering.attrs, TRUECOLOR_SPEC)
+        rgb = np.take(self.palette, labels, axis=0)   # 9x faster than palette[labels]
+        rendering = _single_chunk_dataset(group, RENDERINGS[kind], rgb)
+        _write_spec_strings(rendering, TRUECOLOR_SPEC)
         rendering.attrs.update({**RENDERING_ATTRS, "long_name": RENDERING_TITLES[kind]})
 
     def _row_axis(self, height: int) -> h5py.Dataset:
@@ -193,7 +219,9 @@ class ShardWriter:
             raise ValueError(f"{record.image_id}: label maps {record.refined.shape}/{record.initial.shape} "
                              f"do not match the image size {record.size}")
         key = image_key(record.image_id)
-        group = self.images.create_group(key)
+        # h5py's create_group takes no group-creation properties (IMAGE_GROUP_ATTRIBUTE_PHASE_CHANGE)
+        h5py.h5g.create(self.images.id, key.encode(), lcpl=self.link_properties, gcpl=self.group_properties)
+        group = self.images[key]
         write_attrs(group.attrs, IMAGE_ATTRS, {"image_id": record.image_id, "height": height, "width": width,
                                                "class_ids": record.class_ids,
                                                "class_names": [self.class_set.classes[c] for c in record.class_ids]})
