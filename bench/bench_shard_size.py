@@ -8,8 +8,10 @@ in the same run. One command, prints a table:
 Record sets: "VOC-sized", synthetic 375x500 maps (bench/bench_export.py's blob_record: 1-3 smooth blobs, a 5-pixel
 ignore band on their borders; Y0 the same map with the band set to background, shifted 3 pixels; smoothed
 localization maps), and with ``--shards`` the records of a stage-one output (e.g. ``tools/gen_pseudo.sh demo``),
-repeated up to ``--images``. Bytes per image are marginal: (a shard of N images - a shard of none) / N. The
-renderings' bytes are their stored chunks (compressed); ``write ms`` is ShardWriter's time per image.
+repeated up to ``--images``. Bytes per image are marginal: (a shard of N images - a shard of none) / N; "labels" are
+the two label maps' stored chunks, "renderings" the two colour renderings' chunks and object headers (what they add,
+but for the group's four NXdata attributes and the link to the row axis); ``write ms`` is ShardWriter's time per
+image.
 """
 from __future__ import annotations
 
@@ -66,7 +68,7 @@ def output_records(folder: Path, count: int) -> list[LabelRecord]:
 
 
 def measure(records: list[LabelRecord], work: Path) -> dict:
-    """Marginal bytes per image, the renderings' chunk bytes per image and the writer's ms per image."""
+    """Marginal bytes per image, the label maps' and the renderings' bytes per image, the writer's ms per image."""
     empty, full = work / "empty.h5", work / "full.h5"
     with ShardWriter(empty, VOC, ATTRS):
         pass
@@ -77,13 +79,14 @@ def measure(records: list[LabelRecord], work: Path) -> dict:
     seconds = time.perf_counter() - start
     with h5py.File(full, "r") as handle:
         version = int(handle.attrs["format_version"])
-        rendering = sum(group[name].id.get_storage_size() for group in handle["images"].values()
-                        for name in ("refined_rgb", "initial_rgb") if name in group)
+        rendering = sum(group[name].id.get_storage_size() + h5py.h5o.get_info(group[name].id).hdr.space.total
+                        for group in handle["images"].values() for name in ("refined_rgb", "initial_rgb")
+                        if name in group)
         labels = sum(group[name].id.get_storage_size() for group in handle["images"].values()
                      for name in ("refined", "initial"))
     count = len(records)
     return {"format": version, "bytes": (full.stat().st_size - empty.stat().st_size) / count,
-            "label_chunks": labels / count, "rendering_chunks": rendering / count, "write_ms": 1000 * seconds / count}
+            "label_chunks": labels / count, "renderings": rendering / count, "write_ms": 1000 * seconds / count}
 
 
 def measure_staged(staged: dict[str, Path], work: Path) -> dict[str, dict]:
@@ -151,7 +154,7 @@ def main() -> None:
         for writer, results in rows.items():
             r = results[name]
             print(f"{name:<24}{writer:<16}{r['format']:>7}{r['bytes']:>10.0f}{r['label_chunks']:>10.0f}"
-                  f"{r['rendering_chunks']:>14.0f}{r['write_ms']:>10.1f}")
+                  f"{r['renderings']:>14.0f}{r['write_ms']:>10.1f}")
 
 
 if __name__ == "__main__":

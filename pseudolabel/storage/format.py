@@ -25,7 +25,8 @@ READABLE_VERSIONS = (1, 2, 3)
 RENDERING_VERSION = 3                # the first version whose image groups hold RENDERINGS and the NXdata attributes
 USERBLOCK_SIZE = 512                 # bytes before the HDF5 data, holding the digest (pseudolabel/storage/checksum.py)
 # The HDF5 1.10 file format (readable by HDF5 1.10 and later: h5py, HDFView 3, h5web, silx): a single-chunk dataset
-# needs no chunk B-tree and a small group no symbol-table heap, about 9 KB less per image than the 1.8 format.
+# needs no chunk B-tree and a small group no symbol-table heap: about 9 KB less per image than HDF5's earliest
+# format (h5py's default).
 HDF5_LIBVER = ("v110", "v110")
 # Attributes an image group keeps in its object header (its 9 would pass HDF5's default of 8 and move to a heap of
 # their own, about 1.5 KB more per image): HDF5's "attribute phase change", (max compact, min dense).
