@@ -33,6 +33,14 @@ def first_group(handle: h5py.File) -> h5py.Group:
     return next(iter(handle["images"].values()))
 
 
+def set_label(group: h5py.Group, kind: str, labels: np.ndarray) -> None:
+    """Overwrite a label map together with what the writer derives from it (its colour rendering and value range),
+    so that only the edit under test is inconsistent."""
+    group[kind][()] = labels
+    group[f"{kind}_rgb"][()] = group.file["palette"][()][labels]
+    group[kind].attrs["IMAGE_MINMAXRANGE"] = np.array([labels.min(), labels.max()], np.uint8)
+
+
 def beyond_checksums(problems: list[str], *edited: str) -> list[str]:
     """The problems other than the checksum failure that each edited shard must report (a file edited after it was
     written no longer matches its digest)."""
@@ -49,7 +57,7 @@ def test_a_good_output_passes(shards):
 
 def test_a_deleted_image_group(shards):
     with h5py.File(shards / SECOND, "a") as f:
-        victim = next(iter(f["images"]))
+        victim = list(f["images"])[-1]   # not the one /images@default names (its loss is reported apart)
         del f["images"][victim]
     problems = beyond_checksums(check_shards(shards), SECOND)
     assert len(problems) == 1 and "missing from the shards" in problems[0] and victim in problems[0]
@@ -61,7 +69,7 @@ def test_a_label_outside_the_image_classes(shards):
         absent = next(c for c in range(1, 21) if c not in group.attrs["class_ids"])
         data = group["refined"][()]
         data[0, 0] = absent
-        group["refined"][()] = data
+        set_label(group, "refined", data)
     problems = beyond_checksums(check_shards(shards), FIRST)
     assert len(problems) == 1 and "refined" in problems[0] and f"[{absent}]" in problems[0]
 
@@ -70,7 +78,7 @@ def test_ignore_label_is_allowed(shards):
     with h5py.File(shards / FIRST, "a") as f:
         data = first_group(f)["initial"][()]
         data[:2] = 255
-        first_group(f)["initial"][()] = data
+        set_label(first_group(f), "initial", data)
     assert beyond_checksums(check_shards(shards), FIRST) == []
 
 
@@ -156,3 +164,40 @@ def test_per_class_records_are_checked_against_the_label_maps(shards):
     assert "masks_accepted not within 0..prompts" in problems[0]
     assert "refined_pixels" in problems[1] and "but the label map has" in problems[1]
     assert "changed_pixels -1" in problems[2]
+
+
+def test_format_3_viewer_attributes_and_renderings_are_checked(shards):
+    with h5py.File(shards / FIRST, "r+") as handle:
+        group = first_group(handle)
+        height = group["refined"].shape[0]
+        group["refined_rgb"][0, 0] = [1, 2, 3]                        # a pixel not in its class colour
+        group["initial"].attrs["IMAGE_MINMAXRANGE"] = np.array([0, 20], np.uint8)   # the class range, not the data's
+        group["refined"].attrs["CLASS"] = np.bytes_("IMAGE")            # NULL-padded, as format 2 wrote it
+        group["initial"].attrs.create("PALETTE", handle["palette"].ref, dtype=h5py.ref_dtype)   # a scalar
+        del group["row"]
+        group["row"] = np.arange(height, dtype=np.int32)              # rising: silx would draw row 0 at the bottom
+        group.attrs["signal"] = "refined"                              # not the rendering
+        del group["initial_rgb"]
+        handle["images"].attrs["default"] = "nowhere"
+    problems = beyond_checksums(check_shards(shards), FIRST)
+    text = "\n".join(problems)
+    assert len(problems) == 8, text
+    assert "refined_rgb: does not show 'refined' in the colours of /palette" in text
+    assert "initial: IMAGE_MINMAXRANGE is not the map's [minimum, maximum]" in text
+    assert "refined: CLASS is not a NULL-terminated ASCII string of 6 bytes" in text
+    assert "initial: PALETTE attribute does not reference /palette as a one-dimensional array" in text
+    assert "'row' is not the row axis" in text and "NXdata attribute signal is 'refined'" in text
+    assert "dataset 'initial_rgb' missing" in text and "/images: attribute default does not name" in text
+
+
+def test_format_2_shards_pass_and_read_as_they_were_written(tmp_path):
+    from pseudolabel.storage.shards import open_shards
+
+    folder = REPO / "tests" / "fixtures" / "shards_v2"    # written by the format-2 writer: no renderings or NXdata
+    assert check_shards(folder, require_manifest=False) == []
+    shards = open_shards(folder)
+    assert sorted(shards) == ["a", "sub/x"] and shards.attrs["class_set"].name == "voc"
+    record = shards["a"]
+    assert record.size == (37, 53) and record.class_ids == (3, 15) and record.class_stats.prompts == (7, 3)
+    assert np.array_equal(shards.read_label("a"), record.refined) and record.refined[0, :5].tolist() == [255] * 5
+    assert np.array_equal(shards.read_label("sub/x", "initial"), shards["sub/x"].initial)

@@ -44,15 +44,18 @@ def test_layout_follows_the_hdf5_image_and_palette_spec(tmp_path):
     with h5py.File(tmp_path / "shard-r000-00000.h5", "r") as f:
         refined = f["images/2007_000001/refined"]
         for key, value in {"CLASS": b"IMAGE", "IMAGE_SUBCLASS": b"IMAGE_INDEXED", "IMAGE_VERSION": b"1.2"}.items():
-            attr = refined.attrs[key]
-            assert attr == value
-            assert h5py.check_string_dtype(refined.attrs.get_id(key).dtype).length == len(value)  # fixed-length
-            assert h5py.check_string_dtype(refined.attrs.get_id(key).dtype).encoding == "ascii"
-        palette = f[refined.attrs["PALETTE"]]
+            assert refined.attrs[key] == value
+            string_type = refined.attrs.get_id(key).get_type()   # as H5LTset_attribute_string writes it
+            assert string_type.get_size() == len(value) + 1 and string_type.get_strpad() == h5py.h5t.STR_NULLTERM
+            assert string_type.get_cset() == h5py.h5t.CSET_ASCII and refined.attrs.get_id(key).shape == ()
+        assert refined.attrs["PALETTE"].shape == (1,)   # the spec's one-dimensional array of references
+        palette = f[refined.attrs["PALETTE"][0]]
         assert palette.name == "/palette" and palette.attrs["CLASS"] == b"PALETTE"
         assert np.array_equal(palette[()], pascal_palette())
         assert refined.compression == "gzip" and refined.chunks == refined.shape
         assert list(refined.attrs["valid_range"]) == [0, 20]
+        assert list(refined.attrs["IMAGE_MINMAXRANGE"]) == [0, 15]   # the data's minimum and maximum
+        assert refined.attrs["IMAGE_MINMAXRANGE"].dtype == np.uint8
         assert json.loads(f.attrs["class_names"])[15] == "person"
         assert json.loads(f["images/2007_000001/loc_maps"].attrs["class_names"]) == ["bird", "person"]
 
@@ -191,7 +194,10 @@ def test_every_dataset_carries_fletcher32_and_the_file_its_digest(tmp_path):
     with h5py.File(path, "r") as f:
         assert f.userblock_size == 512
         group = f["images/a"]
-        assert all(group[name].fletcher32 for name in ("refined", "initial", "loc_maps"))
+        assert all(group[name].fletcher32 for name in ("refined", "initial", "loc_maps", "refined_rgb", "initial_rgb"))
+        # the chunks written directly (zlib-ng, our Fletcher-32) pass HDF5's own filters on reading
+        assert np.array_equal(group["refined_rgb"][()], pascal_palette()[group["refined"][()]])
+        assert group["refined_rgb"].compression == "gzip" and group["refined_rgb"].chunks == group["refined_rgb"].shape
     assert path.read_bytes().startswith(DIGEST_TAG) and verify_file(path) is None
 
 

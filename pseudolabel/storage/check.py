@@ -3,7 +3,10 @@
 Checked for every shard: its bytes match the SHA-256 recorded in it when it was written (flipped bytes, truncation;
 pseudolabel/storage/checksum.py); it opens (a truncated or non-HDF5 file is reported, never raised); every chunk
 passes its Fletcher-32 checksum as it is read; the format attributes
-are present; ``/palette`` follows the HDF5 Palette spec and every label dataset references it; each image group
+are present; ``/palette`` follows the HDF5 Palette spec and every label dataset references it (format 3: every
+Image/Palette string as libhdf5's H5IM functions write it, ``IMAGE_MINMAXRANGE`` the map's own range, the colour
+renderings equal to the label maps in /palette's colours, the NXdata attributes and row axis silx and h5web plot them
+by, and the NeXus defaults leading to the first image); each image group
 has its attributes (``class_names`` naming its ``class_ids``), ``refined``/``initial`` of shape ``(height, width)``
 uint8 with values in ``{0} ∪ class_ids ∪ {255}``, ``loc_maps`` whose first dimension equals its number of class ids
 (all among the image's), and ``class_stats``, when present, one row per image class whose pixel counts match the
@@ -29,9 +32,11 @@ from pseudolabel.storage.format import (
     CLASS_STATS,
     CLASS_STATS_ATTRS,
     CLASS_STATS_DTYPE,
+    DEFAULT,
     FORMAT,
     IGNORE_INDEX,
     IMAGE_ATTRS,
+    IMAGE_MINMAX,
     IMAGE_SPEC,
     IMAGES,
     INITIAL,
@@ -39,17 +44,26 @@ from pseudolabel.storage.format import (
     LOC_MAPS,
     LOC_MAPS_ATTRS,
     MANIFEST,
+    NXDATA_ATTRS,
+    NXENTRY_ATTRS,
     PALETTE,
     PALETTE_REF,
     PALETTE_SPEC,
     READABLE_VERSIONS,
     REFINED,
+    RENDERING_ATTRS,
+    RENDERING_VERSION,
+    RENDERINGS,
     ROOT_ATTRS,
+    ROW_AXIS,
     SHARD_GLOB,
+    TRUECOLOR_SPEC,
+    VALID_RANGE,
     decode_text,
     image_id_from_key,
     image_key,
     read_attrs,
+    row_axis,
 )
 
 SHARED_ROOT_ATTRS = tuple(name for name, attr in ROOT_ATTRS.items() if attr.shared)  # same in every shard
@@ -88,22 +102,116 @@ def _manifest_shards(manifest: dict, problems: list[str]) -> dict[str, list[str]
     return {str(name): [str(i) for i in ids] for name, ids in shards.items()}
 
 
-def _check_label(name: str, data, where: str, size, allowed: set[int], palette_ref_ok, problems: list[str]) -> None:
+@dataclass
+class _ShardContext:
+    """What the image checks of one shard need from its root."""
+
+    handle: h5py.File
+    version: int
+    palette: np.ndarray | None     # /palette's colours (None when it is missing)
+    num_classes: int | None
+
+    @property
+    def renders(self) -> bool:
+        """Whether the shard's format has colour renderings, NXdata views and H5IM-exact strings."""
+        return self.version >= RENDERING_VERSION
+
+    def references_palette(self, raw) -> bool:
+        """Whether a PALETTE attribute's first reference resolves to /palette (format 3: a 1-D array of them)."""
+        refs = np.atleast_1d(raw)
+        if self.palette is None or refs.size == 0 or (self.renders and np.ndim(raw) != 1):
+            return False
+        try:
+            return isinstance(refs[0], h5py.Reference) and bool(refs[0]) and \
+                self.handle[refs[0]].name == f"/{PALETTE}"
+        except (ValueError, KeyError, OSError):
+            return False
+
+
+def _text_values(raw) -> str | list[str]:
+    """A string attribute, or a list of them for an array of strings."""
+    return decode_text(raw) if np.ndim(raw) == 0 else [decode_text(v) for v in np.asarray(raw).ravel()]
+
+
+def _spec_string_problems(attrs, spec: dict[str, str], where: str, exact: bool) -> list[str]:
+    """Image/Palette spec strings: the values, and with ``exact`` the encoding libhdf5's H5IMis_image and
+    H5IMis_palette require (scalar, ASCII, NULL-terminated, its length plus one byte)."""
+    problems = []
+    for name, text in spec.items():
+        if name not in attrs:
+            problems.append(f"{where}: attribute {name} missing")
+        elif _text_values(attrs[name]) != text:
+            problems.append(f"{where}: {name} attribute is not '{text}'")
+        elif exact:
+            stored = attrs.get_id(name)
+            string_type = stored.get_type()
+            if not (isinstance(string_type, h5py.h5t.TypeStringID) and not string_type.is_variable_str()
+                    and string_type.get_strpad() == h5py.h5t.STR_NULLTERM and stored.shape == ()
+                    and string_type.get_size() == len(text) + 1 and string_type.get_cset() == h5py.h5t.CSET_ASCII):
+                problems.append(f"{where}: {name} is not a NULL-terminated ASCII string of {len(text) + 1} bytes "
+                                "(libhdf5's H5IM functions reject it)")
+    return problems
+
+
+def _check_label(name: str, data, where: str, size, allowed: set[int], shard: _ShardContext,
+                 problems: list[str]) -> np.ndarray | None:
+    """Check one label map; returns its values when they have the map's shape and dtype."""
+    labels = None
     if data.shape != size:
         problems.append(f"{where}/{name}: shape {data.shape} != (height, width) {size}")
     if data.dtype != np.uint8:
         problems.append(f"{where}/{name}: dtype {data.dtype}, expected uint8")
     if PALETTE_REF not in data.attrs:
         problems.append(f"{where}/{name}: no {PALETTE_REF} attribute (HDFView shows it grey)")
-    elif not palette_ref_ok(data.attrs[PALETTE_REF]):
-        problems.append(f"{where}/{name}: {PALETTE_REF} attribute does not reference /{PALETTE}")
-    if decode_text(data.attrs.get("CLASS", b"")) != IMAGE_SPEC["CLASS"]:
-        problems.append(f"{where}/{name}: CLASS attribute is not '{IMAGE_SPEC['CLASS']}'")
-    values = set(int(v) for v in np.unique(data[()]))
-    bad = sorted(values - allowed)
+    elif not shard.references_palette(data.attrs[PALETTE_REF]):
+        problems.append(f"{where}/{name}: {PALETTE_REF} attribute does not reference /{PALETTE}"
+                        + (" as a one-dimensional array" if shard.renders else ""))
+    spec = IMAGE_SPEC if shard.renders else {"CLASS": IMAGE_SPEC["CLASS"]}
+    problems += _spec_string_problems(data.attrs, spec, f"{where}/{name}", exact=shard.renders)
+    values = data[()]
+    present = np.unique(values)
+    bad = sorted(set(int(v) for v in present) - allowed)
     if bad:
         problems.append(f"{where}/{name}: label values {bad} outside {{0}} ∪ class_ids "
                         f"{sorted(allowed - {0, IGNORE_INDEX})} ∪ {{{IGNORE_INDEX}}}")
+    if data.shape == size and data.dtype == np.uint8:
+        labels = values
+    if shard.renders and present.size:
+        if list(np.atleast_1d(data.attrs.get(IMAGE_MINMAX, []))) != [present[0], present[-1]]:
+            problems.append(f"{where}/{name}: {IMAGE_MINMAX} is not the map's [minimum, maximum] "
+                            f"[{present[0]}, {present[-1]}]")
+        if shard.num_classes is not None and \
+                list(np.atleast_1d(data.attrs.get(VALID_RANGE, []))) != [0, shard.num_classes - 1]:
+            problems.append(f"{where}/{name}: {VALID_RANGE} is not the class indices [0, {shard.num_classes - 1}]")
+    return labels
+
+
+def _check_rendering(group: h5py.Group, kind: str, labels: np.ndarray, where: str, shard: _ShardContext,
+                     problems: list[str]) -> None:
+    """A label map's colour rendering: an HDF5 truecolor image equal to the map in /palette's colours."""
+    name = RENDERINGS[kind]
+    if name not in group:
+        problems.append(f"{where}: dataset '{name}' missing (the colour rendering of '{kind}')")
+        return
+    data = group[name]
+    if data.shape != labels.shape + (3,) or data.dtype != np.uint8:
+        problems.append(f"{where}/{name}: shape {data.shape} {data.dtype}, expected {labels.shape + (3,)} uint8")
+        return
+    problems += _spec_string_problems(data.attrs, TRUECOLOR_SPEC, f"{where}/{name}", exact=True)
+    problems += _spec_string_problems(data.attrs, RENDERING_ATTRS, f"{where}/{name}", exact=False)
+    if shard.palette is not None and not np.array_equal(data[()], np.take(shard.palette, labels, axis=0)):
+        problems.append(f"{where}/{name}: does not show '{kind}' in the colours of /{PALETTE}")
+
+
+def _check_nxdata(group: h5py.Group, where: str, height: int, problems: list[str]) -> None:
+    """The NXdata attributes and the row axis that silx and h5web plot an image group by."""
+    for key, value in NXDATA_ATTRS.items():
+        got = _text_values(group.attrs[key]) if key in group.attrs else None
+        if got != value:
+            problems.append(f"{where}: NXdata attribute {key} is {got!r}, expected {value!r}")
+    axis = group.get(ROW_AXIS)
+    if not isinstance(axis, h5py.Dataset) or not np.array_equal(axis[()], row_axis(height)):
+        problems.append(f"{where}: '{ROW_AXIS}' is not the row axis (0, -1, ..., {1 - height}) silx draws by")
 
 
 def _shared_root_attrs(name: str, attrs, problems: list[str]) -> dict:
@@ -149,7 +257,7 @@ def _check_class_stats(group: h5py.Group, where: str, class_ids: list[int], prob
                         "pixels differ between Y0 and the refined label")
 
 
-def _check_image(group: h5py.Group, key: str, where: str, class_names: list | None, palette_ref_ok,
+def _check_image(group: h5py.Group, key: str, where: str, class_names: list | None, shard: _ShardContext,
                  problems: list[str]) -> str:
     """Check one image group; returns its image id."""
     attrs = read_attrs(group.attrs, IMAGE_ATTRS)  # ValueError (undecodable): the caller reports the image
@@ -175,8 +283,12 @@ def _check_image(group: h5py.Group, key: str, where: str, class_names: list | No
     for label in LABEL_KINDS:
         if label not in group:
             problems.append(f"{where}: dataset '{label}' missing")
-        else:
-            _check_label(label, group[label], where, size, allowed, palette_ref_ok, problems)
+            continue
+        labels = _check_label(label, group[label], where, size, allowed, shard, problems)
+        if shard.renders and labels is not None:
+            _check_rendering(group, label, labels, where, shard, problems)
+    if shard.renders:
+        _check_nxdata(group, where, size[0], problems)
     if CLASS_STATS in group:   # absent in shards written before stage one kept per-class records
         _check_class_stats(group, where, class_ids, problems)
     if LOC_MAPS not in group:
@@ -197,6 +309,17 @@ def _check_image(group: h5py.Group, key: str, where: str, class_names: list | No
     return image_id
 
 
+def _check_defaults(name: str, handle: h5py.File, images: h5py.Group, problems: list[str]) -> None:
+    """The NeXus defaults silx and h5web follow when a shard is opened: the root's to /images, its to an image."""
+    if _text_values(handle.attrs.get(DEFAULT, "")) != IMAGES:
+        problems.append(f"{name}: root attribute {DEFAULT} is not '{IMAGES}'")
+    for key, value in NXENTRY_ATTRS.items():
+        if _text_values(images.attrs.get(key, "")) != value:
+            problems.append(f"{name}:/{IMAGES}: attribute {key} is not '{value}'")
+    if len(images) and _text_values(images.attrs.get(DEFAULT, "")) not in images:
+        problems.append(f"{name}:/{IMAGES}: attribute {DEFAULT} does not name one of its images")
+
+
 def _check_shard(path: Path, handle: h5py.File, problems: list[str], ids_in: dict[str, list[str]]) -> dict:
     """Check one open shard; returns its :data:`SHARED_ROOT_ATTRS` (parsed) for the cross-shard comparison."""
     name = path.name
@@ -211,27 +334,27 @@ def _check_shard(path: Path, handle: h5py.File, problems: list[str], ids_in: dic
     shared = _shared_root_attrs(name, attrs, problems)
     class_names = shared.get("class_names") if isinstance(shared.get("class_names"), list) else None
 
+    version = int(attrs["format_version"]) if "format_version" in attrs else 1
+    exact = version >= RENDERING_VERSION
     palette = handle.get(PALETTE)
-    if palette is None or not isinstance(palette, h5py.Dataset):
+    colours = None
+    if not isinstance(palette, h5py.Dataset):
         problems.append(f"{name}: /{PALETTE} missing")
-        palette = None
     else:
         if palette.shape != (256, 3) or palette.dtype != np.uint8:
             problems.append(f"{name}: /{PALETTE} has shape {palette.shape} {palette.dtype}, expected (256, 3) uint8")
-        if decode_text(palette.attrs.get("CLASS", b"")) != PALETTE_SPEC["CLASS"]:
-            problems.append(f"{name}: /{PALETTE} lacks CLASS='{PALETTE_SPEC['CLASS']}'")
-
-    def palette_ref_ok(ref) -> bool:
-        try:
-            return palette is not None and isinstance(ref, h5py.Reference) and bool(ref) and \
-                handle[ref].name == f"/{PALETTE}"
-        except (ValueError, KeyError, OSError):
-            return False
+        else:
+            colours = palette[()]
+        spec = PALETTE_SPEC if exact else {"CLASS": PALETTE_SPEC["CLASS"]}
+        problems += _spec_string_problems(palette.attrs, spec, f"{name}:/{PALETTE}", exact)
+    shard = _ShardContext(handle, version, colours, len(class_names) if class_names is not None else None)
 
     images = handle.get(IMAGES)
     if images is None:
         problems.append(f"{name}: /{IMAGES} group missing")
         return shared
+    if shard.renders:
+        _check_defaults(name, handle, images, problems)
     start = len(problems)
     for key in images:
         if len(problems) - start > MAX_PROBLEMS_PER_SHARD:
@@ -239,7 +362,7 @@ def _check_shard(path: Path, handle: h5py.File, problems: list[str], ids_in: dic
             break
         where = f"{name}:/{IMAGES}/{key}"
         try:
-            ids_in[_check_image(images[key], key, where, class_names, palette_ref_ok, problems)].append(name)
+            ids_in[_check_image(images[key], key, where, class_names, shard, problems)].append(name)
         except (OSError, KeyError, ValueError, RuntimeError) as error:
             problems.append(f"{where}: unreadable ({type(error).__name__}: {error})")
     return shared

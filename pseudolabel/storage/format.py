@@ -17,9 +17,20 @@ import numpy as np
 from pseudolabel.classes import IGNORE_INDEX  # noqa: F401  (label maps hold the project's ignore value as is)
 
 FORMAT = "cep-pseudolabel-shard"
-FORMAT_VERSION = 2                   # 2: Fletcher-32 on every dataset, a SHA-256 of the file in its user block
-READABLE_VERSIONS = (1, 2)
+# 2: Fletcher-32 on every dataset, a SHA-256 of the file in its user block. 3: the Image/Palette attributes as
+# libhdf5's H5IM functions write them, colour renderings of the label maps as NeXus NXdata (silx, h5web), the HDF5 1.10
+# file format and gzip level 6.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+RENDERING_VERSION = 3                # the first version whose image groups hold RENDERINGS and the NXdata attributes
 USERBLOCK_SIZE = 512                 # bytes before the HDF5 data, holding the digest (pseudolabel/storage/checksum.py)
+# The HDF5 1.10 file format (readable by HDF5 1.10 and later: h5py, HDFView 3, h5web, silx): a single-chunk dataset
+# needs no chunk B-tree and a small group no symbol-table heap: about 9 KB less per image than HDF5's earliest
+# format (h5py's default).
+HDF5_LIBVER = ("v110", "v110")
+# Attributes an image group keeps in its object header (its 9 would pass HDF5's default of 8 and move to a heap of
+# their own, about 1.5 KB more per image): HDF5's "attribute phase change", (max compact, min dense).
+IMAGE_GROUP_ATTRIBUTE_PHASE_CHANGE = (16, 12)
 SHARD_GLOB = "shard-*.h5"
 MANIFEST = "manifest.json"
 RUN_FORMAT = "cep-pseudolabel-run"  # the manifest's "format"
@@ -37,12 +48,41 @@ CLASS_STATS_DTYPE = np.dtype([("class_id", "<i8"), ("prompts", "<i8"), ("masks_a
 
 LOC_CONVENTION = ("CLIP-ES attn_highres: CAA-refined map, min-max normalised at token resolution; "
                   "resize bilinearly (cv2) to (height, width)")
-DATASET_FILTERS = {"compression": "gzip", "compression_opts": 4, "fletcher32": True}  # every chunked dataset
-# HDF5 Image and Palette specifications (fixed-length ASCII strings), so HDFView shows label maps coloured.
+# Every chunked dataset. Level 6 (zlib's default) stores label maps in about 60 % of level 4's bytes, no slower.
+DATASET_FILTERS = {"compression": "gzip", "compression_opts": 6, "fletcher32": True}
+
+# HDF5 Image and Palette Specification 1.2, written as libhdf5's own H5IM functions write it (H5IMis_image and
+# H5IMis_palette refuse anything else): every string attribute a scalar, ASCII, NULL-terminated, its length plus one
+# byte (what H5LTset_attribute_string writes). HDFView shows the label maps in the palette's colours.
+SPEC_STRING_PADDING = "nullterm"
 IMAGE_SPEC = {"CLASS": "IMAGE", "IMAGE_VERSION": "1.2", "IMAGE_SUBCLASS": "IMAGE_INDEXED", "DISPLAY_ORIGIN": "UL"}
 PALETTE_SPEC = {"CLASS": "PALETTE", "PAL_COLORMODEL": "RGB", "PAL_TYPE": "STANDARD8", "PAL_VERSION": "1.2"}
-PALETTE_REF = "PALETTE"                                 # a label map's object reference to /palette
-LABEL_RANGE_ATTRS = ("IMAGE_MINMAXRANGE", "valid_range")  # [0, C-1] for HDFView and h5web
+# A label map's palettes: the spec's one-dimensional array of object references, here one, to /palette (H5IMlink_palette
+# writes a scalar for a first palette and an array from the second on; H5IM's readers count the references either way).
+PALETTE_REF = "PALETTE"
+IMAGE_MINMAX = "IMAGE_MINMAXRANGE"   # [minimum, maximum] of the map's own values, uint8 like the map (the spec's rule)
+# [0, C-1]: the class indices. NetCDF readers and h5web treat values outside it (255, ignore) as missing.
+VALID_RANGE = "valid_range"
+
+# Colour renderings: /images/<key>/<kind>_rgb, (H, W, 3) uint8, the label map in /palette's colours, for viewers that
+# draw no palette (silx, h5web). Each is an HDF5 truecolor image too (HDFView, h5web's RGB view).
+RENDERINGS = {REFINED: "refined_rgb", INITIAL: "initial_rgb"}
+RENDERING_TITLES = {REFINED: "refined label in class colours", INITIAL: "Y0 (initial label) in class colours"}
+TRUECOLOR_SPEC = {"CLASS": "IMAGE", "IMAGE_VERSION": "1.2", "IMAGE_SUBCLASS": "IMAGE_TRUECOLOR",
+                  "INTERLACE_MODE": "INTERLACE_PIXEL", "DISPLAY_ORIGIN": "UL"}
+RENDERING_ATTRS = {"interpretation": "rgb-image"}     # NeXus: the last dimension holds the colour channels
+# Every image group is a NeXus NXdata group plotting its renderings: silx and h5web show it as a colour image (the
+# refined label, Y0 as the auxiliary signal). Its y axis ROW_AXIS holds -row (0, -1, ..., 1-H): silx draws y upward,
+# so a falling axis puts row 0 at the top; h5web draws colour images with row 0 at the top whatever the axis.
+ROW_AXIS = "row"                     # /images/<key>/row: a hard link to /rows/<H>, one dataset per image height
+ROW_AXES = "rows"                    # /rows/<H>: (H,) int32
+ROW_AXIS_TITLE = "-row (row 0 at the top)"
+NXDATA_ATTRS = {"NX_class": "NXdata", "signal": RENDERINGS[REFINED], "auxiliary_signals": [RENDERINGS[INITIAL]],
+                "axes": [ROW_AXIS, ".", "."]}
+# NeXus defaults, so that silx and h5web open a shard on its first image: the root's "default" names /images (an
+# NXentry), whose "default" names its first image group.
+DEFAULT = "default"
+NXENTRY_ATTRS = {"NX_class": "NXentry"}
 
 _ESCAPED = re.compile(r"[%/]|^\.$")
 _ESCAPE = re.compile(r"%(25|2F|2E)")
@@ -64,6 +104,16 @@ def image_key(image_id: str) -> str:
 def image_id_from_key(key: str) -> str:
     """Inverse of :func:`image_key`."""
     return _ESCAPE.sub(lambda match: chr(int(match[1], 16)), key)
+
+
+def row_axis_path(height: int) -> str:
+    """Where the row axis of images of ``height`` rows is stored (hard-linked into each image group as ROW_AXIS)."""
+    return f"{ROW_AXES}/{height}"
+
+
+def row_axis(height: int) -> np.ndarray:
+    """The values of the row axis: ``-row`` for each row, int32 (see :data:`ROW_AXIS`)."""
+    return -np.arange(height, dtype=np.int32)
 
 
 def decode_text(raw) -> str:
