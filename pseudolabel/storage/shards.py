@@ -189,6 +189,7 @@ class ShardWriter:
         self.images.attrs.update(NXENTRY_ATTRS)
         self.group_properties = h5py.h5p.create(h5py.h5p.GROUP_CREATE)
         self.group_properties.set_attr_phase_change(*IMAGE_GROUP_ATTRIBUTE_PHASE_CHANGE)
+        self.group_properties.set_obj_track_times(False)   # no creation times: equal records give equal bytes
         self.link_properties = h5py.h5p.create(h5py.h5p.LINK_CREATE)
         self.link_properties.set_char_encoding(h5py.h5t.CSET_UTF8)   # group names as h5py's create_group stores them
         self.count = 0
