@@ -4,10 +4,10 @@ See docs/viewing.md.
 
 The viewer's command line, run as ``tools/view_labels.py`` (``cep-view`` when installed):
 
-    tools/view_labels.py out/voc_train --out viz --limit 20 --html
-    tools/view_labels.py out/voc_train --out viz --worst 30 --gt voc:train --html
-    tools/view_labels.py out/voc_train --out viz --ids 2007_000032 2007_000039 --images /data/photos
-    tools/view_labels.py out/voc_train --report --out quality     # label-quality report, no GT needed
+    tools/view_labels.py outputs/voc_train_aug --out viz --limit 20 --html
+    tools/view_labels.py outputs/voc_train_aug --out viz --worst 30 --gt voc:train --html
+    tools/view_labels.py outputs/voc_train_aug --out viz --ids 2007_000032 2007_000039 --images /data/photos
+    tools/view_labels.py outputs/voc_train_aug --report --out quality     # label-quality report, no GT needed
 """
 from __future__ import annotations
 
