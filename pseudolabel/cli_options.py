@@ -168,3 +168,14 @@ class DictConfig:
         if unknown:
             raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
         return cls(**data)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1, refused at parse time with the allowed range."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value

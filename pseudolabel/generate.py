@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from pseudolabel.cam.clip_models import openai_weights_cached
 from pseudolabel.classes import DATA_DIR, ClassSet, get_class_set
-from pseudolabel.cli_options import add_dataclass_options, program_name
+from pseudolabel.cli_options import add_dataclass_options, positive_int, program_name
 from pseudolabel.config import PseudoLabelConfig, config_from_args
 from pseudolabel.console import console_logging
 from pseudolabel.datasets import DEFAULT_SPLITS, Sample, WeakDataset, build_dataset
@@ -96,7 +96,7 @@ def add_run_options(group) -> None:
     group.add_argument("--shard-size", type=int, default=200, help="images per shard file (default: 200)")
     group.add_argument("--workers", type=int,
                        help="threads decoding and preprocessing images ahead (default: 2 on a CPU, up to 8 on CUDA)")
-    group.add_argument("--limit", type=int, help="only the first N images of the split (quick checks)")
+    group.add_argument("--limit", type=positive_int, help="only the first N >= 1 images of the split (quick checks)")
 
 
 def add_method_options(parser: argparse.ArgumentParser) -> None:

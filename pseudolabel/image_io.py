@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 # A truncated JPEG must fail, never decode with a grey bottom. This is PIL's default; some libraries turn it on.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -67,7 +67,7 @@ def _to_rgb(image: Image.Image, path: Path) -> np.ndarray:
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
-    """Read an image as ``(H, W, 3) uint8`` RGB, in its stored orientation (no EXIF rotation).
+    """Read an image as ``(H, W, 3) uint8`` RGB, as a viewer shows it (EXIF orientation applied).
 
     Greyscale, CMYK, palette, RGBA and 16-bit images are converted, with a warning naming the file and the
     conversion (16-bit: linearly scaled from the image's own [min, max] to 0..255). A missing, unreadable,
@@ -79,7 +79,7 @@ def read_rgb(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()  # decode now: a truncated file fails here instead of later as a grey image
-            array = _to_rgb(image, path)
+            array = _to_rgb(ImageOps.exif_transpose(image), path)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ImageReadError(path, f"cannot decode image ({error}); re-download or remove this file") from None
     if array.shape[0] == 0 or array.shape[1] == 0:

@@ -120,3 +120,12 @@ def test_bounds_from_the_metadata_refuse_bad_values_naming_the_option():
     with pytest.raises(ValueError, match="--share"):
         Example.from_dict({"share": -1})
     assert Example(share=1.0).share == 1.0
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_limit_zero_or_negative_is_refused_at_parse_time(value, capsys):
+    """--limit 0 used to label the whole split and -1 to drop the last image; both are refused with exit 2."""
+    from pseudolabel.generate import build_parser
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(["--limit", value])
+    assert stop.value.code == 2 and "--limit" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """read_rgb / read_label_png: exact pixels, every conversion warns naming the file, bad files raise clearly."""
 import pickle
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,14 +24,6 @@ def test_rgb_png_is_read_exactly_without_warning(tmp_path):
     Image.fromarray(pixels).save(tmp_path / "rgb.png")
     out = _read_without_warning(tmp_path / "rgb.png")
     assert out.dtype == np.uint8 and out.shape == (5, 7, 3) and np.array_equal(out, pixels)
-
-
-def test_exif_orientation_is_not_applied(tmp_path):
-    pixels = RNG.integers(0, 256, (4, 6, 3), dtype=np.uint8)
-    exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90 CW" orientation tag
-    Image.fromarray(pixels).save(tmp_path / "rotated.png", exif=exif)
-    assert np.array_equal(_read_without_warning(tmp_path / "rotated.png"), pixels)  # stored pixels, as GT masks
 
 
 @pytest.mark.parametrize(
@@ -117,3 +110,23 @@ def test_label_png_rejects_colour_missing_and_corrupt_files(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"\x89PNG garbage")
     with pytest.raises(ImageReadError, match="bad.png: cannot decode"):
         read_label_png(tmp_path / "bad.png")
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+@pytest.mark.parametrize("size", [(6, 6), (8, 5)])
+def test_read_rgb_applies_exif_orientation(tmp_path, orientation, size):
+    """The image is read as a viewer shows it: PIL's own transpose for each EXIF orientation."""
+    stored = np.arange(size[0] * size[1] * 3, dtype=np.uint8).reshape(size[1], size[0], 3)
+    exif = Image.Exif()
+    exif[274] = orientation
+    path = tmp_path / "photo.png"
+    Image.fromarray(stored).save(path, exif=exif)
+    turn = {3: lambda a: np.rot90(a, 2), 6: lambda a: np.rot90(a, -1), 8: lambda a: np.rot90(a, 1)}[orientation]
+    np.testing.assert_array_equal(read_rgb(path), turn(stored))
+
+
+def test_env_stamp_hashes_contents_not_paths():
+    """Moving the checkout or sharing CEP_VENV keeps the stamp: no path goes into the hash."""
+    text = (Path(__file__).resolve().parents[1] / "tools" / "_env.sh").read_text()
+    line = next(l for l in text.splitlines() if l.startswith("WANT="))
+    assert "sha256sum \"$REPO_ROOT" not in line and line.startswith('WANT="$(cat ')

@@ -6,7 +6,8 @@ set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${CEP_VENV:-$REPO_ROOT/.venv}"
 STAMP="$VENV/.requirements.sha256"
-WANT="$(sha256sum "$REPO_ROOT/requirements.txt" "$REPO_ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+# The stamp hashes the files' contents only (no paths), so a moved checkout or a shared CEP_VENV is not reinstalled.
+WANT="$(cat "$REPO_ROOT/requirements.txt" "$REPO_ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
     echo "[cep] setting up the virtual environment in $VENV (first run takes a few minutes)..." >&2
     "${PYTHON:-python3}" -m venv "$VENV"
