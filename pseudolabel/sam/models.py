@@ -18,6 +18,7 @@ import torch
 from pseudolabel import compat
 from pseudolabel.checkpoints import load_weights
 from pseudolabel.download import DownloadError, download_file, file_sha256
+from pseudolabel.sam.fused_attention import install_fused_attention
 
 compat.apply()  # before segment_anything imports torchvision
 from segment_anything import sam_model_registry  # noqa: E402
@@ -103,4 +104,5 @@ def load_sam(variant: str = "vit_b", checkpoint: str | None = None, device="cpu"
             raise ValueError(f"{path}: not a SAM {variant} checkpoint ({str(error).splitlines()[1:2]}); "
                              "pass --sam-model with the checkpoint's variant") from None
         identity = {"kind": "file", "model": variant, "path": str(path), "sha256": file_sha256(path)}
+    install_fused_attention(model)  # every path gets SDPA attention in the encoder
     return model.to(device).eval().requires_grad_(False), identity
