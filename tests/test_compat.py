@@ -74,6 +74,7 @@ def test_mmengine_resumes_a_training_state_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("module, library", [("pseudolabel.cam.clip_models", "open_clip"),
                                              ("pseudolabel.sam.predictor", "segment_anything"),
+                                             ("pseudolabel.sam.fused_attention", "segment_anything"),
                                              ("segtrain", "mmseg.models")])
 def test_each_module_importing_a_torchvision_user_applies_the_shims_itself(module, library):
     # a fresh interpreter: the module is the first thing imported, then the library it wraps

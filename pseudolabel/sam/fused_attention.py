@@ -7,7 +7,11 @@ SDPA as its additive ``attn_mask``, so PyTorch picks a fused kernel; windowed an
 
 import torch
 import torch.nn.functional as F
-from segment_anything.modeling.image_encoder import Attention, get_rel_pos
+
+from pseudolabel import compat
+
+compat.apply()  # before segment_anything imports torchvision
+from segment_anything.modeling.image_encoder import Attention, get_rel_pos  # noqa: E402
 
 
 def rel_pos_bias(q: torch.Tensor, attention: Attention, size: tuple[int, int]) -> torch.Tensor:
