@@ -90,11 +90,11 @@ def add_run_options(group) -> None:
                        help=f"numeric precision of CLIP's blocks and SAM's image encoder on CUDA (default: "
                             f"{DEFAULT_CUDA_PRECISION} on CUDA; a CPU always computes in fp32). It changes a few "
                             "labels, so it is part of the configuration a resume compares")
-    group.add_argument("--batch-size", type=int,
+    group.add_argument("--batch-size", type=positive_int,
                        help="images per batch (default: 1 on a CPU, 8 on CUDA); labels do not depend on it on a CPU; "
                             "on a GPU larger batches need more memory (docs/stage_one.md#stage-one-on-a-gpu)")
-    group.add_argument("--shard-size", type=int, default=200, help="images per shard file (default: 200)")
-    group.add_argument("--workers", type=int,
+    group.add_argument("--shard-size", type=positive_int, default=200, help="images per shard file (default: 200)")
+    group.add_argument("--workers", type=positive_int,
                        help="threads decoding and preprocessing images ahead (default: 2 on a CPU, up to 8 on CUDA)")
     group.add_argument("--limit", type=positive_int, help="only the first N >= 1 images of the split (quick checks)")
 

@@ -255,6 +255,8 @@ def test_a_changed_sweep_is_refused_unless_overwrite(voc, tmp_path, capsys):
     ("refine=maybe", "is a switch, give true or false"),
     ("grid_size=0", "--grid-size 0: must be >= 1"),
     ("tau=1.5", "--tau 1.5: must be in [0.0, 1.0]"),
+    ("delta=1.5", "--delta 1.5: must be in [0.0, 1.0]"),
+    ("max_tokens=-5", "--max-tokens -5: must be >= 0"),
     ("--out elsewhere", "unrecognized arguments: --out elsewhere"),
     ("num_skips=8", "num_skips must be in 0..7"),
 ])

@@ -125,6 +125,20 @@ def test_a_run_that_stops_before_its_folder_exists_leaves_no_folder(tmp_path, ca
     assert "not found" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("option, value, allowed", [
+    ("--delta", "1.5", r"in \[0.0, 1.0\]"), ("--delta", "-0.1", r"in \[0.0, 1.0\]"), ("--max-tokens", "-5", ">= 0"),
+    ("--batch-size", "-3", ">= 1"), ("--batch-size", "0", ">= 1"), ("--workers", "-1", ">= 1"),
+    ("--workers", "0", ">= 1"), ("--shard-size", "0", ">= 1"), ("--shard-size", "-1", ">= 1")])
+def test_out_of_range_options_are_refused_before_anything_is_written(voc, tmp_path, capsys, option, value, allowed):
+    try:
+        status = main(args_for(voc, tmp_path / "out", option, value))
+    except SystemExit as stop:  # argparse's own refusal
+        status = stop.code
+    err = capsys.readouterr().err
+    assert status == 2 and option in err and re.search(allowed, err) and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_ablation_flags_reach_the_labels(voc, tmp_path, full_run):
     run(args_for(voc, tmp_path, "--num-skips", "0", "--no-refine", "--limit", "2"))
     shards = open_shards(tmp_path)

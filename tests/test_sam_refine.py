@@ -51,12 +51,12 @@ def test_only_points_on_a_class_prompt_that_class():
     assert len(r.predictor.prompted) == len(xy) and r.predictor.images == 1
 
 
-def test_delta_above_one_keeps_y0_and_delta_zero_replaces_with_masks():
+def test_delta_one_keeps_y0_when_no_mask_is_exact_and_delta_zero_replaces_with_masks():
     y0 = y0_two_classes()
     grown = {3: box(6, 34, 6, 34), 15: box(36, 60, 30, 60)}
     fn = lambda x, y: np.stack([grown[3] if y < 33 else grown[15]] * 3)  # noqa: E731
     s = scores_for(y0, (3, 15))
-    assert np.array_equal(refiner(fn, delta=1.01).refine(None, y0, s, (3, 15)).labels, y0)
+    assert np.array_equal(refiner(fn, delta=1.0).refine(None, y0, s, (3, 15)).labels, y0)  # grown boxes: IoU < 1
     out = refiner(fn, delta=0.0).refine(None, y0, s, (3, 15)).labels
     assert (out[grown[3]] == 3).all() and (out[~grown[3] & ~grown[15]] == 0).all()
 
@@ -158,7 +158,10 @@ def test_prompts_and_accepted_masks_per_class_are_returned_with_the_labels():
     assert refinement.prompts == (36, 48)
     assert refinement.masks_accepted == (18, 48)
     assert set(refinement.timings) == {"sam_encoder", "sam_decoder", "filter_merge"}
-    assert refiner(fn, delta=1.01).refine(None, y0, scores_for(y0, (3, 15)), (3, 15)).masks_accepted == (0, 0)
+    # δ = 1 keeps exactly the masks equal to their class region (metric >= δ); δ outside [0, 1] is refused
+    assert refiner(fn, delta=1.0).refine(None, y0, scores_for(y0, (3, 15)), (3, 15)).masks_accepted == (18, 48)
+    with pytest.raises(ValueError, match=r"--delta 1.01: must be in \[0.0, 1.0\]"):
+        SAMRefineConfig(delta=1.01)
 
 
 def test_batched_path_equals_the_per_point_predict_loop():

@@ -82,7 +82,7 @@ class SkipCAMConfig(DictConfig):
     max_tokens: int = field(default=1600, metadata={
         "help": "token budget of the CAM input (docs/method.md#preprocessing): a larger input is scaled down, "
                 "aspect kept, and the log says so; 1600 = 40x40 tokens, so no VOC (<= 500x500) or COCO "
-                "(<= 640x640) image is scaled; 0 = no budget"})
+                "(<= 640x640) image is scaled; 0 = no budget", "min": 0})
     clip_model: str = field(default=DEFAULT_CLIP_MODEL, metadata={
         "help": "open_clip model config name. OpenAI's weights (openai, or OpenAI's .pt archive) always run on the "
                 "QuickGELU config they were trained with (ViT-B-16 -> ViT-B-16-quickgelu); a plain state dict runs "

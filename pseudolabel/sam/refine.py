@@ -57,7 +57,8 @@ class SAMRefineConfig(DictConfig):
         "help": "local SAM checkpoint; default: the official file in the cache, downloaded if absent; "
                 "'random' = seeded random weights (pipeline checks only)"})
     grid_size: int = field(default=16, metadata={"help": "n_h = n_w: candidate points at the cell centres", "min": 1})
-    delta: float = field(default=0.5, metadata={"help": "δ: keep a mask if its filter metric >= δ (Eq. 8)"})
+    delta: float = field(default=0.5, metadata={"help": "δ: keep a mask if its filter metric >= δ (Eq. 8)",
+                                                "min": 0.0, "max": 1.0})
     filter_metric: str = field(default="iou", metadata={"help": "iou = |m∩R|/|m∪R|; containment = |m∩R|/|m|",
                                                         "choices": ("iou", "containment")})
     filter_scope: str = field(default="class", metadata={
