@@ -7,8 +7,8 @@ import pytest
 
 from pseudolabel.classes import get_class_set
 from pseudolabel.datasets.base import Sample
-from pseudolabel.labellers.sam3_text import (EXTRA, Instances, SAM3TextConfig, SAM3TextLabeller, load_sam3,
-                                             score_maps, semantic_label)
+from pseudolabel.labellers.config import LabellerConfig
+from pseudolabel.labellers.sam3_text import EXTRA, Instances, SAM3TextLabeller, load_sam3, score_maps, semantic_label
 from pseudolabel.storage.shards import ShardWriter, open_shards
 
 VOC = get_class_set("voc")
@@ -64,7 +64,7 @@ def test_records_are_ordinary_shards_with_the_licence(tmp_path):
         return INSTANCES[prompt] if prompt in INSTANCES else Instances(np.zeros((0, H, W), bool), np.zeros(0))
 
     image = np.zeros((H, W, 3), np.uint8)
-    labeller = SAM3TextLabeller(segment, VOC, SAM3TextConfig(), {"model": "sam3", "licence": "SAM License"})
+    labeller = SAM3TextLabeller(segment, VOC, LabellerConfig(labeller="sam3-text"), {"model": "sam3", "licence": "SAM License"})
     record = labeller.label(Sample("img", tmp_path / "img.jpg", (8, 12, 15)), image)
     assert asked == [VOC.prompt_names[7], VOC.prompt_names[11], VOC.prompt_names[14]]  # the class list's names
     assert np.array_equal(record.refined, expected_label("score")) and np.array_equal(record.initial, record.refined)
@@ -84,7 +84,7 @@ def test_records_are_ordinary_shards_with_the_licence(tmp_path):
 
 @pytest.mark.skipif(HAS_SAM3, reason="sam3 is installed")
 def test_without_the_extra_one_line_names_it():
-    with pytest.raises(ImportError) as error:
+    with pytest.raises(RuntimeError) as error:
         load_sam3(None, "cpu")
     assert str(error.value) == EXTRA and 'pip install ".[sam3]"' in EXTRA and "\n" not in EXTRA
 
@@ -93,3 +93,53 @@ def test_without_the_extra_one_line_names_it():
                          "model and takes no size options; a tiny one from its classes is not written yet")
 def test_sam3_from_tags_on_a_tiny_model():
     """The label rule on a tiny random SAM 3 (its processor's masks and scores through SAM3Segmenter)."""
+
+
+class FakeProcessor:
+    """SAM 3's ``Sam3Processor`` interface (set_image, reset_all_prompts, set_text_prompt) with one centred box
+    instance per prompt, scoring 0.8 for "cat" and 0.6 otherwise."""
+
+    def __init__(self):
+        self.images = 0
+
+    def set_image(self, image):
+        self.images += 1
+        return {"size": (image.height, image.width)}
+
+    def reset_all_prompts(self, state):
+        state.pop("masks", None)
+
+    def set_text_prompt(self, prompt, state):
+        import torch
+
+        height, width = state["size"]
+        masks = torch.zeros(1, 1, height, width, dtype=torch.bool)
+        masks[..., height // 4: 3 * height // 4, width // 4: 3 * width // 4] = True
+        return {**state, "masks": masks, "scores": torch.tensor([0.8 if prompt == "cat" else 0.6])}
+
+
+def test_gen_pseudo_with_the_sam3_labeller_writes_ordinary_shards(tmp_path, monkeypatch, capsys):
+    from pseudolabel import generate
+    from pseudolabel.labellers import sam3_text
+
+    processor = FakeProcessor()
+    monkeypatch.setattr(sam3_text, "load_sam3", lambda checkpoint, device: (processor, {"model": "sam3"}))
+    out = tmp_path / "out"
+    assert generate.main(["demo", "--labeller", "sam3-text", "--out", str(out), "--device", "cpu"]) == 0
+    assert "SAM License" in capsys.readouterr().out
+    shards = open_shards(out)
+    assert shards.attrs["weights"] == {"sam3": {"model": "sam3", "licence": "SAM License"}}
+    assert shards.attrs["config"]["labeller"]["labeller"] == "sam3-text"
+    record = shards["chelsea"]
+    height, width = record.size
+    assert record.refined[height // 2, width // 2] == VOC.index("cat") and record.refined[0, 0] == 0
+    assert processor.images == 3  # one encoding per image
+    assert "SAM License" in (out / "run.log").read_text()
+
+
+@pytest.mark.skipif(HAS_SAM3, reason="sam3 is installed")
+def test_gen_pseudo_without_the_extra_exits_with_one_line(tmp_path, capsys):
+    from pseudolabel import generate
+
+    assert generate.main(["demo", "--labeller", "sam3-text", "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(EXTRA)

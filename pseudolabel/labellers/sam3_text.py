@@ -14,32 +14,17 @@ import collections
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from pseudolabel.classes import IGNORE_INDEX, ClassSet
-from pseudolabel.cli_options import DictConfig
+from pseudolabel.labellers.config import LabellerConfig
 
 LOG = logging.getLogger(__name__)
 LICENCE = ("SAM 3 is under the SAM License (https://github.com/facebookresearch/sam3/blob/main/LICENSE), not "
            "Apache-2.0: labels made with it are subject to its terms")
 EXTRA = 'SAM 3 is not installed: pip install ".[sam3]" (the optional extra; docs/stage_one.md#sam-3-from-the-tags)'
-
-
-@dataclass
-class SAM3TextConfig(DictConfig):
-    """SAM 3 from the tags. Defaults: SAM 3's own confidence threshold (its ``Sam3Processor``'s 0.5) and mask
-    threshold (0.5 on its mask probabilities), the highest score winning an overlap."""
-
-    score_threshold: float = field(default=0.5, metadata={
-        "help": "an instance counts where its score >= this (SAM 3's default confidence threshold)"})
-    overlap: str = field(default="score", metadata={
-        "help": "pixels in instances of several tagged classes: the highest-scoring class (score) or 255 (ignore)",
-        "choices": ("score", "ignore")})
-    sam3_checkpoint: str | None = field(default=None, metadata={
-        "help": "local SAM 3 checkpoint (sam3.pt); default: SAM 3's own download from the Hugging Face hub "
-                "(facebook/sam3, access must be granted there)"})
 
 
 @dataclass
@@ -77,12 +62,12 @@ def semantic_label(maps: np.ndarray, class_ids: tuple[int, ...], overlap: str = 
 
 def load_sam3(checkpoint: str | None, device: str):
     """SAM 3's image model with its processor (``sam3.model.sam3_image_processor.Sam3Processor``) and its weights
-    identity; ``ImportError`` with :data:`EXTRA` when the package is missing."""
+    identity; ``RuntimeError`` with :data:`EXTRA` when the package is missing."""
     try:
         from sam3.model.sam3_image_processor import Sam3Processor
         from sam3.model_builder import build_sam3_image_model
     except ImportError:
-        raise ImportError(EXTRA) from None
+        raise RuntimeError(EXTRA) from None
     from pseudolabel.download import file_sha256
 
     model = build_sam3_image_model(device=device, checkpoint_path=checkpoint, load_from_HF=checkpoint is None)
@@ -112,14 +97,14 @@ class SAM3TextLabeller:
     (records or :class:`~pseudolabel.pipeline.ImageFailure`, in order). ``segment(image, prompt) -> Instances`` is
     SAM 3 (:meth:`from_config`) or, in tests, any function."""
 
-    def __init__(self, segment: Callable[[np.ndarray, str], Instances], class_set: ClassSet, cfg: SAM3TextConfig,
+    def __init__(self, segment: Callable[[np.ndarray, str], Instances], class_set: ClassSet, cfg: LabellerConfig,
                  weights: dict | None = None) -> None:
         self.segment, self.class_set, self.cfg, self.weights = segment, class_set, cfg, weights or {}
         self.seconds: collections.Counter = collections.Counter()
         self.licence = LICENCE
 
     @classmethod
-    def from_config(cls, cfg: SAM3TextConfig, class_set: ClassSet, device: str = "cpu") -> "SAM3TextLabeller":
+    def from_config(cls, cfg: LabellerConfig, class_set: ClassSet, device: str = "cpu") -> "SAM3TextLabeller":
         """SAM 3 loaded (:func:`load_sam3`); prints and logs its licence."""
         processor, weights = load_sam3(cfg.sam3_checkpoint, device)
         print(LICENCE, flush=True)
@@ -134,8 +119,8 @@ class SAM3TextLabeller:
         start = time.perf_counter()
         class_ids = tuple(sample.class_ids)
         found = [self.segment(image, self.class_set.prompt_names[c - 1]) for c in class_ids]
-        maps = score_maps(found, image.shape[:2], self.cfg.score_threshold)
-        labels = semantic_label(maps, class_ids, self.cfg.overlap)
+        maps = score_maps(found, image.shape[:2], self.cfg.sam3_score_threshold)
+        labels = semantic_label(maps, class_ids, self.cfg.sam3_overlap)
         self.seconds["sam3"] += time.perf_counter() - start
         stats = ClassStats.measure(class_ids, labels, labels, None, None)
         return LabelRecord(image_id=sample.image_id, refined=labels, initial=labels, loc_maps_lowres=maps,
