@@ -10,6 +10,7 @@ from pseudolabel.sam import models as sam_models
 from pseudolabel.sam.models import SAM_VARIANTS, download_checkpoint, load_sam
 from pseudolabel.sam.refine import SAMRefineConfig, SAMRefiner
 from pseudolabel.sam.sam2_predictor import SAM2PointPredictor
+from tests.fixtures.fake_sam import assert_batched_equals_alone
 from tests.fixtures.file_server import serving
 from tests.fixtures.tiny_models import TINY_SAM2, build_tiny_sam2
 
@@ -104,13 +105,7 @@ def test_sam2_refinement_equals_the_stock_predictor_outside_conflict_pixels(tiny
 
 def test_batched_sam2_refinement_equals_image_by_image(tiny_sam2, scenes):
     refiner = SAMRefiner(SAM2PointPredictor(tiny_sam2), SAMRefineConfig(delta=0.0, grid_size=6))
-    images, rest = [s[0] for s in scenes], [s[1:] for s in scenes]
-    embeddings = refiner.embed(images)
-    alone = [refiner.refine_embedded(e, *scene) for e, scene in zip(embeddings, rest)]
-    refiner.batched = True
-    together = refiner.refine_embedded_batch(embeddings, *zip(*rest))
-    for a, b in zip(alone, together):
-        assert np.array_equal(a.labels, b.labels) and a.masks_accepted == b.masks_accepted and a.prompts == b.prompts
+    assert_batched_equals_alone(refiner, [s[0] for s in scenes], [s[1:] for s in scenes])
 
 
 def test_packed_embeddings_hold_the_stock_predictors_features(tiny_sam2, scenes):
