@@ -12,7 +12,8 @@ from pseudolabel.sam.refine import SAMRefineConfig, SAMRefiner
 from pseudolabel.sam.sam2_predictor import SAM2PointPredictor
 from tests.fixtures.fake_sam import assert_batched_equals_alone
 from tests.fixtures.file_server import serving
-from tests.fixtures.tiny_models import TINY_SAM2, build_tiny_sam2
+from pseudolabel.storage.shards import open_shards
+from tests.fixtures.tiny_models import TINY_CLIP, TINY_SAM2, build_tiny_sam2
 
 SIZES_AND_CLASSES = (((50, 70), (3, 15)), ((61, 37), (1, 2, 4)))
 
@@ -148,3 +149,21 @@ def test_from_config_picks_the_sam2_predictor():
     refiner = SAMRefiner.from_config(SAMRefineConfig(sam_model=TINY_SAM2, sam_checkpoint="random"))
     assert isinstance(refiner.predictor, SAM2PointPredictor)
     assert refiner.weights == {"kind": "random", "model": TINY_SAM2, "seed": 0}
+
+
+def test_gen_pseudo_with_sam2_records_the_refiner_and_resumes(tmp_path, capsys):
+    from pseudolabel.generate import main, run
+
+    out = tmp_path / "out"
+    argv = ["demo", "--clip-model", TINY_CLIP, "--clip-weights", "random", "--sam-model", TINY_SAM2,
+            "--sam-checkpoint", "random", "--grid-size", "2", "--device", "cpu", "--out", str(out), "--limit", "2"]
+    assert run(argv)["images"] == 2
+    shards = open_shards(out)
+    assert shards.attrs["config"]["refine"]["sam_model"] == TINY_SAM2
+    assert shards.attrs["weights"]["sam"] == {"kind": "random", "model": TINY_SAM2, "seed": 0}
+    again = run(argv[:-1] + ["3"])
+    assert again["already_done"] == 2 and again["images"] == 1
+    other = [("vit_tiny_test" if a == TINY_SAM2 else a) for a in argv]
+    capsys.readouterr()
+    assert main(other) == 2  # another refiner: not resumed into these shards
+    assert "sam_model" in capsys.readouterr().err
