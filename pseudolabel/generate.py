@@ -31,6 +31,8 @@ from pseudolabel.config import PseudoLabelConfig, config_from_args
 from pseudolabel.console import console_logging
 from pseudolabel.datasets import DEFAULT_SPLITS, Sample, WeakDataset, build_dataset
 from pseudolabel.exits import OutputError, tool_main
+from pseudolabel.labellers.config import LabellerConfig
+from pseudolabel.labellers.sam3_text import LICENCE as SAM3_LICENCE, SAM3TextLabeller
 from pseudolabel.pipeline import (STAGES, BackgroundWriter, ImageFailure, Labeller, PendingRecord, default_batch_size,
                                   default_workers)
 from pseudolabel.precision import PRECISIONS, DEFAULT_CUDA_PRECISION, effective_precision
@@ -72,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 DATASET_CHOICES = ("voc", "coco", "custom", "demo")
-METHOD_CONFIGS = (SkipCAMConfig, SAMRefineConfig)   # the dataclasses whose fields are stage one's method options
+METHOD_CONFIGS = (SkipCAMConfig, SAMRefineConfig, LabellerConfig)   # the dataclasses whose fields are stage one's method options
 
 
 def add_run_options(group) -> None:
@@ -103,6 +105,7 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     """The method options, one per field of :data:`METHOD_CONFIGS`."""
     add_dataclass_options(parser, SkipCAMConfig, "Skip-CAM (stage one, part 1)")
     add_dataclass_options(parser, SAMRefineConfig, "SAM refinement (stage one, part 2)")
+    add_dataclass_options(parser, LabellerConfig, "labeller (CEP, or SAM 3 from the tags)")
 
 
 @functools.lru_cache(maxsize=None)
@@ -193,7 +196,10 @@ def device_and_precision(args: argparse.Namespace, local_rank: int) -> tuple[str
 
 
 def load_models(cfg: PseudoLabelConfig, class_set: ClassSet, device: str) -> tuple[SkipCAM, SAMRefiner | None]:
-    """Skip-CAM and, when refinement is on, the SAM refiner, in the configuration's precision."""
+    """Skip-CAM and, when refinement is on, the SAM refiner, in the configuration's precision; with
+    ``--labeller sam3-text`` SAM 3's labeller in their place."""
+    if cfg.labeller.labeller == "sam3-text":
+        return SAM3TextLabeller.from_config(cfg.labeller, class_set, device), None
     cam = SkipCAM.from_config(cfg.cam, class_set, device, cfg.precision)
     refiner = SAMRefiner.from_config(cfg.refine, device, cfg.cam.seed, cfg.precision) if cfg.refine.enabled else None
     return cam, refiner
@@ -223,6 +229,8 @@ def lock_output(out: Path, rank: int) -> contextlib.ExitStack:
 
 def weights_of(cam: SkipCAM, refiner: SAMRefiner | None) -> tuple[dict, bool]:
     """The identity of the models' weights (``{"clip": ..., "sam": ...}``) and whether any is random."""
+    if isinstance(cam, SAM3TextLabeller):
+        return {"sam3": cam.weights}, False
     weights = {"clip": cam.weights, "sam": refiner.weights if refiner else None}
     return weights, any(w and w.get("kind") == "random" for w in weights.values())
 
@@ -313,6 +321,8 @@ class StageOneRun:
             cam, refiner = load_models(cfg, dataset.class_set, device)
             weights, random_weights = weights_of(cam, refiner)
             log.detail("weights", weights)
+            if isinstance(cam, SAM3TextLabeller):
+                log.detail("licence", SAM3_LICENCE)
             if random_weights:
                 random_weights_banner(notes)
                 log.detail(f"RANDOM WEIGHTS: {'; '.join(notes) or 'requested'}; the labels are not meaningful",
@@ -362,7 +372,8 @@ class StageOneRun:
         threads, each finished image staged in the store by a background thread; an image that cannot be read or
         labelled becomes a failure and the run goes on. Images that failed in an earlier run are tried once more,
         one at a time, at the end."""
-        labeller = Labeller(self.cam, self.refiner, self.device, timed=self.timed)
+        labeller = self.cam if isinstance(self.cam, SAM3TextLabeller) else \
+            Labeller(self.cam, self.refiner, self.device, timed=self.timed)
         fresh = [s for s in self.todo if s.image_id not in self.retries]
         again = [s for s in self.todo if s.image_id in self.retries]
         progress = tqdm(total=len(self.todo), desc=f"rank {self.rank}", unit="img", dynamic_ncols=True)

@@ -36,10 +36,11 @@ def test_a_plain_run_lists_only_the_real_models_and_refuses_the_tiny_ones(tmp_pa
     outputs = re.split(r"exit status (\d+)\n", result.stdout)
     errors = re.split(r"exit status (\d+)\n", result.stderr)
     assert outputs[1::2] == errors[1::2] == ["0", "2", "2"], result.stderr[-3000:]
-    assert "--sam-model {vit_b,vit_l,vit_h}" in outputs[0]
+    assert "--sam-model {vit_b,vit_l,vit_h,sam2.1_hiera_t,sam2.1_hiera_s,sam2.1_hiera_b+,sam2.1_hiera_l}" in outputs[0]
     assert TINY_SAM not in outputs[0] and "cep-test" not in outputs[0]
     assert errors[2].rstrip().endswith("error: argument --sam-model: invalid choice: 'vit_tiny_test' "
-                                       "(choose from 'vit_b', 'vit_l', 'vit_h')")
+                                       "(choose from 'vit_b', 'vit_l', 'vit_h', 'sam2.1_hiera_t', 'sam2.1_hiera_s', "
+                                       "'sam2.1_hiera_b+', 'sam2.1_hiera_l')")
     assert errors[4].rstrip() == (f"error: unknown CLIP model '{TINY_CLIP}'; choose one of open_clip's configs, "
                                   "e.g. ViT-B-16-quickgelu")
     assert not (tmp_path / "out").exists()

@@ -7,7 +7,7 @@ from segment_anything.utils.amg import build_point_grid
 from pseudolabel.sam import models as sam_models
 from pseudolabel.sam.models import SAM_VARIANTS, download_checkpoint, load_sam
 from pseudolabel.sam.refine import SAMRefineConfig, SAMRefiner, grid_points
-from tests.fixtures.fake_sam import FakePredictor, LoopSAMRefiner
+from tests.fixtures.fake_sam import FakePredictor, LoopSAMRefiner, assert_batched_equals_alone
 from tests.fixtures.file_server import serving
 
 H, W = 64, 64
@@ -369,11 +369,6 @@ def test_batched_refinement_with_sam_equals_image_by_image(monkeypatch):
         y0 = np.asarray((0, *classes), np.uint8)[rng.integers(0, 1 + len(classes), (height // 8 + 1, width // 8 + 1))]
         y0 = np.kron(y0, np.ones((8, 8), np.uint8))[:height, :width]  # blocks: regions the masks can match
         scenes.append((y0, rng.random((1 + len(classes), height, width)).astype(np.float32), classes))
-    refiner = SAMRefiner(BatchedPointPredictor(model), SAMRefineConfig(delta=0.0))
-    embeddings = refiner.embed(images)
-    alone = [refiner.refine_embedded(e, *scene) for e, scene in zip(embeddings, scenes)]
-    refiner.batched = True
-    together = refiner.refine_embedded_batch(embeddings, *zip(*scenes))
-    for a, b in zip(alone, together):
-        assert np.array_equal(a.labels, b.labels) and a.masks_accepted == b.masks_accepted and a.prompts == b.prompts
+    alone = assert_batched_equals_alone(SAMRefiner(BatchedPointPredictor(model), SAMRefineConfig(delta=0.0)), images,
+                                        scenes)
     assert any((r.labels != s[0]).any() for r, s in zip(alone, scenes))  # SAM's masks changed the labels

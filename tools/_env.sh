@@ -12,7 +12,11 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; 
     echo "[cep] setting up the virtual environment in $VENV (first run takes a few minutes)..." >&2
     "${PYTHON:-python3}" -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip >&2 || true
-    "$VENV/bin/python" -m pip install -q -r "$REPO_ROOT/requirements.txt" >&2
+    # sam2 is an sdist: built against the torch just installed (not a second one in an isolated build
+    # environment) and without its optional CUDA extension
+    "$VENV/bin/python" -m pip install -q -r <(grep -v '^sam2==' "$REPO_ROOT/requirements.txt") >&2
+    SAM2_BUILD_CUDA=0 "$VENV/bin/python" -m pip install -q --no-build-isolation \
+        -r <(grep '^sam2==' "$REPO_ROOT/requirements.txt") >&2
     "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$REPO_ROOT" >&2
     echo "$WANT" > "$STAMP"
     echo "[cep] environment ready." >&2

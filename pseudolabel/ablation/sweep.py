@@ -129,7 +129,8 @@ class Sweep:
 
 def gen_pseudo_flags(config: PseudoLabelConfig, base: PseudoLabelConfig) -> list[str]:
     """The options that turn ``base`` into ``config`` (gen_pseudo's spelling)."""
-    return options_argv(config.cam, base.cam) + options_argv(config.refine, base.refine)
+    return (options_argv(config.cam, base.cam) + options_argv(config.refine, base.refine)
+            + options_argv(config.labeller, base.labeller))
 
 
 def slug_of(config: PseudoLabelConfig, base: PseudoLabelConfig) -> str:

@@ -1,5 +1,5 @@
-"""SAM variants (segment-anything's builders and official checkpoints; more through :func:`register_sam_variant`)
-and checkpoint loading.
+"""SAM variants (segment-anything's builders and official checkpoints, SAM 2.1's from ``sam2_models``; more through
+:func:`register_sam_variant`) and checkpoint loading.
 
 Official checkpoints are plain state dicts, loaded with ``torch.load(weights_only=True)``
 (``pseudolabel/checkpoints.py``). Without a local file the official checkpoint is downloaded into a cache directory
@@ -35,6 +35,9 @@ class SAMVariant:
     build: Callable[..., torch.nn.Module]
     filename: str | None = None
     sha256: str | None = None
+    url: str | None = None             # where the checkpoint is downloaded from (None: URL_ROOT + filename)
+    state_key: str | None = None       # the checkpoint holds the state dict under this key (None: it is one)
+    predictor: Callable | None = None  # predictor(model, precision=...) for the refiner (None: BatchedPointPredictor)
 
 
 # The SHA-256 values of the official checkpoints, as published by several independent public install scripts (some
@@ -50,12 +53,13 @@ SAM_VARIANTS = {
 
 
 def register_sam_variant(name: str, build: Callable[..., torch.nn.Module], filename: str | None = None,
-                         sha256: str | None = None) -> None:
+                         sha256: str | None = None, *, url: str | None = None, state_key: str | None = None,
+                         predictor: Callable | None = None) -> None:
     """Add a SAM variant to the registry, so ``load_sam`` builds it and ``--sam-model`` accepts it (the choices are
     read from the registry when a parser is built). ``build(checkpoint=None)`` returns an untrained ``Sam``; without
     ``filename`` the variant runs with random weights only. Registering a name again with another variant is an
-    error."""
-    variant = SAMVariant(build, filename, sha256)
+    error. ``url``, ``state_key`` and ``predictor``: see :class:`SAMVariant`."""
+    variant = SAMVariant(build, filename, sha256, url, state_key, predictor)
     if SAM_VARIANTS.setdefault(name, variant) != variant:
         raise ValueError(f"SAM variant '{name}' is already registered with another builder or checkpoint")
 
@@ -71,9 +75,12 @@ def download_checkpoint(variant: str, directory: Path | None = None) -> Path:
     target = (directory or cache_dir()) / spec.filename
     if target.is_file():
         return target
-    LOG.info("downloading %s to %s", URL_ROOT + spec.filename, target)
+    url = spec.url or URL_ROOT + spec.filename
+    LOG.info("downloading %s to %s", url, target)
+    if spec.sha256 is None:
+        LOG.warning("no published SHA-256 for the SAM %s checkpoint: the download is not verified", variant)
     try:
-        return download_file(URL_ROOT + spec.filename, target, spec.sha256)
+        return download_file(url, target, spec.sha256)
     except DownloadError as error:
         raise RuntimeError(f"could not get the SAM {variant} checkpoint: {error}. Download it elsewhere and put it at "
                            f"{target}, or pass --sam-checkpoint PATH") from None
@@ -98,6 +105,11 @@ def load_sam(variant: str = "vit_b", checkpoint: str | None = None, device="cpu"
             raise FileNotFoundError(f"SAM checkpoint '{path}' does not exist (expected the official {variant} file "
                                     f"{spec.filename})")
         state = load_weights(path)  # weights only: a file holding anything else is refused in one line
+        if spec.state_key is not None:
+            if not isinstance(state, dict) or spec.state_key not in state:
+                raise ValueError(f"{path}: not a SAM {variant} checkpoint (no '{spec.state_key}' entry); pass "
+                                 "--sam-model with the checkpoint's variant")
+            state = state[spec.state_key]
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as error:
@@ -106,3 +118,16 @@ def load_sam(variant: str = "vit_b", checkpoint: str | None = None, device="cpu"
         identity = {"kind": "file", "model": variant, "path": str(path), "sha256": file_sha256(path)}
     install_fused_attention(model)  # every path gets SDPA attention in the encoder
     return model.to(device).eval().requires_grad_(False), identity
+
+
+def _register_sam2() -> None:
+    """SAM 2.1 Hiera-T/S/B+/L (``pseudolabel/sam/sam2_models.py``)."""
+    from pseudolabel.sam import sam2_models
+
+    for name, (config, filename) in sam2_models.SAM2_CONFIGS.items():
+        register_sam_variant(name, sam2_models.sam2_builder(config), filename, None,
+                             url=sam2_models.URL_ROOT + filename, state_key=sam2_models.STATE_KEY,
+                             predictor=sam2_models.point_predictor)
+
+
+_register_sam2()

@@ -145,11 +145,12 @@ class SAMRefiner:
     @classmethod
     def from_config(cls, cfg: SAMRefineConfig, device="cpu", seed: int = 0, precision: str = "fp32") -> "SAMRefiner":
         """``precision``: autocast of SAM's image encoder on CUDA (:mod:`pseudolabel.precision`)."""
-        from pseudolabel.sam.models import load_sam
+        from pseudolabel.sam.models import SAM_VARIANTS, load_sam
         from pseudolabel.sam.predictor import BatchedPointPredictor
 
         model, weights = load_sam(cfg.sam_model, cfg.sam_checkpoint, device, seed)
-        return cls(BatchedPointPredictor(model, precision=precision), cfg, weights)
+        predictor = SAM_VARIANTS[cfg.sam_model].predictor or BatchedPointPredictor  # SAM 2.1: its own predictor
+        return cls(predictor(model, precision=precision), cfg, weights)
 
     @property
     def device(self) -> torch.device:
