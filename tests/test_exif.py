@@ -3,7 +3,7 @@
 
 Each photo is a JPEG whose stored pixels, turned as its EXIF orientation says, give the picture; its twin is a PNG of
 that picture's decoded pixels with no EXIF. Stage one must label the two alike, the export must write the picture's
-shape, the evaluator must score the photo against the twin's labels as GT with no error, and stage two must load the
+shape, the viewer must show the picture, the evaluator must score the photo against the twin's labels as GT with no error, and stage two must load the
 photo in the same orientation as its shard label.
 """
 from __future__ import annotations
@@ -107,6 +107,17 @@ def test_the_export_has_the_upright_shape_and_labels(photos, shards, tmp_path):
             shown = jpeg.size if jpeg.getexif().get(ORIENTATION_TAG) == 3 else jpeg.size[::-1]
         assert labels.shape == upright.shape[:2] == shown[::-1]
         np.testing.assert_array_equal(labels, stored[image_id].refined)
+
+
+def test_the_viewer_shows_the_upright_photo_beside_its_label(photos, shards):
+    from pseudolabel.viewer.photos import PhotoFinder
+
+    stored = open_shards(shards)
+    finder = PhotoFinder(stored.attrs, None, None)     # the image folder recorded in the shards
+    for image_id, upright in photos["upright"].items():
+        shown = finder.read(image_id)
+        assert shown.shape[:2] == stored[image_id].size
+        np.testing.assert_array_equal(shown, upright)
 
 
 def test_the_evaluator_scores_a_photo_against_gt_drawn_on_the_upright_picture(photos, shards, tmp_path):
