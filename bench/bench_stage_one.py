@@ -34,6 +34,7 @@ import torch  # noqa: E402
 from pseudolabel import generate  # noqa: E402
 from pseudolabel.classes import CLASSES_DIR  # noqa: E402
 from pseudolabel.storage.run_log import RunLog  # noqa: E402
+from pseudolabel.precision import PRECISIONS  # noqa: E402
 from pseudolabel.storage.shards import open_shards  # noqa: E402
 from tests.fixtures.tiny_datasets import VOC_SIZES, make_voc_sized  # noqa: E402
 from tests.fixtures.tiny_models import register_tiny_models  # noqa: E402
@@ -422,7 +423,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     parser.add_argument("--batch-size", type=int, help="default: stage one's (1 on a CPU, 8 on CUDA)")
     parser.add_argument("--workers", type=int, help="decoding threads (default: stage one's)")
     parser.add_argument("--mixed-sizes", action="store_true",

@@ -100,7 +100,7 @@ print("stage one imported; versions:", {p: m.version(p) for p in ("torch", "open
 '
 
 part "CUDA tests" 90 tests.log "$PY" -m pytest -q -p no:cacheprovider -m cuda -rs \
-    tests/test_cuda.py tests/test_sam_decoder.py tests/test_skipcam.py
+    tests/test_cuda.py tests/test_sam_decoder.py tests/test_skipcam.py tests/test_precision.py
 
 # per precision: the main run (--max-seconds), a timing pass and three sweep runs (--part-seconds each), all
 # shortened where needed to write their results within the part's limit (BENCH_STOP_BY)

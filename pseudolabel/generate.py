@@ -35,7 +35,7 @@ from pseudolabel.labellers.config import LabellerConfig
 from pseudolabel.labellers.sam3_text import LICENCE as SAM3_LICENCE, SAM3TextLabeller
 from pseudolabel.pipeline import (STAGES, BackgroundWriter, ImageFailure, Labeller, PendingRecord, default_batch_size,
                                   default_workers)
-from pseudolabel.precision import PRECISIONS, DEFAULT_CUDA_PRECISION, effective_precision
+from pseudolabel.precision import DEFAULT_CUDA_PRECISION, PRECISIONS, effective_precision, use_fp32_math
 from pseudolabel.storage.lock import OutputLock
 from pseudolabel.storage.run_log import RunLog
 from pseudolabel.storage.run_store import RunStore
@@ -89,9 +89,11 @@ def add_run_options(group) -> None:
     group.add_argument("--device", default="auto",
                        help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda (= cuda:LOCAL_RANK), cuda:N")
     group.add_argument("--precision", choices=PRECISIONS,
-                       help=f"numeric precision of CLIP's blocks and SAM's image encoder on CUDA (default: "
-                            f"{DEFAULT_CUDA_PRECISION} on CUDA; a CPU always computes in fp32). It changes a few "
-                            "labels, so it is part of the configuration a resume compares")
+                       help=f"numeric precision of CLIP's blocks and SAM's image encoder on CUDA: fp32 (true "
+                            "float32, TF32 off), tf32 (TF32 tensor-core math), bf16 or fp16 (autocast); the decoder, "
+                            f"CAA, PAR and merge stay in float32 (default: {DEFAULT_CUDA_PRECISION} on CUDA; a CPU "
+                            "always computes in fp32). It changes a few labels, so it is part of the configuration a "
+                            "resume compares")
     group.add_argument("--batch-size", type=positive_int,
                        help="images per batch (default: 1 on a CPU, 8 on CUDA); labels do not depend on it on a CPU; "
                             "on a GPU larger batches need more memory (docs/stage_one.md#stage-one-on-a-gpu)")
@@ -190,6 +192,7 @@ def device_and_precision(args: argparse.Namespace, local_rank: int) -> tuple[str
     if torch.device(device).type == "cuda":
         torch.cuda.set_device(torch.device(device))
     precision, note = effective_precision(args.precision, device)
+    use_fp32_math(device)
     if note:
         LOG.info(note)
     return device, precision

@@ -30,7 +30,7 @@ from pseudolabel.loc_maps import resize_maps
 from pseudolabel.cam.par import PARConfig, par_refine, par_refine_batch
 from pseudolabel.cam.prompts import PROMPT_SET_ALIASES, PROMPT_SETS, canonical_prompt_set, prompt_texts, text_embeddings
 from pseudolabel.canvas import crop, pad_stack
-from pseudolabel.precision import autocast
+from pseudolabel.precision import encoder_precision
 from pseudolabel.transfer import upload
 
 LOG = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ class SkipCAM:
 
     def __init__(self, model, tokenizer, class_set: ClassSet, cfg: SkipCAMConfig, device="cpu", weights=None,
                  precision: str = "fp32", text: tuple[torch.Tensor, torch.Tensor] | None = None):
-        """``precision``: autocast of the CLIP blocks on CUDA (:mod:`pseudolabel.precision`; a CPU uses fp32).
+        """``precision``: of the CLIP blocks on CUDA (:mod:`pseudolabel.precision`; a CPU uses fp32).
         ``text``: the foreground and background text embeddings of ``cfg.prompt_set`` when another SkipCAM on the
         same model has them (``fg_text``, ``bg_text``), else computed here."""
         self.model, self.cfg, self.class_set, self.precision = model, cfg, class_set, precision
@@ -452,8 +452,8 @@ class SkipCAM:
         return canvas, keys.gather(1, winner.flatten(1)).view_as(winner)
 
     # -- the stages -----------------------------------------------------------------------------------------------
-    def _autocast(self):
-        return autocast(self.device, self.precision)
+    def _encoder_precision(self):
+        return encoder_precision(self.device, self.precision)
 
     def frozen(self, pixels: list[torch.Tensor]) -> list[FrozenFeatures]:
         """Frozen-block features of preprocessed images (:meth:`preprocess`), on the device. On a GPU the images of
@@ -467,7 +467,7 @@ class SkipCAM:
             chunks = [[i] for i in indices] if self.device.type == "cpu" else [indices]
             for chunk in chunks:
                 batch = torch.stack([pixels[i].to(self.device, non_blocking=True) for i in chunk])
-                with self._autocast():
+                with self._encoder_precision():
                     outputs, attentions = self.frozen_blocks(batch)
                 for row, index in enumerate(chunk):
                     results[index] = FrozenFeatures([o[row] for o in outputs], [a[row] for a in attentions],
@@ -498,7 +498,7 @@ class SkipCAM:
         members = list(groups.values())
         timings = {}
         start = time.perf_counter()
-        with self._autocast():
+        with self._encoder_precision():
             grouped = [self.class_cams_batch([features[i] for i in m], [class_ids[i] for i in m]) for m in members]
         cams = [c.float() for c, _ in grouped]
         timings["last_block_grad"] = time.perf_counter() - start
@@ -537,7 +537,7 @@ class SkipCAM:
         timings = {}
         start = time.perf_counter()
         text = torch.cat([self.fg_text[[c - 1 for c in class_ids]], self.bg_text])
-        with self._autocast():
+        with self._encoder_precision():
             cams, affinity = self.class_cams(frozen.outputs, frozen.attentions, text, len(class_ids), frozen.grid)
         timings["last_block_grad"] = time.perf_counter() - start
         start = time.perf_counter()

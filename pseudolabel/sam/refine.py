@@ -144,7 +144,7 @@ class SAMRefiner:
 
     @classmethod
     def from_config(cls, cfg: SAMRefineConfig, device="cpu", seed: int = 0, precision: str = "fp32") -> "SAMRefiner":
-        """``precision``: autocast of SAM's image encoder on CUDA (:mod:`pseudolabel.precision`)."""
+        """``precision``: of SAM's image encoder on CUDA (:mod:`pseudolabel.precision`)."""
         from pseudolabel.sam.models import SAM_VARIANTS, load_sam
         from pseudolabel.sam.predictor import BatchedPointPredictor
 
