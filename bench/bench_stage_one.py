@@ -33,8 +33,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from pseudolabel import generate  # noqa: E402
 from pseudolabel.classes import CLASSES_DIR  # noqa: E402
-from pseudolabel.storage.run_log import RunLog  # noqa: E402
 from pseudolabel.precision import PRECISIONS  # noqa: E402
+from pseudolabel.storage.run_log import RunLog  # noqa: E402
 from pseudolabel.storage.shards import open_shards  # noqa: E402
 from tests.fixtures.tiny_datasets import VOC_SIZES, make_voc_sized  # noqa: E402
 from tests.fixtures.tiny_models import register_tiny_models  # noqa: E402
