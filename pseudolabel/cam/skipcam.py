@@ -112,7 +112,7 @@ class FrozenFeatures:
     same CLIP model and CAM input size (K, skip entry, τ, prompts, PAR, ...) starts from it."""
 
     outputs: list[torch.Tensor]         # N-1 block outputs, each (1+hw, D)
-    attentions: list[torch.Tensor]      # N-1 head-averaged attentions, each (1+hw, 1+hw)
+    attentions: list[torch.Tensor]      # head-averaged attentions of the last attn_blocks-1, each (1+hw, 1+hw)
     grid: tuple[int, int]               # (h, w) tokens
 
 
@@ -167,14 +167,16 @@ class CAMBatch:
                                                                self.labels, self.sizes)]
 
 
-def block_forward(block, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One open_clip ResidualAttentionBlock that also returns its LN1 output and head-averaged attention."""
+def block_forward(block, x: torch.Tensor, need_attention: bool = True
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One open_clip ResidualAttentionBlock that also returns its LN1 output and, with ``need_attention``, its
+    head-averaged attention (without it, ``nn.MultiheadAttention`` runs fused attention and returns None)."""
     normed = block.ln_1(x)
-    return _block_rest(block, x, normed)
+    return _block_rest(block, x, normed, need_attention)
 
 
-def _block_rest(block, x, normed):
-    out, attention = block.attn(normed, normed, normed, need_weights=True, average_attn_weights=True)
+def _block_rest(block, x, normed, need_attention: bool = True):
+    out, attention = block.attn(normed, normed, normed, need_weights=need_attention, average_attn_weights=True)
     x = x + block.ls_1(out)
     x = x + block.ls_2(block.mlp(block.ln_2(x)))
     return x, normed, attention
@@ -267,13 +269,17 @@ class SkipCAM:
     # -- the two passes -----------------------------------------------------------------------------------------
     @torch.no_grad()
     def frozen_blocks(self, pixels: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Outputs and attentions of blocks 1..N-1 (one forward for all classes)."""
+        """Outputs of blocks 1..N-1 (one forward for all classes) and the attentions CAA reads, those of the last
+        ``attn_blocks - 1`` of them; the blocks before compute fused attention without weights."""
         x = self.embed(pixels)
+        frozen = self.blocks[:-1]
+        first_read = len(frozen) - (self.cfg.attn_blocks - 1)
         outputs, attentions = [], []
-        for block in self.blocks[:-1]:
-            x, _, attention = block_forward(block, x)
+        for index, block in enumerate(frozen):
+            x, _, attention = block_forward(block, x, need_attention=index >= first_read)
             outputs.append(x)
-            attentions.append(attention)
+            if attention is not None:
+                attentions.append(attention)
         return outputs, attentions
 
     def fused_features(self, outputs: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -319,6 +325,9 @@ class SkipCAM:
 
     def _affinity(self, attentions: list[torch.Tensor], last_attention: torch.Tensor) -> torch.Tensor:
         """CAA's affinity from the frozen blocks' attentions (each ``(..., 1+hw, 1+hw)``) and the last block's."""
+        if len(attentions) < self.cfg.attn_blocks - 1:
+            raise ValueError(f"attn_blocks={self.cfg.attn_blocks} needs the attentions of {self.cfg.attn_blocks - 1} "
+                             f"frozen blocks; the frozen features hold {len(attentions)}")
         kept = attentions[len(attentions) - (self.cfg.attn_blocks - 1):] if self.cfg.attn_blocks > 1 else []
         return affinity_from_attention(torch.stack([a.float() for a in kept] + [last_attention], dim=-3))
 
