@@ -71,7 +71,7 @@ def stage_one_args(args, data: Path, out: Path, images: int, batch_size: int | N
     return ["custom", "--images", str(data / "images"), "--labels", str(data / "labels.csv"),
             "--classes", str(CLASSES_DIR / "voc.json"), "--out", str(out), "--overwrite", "--limit", str(images),
             "--clip-weights", "random", "--sam-checkpoint", "random", "--device", args.device,
-            "--precision", args.precision, "--sam-model", sam_model(args),
+            "--precision", args.precision, "--sam-model", sam_model(args), *(["--compile"] if args.compile else []),
             *(["--batch-size", str(batch_size)] if batch_size else []),
             *(["--workers", str(args.workers)] if args.workers else []), *tiny]
 
@@ -298,7 +298,7 @@ def measure(args) -> dict:
     cuda = args.device.startswith("cuda")
     results = {"label": args.label, "device": args.device, "gpu": torch.cuda.get_device_name() if cuda else None,
                "precision": args.precision if cuda else "fp32", "batch_size": args.batch_size,
-               "images": args.images, "sam_model": sam_model(args),
+               "images": args.images, "sam_model": sam_model(args), "compiled": args.compile,
                "models": f"tiny: {sam_model(args)}" if args.tiny else f"ViT-B/16 + {args.sam_model}",
                "sizes": "mixed VOC sizes" if args.mixed_sizes else "500x375", "threads": torch.get_num_threads()}
     generate.load_models = cached_models()
@@ -444,6 +444,7 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     parser.add_argument("--batch-size", type=int, help="default: stage one's (1 on a CPU, 8 on CUDA)")
     parser.add_argument("--sam-model", default="vit_b", help="the refiner (gen_pseudo's --sam-model; default vit_b)")
+    parser.add_argument("--compile", action="store_true", help="gen_pseudo's --compile (the first batches compile)")
     parser.add_argument("--label", help="the run's column name in the table (default: precision and batch size)")
     parser.add_argument("--workers", type=int, help="decoding threads (default: stage one's)")
     parser.add_argument("--mixed-sizes", action="store_true",

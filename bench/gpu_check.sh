@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Stage one on an NVIDIA GPU, checked and measured in about six minutes: the CUDA tests, then
-# bench/bench_stage_one.py on 256 synthetic VOC-sized images (1-3 classes each) with the real ViT-B/16 and SAM ViT-B
-# architectures and random weights, and one table with a column per run: fp32, bf16 and tf32 at batch size 8, fp32
-# at batch size 16 (the GPU's own rounding noise, the floor every agreement is read against), the SAM 2.1 Hiera-B+
-# refiner, and with BASELINE another tree of this repository (fp32) side by side. Rows: images/s, ms per image by
-# stage, peak GPU memory (also at batch sizes 1, 16 and 32, with images/s, for fp32 and bf16), GPU busy fraction,
-# label, Y0 and localization-map agreement with the fp32 run, and where the GPU time goes (the profiler's top kernels,
-# kernel launches per image, GPU time per stage, host waits per batch). Every part is guarded: a failing part prints
-# its error and the others still run; each part has a time limit, and all of them together at most TOTAL seconds.
+# Stage one on an NVIDIA GPU, checked and measured in about six minutes: the CUDA tests, then bench/bench_stage_one.py
+# on 256 synthetic VOC-sized images (1-3 classes each) with the real ViT-B/16 and SAM ViT-B architectures and random
+# weights, and one table with a column per run: fp32, bf16 and tf32 at batch size 8, fp32 at batch size 16 (the GPU's
+# own rounding noise, the floor every agreement is read against), fp32 with the encoders compiled (--compile), the SAM
+# 2.1 Hiera-B+ refiner, and with BASELINE another tree of this repository (fp32) side by side. Rows: images/s, ms per
+# image by stage, peak GPU memory (also at batch sizes 1, 16 and 32, with images/s, for fp32 and bf16), GPU busy
+# fraction, label, Y0 and localization-map agreement with the fp32 run, and where the GPU time goes (the profiler's
+# top kernels, kernel launches per image, GPU time per stage, host waits per batch). Every part is guarded: a failing
+# part prints its error and the others still run; each part has a time limit, and all of them together at most TOTAL
+# seconds.
 #
 # Run it from the repository root, with the machine's own python3 (PyTorch with CUDA, numpy, h5py, scipy,
 # opencv-python(-headless), pillow, tqdm); no internet and no virtual environment are needed:
@@ -110,8 +111,9 @@ part "CUDA tests" 90 tests.log "$PY" -m pytest -q -p no:cacheprovider -m cuda -r
 
 # The runs, each a part with its own limit, all shortened where needed to write their results within it
 # (BENCH_STOP_BY): fp32 first (the reference every agreement is read against), then bf16, the baseline tree, tf32,
-# fp32 at twice the batch size (the GPU's own rounding noise: the floor the other agreements are read against) and
-# the SAM 2.1 Hiera-B+ refiner. fp32 and bf16 also time each stage and sweep the batch sizes.
+# fp32 at twice the batch size (the GPU's own rounding noise: the floor the other agreements are read against), fp32
+# with --compile (its whole-run rate includes the compile time) and the SAM 2.1 Hiera-B+ refiner. fp32 and bf16 also
+# time each stage and sweep the batch sizes.
 SWEEP=(--memory-sweep 1,16,32)
 SHORT=(--timed-images 0)
 [ "$DEVICE" = cuda ] || { SWEEP=(--memory-sweep 1 --timed-images 1); SHORT=(--timed-images 0); }
@@ -155,6 +157,9 @@ bench "noise floor, fp32, batch $((2 * BATCH))" 50 bench-noise.log 15 --label "f
     "${SHORT[@]}"
 bench "refiner SAM 2.1 Hiera-B+, fp32" 60 bench-sam2.log 20 --label "SAM 2.1 B+ fp32 b$BATCH" --precision fp32 \
     --batch-size "$BATCH" --sam-model sam2.1_hiera_b+ --out "$WORK/sam2" "${DATA[@]}" "${SHORT[@]}"
+bench "compiled encoders, fp32, batch $BATCH" 120 bench-compiled.log 60 --label "fp32 b$BATCH compiled" \
+    --precision fp32 --batch-size "$BATCH" --compile --out "$WORK/compiled" "${DATA[@]}" \
+    --agree-with "$WORK/fp32/shards" "${SHORT[@]}"
 
 [ -f "$WORK/results.jsonl" ] && [ "$LOGS" != "$WORK" ] && cp "$WORK/results.jsonl" "$LOGS/"
 {

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from pseudolabel.cam.clip_models import openai_weights_cached
 from pseudolabel.classes import DATA_DIR, ClassSet, get_class_set
 from pseudolabel.cli_options import add_dataclass_options, positive_int, program_name
+from pseudolabel.compiled import compile_encoders
 from pseudolabel.config import PseudoLabelConfig, config_from_args
 from pseudolabel.console import console_logging
 from pseudolabel.datasets import DEFAULT_SPLITS, Sample, WeakDataset, build_dataset
@@ -101,6 +102,10 @@ def add_run_options(group) -> None:
     group.add_argument("--workers", type=positive_int,
                        help="threads decoding and preprocessing images ahead (default: 2 on a CPU, up to 8 on CUDA)")
     group.add_argument("--limit", type=positive_int, help="only the first N >= 1 images of the split (quick checks)")
+    group.add_argument("--compile", action="store_true",
+                       help="compile the image encoders with torch.compile (off by default: each image size "
+                            "compiles once per process; it may change a label at a near-tie by rounding, "
+                            "docs/stage_one.md#compiled-encoders)")
 
 
 def add_method_options(parser: argparse.ArgumentParser) -> None:
@@ -322,6 +327,8 @@ class StageOneRun:
         out = output_dir(args, split)
         with lock_output(out, rank) as locks:  # before any model loads; released again if setting up fails
             cam, refiner = load_models(cfg, dataset.class_set, device)
+            if args.compile and not isinstance(cam, SAM3TextLabeller):
+                compile_encoders(cam, refiner)
             weights, random_weights = weights_of(cam, refiner)
             log.detail("weights", weights)
             if isinstance(cam, SAM3TextLabeller):
@@ -331,7 +338,8 @@ class StageOneRun:
                 log.detail(f"RANDOM WEIGHTS: {'; '.join(notes) or 'requested'}; the labels are not meaningful",
                            level=logging.WARNING)
             stage_one = cls.with_models(args, cfg, dataset, cam, refiner, out, device, log, locks)
-            log.detail("environment", {"device": device, "precision": precision, "batch size": stage_one.batch_size,
+            log.detail("environment", {"device": device, "precision": precision, "compiled encoders": args.compile,
+                                       "batch size": stage_one.batch_size,
                                        "workers": stage_one.workers, "world size": world,
                                        "torch threads": torch.get_num_threads(),
                                        "versions": stage_one.store.attrs["versions"]})

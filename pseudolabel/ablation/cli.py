@@ -34,6 +34,7 @@ from pseudolabel.ablation.shared import ImageWork, ModelPool, RowSetting, Shared
 from pseudolabel.ablation.sweep import Row, Sweep, SweepBuilder, gen_pseudo_flags, shipped_sweeps, sweep_file
 from pseudolabel.classes import DATA_DIR
 from pseudolabel.cli_options import add_dataclass_options, program_name
+from pseudolabel.compiled import compile_encoders
 from pseudolabel.config import config_from_args
 from pseudolabel.console import console_logging
 from pseudolabel.datasets import Sample, WeakDataset
@@ -175,6 +176,8 @@ class SweepRun:
             config = copy.deepcopy(row.config)
             notes.update(demo_weights(config) if args.dataset == "demo" else [])
             settings.append(RowSetting(config, pool.skipcam(config), pool.refiner(config)))
+            if args.compile:
+                compile_encoders(settings[-1].cam, settings[-1].refiner)
         out = sweep_dir(args)
         defaults = config_from_args(gen_pseudo_parser().parse_args([args.dataset]),
                                     "voc" if args.dataset == "demo" else args.dataset, split, precision)
