@@ -245,10 +245,11 @@ class SkipCAM:
         if (h, w) != tuple(self.patch * n for n in self.token_grid(*image.shape[:2])):
             LOG.info("CAM input of a %dx%d image scaled to %dx%d by the token budget (--max-tokens %d); its labels "
                      "keep the full size", image.shape[1], image.shape[0], w, h, self.cfg.max_tokens)
-        resized = np.asarray(Image.fromarray(image).resize((w, h), Image.BICUBIC), np.float32) / 255.0
-        tensor = torch.from_numpy(resized).permute(2, 0, 1)
-        mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
-        return (tensor - mean) / std
+        resized = np.asarray(Image.fromarray(image).resize((w, h), Image.BICUBIC), np.float32) / np.float32(255)
+        # numpy, not torch: the decoding threads run this at once, and each torch operation would start a team of
+        # intra-op threads per calling thread (numpy's float32 arithmetic gives the same bits)
+        normalised = (resized - np.float32(CLIP_MEAN)) / np.float32(CLIP_STD)
+        return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         """Patch + class tokens with the positional embedding interpolated to the token grid: ``(B, 1+hw, D)``."""
