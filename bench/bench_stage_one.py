@@ -66,12 +66,20 @@ def sam_model(args) -> str:
     return TINY_SAM2 if args.sam_model.startswith("sam2") else "vit_tiny_test"
 
 
+def models_text(args) -> str:
+    """The models a run labels with, for the table."""
+    if args.labeller == "sam3-text":
+        return "SAM 3 from tags"
+    return f"tiny: {sam_model(args)}" if args.tiny else f"ViT-B/16 + {args.sam_model}"
+
+
 def stage_one_args(args, data: Path, out: Path, images: int, batch_size: int | None) -> list[str]:
     tiny = ["--clip-model", "ViT-T-16-cep-test"] if args.tiny else []
     return ["custom", "--images", str(data / "images"), "--labels", str(data / "labels.csv"),
             "--classes", str(CLASSES_DIR / "voc.json"), "--out", str(out), "--overwrite", "--limit", str(images),
             "--clip-weights", "random", "--sam-checkpoint", "random", "--device", args.device,
             "--precision", args.precision, "--sam-model", sam_model(args), *(["--compile"] if args.compile else []),
+            *(["--labeller", "sam3-text", "--sam3-checkpoint", "random"] if args.labeller == "sam3-text" else []),
             *(["--batch-size", str(batch_size)] if batch_size else []),
             *(["--workers", str(args.workers)] if args.workers else []), *tiny]
 
@@ -299,7 +307,7 @@ def measure(args) -> dict:
     results = {"label": args.label, "device": args.device, "gpu": torch.cuda.get_device_name() if cuda else None,
                "precision": args.precision if cuda else "fp32", "batch_size": args.batch_size,
                "images": args.images, "sam_model": sam_model(args), "compiled": args.compile,
-               "models": f"tiny: {sam_model(args)}" if args.tiny else f"ViT-B/16 + {args.sam_model}",
+               "models": models_text(args),
                "sizes": "mixed VOC sizes" if args.mixed_sizes else "500x375", "threads": torch.get_num_threads()}
     generate.load_models = cached_models()
     work = Path(args.out or tempfile.mkdtemp(prefix="bench_stage_one_"))
@@ -444,6 +452,8 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     parser.add_argument("--batch-size", type=int, help="default: stage one's (1 on a CPU, 8 on CUDA)")
     parser.add_argument("--sam-model", default="vit_b", help="the refiner (gen_pseudo's --sam-model; default vit_b)")
+    parser.add_argument("--labeller", default="cep", choices=("cep", "sam3-text"),
+                        help="gen_pseudo's --labeller (sam3-text: SAM 3 from the tags, random weights; needs sam3)")
     parser.add_argument("--compile", action="store_true", help="gen_pseudo's --compile (the first batches compile)")
     parser.add_argument("--label", help="the run's column name in the table (default: precision and batch size)")
     parser.add_argument("--workers", type=int, help="decoding threads (default: stage one's)")

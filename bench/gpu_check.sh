@@ -3,7 +3,7 @@
 # on 256 synthetic VOC-sized images (1-3 classes each) with the real ViT-B/16 and SAM ViT-B architectures and random
 # weights, and one table with a column per run: fp32, bf16 and tf32 at batch size 8, fp32 at batch size 16 (the GPU's
 # own rounding noise, the floor every agreement is read against), fp32 with the encoders compiled (--compile), the SAM
-# 2.1 Hiera-B+ refiner, and with BASELINE another tree of this repository (fp32) side by side. Rows: images/s, ms per
+# 2.1 Hiera-B+ refiner, SAM 3 from the tags (random weights), and with BASELINE another tree of this repository (fp32) side by side. Rows: images/s, ms per
 # image by stage, peak GPU memory (also at batch sizes 1, 16 and 32, with images/s, for fp32 and bf16), GPU busy
 # fraction, label, Y0 and localization-map agreement with the fp32 run, and where the GPU time goes (the profiler's
 # top kernels, kernel launches per image, GPU time per stage, host waits per batch). Every part is guarded: a failing
@@ -22,6 +22,7 @@
 # The SAM 2.1 run needs sam2 and its pure-Python dependencies in WHEELS too: hydra-core==1.3.8 omegaconf==2.3.1
 # antlr4-python3-runtime==4.9.3 iopath==0.1.10 portalocker PyYAML, and a wheel of the sam2 1.1.0 sdist built without
 # its CUDA extension: SAM2_BUILD_CUDA=0 python3 -m pip wheel --no-deps --no-build-isolation sam2==1.1.0 -w WHEELS.
+# The SAM 3 run needs the sam3 wheel and its dependencies (pyproject.toml's [sam3] extra); without them it fails alone.
 # Settings: OUT=DIR writes the table (gpu_check.txt), results.jsonl and the logs (*.log) there; IMAGES (256), BATCH (8),
 # TOTAL (360), PYTHON (python3); BASELINE=REV (a git revision, exported with git archive) or BASELINE=DIR (a copy of
 # another tree of this repository, for a machine without the git history: git archive REV | tar -x -C DIR). A dry run of the script on a CPU, real architectures, 2 images: DEVICE=cpu IMAGES=2
@@ -110,10 +111,11 @@ part "CUDA tests" 90 tests.log "$PY" -m pytest -q -p no:cacheprovider -m cuda -r
     tests/test_cuda.py tests/test_sam_decoder.py tests/test_skipcam.py tests/test_precision.py
 
 # The runs, each a part with its own limit, all shortened where needed to write their results within it
-# (BENCH_STOP_BY): fp32 first (the reference every agreement is read against), then bf16, the baseline tree, tf32,
-# fp32 at twice the batch size (the GPU's own rounding noise: the floor the other agreements are read against), fp32
-# with --compile (its whole-run rate includes the compile time) and the SAM 2.1 Hiera-B+ refiner. fp32 and bf16 also
-# time each stage and sweep the batch sizes.
+# (BENCH_STOP_BY), in this order so that what matters most runs first: fp32 (the reference every agreement is read
+# against), bf16, the baseline tree, tf32, fp32 at twice the batch size (the GPU's own rounding noise: the floor the
+# other agreements are read against), the SAM 2.1 Hiera-B+ refiner, SAM 3 from the tags (random weights; needs sam3 in
+# WHEELS) and fp32 with --compile (its whole-run rate includes the compile time). fp32 and bf16 also time each stage
+# and sweep the batch sizes.
 SWEEP=(--memory-sweep 1,16,32)
 SHORT=(--timed-images 0)
 [ "$DEVICE" = cuda ] || { SWEEP=(--memory-sweep 1 --timed-images 1); SHORT=(--timed-images 0); }
@@ -157,6 +159,8 @@ bench "noise floor, fp32, batch $((2 * BATCH))" 50 bench-noise.log 15 --label "f
     "${SHORT[@]}"
 bench "refiner SAM 2.1 Hiera-B+, fp32" 60 bench-sam2.log 20 --label "SAM 2.1 B+ fp32 b$BATCH" --precision fp32 \
     --batch-size "$BATCH" --sam-model sam2.1_hiera_b+ --out "$WORK/sam2" "${DATA[@]}" "${SHORT[@]}"
+bench "SAM 3 from tags, fp32" 60 bench-sam3.log 20 --label "SAM 3 tags fp32 b$BATCH" --precision fp32 \
+    --batch-size "$BATCH" --labeller sam3-text --out "$WORK/sam3" "${DATA[@]}" "${SHORT[@]}"
 bench "compiled encoders, fp32, batch $BATCH" 120 bench-compiled.log 60 --label "fp32 b$BATCH compiled" \
     --precision fp32 --batch-size "$BATCH" --compile --out "$WORK/compiled" "${DATA[@]}" \
     --agree-with "$WORK/fp32/shards" "${SHORT[@]}"

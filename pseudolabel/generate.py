@@ -238,7 +238,7 @@ def lock_output(out: Path, rank: int) -> contextlib.ExitStack:
 def weights_of(cam: SkipCAM, refiner: SAMRefiner | None) -> tuple[dict, bool]:
     """The identity of the models' weights (``{"clip": ..., "sam": ...}``) and whether any is random."""
     if isinstance(cam, SAM3TextLabeller):
-        return {"sam3": cam.weights}, False
+        return {"sam3": cam.weights}, cam.weights.get("kind") == "random"
     weights = {"clip": cam.weights, "sam": refiner.weights if refiner else None}
     return weights, any(w and w.get("kind") == "random" for w in weights.values())
 
