@@ -20,6 +20,7 @@ from tests.fixtures.viewer_shards import REPO, make_voc_run
 
 TINY = ["--clip-model", "ViT-T-16-cep-test-quickgelu", "--clip-weights", "random", "--sam-model", "vit_tiny_test",
         "--sam-checkpoint", "random", "--device", "cpu"]
+TRAIN_CONFIG = REPO / "segtrain" / "configs" / "deeplabv3plus_r18-d8_1xb2-20iter_demo-pseudo-64x64.py"
 SWEEP = {"tables": [{"name": "skips", "title": "K", "rows": ["num_skips=0"]}]}
 
 
@@ -105,7 +106,7 @@ def tool_calls(inputs: dict, out: Path) -> dict[str, tuple[str, list[str]]]:
         "view_labels": ("pseudolabel.viewer.cli", [str(inputs["shards"]), "--out", str(out)]),
         "view_labels --report": ("pseudolabel.viewer.cli", [str(inputs["shards"]), "--out", str(out), "--report"]),
         "test_seg": ("segtrain.test", [str(inputs["checkpoint"]), "--out", str(out)]),
-        "train_seg": ("segtrain.train", [str(REPO / "segtrain" / "configs" / "deeplabv3plus_r18-d8_1xb2-20iter_demo-pseudo-64x64.py"), "--work-dir", str(out)]),
+        "train_seg": ("segtrain.train", [str(TRAIN_CONFIG), "--work-dir", str(out)]),
     }
 
 
