@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pseudolabel.cam.skipcam import SkipCAMConfig
-from pseudolabel.exits import TERMINATED
+from pseudolabel.exits import INTERRUPTED, TERMINATED
 from pseudolabel.generate import main, run
 from pseudolabel.storage.check import check_shards
 from pseudolabel.storage.shards import open_shards, shard_image_ids
@@ -315,39 +315,28 @@ def test_a_damaged_shard_is_set_aside_and_its_images_labelled_again(voc, tmp_pat
     assert check_shards(out) == []
 
 
-def test_ctrl_c_is_one_line_and_exit_130(voc, tmp_path):
-    out = tmp_path / "interrupted"
-    proc = subprocess.Popen(module_command("pseudolabel.generate", *args_for(voc, out)), cwd=REPO,
-                            env=dict(os.environ, HF_HUB_OFFLINE="1"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(out.glob(".staging/r000/*.npz")) and proc.poll() is None:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-3000:]
-    assert err.rstrip().splitlines()[-1] == "interrupted; rerun the same command to resume"
-    assert "Traceback" not in err
-
-
 def finished_on_disk(out) -> int:
     """Images finished in ``out``: in shards or staged."""
     return sum(len(shard_image_ids(p)) for p in out.glob("shard-*.h5")) + len(list(out.glob(".staging/r*/*.npz")))
 
 
-def test_sigterm_is_one_line_143_and_the_log_closing_line_and_keeps_every_finished_image(voc, tmp_path, full_run):
-    out = tmp_path / "terminated"
+@pytest.mark.parametrize("stop, status, line, closing", [
+    (signal.SIGINT, 130, INTERRUPTED, "run interrupted (Ctrl-C); rerun the same command to resume"),
+    (signal.SIGTERM, 143, TERMINATED, f"run {TERMINATED}")])
+def test_ctrl_c_and_sigterm_are_one_line_and_the_log_closing_line_and_keep_every_finished_image(
+        stop, status, line, closing, voc, tmp_path, full_run):
+    out = tmp_path / "stopped"
     proc = subprocess.Popen(module_command("pseudolabel.generate", *args_for(voc, out)), cwd=REPO,
                             env=dict(os.environ, HF_HUB_OFFLINE="1"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not list(out.glob(".staging/r000/*.npz")) and proc.poll() is None:
         time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(stop)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err[-3000:]
-    assert err.rstrip().splitlines()[-1] == TERMINATED and "Traceback" not in err
-    assert log_headers(out / "run.log")[-1] == ("WARNING", "pseudolabel.run_log", f"run {TERMINATED}")
+    assert proc.returncode == status, err[-3000:]
+    assert err.rstrip().splitlines()[-1] == line and "Traceback" not in err
+    assert log_headers(out / "run.log")[-1] == ("WARNING", "pseudolabel.run_log", closing)
     kept = finished_on_disk(out)
     assert 1 <= kept < 5
     summary = run(args_for(voc, out))
