@@ -31,7 +31,7 @@ from pseudolabel.compiled import compile_encoders
 from pseudolabel.config import PseudoLabelConfig, config_from_args
 from pseudolabel.console import console_logging
 from pseudolabel.datasets import DEFAULT_SPLITS, Sample, WeakDataset, build_dataset
-from pseudolabel.exits import OutputError, tool_main
+from pseudolabel.exits import OutputError, one_line, tool_main
 from pseudolabel.labellers.config import LabellerConfig
 from pseudolabel.labellers.sam3_text import LICENCE as SAM3_LICENCE, SAM3TextLabeller
 from pseudolabel.pipeline import (STAGES, BackgroundWriter, ImageFailure, Labeller, PendingRecord, default_batch_size,
@@ -179,8 +179,18 @@ def distributed() -> tuple[int, int, int]:
 
 
 def barrier(world: int) -> None:
+    """Wait for every rank. The wait polls, so Ctrl-C and SIGTERM stop a rank waiting here (a blocking barrier would
+    hold them until the others arrive); a rank that stopped ends the wait with one line."""
     if world > 1:
-        torch.distributed.barrier()
+        waiting = torch.distributed.barrier(async_op=True)
+        while not waiting.is_completed():
+            time.sleep(0.05)
+        try:
+            waiting.wait()
+        except RuntimeError as error:
+            reason = one_line(error).split("] ", 1)[-1].split(". ")[0]   # gloo's: "[<source>:<line>] <what>. <hint>"
+            raise RuntimeError(f"another rank stopped ({reason}); everything finished so far is kept: rerun the same "
+                               "command to resume") from None
 
 
 def resolve_device(device: str, local_rank: int) -> str:
