@@ -111,11 +111,14 @@ def worker_pool(workers: int, initializer: Callable | None = None, initargs: tup
             raise
 
 
-def _close_progress_bars() -> None:
-    """Close the tqdm bars still open, so none redraws itself after the tool's last line (tqdm's own registry)."""
+def _close_progress_bars() -> bool:
+    """Close the tqdm bars still open, so none redraws itself after the tool's last line (tqdm's own registry);
+    whether there were any shown (one may hold the current line of the terminal)."""
     tqdm = sys.modules.get("tqdm")
-    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+    bars = list(getattr(getattr(tqdm, "tqdm", None), "_instances", ()))
+    for bar in bars:
         bar.close()
+    return any(not bar.disable for bar in bars)
 
 
 @contextlib.contextmanager
@@ -141,8 +144,8 @@ def tool_main(*expected: type[BaseException]) -> Callable:
                 with sigterm_raises():
                     return main(*args, **kwargs)
             except Terminated:
-                _close_progress_bars()
-                print(TERMINATED, file=sys.stderr)
+                fresh_line = "\n" if _close_progress_bars() else ""  # a bar's line may lack its end
+                print(f"{fresh_line}{TERMINATED}", file=sys.stderr)
                 return EXIT_TERMINATED
             except KeyboardInterrupt:
                 _close_progress_bars()
