@@ -33,10 +33,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from pseudolabel import generate  # noqa: E402
 from pseudolabel.classes import CLASSES_DIR  # noqa: E402
+from pseudolabel.precision import PRECISIONS  # noqa: E402
 from pseudolabel.storage.run_log import RunLog  # noqa: E402
 from pseudolabel.storage.shards import open_shards  # noqa: E402
 from tests.fixtures.tiny_datasets import VOC_SIZES, make_voc_sized  # noqa: E402
-from tests.fixtures.tiny_models import register_tiny_models  # noqa: E402
+from tests.fixtures.tiny_models import TINY_SAM2, register_tiny_models  # noqa: E402
 
 STAGE_ORDER = ("decode", "clip_frozen", "sam_encoder", "skipcam", "last_block_grad", "caa", "bg_par", "sam",
                "sam_decoder", "filter_merge", "write")
@@ -58,12 +59,28 @@ def cached_models():
     return load
 
 
+def sam_model(args) -> str:
+    """The refiner: ``--sam-model``, or with ``--tiny`` the tiny test model of its family."""
+    if not args.tiny:
+        return args.sam_model
+    return TINY_SAM2 if args.sam_model.startswith("sam2") else "vit_tiny_test"
+
+
+def models_text(args) -> str:
+    """The models a run labels with, for the table."""
+    if args.labeller == "sam3-text":
+        return "SAM 3 from tags"
+    return f"tiny: {sam_model(args)}" if args.tiny else f"ViT-B/16 + {args.sam_model}"
+
+
 def stage_one_args(args, data: Path, out: Path, images: int, batch_size: int | None) -> list[str]:
-    tiny = ["--clip-model", "ViT-T-16-cep-test", "--sam-model", "vit_tiny_test"] if args.tiny else []
+    tiny = ["--clip-model", "ViT-T-16-cep-test"] if args.tiny else []
     return ["custom", "--images", str(data / "images"), "--labels", str(data / "labels.csv"),
             "--classes", str(CLASSES_DIR / "voc.json"), "--out", str(out), "--overwrite", "--limit", str(images),
             "--clip-weights", "random", "--sam-checkpoint", "random", "--device", args.device,
-            "--precision", args.precision, *(["--batch-size", str(batch_size)] if batch_size else []),
+            "--precision", args.precision, "--sam-model", sam_model(args), *(["--compile"] if args.compile else []),
+            *(["--labeller", "sam3-text", "--sam3-checkpoint", "random"] if args.labeller == "sam3-text" else []),
+            *(["--batch-size", str(batch_size)] if batch_size else []),
             *(["--workers", str(args.workers)] if args.workers else []), *tiny]
 
 
@@ -287,9 +304,10 @@ def optional_part(name: str, results: dict, args, action) -> None:
 
 def measure(args) -> dict:
     cuda = args.device.startswith("cuda")
-    results = {"device": args.device, "gpu": torch.cuda.get_device_name() if cuda else None,
+    results = {"label": args.label, "device": args.device, "gpu": torch.cuda.get_device_name() if cuda else None,
                "precision": args.precision if cuda else "fp32", "batch_size": args.batch_size,
-               "images": args.images, "models": "tiny test models" if args.tiny else "ViT-B/16 + SAM ViT-B",
+               "images": args.images, "sam_model": sam_model(args), "compiled": args.compile,
+               "models": models_text(args),
                "sizes": "mixed VOC sizes" if args.mixed_sizes else "500x375", "threads": torch.get_num_threads()}
     generate.load_models = cached_models()
     work = Path(args.out or tempfile.mkdtemp(prefix="bench_stage_one_"))
@@ -341,6 +359,11 @@ def measure(args) -> dict:
     return results
 
 
+def run_name(r: dict) -> str:
+    """A run's column: its ``--label``, else its precision and batch size."""
+    return r.get("label") or f"{r.get('precision')} b{r.get('batch_size')}"
+
+
 def print_table(runs: list[dict]) -> None:
     """One column per run."""
     def cell(value, digits=1):
@@ -348,7 +371,7 @@ def print_table(runs: list[dict]) -> None:
             return "n/a"
         return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
-    names = [f"{r.get('precision')} b{r.get('batch_size')}" for r in runs]
+    names = [run_name(r) for r in runs]
     rows = [("device", [r.get("gpu") or r.get("device") for r in runs]),
             ("models", [r.get("models") for r in runs]),
             ("images labelled", [f"{r.get('done')}{' (time budget)' if r.get('stopped_early') else ''}" for r in runs]),
@@ -368,6 +391,9 @@ def print_table(runs: list[dict]) -> None:
         if any(stage in (r.get(timed_key) or {}) for r in runs):
             indent = "  " if stage in ("last_block_grad", "caa", "bg_par", "sam_decoder", "filter_merge") else ""
             rows.append((f"{label}: {indent}{stage}", [cell((r.get(timed_key) or {}).get(stage)) for r in runs]))
+    if any(r.get("agreement") for r in runs):
+        rows.append(("the other run (--agree-with)", [Path(r["agreement_with"]).parent.name if r.get("agreement")
+                                                      else "-" for r in runs]))
     for key, title in (("refined_agreement", "labels agree with"), ("y0_agreement", "Y0 agrees with"),
                        ("loc_maps_within_0.05", "loc. maps within 0.05 of"),
                        ("loc_maps_mean_abs_diff", "loc. maps mean |diff| to")):
@@ -385,12 +411,13 @@ def print_table(runs: list[dict]) -> None:
         rows.append((f"images/s at batch size {size} (short run)",
                      [cell(by_size(r, "images_per_s_by_batch_size", size), 2) for r in runs]))
     width = max(len(name) for name, _ in rows) + 2
-    print(f"{'':{width}s}" + "".join(f"{n:>22s}" for n in names))
+    columns = [max(12, len(n), *(len(str(values[i])) for _, values in rows)) + 2 for i, n in enumerate(names)]
+    print(f"{'':{width}s}" + "".join(f"{n:>{c}s}" for n, c in zip(names, columns)))
     for name, values in rows:
-        print(f"{name:{width}s}" + "".join(f"{str(v):>22s}" for v in values))
+        print(f"{name:{width}s}" + "".join(f"{str(v):>{c}s}" for v, c in zip(values, columns)))
     for r in runs:
         for error in r.get("errors", []):
-            print(f"!! {r.get('precision')} b{r.get('batch_size')}: {error}")
+            print(f"!! {run_name(r)}: {error}")
     print_breakdown(runs)
 
 
@@ -400,7 +427,7 @@ def print_breakdown(runs: list[dict]) -> None:
         kernels, stages = r.get("gpu_kernels"), r.get("gpu_stages")
         if not kernels and not stages:
             continue
-        print(f"\nwhere the GPU time goes, {r.get('precision')} b{r.get('batch_size')}:")
+        print(f"\nwhere the GPU time goes, {run_name(r)}:")
         if kernels:
             copies = ", ".join(f"{name} {n:.1f}" for name, n in sorted(kernels["copies_per_image"].items()))
             print(f"  {kernels['images']} images: kernel time {kernels['kernel_ms'] / kernels['images']:.1f} ms/image, "
@@ -422,8 +449,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     parser.add_argument("--batch-size", type=int, help="default: stage one's (1 on a CPU, 8 on CUDA)")
+    parser.add_argument("--sam-model", default="vit_b", help="the refiner (gen_pseudo's --sam-model; default vit_b)")
+    parser.add_argument("--labeller", default="cep", choices=("cep", "sam3-text"),
+                        help="gen_pseudo's --labeller (sam3-text: SAM 3 from the tags, random weights; needs sam3)")
+    parser.add_argument("--compile", action="store_true", help="gen_pseudo's --compile (the first batches compile)")
+    parser.add_argument("--label", help="the run's column name in the table (default: precision and batch size)")
     parser.add_argument("--workers", type=int, help="decoding threads (default: stage one's)")
     parser.add_argument("--mixed-sizes", action="store_true",
                         help=f"cycle through the common VOC sizes {VOC_SIZES} instead of 375x500 only")

@@ -27,15 +27,16 @@ from tqdm import tqdm
 from pseudolabel.cam.clip_models import openai_weights_cached
 from pseudolabel.classes import DATA_DIR, ClassSet, get_class_set
 from pseudolabel.cli_options import add_dataclass_options, positive_int, program_name
+from pseudolabel.compiled import compile_encoders
 from pseudolabel.config import PseudoLabelConfig, config_from_args
 from pseudolabel.console import console_logging
 from pseudolabel.datasets import DEFAULT_SPLITS, Sample, WeakDataset, build_dataset
-from pseudolabel.exits import OutputError, tool_main
+from pseudolabel.exits import OutputError, one_line, tool_main
 from pseudolabel.labellers.config import LabellerConfig
 from pseudolabel.labellers.sam3_text import LICENCE as SAM3_LICENCE, SAM3TextLabeller
 from pseudolabel.pipeline import (STAGES, BackgroundWriter, ImageFailure, Labeller, PendingRecord, default_batch_size,
                                   default_workers)
-from pseudolabel.precision import PRECISIONS, DEFAULT_CUDA_PRECISION, effective_precision
+from pseudolabel.precision import DEFAULT_CUDA_PRECISION, PRECISIONS, effective_precision, use_fp32_math
 from pseudolabel.storage.lock import OutputLock
 from pseudolabel.storage.run_log import RunLog
 from pseudolabel.storage.run_store import RunStore
@@ -89,9 +90,11 @@ def add_run_options(group) -> None:
     group.add_argument("--device", default="auto",
                        help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda (= cuda:LOCAL_RANK), cuda:N")
     group.add_argument("--precision", choices=PRECISIONS,
-                       help=f"numeric precision of CLIP's blocks and SAM's image encoder on CUDA (default: "
-                            f"{DEFAULT_CUDA_PRECISION} on CUDA; a CPU always computes in fp32). It changes a few "
-                            "labels, so it is part of the configuration a resume compares")
+                       help=f"numeric precision of CLIP's blocks and SAM's image encoder on CUDA: fp32 (true "
+                            "float32, TF32 off), tf32 (TF32 tensor-core math), bf16 or fp16 (autocast); the decoder, "
+                            f"CAA, PAR and merge stay in float32 (default: {DEFAULT_CUDA_PRECISION} on CUDA; a CPU "
+                            "always computes in fp32). It changes a few labels, so it is part of the configuration a "
+                            "resume compares")
     group.add_argument("--batch-size", type=positive_int,
                        help="images per batch (default: 1 on a CPU, 8 on CUDA); labels do not depend on it on a CPU; "
                             "on a GPU larger batches need more memory (docs/stage_one.md#stage-one-on-a-gpu)")
@@ -99,6 +102,10 @@ def add_run_options(group) -> None:
     group.add_argument("--workers", type=positive_int,
                        help="threads decoding and preprocessing images ahead (default: 2 on a CPU, up to 8 on CUDA)")
     group.add_argument("--limit", type=positive_int, help="only the first N >= 1 images of the split (quick checks)")
+    group.add_argument("--compile", action="store_true",
+                       help="compile the image encoders with torch.compile (off by default: each image size "
+                            "compiles once per process; it may change a label at a near-tie by rounding, "
+                            "docs/stage_one.md#compiled-encoders)")
 
 
 def add_method_options(parser: argparse.ArgumentParser) -> None:
@@ -172,8 +179,18 @@ def distributed() -> tuple[int, int, int]:
 
 
 def barrier(world: int) -> None:
+    """Wait for every rank. The wait polls, so Ctrl-C and SIGTERM stop a rank waiting here (a blocking barrier would
+    hold them until the others arrive); a rank that stopped ends the wait with one line."""
     if world > 1:
-        torch.distributed.barrier()
+        waiting = torch.distributed.barrier(async_op=True)
+        while not waiting.is_completed():
+            time.sleep(0.05)
+        try:
+            waiting.wait()
+        except RuntimeError as error:
+            reason = one_line(error).split("] ", 1)[-1].split(". ")[0]   # gloo's: "[<source>:<line>] <what>. <hint>"
+            raise RuntimeError(f"another rank stopped ({reason}); everything finished so far is kept: rerun the same "
+                               "command to resume") from None
 
 
 def resolve_device(device: str, local_rank: int) -> str:
@@ -190,6 +207,7 @@ def device_and_precision(args: argparse.Namespace, local_rank: int) -> tuple[str
     if torch.device(device).type == "cuda":
         torch.cuda.set_device(torch.device(device))
     precision, note = effective_precision(args.precision, device)
+    use_fp32_math(device)
     if note:
         LOG.info(note)
     return device, precision
@@ -230,7 +248,7 @@ def lock_output(out: Path, rank: int) -> contextlib.ExitStack:
 def weights_of(cam: SkipCAM, refiner: SAMRefiner | None) -> tuple[dict, bool]:
     """The identity of the models' weights (``{"clip": ..., "sam": ...}``) and whether any is random."""
     if isinstance(cam, SAM3TextLabeller):
-        return {"sam3": cam.weights}, False
+        return {"sam3": cam.weights}, cam.weights.get("kind") == "random"
     weights = {"clip": cam.weights, "sam": refiner.weights if refiner else None}
     return weights, any(w and w.get("kind") == "random" for w in weights.values())
 
@@ -319,6 +337,8 @@ class StageOneRun:
         out = output_dir(args, split)
         with lock_output(out, rank) as locks:  # before any model loads; released again if setting up fails
             cam, refiner = load_models(cfg, dataset.class_set, device)
+            if args.compile and not isinstance(cam, SAM3TextLabeller):
+                compile_encoders(cam, refiner)
             weights, random_weights = weights_of(cam, refiner)
             log.detail("weights", weights)
             if isinstance(cam, SAM3TextLabeller):
@@ -328,7 +348,8 @@ class StageOneRun:
                 log.detail(f"RANDOM WEIGHTS: {'; '.join(notes) or 'requested'}; the labels are not meaningful",
                            level=logging.WARNING)
             stage_one = cls.with_models(args, cfg, dataset, cam, refiner, out, device, log, locks)
-            log.detail("environment", {"device": device, "precision": precision, "batch size": stage_one.batch_size,
+            log.detail("environment", {"device": device, "precision": precision, "compiled encoders": args.compile,
+                                       "batch size": stage_one.batch_size,
                                        "workers": stage_one.workers, "world size": world,
                                        "torch threads": torch.get_num_threads(),
                                        "versions": stage_one.store.attrs["versions"]})

@@ -17,7 +17,7 @@ from pseudolabel.checkpoints import CheckpointError
 from pseudolabel.console import hide_foreign_log_lines
 from pseudolabel.evaluation import EvaluationConfig, EvaluationError, LabelSourceError, evaluate
 from pseudolabel.evaluation.report import format_table, write_json
-from pseudolabel.exits import EXIT_ERROR, OutputError, tool_main
+from pseudolabel.exits import EXIT_ERROR, OutputError, prepare_output_dir, tool_main
 from pseudolabel.storage.shards import ShardError
 from segtrain.checkpoint_fit import CheckpointMismatchError, check_checkpoint_fits
 from segtrain.config import read_config
@@ -89,7 +89,7 @@ def write_settings(args: argparse.Namespace, cfg: Config, out_dir: Path) -> None
 def main(argv: list[str] | None = None) -> int:
     """``tools/test_seg.sh``: exit status 0, 2 (an error, one line) or 130 (interrupted)."""
     args = build_parser().parse_args(argv)
-    out_dir = Path(args.out or Path(args.checkpoint).parent / f"test_{settings_name(args)}")
+    out_dir = prepare_output_dir(args.out or Path(args.checkpoint).parent / f"test_{settings_name(args)}")
     cfg = test_config(args, out_dir)
     runner = Runner.from_cfg(cfg)
     hide_foreign_log_lines(runner.logger)

@@ -13,7 +13,7 @@ from pseudolabel.classes import get_class_set
 from pseudolabel.generate import run
 from pseudolabel.storage.shards import open_shards
 from tests.fixtures.clipes_reference import (CLIPES_VOC_BACKGROUND, CLIPES_VOC_NAMES, ReferenceCLIP,
-                                             clipes_attn_highres)
+                                             clipes_attn_highres, preprocess)
 from tests.fixtures.openai_checkpoint import VIT_B_16, VIT_T_16_TEST, write_openai_state_dict
 from tests.fixtures.tiny_clip import TINY_CLIP
 from tests.fixtures.tiny_datasets import make_voc
@@ -57,6 +57,24 @@ def tiny_file(tmp_path_factory):
 @pytest.fixture(scope="module", params=[0, 3], ids=["K0", "K3"])
 def tiny_reference(request, tiny_file):
     return request.param, reference_maps(tiny_file, VIT_T_16_TEST.head_width, request.param, CASES)
+
+
+@pytest.mark.parametrize("attn_blocks", [1, 4, 9])
+def test_frozen_blocks_equal_clipes_and_keep_only_the_attentions_caa_reads(tiny_file, attn_blocks):
+    """The frozen pass (fused attention where no weights are read) against CLIP-ES's, which computes every block's
+    attention weights: the same outputs, and the attentions of the last ``attn_blocks - 1`` frozen blocks only."""
+    cfg = SkipCAMConfig(clip_model="ViT-T-16-cep-test-quickgelu", clip_weights=str(tiny_file), attn_blocks=attn_blocks)
+    cam = SkipCAM.from_config(cfg, get_class_set("voc"))
+    reference = ReferenceCLIP.from_file(tiny_file, VIT_T_16_TEST.head_width)
+    image = CASES[0][0]
+    outputs, attentions = cam.frozen_blocks(cam.preprocess(image)[None])
+    want_outputs, want_attentions = reference.frozen_blocks(preprocess(image)[0])
+    assert len(outputs) == len(want_outputs) == VIT_T_16_TEST.vision_layers - 1
+    assert len(attentions) == attn_blocks - 1
+    for got, want in zip(outputs, want_outputs):
+        np.testing.assert_allclose(got[0].numpy(), want.numpy(), atol=ATOL)
+    for got, want in zip(attentions, want_attentions[len(want_attentions) - len(attentions):]):
+        np.testing.assert_allclose(got[0].numpy(), want.numpy(), atol=1e-5)
 
 
 def test_maps_equal_clipes_attn_highres(tiny_file, tiny_reference):

@@ -1,19 +1,22 @@
 """Every tool ends with one line and a documented exit status: Ctrl-C -> 'interrupted; rerun the same command to
-resume' and 130, a full disk -> one line and 2, its expected errors -> 'error: ...' and 2, anything else -> raised."""
+resume' and 130, SIGTERM -> 'stopped by SIGTERM; rerun the same command to resume' and 143, a full disk -> one line
+and 2, its expected errors -> 'error: ...' and 2, anything else -> raised."""
 from __future__ import annotations
 
 import argparse
 import errno
 import importlib
+import os
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from pseudolabel.exits import INTERRUPTED, tool_main
+from pseudolabel.exits import INTERRUPTED, TERMINATED, tool_main
 from tests.fixtures.viewer_shards import REPO, load_tool
 
 TOOLS = {
@@ -40,6 +43,27 @@ def test_ctrl_c_in_every_tool_is_one_line_and_130(tool, monkeypatch, capsys):
     assert capsys.readouterr().err.split() == INTERRUPTED.split()
 
 
+@pytest.mark.parametrize("tool", sorted(TOOLS))
+def test_sigterm_in_every_tool_is_one_line_and_143(tool, monkeypatch, capsys):
+    main = TOOLS[tool]()
+
+    def not_the_tools(signum, frame):   # stands in for the default action, which would end pytest itself
+        raise AssertionError("SIGTERM reached the handler in place before the tool started")
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)   # the handler raises here
+        raise AssertionError("SIGTERM did not stop the tool")
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", terminated)
+    before = signal.signal(signal.SIGTERM, not_the_tools)
+    try:
+        assert main([]) == 143
+        assert signal.getsignal(signal.SIGTERM) is not_the_tools   # the tool's handler is gone once it returns
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert capsys.readouterr().err.splitlines() == [TERMINATED]
+
+
 def test_tool_main_maps_write_errors_and_expected_errors_and_raises_the_rest(capsys):
     @tool_main(ValueError)
     def main(error):
@@ -56,7 +80,8 @@ def test_tool_main_maps_write_errors_and_expected_errors_and_raises_the_rest(cap
             main(other)
 
 
-def test_ctrl_c_while_worker_processes_score_is_one_line(tmp_path):
+@pytest.mark.parametrize("stop, status, line", [(signal.SIGINT, 130, INTERRUPTED), (signal.SIGTERM, 143, TERMINATED)])
+def test_ctrl_c_or_sigterm_while_worker_processes_score_is_one_line(stop, status, line, tmp_path):
     rng = np.random.default_rng(0)
     for folder in ("gt", "pred"):
         (tmp_path / folder).mkdir()
@@ -70,7 +95,7 @@ def test_ctrl_c_while_worker_processes_score_is_one_line(tmp_path):
     seen = ""
     while "scoring" not in seen and proc.poll() is None:
         seen += proc.stderr.read(1)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     err = seen + proc.communicate(timeout=120)[1]
-    assert proc.returncode == 130, err[-3000:]
-    assert err.rstrip().splitlines()[-1] == INTERRUPTED and "Traceback" not in err
+    assert proc.returncode == status, err[-3000:]
+    assert err.rstrip().splitlines()[-1] == line and "Traceback" not in err

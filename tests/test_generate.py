@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from pseudolabel.cam.skipcam import SkipCAMConfig
+from pseudolabel.exits import INTERRUPTED, TERMINATED
 from pseudolabel.generate import main, run
 from pseudolabel.storage.check import check_shards
 from pseudolabel.storage.shards import open_shards, shard_image_ids
@@ -339,19 +340,64 @@ def test_a_damaged_shard_is_set_aside_and_its_images_labelled_again(voc, tmp_pat
     assert check_shards(out) == []
 
 
-def test_ctrl_c_is_one_line_and_exit_130(voc, tmp_path):
-    out = tmp_path / "interrupted"
+def finished_on_disk(out) -> int:
+    """Images finished in ``out``: in shards or staged."""
+    return sum(len(shard_image_ids(p)) for p in out.glob("shard-*.h5")) + len(list(out.glob(".staging/r*/*.npz")))
+
+
+@pytest.mark.parametrize("stop, status, line, closing", [
+    (signal.SIGINT, 130, INTERRUPTED, "run interrupted (Ctrl-C); rerun the same command to resume"),
+    (signal.SIGTERM, 143, TERMINATED, f"run {TERMINATED}")])
+def test_ctrl_c_and_sigterm_are_one_line_and_the_log_closing_line_and_keep_every_finished_image(
+        stop, status, line, closing, voc, tmp_path, full_run):
+    out = tmp_path / "stopped"
     proc = subprocess.Popen(module_command("pseudolabel.generate", *args_for(voc, out)), cwd=REPO,
                             env=dict(os.environ, HF_HUB_OFFLINE="1"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not list(out.glob(".staging/r000/*.npz")) and proc.poll() is None:
         time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-3000:]
-    assert err.rstrip().splitlines()[-1] == "interrupted; rerun the same command to resume"
-    assert "Traceback" not in err
+    assert proc.returncode == status, err[-3000:]
+    assert err.rstrip().splitlines()[-1] == line and "Traceback" not in err
+    assert log_headers(out / "run.log")[-1] == ("WARNING", "pseudolabel.run_log", closing)
+    kept = finished_on_disk(out)
+    assert 1 <= kept < 5
+    summary = run(args_for(voc, out))
+    assert summary["already_done"] == kept and summary["images"] == 5 - kept   # nothing finished is labelled again
+    assert_same_labels(stored_labels(full_run[0]), stored_labels(out))
+    assert check_shards(out) == []
+
+
+@pytest.mark.parametrize("target", ["launcher", "rank 1"])
+def test_sigterm_under_torchrun_leaves_a_folder_that_resumes_to_the_same_labels(target, voc, tmp_path, full_run):
+    out = tmp_path / "ddp"
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", ENTRY_MODULE, "pseudolabel.generate",
+           *args_for(voc, out)]
+    proc = subprocess.Popen(cmd, env=dict(os.environ, HF_HUB_OFFLINE="1"), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    rank_1 = out / ".lock-r001"   # holds rank 1's PID once it has its lock
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None and not (
+            list(out.glob(".staging/r*/*.npz")) and rank_1.is_file() and rank_1.stat().st_size):
+        time.sleep(0.02)
+    os.kill(proc.pid if target == "launcher" else json.loads(rank_1.read_text())["pid"], signal.SIGTERM)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode != 0 and TERMINATED in err, err[-3000:]
+    closing = dict(re.findall(r"^\S+ \S+ rank (\d) \w+ pseudolabel.run_log: (run (?:stopped|finished|interrupted).*)$",
+                              (out / "run.log").read_text(), re.MULTILINE))
+    assert closing["1"] == f"run {TERMINATED}"   # a rank waiting for the others stops at once too
+    # rank 0, when rank 1 alone was stopped: by torchrun's SIGTERM, or by the end of its wait for rank 1
+    assert closing["0"] == f"run {TERMINATED}" or target == "rank 1" and re.fullmatch(
+        r"run stopped by RuntimeError: another rank stopped \(Connection closed by peer.*\); everything finished so "
+        r"far is kept: rerun the same command to resume", closing["0"]), closing["0"]
+    kept = finished_on_disk(out)
+    summary = run(args_for(voc, out))          # resumed by one process: any number of ranks may resume
+    assert summary["already_done"] == kept and summary["images"] == 5 - kept
+    assert_same_labels(stored_labels(full_run[0]), stored_labels(out))
+    assert check_shards(out) == []
 
 
 def test_a_full_disk_while_a_shard_is_written_is_one_line_and_loses_nothing(voc, tmp_path, capsys, monkeypatch,

@@ -82,6 +82,19 @@ def test_records_are_ordinary_shards_with_the_licence(tmp_path):
     assert shards.attrs["weights"]["sam3"]["licence"] == "SAM License"
 
 
+def test_a_random_sam3_is_recorded_and_announced_as_random_weights(tmp_path, monkeypatch, capsys):
+    from pseudolabel import generate
+    from pseudolabel.labellers import sam3_text
+
+    monkeypatch.setattr(sam3_text, "load_sam3", lambda checkpoint, device: (FakeProcessor(),
+                                                                          {"kind": "random", "model": "sam3"}))
+    out = tmp_path / "out"
+    assert generate.main(["demo", "--labeller", "sam3-text", "--sam3-checkpoint", "random", "--out", str(out),
+                          "--device", "cpu"]) == 0
+    assert open_shards(out).attrs["random_weights"] is True
+    assert "RANDOM" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(HAS_SAM3, reason="sam3 is installed")
 def test_without_the_extra_one_line_names_it():
     with pytest.raises(RuntimeError) as error:

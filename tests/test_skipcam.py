@@ -294,3 +294,21 @@ def test_label_batch_equals_image_by_image(entry):
         np.testing.assert_allclose(b.loc_maps_lowres, a.loc_maps_lowres, atol=2e-6)
         np.testing.assert_allclose(b.scores, a.scores, atol=1e-5)
     assert len({o.y0.tobytes() for o in together}) == len(images) and any(len(np.unique(o.y0)) > 1 for o in together)
+
+
+def test_preprocess_gives_clip_s_normalisation_bit_for_bit():
+    """The host preprocessing (numpy, so the decoding threads start no torch thread teams) against CLIP's transform
+    written with torch: PIL bicubic resize, /255, (x - mean) / std per channel in float32, channels first."""
+    from PIL import Image
+
+    cam = tiny_skipcam()
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1)
+    for seed, size in enumerate([(37, 50), (48, 64), (500, 375)]):
+        image = np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
+        h, w = cam.input_size(*size)
+        resized = torch.from_numpy(np.asarray(Image.fromarray(image).resize((w, h), Image.BICUBIC))).float()
+        expected = (resized.permute(2, 0, 1) / 255 - mean) / std
+        got = cam.preprocess(image)
+        assert got.dtype == torch.float32 and got.is_contiguous()
+        assert torch.equal(got, expected)

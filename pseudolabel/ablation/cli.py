@@ -34,11 +34,12 @@ from pseudolabel.ablation.shared import ImageWork, ModelPool, RowSetting, Shared
 from pseudolabel.ablation.sweep import Row, Sweep, SweepBuilder, gen_pseudo_flags, shipped_sweeps, sweep_file
 from pseudolabel.classes import DATA_DIR
 from pseudolabel.cli_options import add_dataclass_options, program_name
+from pseudolabel.compiled import compile_encoders
 from pseudolabel.config import config_from_args
 from pseudolabel.console import console_logging
 from pseudolabel.datasets import Sample, WeakDataset
 from pseudolabel.evaluation.pipeline import EvaluationConfig
-from pseudolabel.exits import OutputError, guard_write, tool_main
+from pseudolabel.exits import OutputError, guard_write, prepare_output_dir, tool_main
 from pseudolabel.generate import (DATASET_CHOICES, StageOneRun, add_method_options, add_run_options, barrier,
                                   build_parser as gen_pseudo_parser, demo_weights, device_and_precision, distributed,
                                   lock_output, logged_dataset, random_weights_banner, split_of)
@@ -125,7 +126,7 @@ def prepare_folder(out: Path, sweep: Sweep, about: dict, overwrite: bool, rank: 
     the rows this sweep does not have (its own rows are emptied as gen_pseudo's ``--overwrite`` empties a folder)."""
     path = out / SWEEP_FILE
     if rank == 0:
-        guard_write(lambda: out.mkdir(parents=True, exist_ok=True), out)
+        prepare_output_dir(out)
         if overwrite:
             ours = {row.slug for row in sweep.rows}
             for folder in sorted((out / ROWS).glob("*")):
@@ -175,6 +176,8 @@ class SweepRun:
             config = copy.deepcopy(row.config)
             notes.update(demo_weights(config) if args.dataset == "demo" else [])
             settings.append(RowSetting(config, pool.skipcam(config), pool.refiner(config)))
+            if args.compile:
+                compile_encoders(settings[-1].cam, settings[-1].refiner)
         out = sweep_dir(args)
         defaults = config_from_args(gen_pseudo_parser().parse_args([args.dataset]),
                                     "voc" if args.dataset == "demo" else args.dataset, split, precision)

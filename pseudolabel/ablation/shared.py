@@ -224,7 +224,9 @@ class SharedStages:
 
     def __init__(self, settings: list[RowSetting], device: str):
         self.device = torch.device(device)
-        self.frozen_by = {frozen_key(s.config): s.cam for s in settings}                       # key -> a SkipCAM
+        # key -> the SkipCAM reading the most blocks' attentions, whose frozen pass serves every row of the key
+        by_attention = sorted(settings, key=lambda s: s.config.cam.attn_blocks)
+        self.frozen_by = {frozen_key(s.config): s.cam for s in by_attention}
         self.sam_by = {sam_key(s.config): s.refiner for s in settings if s.refiner is not None}  # key -> a refiner
 
     def prepare(self, sample: Sample) -> SweepImage:

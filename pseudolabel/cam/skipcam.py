@@ -30,7 +30,7 @@ from pseudolabel.loc_maps import resize_maps
 from pseudolabel.cam.par import PARConfig, par_refine, par_refine_batch
 from pseudolabel.cam.prompts import PROMPT_SET_ALIASES, PROMPT_SETS, canonical_prompt_set, prompt_texts, text_embeddings
 from pseudolabel.canvas import crop, pad_stack
-from pseudolabel.precision import autocast
+from pseudolabel.precision import encoder_precision
 from pseudolabel.transfer import upload
 
 LOG = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class FrozenFeatures:
     same CLIP model and CAM input size (K, skip entry, τ, prompts, PAR, ...) starts from it."""
 
     outputs: list[torch.Tensor]         # N-1 block outputs, each (1+hw, D)
-    attentions: list[torch.Tensor]      # N-1 head-averaged attentions, each (1+hw, 1+hw)
+    attentions: list[torch.Tensor]      # head-averaged attentions of the last attn_blocks-1, each (1+hw, 1+hw)
     grid: tuple[int, int]               # (h, w) tokens
 
 
@@ -167,14 +167,16 @@ class CAMBatch:
                                                                self.labels, self.sizes)]
 
 
-def block_forward(block, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One open_clip ResidualAttentionBlock that also returns its LN1 output and head-averaged attention."""
+def block_forward(block, x: torch.Tensor, need_attention: bool = True
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One open_clip ResidualAttentionBlock that also returns its LN1 output and, with ``need_attention``, its
+    head-averaged attention (without it, ``nn.MultiheadAttention`` runs fused attention and returns None)."""
     normed = block.ln_1(x)
-    return _block_rest(block, x, normed)
+    return _block_rest(block, x, normed, need_attention)
 
 
-def _block_rest(block, x, normed):
-    out, attention = block.attn(normed, normed, normed, need_weights=True, average_attn_weights=True)
+def _block_rest(block, x, normed, need_attention: bool = True):
+    out, attention = block.attn(normed, normed, normed, need_weights=need_attention, average_attn_weights=True)
     x = x + block.ls_1(out)
     x = x + block.ls_2(block.mlp(block.ln_2(x)))
     return x, normed, attention
@@ -185,7 +187,7 @@ class SkipCAM:
 
     def __init__(self, model, tokenizer, class_set: ClassSet, cfg: SkipCAMConfig, device="cpu", weights=None,
                  precision: str = "fp32", text: tuple[torch.Tensor, torch.Tensor] | None = None):
-        """``precision``: autocast of the CLIP blocks on CUDA (:mod:`pseudolabel.precision`; a CPU uses fp32).
+        """``precision``: of the CLIP blocks on CUDA (:mod:`pseudolabel.precision`; a CPU uses fp32).
         ``text``: the foreground and background text embeddings of ``cfg.prompt_set`` when another SkipCAM on the
         same model has them (``fg_text``, ``bg_text``), else computed here."""
         self.model, self.cfg, self.class_set, self.precision = model, cfg, class_set, precision
@@ -243,10 +245,11 @@ class SkipCAM:
         if (h, w) != tuple(self.patch * n for n in self.token_grid(*image.shape[:2])):
             LOG.info("CAM input of a %dx%d image scaled to %dx%d by the token budget (--max-tokens %d); its labels "
                      "keep the full size", image.shape[1], image.shape[0], w, h, self.cfg.max_tokens)
-        resized = np.asarray(Image.fromarray(image).resize((w, h), Image.BICUBIC), np.float32) / 255.0
-        tensor = torch.from_numpy(resized).permute(2, 0, 1)
-        mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
-        return (tensor - mean) / std
+        resized = np.asarray(Image.fromarray(image).resize((w, h), Image.BICUBIC), np.float32) / np.float32(255)
+        # numpy, not torch: the decoding threads run this at once, and each torch operation would start a team of
+        # intra-op threads per calling thread (numpy's float32 arithmetic gives the same bits)
+        normalised = (resized - np.float32(CLIP_MEAN)) / np.float32(CLIP_STD)
+        return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         """Patch + class tokens with the positional embedding interpolated to the token grid: ``(B, 1+hw, D)``."""
@@ -267,13 +270,17 @@ class SkipCAM:
     # -- the two passes -----------------------------------------------------------------------------------------
     @torch.no_grad()
     def frozen_blocks(self, pixels: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Outputs and attentions of blocks 1..N-1 (one forward for all classes)."""
+        """Outputs of blocks 1..N-1 (one forward for all classes) and the attentions CAA reads, those of the last
+        ``attn_blocks - 1`` of them; the blocks before compute fused attention without weights."""
         x = self.embed(pixels)
+        frozen = self.blocks[:-1]
+        first_read = len(frozen) - (self.cfg.attn_blocks - 1)
         outputs, attentions = [], []
-        for block in self.blocks[:-1]:
-            x, _, attention = block_forward(block, x)
+        for index, block in enumerate(frozen):
+            x, _, attention = block_forward(block, x, need_attention=index >= first_read)
             outputs.append(x)
-            attentions.append(attention)
+            if attention is not None:
+                attentions.append(attention)
         return outputs, attentions
 
     def fused_features(self, outputs: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -319,6 +326,9 @@ class SkipCAM:
 
     def _affinity(self, attentions: list[torch.Tensor], last_attention: torch.Tensor) -> torch.Tensor:
         """CAA's affinity from the frozen blocks' attentions (each ``(..., 1+hw, 1+hw)``) and the last block's."""
+        if len(attentions) < self.cfg.attn_blocks - 1:
+            raise ValueError(f"attn_blocks={self.cfg.attn_blocks} needs the attentions of {self.cfg.attn_blocks - 1} "
+                             f"frozen blocks; the frozen features hold {len(attentions)}")
         kept = attentions[len(attentions) - (self.cfg.attn_blocks - 1):] if self.cfg.attn_blocks > 1 else []
         return affinity_from_attention(torch.stack([a.float() for a in kept] + [last_attention], dim=-3))
 
@@ -452,8 +462,8 @@ class SkipCAM:
         return canvas, keys.gather(1, winner.flatten(1)).view_as(winner)
 
     # -- the stages -----------------------------------------------------------------------------------------------
-    def _autocast(self):
-        return autocast(self.device, self.precision)
+    def _encoder_precision(self):
+        return encoder_precision(self.device, self.precision)
 
     def frozen(self, pixels: list[torch.Tensor]) -> list[FrozenFeatures]:
         """Frozen-block features of preprocessed images (:meth:`preprocess`), on the device. On a GPU the images of
@@ -467,7 +477,7 @@ class SkipCAM:
             chunks = [[i] for i in indices] if self.device.type == "cpu" else [indices]
             for chunk in chunks:
                 batch = torch.stack([pixels[i].to(self.device, non_blocking=True) for i in chunk])
-                with self._autocast():
+                with self._encoder_precision():
                     outputs, attentions = self.frozen_blocks(batch)
                 for row, index in enumerate(chunk):
                     results[index] = FrozenFeatures([o[row] for o in outputs], [a[row] for a in attentions],
@@ -498,7 +508,7 @@ class SkipCAM:
         members = list(groups.values())
         timings = {}
         start = time.perf_counter()
-        with self._autocast():
+        with self._encoder_precision():
             grouped = [self.class_cams_batch([features[i] for i in m], [class_ids[i] for i in m]) for m in members]
         cams = [c.float() for c, _ in grouped]
         timings["last_block_grad"] = time.perf_counter() - start
@@ -537,7 +547,7 @@ class SkipCAM:
         timings = {}
         start = time.perf_counter()
         text = torch.cat([self.fg_text[[c - 1 for c in class_ids]], self.bg_text])
-        with self._autocast():
+        with self._encoder_precision():
             cams, affinity = self.class_cams(frozen.outputs, frozen.attentions, text, len(class_ids), frozen.grid)
         timings["last_block_grad"] = time.perf_counter() - start
         start = time.perf_counter()

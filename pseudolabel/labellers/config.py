@@ -17,8 +17,8 @@ class LabellerConfig(DictConfig):
         "help": "cep: Skip-CAM + SAM refinement; sam3-text: SAM 3 prompted with each tagged class's name (no CAM; "
                 "the .[sam3] extra, SAM License)", "choices": LABELLERS})
     sam3_checkpoint: str | None = field(default=None, metadata={
-        "help": "sam3-text: local SAM 3 checkpoint (sam3.pt); default: SAM 3's own download from the Hugging Face "
-                "hub (facebook/sam3, access granted there)"})
+        "help": "sam3-text: local SAM 3 checkpoint (sam3.pt), or random (untrained: checks only); default: SAM 3's "
+                "own download from the Hugging Face hub (facebook/sam3, access granted there)"})
     sam3_score_threshold: float = field(default=0.5, metadata={
         "help": "sam3-text: an instance counts where its score >= this"})
     sam3_overlap: str = field(default="score", metadata={

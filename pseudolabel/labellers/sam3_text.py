@@ -70,9 +70,14 @@ def load_sam3(checkpoint: str | None, device: str):
         raise RuntimeError(EXTRA) from None
     from pseudolabel.download import file_sha256
 
-    model = build_sam3_image_model(device=device, checkpoint_path=checkpoint, load_from_HF=checkpoint is None)
-    identity = {"kind": "file", "model": "sam3", "path": checkpoint, "sha256": file_sha256(checkpoint)} \
-        if checkpoint else {"kind": "hub", "model": "sam3", "repo": "facebook/sam3"}
+    if checkpoint == "random":  # the architecture untrained: speed and pipeline checks only
+        LOG.warning("SAM 3 uses RANDOM weights: its labels are not meaningful")
+        model = build_sam3_image_model(device=device, checkpoint_path=None, load_from_HF=False)
+        identity = {"kind": "random", "model": "sam3"}
+    else:
+        model = build_sam3_image_model(device=device, checkpoint_path=checkpoint, load_from_HF=checkpoint is None)
+        identity = {"kind": "file", "model": "sam3", "path": checkpoint, "sha256": file_sha256(checkpoint)} \
+            if checkpoint else {"kind": "hub", "model": "sam3", "repo": "facebook/sam3"}
     return Sam3Processor(model, device=device, confidence_threshold=0.0), identity  # our threshold: the config's
 
 

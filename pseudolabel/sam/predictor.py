@@ -5,7 +5,7 @@ refinement asks for (one positive point per prompt, no box or mask input, 3 mask
 :class:`~pseudolabel.sam.decoder.SharedImageMaskDecoder` and :class:`MaskResize`, which compute the same function
 as SAM's decoder and ``postprocess_masks`` in a cheaper order; any other request goes to ``SamPredictor`` itself.
 Its image side comes in two steps a caller can separate: :meth:`BatchedPointPredictor.encode` runs SAM's image
-encoder on several images at once (in the autocast precision on a GPU), :meth:`BatchedPointPredictor.set_features`
+encoder on several images at once (in the run's precision on a GPU), :meth:`BatchedPointPredictor.set_features`
 makes one image's embedding the current one. For the batched GPU path, :meth:`BatchedPointPredictor.set_batch` holds
 several images at once and :meth:`BatchedPointPredictor.predict_points` decodes prompts of all of them together,
 their masks resized to a canvas as large as the largest image (:mod:`pseudolabel.canvas`).
@@ -26,7 +26,7 @@ compat.apply()  # before segment_anything imports torchvision
 from segment_anything import SamPredictor  # noqa: E402
 
 from pseudolabel.canvas import canvas_shape, pad_stack  # noqa: E402
-from pseudolabel.precision import autocast  # noqa: E402
+from pseudolabel.precision import encoder_precision  # noqa: E402
 from pseudolabel.sam.decoder import SharedImageMaskDecoder  # noqa: E402
 from pseudolabel.transfer import upload  # noqa: E402
 
@@ -142,7 +142,7 @@ class BatchedPointPredictor(SamPredictor):
         """``prompts_per_step``: prompts decoded together; default 4 on a CPU, all on a GPU. ``threads``: on a CPU,
         steps decoded at once, each single-threaded (default: torch's thread count). The decoder's many small
         products keep one thread busy far better than two, and the masks do not depend on the thread count.
-        ``precision``: autocast of the image encoder on CUDA (:mod:`pseudolabel.precision`); the prompt decoder
+        ``precision``: of the image encoder on CUDA (:mod:`pseudolabel.precision`); the prompt decoder
         always computes in float32."""
         super().__init__(sam_model)
         self.decoder = SharedImageMaskDecoder(sam_model.mask_decoder)
@@ -156,7 +156,7 @@ class BatchedPointPredictor(SamPredictor):
         (``(3, h, w)`` uint8 tensors, long side ``img_size``), all in one encoder pass."""
         batch = torch.cat([self.model.preprocess(image.to(self.device, non_blocking=True)[None])
                            for image in transformed_images])
-        with autocast(self.device, self.precision):
+        with encoder_precision(self.device, self.precision):
             features = self.model.image_encoder(batch)
         return features.float()
 

@@ -144,7 +144,7 @@ class SAMRefiner:
 
     @classmethod
     def from_config(cls, cfg: SAMRefineConfig, device="cpu", seed: int = 0, precision: str = "fp32") -> "SAMRefiner":
-        """``precision``: autocast of SAM's image encoder on CUDA (:mod:`pseudolabel.precision`)."""
+        """``precision``: of SAM's image encoder on CUDA (:mod:`pseudolabel.precision`)."""
         from pseudolabel.sam.models import SAM_VARIANTS, load_sam
         from pseudolabel.sam.predictor import BatchedPointPredictor
 
@@ -159,7 +159,7 @@ class SAMRefiner:
     # -- the image side -----------------------------------------------------------------------------------------
     def prepare(self, image: np.ndarray) -> SAMInput:
         """The image resized for SAM's encoder (``SamPredictor.set_image``'s transform), on the host."""
-        pixels = torch.from_numpy(self.predictor.transform.apply_image(image)).permute(2, 0, 1).contiguous()
+        pixels = torch.from_numpy(np.ascontiguousarray(self.predictor.transform.apply_image(image).transpose(2, 0, 1)))
         return SAMInput(pixels, tuple(image.shape[:2]))
 
     def embed(self, images: list) -> list[ImageEmbedding]:

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from pseudolabel import compat
 from pseudolabel.canvas import canvas_shape
-from pseudolabel.precision import autocast
+from pseudolabel.precision import encoder_precision
 from pseudolabel.transfer import upload
 
 PROMPTS_PER_STEP_CPU = 8  # prompts decoded together on a CPU (each takes 3 x 256 x 256 logits and 32-channel maps)
@@ -97,7 +97,7 @@ class SAM2PointPredictor:
         high-resolution maps) and the no-memory embedding of a single image."""
         batch = torch.stack([self.transforms.transforms(image.to(self.device, non_blocking=True).float() / 255)
                              for image in images])
-        with autocast(self.device, self.precision):
+        with encoder_precision(self.device, self.precision):
             maps = self.model.forward_image(batch)["backbone_fpn"][-self.model.num_feature_levels:]
         maps = [m.float() for m in maps]
         if self.model.directly_add_no_mem_embed:

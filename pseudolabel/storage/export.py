@@ -33,7 +33,7 @@ from tqdm import tqdm
 from pseudolabel.classes import pascal_palette
 from pseudolabel.cli_options import add_dataclass_options, config_from_options
 from pseudolabel.datasets.custom import find_image
-from pseudolabel.exits import OutputError, output_error, tool_main, worker_pool
+from pseudolabel.exits import OutputError, output_error, prepare_output_dir, tool_main, worker_pool
 from pseudolabel.image_io import write_label_png
 from pseudolabel.storage.atomic import atomic_write
 from pseudolabel.storage.coco_rle import category_ids, class_masks, coco_document
@@ -293,6 +293,7 @@ def export_labels(shards_dir: str | Path, out: str | Path, config: ExportConfig 
               "split": attrs.get("split"), "class_names": list(attrs["class_set"].classes),
               "random_weights": bool(attrs.get("random_weights", False)), "num_images": len(shards), "complete": False}
     _check_previous(paths, record, config.overwrite)
+    prepare_output_dir(paths.out)
     paths.label_dir.mkdir(parents=True, exist_ok=True)
     if paths.maps_dir is not None:
         paths.maps_dir.mkdir(parents=True, exist_ok=True)

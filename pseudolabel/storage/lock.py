@@ -15,7 +15,7 @@ import socket
 import sys
 from pathlib import Path
 
-from pseudolabel.exits import OutputError, guard_write
+from pseudolabel.exits import OutputError, guard_write, prepare_output_dir
 
 
 class OutputLockedError(OutputError):
@@ -44,8 +44,9 @@ class OutputLock:
 
     def acquire(self) -> "OutputLock":
         """Take the lock, or raise :class:`OutputLockedError` naming its holder."""
+        prepare_output_dir(self.folder, self.what)
+
         def open_file() -> int:
-            self.folder.mkdir(parents=True, exist_ok=True)
             return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         fd = guard_write(open_file, self.path)
         try:

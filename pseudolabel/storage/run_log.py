@@ -1,8 +1,8 @@
 """``<out>/run.log``: every stage-one run appends a timestamped account of itself to its output directory.
 
 What goes in: the command line, host and ranks; the configuration, the weights identity and the environment (as
-JSON); the dataset summary; every failure; the per-stage times; how the run ended (finished, interrupted, or the
-error that stopped it). Records of the ``pseudolabel`` loggers reach both the console and the file;
+JSON); the dataset summary; every failure; the per-stage times; how the run ended (finished, interrupted, stopped by
+SIGTERM, or the error that stopped it). Records of the ``pseudolabel`` loggers reach both the console and the file;
 :meth:`RunLog.detail` writes to the file only, so the console keeps its progress bar and short messages. Under
 torchrun every rank appends to the same file, each line naming its rank.
 
@@ -19,6 +19,8 @@ import os
 import socket
 import sys
 from pathlib import Path
+
+from pseudolabel.exits import TERMINATED, Terminated
 
 LOG_FILE = "run.log"
 FORMAT = "%(asctime)s rank %(rank)s %(levelname)s %(name)s: %(message)s"
@@ -92,6 +94,8 @@ class RunLog:
     def __exit__(self, kind, error, traceback) -> None:
         if kind is None:
             self.detail("run finished")
+        elif issubclass(kind, Terminated):
+            self.detail(f"run {TERMINATED}", level=logging.WARNING)
         elif issubclass(kind, KeyboardInterrupt):
             self.detail("run interrupted (Ctrl-C); rerun the same command to resume", level=logging.WARNING)
         else:

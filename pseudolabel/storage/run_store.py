@@ -21,7 +21,7 @@ import numpy as np
 
 from pseudolabel.classes import ClassSet
 from pseudolabel.cli_options import config_differences
-from pseudolabel.exits import guard_write
+from pseudolabel.exits import guard_write, prepare_output_dir
 from pseudolabel.storage.atomic import atomic_write
 from pseudolabel.storage.format import CONFIG_FILE, MANIFEST, RUN_FORMAT, SHARD_GLOB
 from pseudolabel.storage.shards import LabelRecord, ShardWriter, shard_identity, shard_image_ids, shard_problem
@@ -43,12 +43,7 @@ class RunStore:
 
     # -- set-up -------------------------------------------------------------------------------------------------
     def check_writable(self) -> None:
-        def probe():
-            self.out.mkdir(parents=True, exist_ok=True)
-            test = self.out / f".write-test-r{self.rank:03d}"
-            test.write_bytes(b"ok")
-            test.unlink()
-        guard_write(probe, self.out)
+        prepare_output_dir(self.out)
 
     def clear(self) -> None:
         """Remove a previous run's outputs (``--overwrite``; rank 0 only)."""

@@ -10,6 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pseudolabel.evaluation.sources import LabelSource
+from pseudolabel.exits import prepare_output_dir
 from pseudolabel.storage.format import image_key
 from pseudolabel.storage.shards import ShardSet
 from pseudolabel.viewer.html_report import ReportEntry
@@ -65,7 +66,7 @@ def write_panels(shards: ShardSet, image_ids: list[str], out: Path, photos: Phot
     class_set = shards.class_set
     random_weights = bool(shards.attrs.get("random_weights", False))
     scores = scores or {}
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(out)
     entries = []
     for image_id in tqdm(image_ids, desc="panels", file=sys.stderr):
         record = shards[image_id]

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from pseudolabel.exits import prepare_output_dir
 from pseudolabel.storage.class_stats import ClassStats
 from pseudolabel.storage.shards import ShardSet
 
@@ -315,7 +316,7 @@ def write_report(shards: ShardSet, out: str | Path, image_ids: list[str] | None 
                                                          random_weights=random_weights, tile_height=tile_height))
               for item in summary.most_affected()}
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(out)
     page = out / "report.html"
     page.write_text(render_report(summary, panels, title, random_weights, settings, refinement), encoding="utf-8")
     numbers = out / "report.json"
