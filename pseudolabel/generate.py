@@ -42,7 +42,7 @@ from pseudolabel.storage.run_log import RunLog
 from pseudolabel.storage.run_store import RunStore
 from pseudolabel.sam.models import SAM_VARIANTS, cache_dir
 from pseudolabel.sam.refine import SAMRefineConfig, SAMRefiner
-from pseudolabel.storage.shards import LabelRecord
+from pseudolabel.storage.shards import LabelRecord, run_identity
 from pseudolabel.cam.skipcam import SkipCAM, SkipCAMConfig
 
 LOG = logging.getLogger("pseudolabel.generate")
@@ -371,7 +371,7 @@ class StageOneRun:
         attrs = shard_attributes(cfg, dataset, weights, random_weights,
                                  with_image_dir=args.dataset in ("custom", "demo"))
         # what a rerun compares before resuming: the configuration, the weights and the class set
-        identity = {**cfg.to_dict(), "weights": weights, "class_set": dataset.class_set.to_json()}
+        identity = run_identity(cfg.to_dict(), weights, dataset.class_set.to_json())
         store = open_store(args, out, rank, world, dataset.class_set, attrs, identity)
         log.attach()                    # the output directory exists and is writable
         mine = dataset.samples[: args.limit][rank::world] if args.limit else dataset.samples[rank::world]

@@ -159,6 +159,31 @@ def test_config_change_is_refused_unless_overwrite(voc, tmp_path, capsys):
     assert open_shards(tmp_path).attrs["config"]["cam"]["tau"] == 0.6
 
 
+def folder_state(out) -> dict:
+    """Every file of an output folder but its run log and locks, with its bytes."""
+    return {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != "run.log" and not p.name.startswith(".lock")}
+
+
+def test_a_resume_compares_every_shard_not_only_config_json(voc, tmp_path, capsys):
+    out = tmp_path / "out"
+    fast = ("--no-refine", "--shard-size", "1", "--limit", "4")
+    run(args_for(voc, out, *fast))                              # tau 0.4, the VOC default: 4 shards
+    config = json.loads((out / "config.json").read_text())
+    config["cam"]["tau"] = 0.6                                  # config.json edited by hand
+    (out / "config.json").write_text(json.dumps(config))
+    for shard in sorted(out.glob("shard-*.h5"))[2:]:            # and some shards removed
+        shard.unlink()
+    before = folder_state(out)
+    assert main(args_for(voc, out, *fast, "--tau", "0.6")) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "cam.tau: 0.4 -> 0.6" in line and "shard-r000-00000.h5" in line and "--overwrite" in line and "--out" in line
+    assert folder_state(out) == before                          # nothing written
+    problems = check_shards(out)
+    assert any("config.json contradicts" in p and "cam.tau: 0.4 -> 0.6" in p and "shard-r000-00001.h5" in p
+               for p in problems), problems
+
+
 def test_outputs_of_the_gelu_architecture_are_not_resumed(voc, tmp_path, capsys):
     gelu = args_for(voc, tmp_path, "--limit", "1", "--clip-model", "ViT-T-16-cep-test")
     run(gelu)

@@ -33,12 +33,12 @@ VOC = get_class_set("voc")
 
 
 def write_shards(out: Path, voc_root: Path, ids: list[str], random_weights=False, failures=(), dataset="voc",
-                 class_set=VOC) -> Path:
+                 class_set=VOC, config=None, name="shard-r000-00000.h5") -> Path:
     """Shards whose refined labels are the images' GT masks (so a test can tell which image a label belongs to)."""
     out.mkdir(parents=True, exist_ok=True)
-    attrs = {"dataset": dataset, "split": "train", "config": {}, "versions": {}, "weights": {},
+    attrs = {"dataset": dataset, "split": "train", "config": config or {}, "versions": {}, "weights": {},
              "random_weights": random_weights, "rank": 0}
-    with ShardWriter(out / "shard-r000-00000.h5", class_set, attrs) as writer:
+    with ShardWriter(out / name, class_set, attrs) as writer:
         for image_id in ids:
             labels = read_label_png(voc_root / "SegmentationClass" / f"{image_id}.png")
             classes = tuple(int(c) for c in np.unique(labels) if 0 < c < 255)
@@ -326,6 +326,18 @@ def test_training_on_damaged_shards_stops_before_the_runner(tiny, tmp_path, caps
     assert seg_train.main([str(config), "--work-dir", str(tmp_path / "work"), "--no-pretrained"]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert str(shard) in line and "tools/check_shards.py" in line and "damaged" in line
+    assert not list((tmp_path / "work").glob("*.pth"))
+
+
+def test_training_on_shards_of_mixed_settings_stops_before_the_runner(tiny, tmp_path, capsys):
+    from segtrain import train as seg_train
+
+    shards = write_shards(tmp_path / "shards", tiny["voc"], tiny["ids"][:2], config={"cam": {"tau": 0.4}})
+    write_shards(shards, tiny["voc"], tiny["ids"][2:], config={"cam": {"tau": 0.6}}, name="shard-r000-00001.h5")
+    config = tiny_voc_config(tiny, tmp_path / "tiny_voc.py", shards)
+    assert seg_train.main([str(config), "--work-dir", str(tmp_path / "work"), "--no-pretrained"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "cam.tau: 0.4 -> 0.6" in line and "shard-r000-00000.h5 -> shard-r000-00001.h5" in line, line
     assert not list((tmp_path / "work").glob("*.pth"))
 
 

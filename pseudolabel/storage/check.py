@@ -10,8 +10,9 @@ by, and the NeXus defaults leading to the first image); each image group
 has its attributes (``class_names`` naming its ``class_ids``), ``refined``/``initial`` of shape ``(height, width)``
 uint8 with values in ``{0} ∪ class_ids ∪ {255}``, ``loc_maps`` whose first dimension equals its number of class ids
 (all among the image's), and ``class_stats``, when present, one row per image class whose pixel counts match the
-label maps (``masks_accepted <= prompts``, ``changed_pixels`` right); the JSON attributes parse, and config, class
-set, dataset and split are the same in every shard; every image is in exactly one shard and the shards hold exactly
+label maps (``masks_accepted <= prompts``, ``changed_pixels`` right); the JSON attributes parse, and config,
+weights, class set, dataset and split are the same in every shard (each difference named) and the ones
+``config.json`` records; every image is in exactly one shard and the shards hold exactly
 the manifest's images (none missing, none extra, ``num_images`` right).
 
 ``check_shards(directory) -> list[str]`` gives the problems; ``run_check`` also gives the counts the CLI prints.
@@ -26,12 +27,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from pseudolabel.cli_options import config_differences
 from pseudolabel.exits import tool_main
 from pseudolabel.storage.checksum import verify_file
 from pseudolabel.storage.format import (
     CLASS_STATS,
     CLASS_STATS_ATTRS,
     CLASS_STATS_DTYPE,
+    CONFIG_FILE,
     DEFAULT,
     FORMAT,
     IGNORE_INDEX,
@@ -65,6 +68,7 @@ from pseudolabel.storage.format import (
     read_attrs,
     row_axis,
 )
+from pseudolabel.storage.shards import identity_from_attrs
 
 SHARED_ROOT_ATTRS = tuple(name for name, attr in ROOT_ATTRS.items() if attr.shared)  # same in every shard
 MAX_PROBLEMS_PER_SHARD = 50
@@ -414,9 +418,11 @@ def run_check(directory: str | Path, require_manifest: bool = True) -> CheckResu
     if shared_attrs:
         first_name, first = next(iter(shared_attrs.items()))
         for other, values in shared_attrs.items():
-            differing = [k for k in SHARED_ROOT_ATTRS if k in values and k in first and values[k] != first[k]]
+            differing = config_differences({k: first[k] for k in values if k in first},
+                                           {k: values[k] for k in first if k in values})
             if differing:
-                problems.append(f"{other}: root attribute(s) {', '.join(differing)} differ from {first_name}'s")
+                problems.append(f"{other}: made with other settings than {first_name} ({'; '.join(differing)})")
+    _check_config_file(directory, shared_attrs, problems)
 
     for image_id, where in ids_in.items():
         if len(where) > 1:
@@ -453,6 +459,27 @@ def run_check(directory: str | Path, require_manifest: bool = True) -> CheckResu
                     problems.append(f"image '{image_id}' is in {', '.join(ids_in[image_id])}, "
                                     f"the manifest says {shards[0]}")
     return result
+
+
+def _check_config_file(directory: Path, shared_attrs: dict[str, dict], problems: list[str]) -> None:
+    """Report the shards whose run identity ``config.json`` contradicts, each difference named once."""
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        return
+    try:
+        recorded = json.loads(path.read_text())
+    except ValueError as error:
+        problems.append(f"{CONFIG_FILE}: not valid JSON ({error})")
+        return
+    contradicted: dict[tuple[str, ...], list[str]] = defaultdict(list)
+    for name, values in shared_attrs.items():
+        differing = "config" in values and config_differences(identity_from_attrs(values), recorded)
+        if differing:
+            contradicted[tuple(differing)].append(name)
+    for differing, names in contradicted.items():
+        problems.append(f"{CONFIG_FILE} contradicts the settings {len(names)} shard(s) were made with "
+                        f"({'; '.join(differing)}: shard -> {CONFIG_FILE}): {', '.join(names[:5])}"
+                        f"{' ...' if len(names) > 5 else ''}; the shards' own settings are the labels'")
 
 
 def check_shards(directory: str | Path, require_manifest: bool = True) -> list[str]:

@@ -33,6 +33,7 @@ HDF5_LIBVER = ("v110", "v110")
 IMAGE_GROUP_ATTRIBUTE_PHASE_CHANGE = (16, 12)
 SHARD_GLOB = "shard-*.h5"
 MANIFEST = "manifest.json"
+CONFIG_FILE = "config.json"          # the run identity (pseudolabel.storage.shards.run_identity) a folder is made under
 RUN_FORMAT = "cep-pseudolabel-run"  # the manifest's "format"
 
 PALETTE = "palette"                  # /palette
@@ -174,7 +175,7 @@ ROOT_ATTRS = _table(
     Attr("dataset", Encoding.TEXT, shared=True),
     Attr("split", Encoding.TEXT, shared=True),
     Attr("config", Encoding.JSON, shared=True),           # PseudoLabelConfig.to_dict()
-    Attr("weights", Encoding.JSON),                       # identity of the CLIP and SAM weights
+    Attr("weights", Encoding.JSON, shared=True),          # identity of the CLIP and SAM weights
     Attr("image_dir", Encoding.TEXT, required=False),     # custom and demo datasets: where the photos are
     Attr("random_weights", Encoding.BOOL),
     Attr("versions", Encoding.JSON),

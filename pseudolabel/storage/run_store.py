@@ -23,11 +23,10 @@ from pseudolabel.classes import ClassSet
 from pseudolabel.cli_options import config_differences
 from pseudolabel.exits import guard_write, prepare_output_dir
 from pseudolabel.storage.atomic import atomic_write
-from pseudolabel.storage.format import MANIFEST, RUN_FORMAT, SHARD_GLOB
-from pseudolabel.storage.shards import LabelRecord, ShardWriter, shard_image_ids, shard_problem
+from pseudolabel.storage.format import CONFIG_FILE, MANIFEST, RUN_FORMAT, SHARD_GLOB
+from pseudolabel.storage.shards import LabelRecord, ShardWriter, shard_identity, shard_image_ids, shard_problem
 
 LOG = logging.getLogger(__name__)
-CONFIG_FILE = "config.json"
 DAMAGED_DIR, DAMAGED_FILE = "damaged", "damaged.json"
 
 
@@ -55,17 +54,27 @@ class RunStore:
         for folder in (".staging", DAMAGED_DIR):
             shutil.rmtree(self.out / folder, ignore_errors=True)
 
-    def check_config(self, config: dict, overwrite: bool) -> None:
-        """Refuse to mix with shards of another config (unless ``overwrite``); record the config (rank 0)."""
+    def check_config(self, identity: dict, overwrite: bool) -> None:
+        """Refuse to mix with labels of another run identity (:func:`~pseudolabel.storage.shards.run_identity`),
+        unless ``overwrite``: ``config.json`` and every shard are compared with ``identity``, which is then recorded
+        in ``config.json`` (rank 0)."""
         path = self.out / CONFIG_FILE
-        if path.is_file() and not overwrite:
-            old = json.loads(path.read_text())
-            changed = config_differences(old, config)
-            if changed:
-                raise ValueError(f"'{self.out}' holds labels made with another configuration ({'; '.join(changed)}). "
-                                 "Use another --out, or --overwrite to delete them and start again")
+        if not overwrite:
+            if path.is_file():
+                self._refuse_other_identity(config_differences(json.loads(path.read_text()), identity), self.out)
+            for shard in sorted(self.out.glob(SHARD_GLOB)):
+                try:
+                    made_under = shard_identity(shard)
+                except (OSError, KeyError, ValueError):
+                    continue  # unreadable: set aside as damaged by recover() and labelled again
+                self._refuse_other_identity(config_differences(made_under, identity), shard)
         if self.rank == 0:
-            _write_json(path, config)
+            _write_json(path, identity)
+
+    def _refuse_other_identity(self, changed: list[str], where: Path) -> None:
+        if changed:
+            raise ValueError(f"'{where}' holds labels made with another configuration ({'; '.join(changed)}). "
+                             "Use another --out, or --overwrite to delete them and start again")
 
     def set_aside_damaged(self) -> list[dict]:
         """Move every shard whose checksum fails to ``damaged/`` and note it in ``damaged.json``; its images are then

@@ -33,6 +33,7 @@ except ImportError:  # a platform without zlib-ng wheels: same result, slower
     import zlib as deflate
 
 from pseudolabel.classes import ClassSet, pascal_palette
+from pseudolabel.cli_options import config_differences
 from pseudolabel.loc_maps import resize_maps
 from pseudolabel.storage.atomic import atomic_write
 from pseudolabel.storage.checksum import fletcher32, fletcher32_payload, seal, verify_file
@@ -270,12 +271,32 @@ class ShardWriter:
             self.discard()
 
 
+def run_identity(config: dict, weights: dict | None, class_set: dict) -> dict:
+    """What a run's labels depend on, as ``config.json`` holds it: the method configuration
+    (``PseudoLabelConfig.to_dict()``), the identity of the weights and the class set (``ClassSet.to_json()``), as
+    JSON values. Every shard records its parts (root attributes ``config``, ``weights``, ``class_set``)."""
+    return json.loads(json.dumps({**config, "weights": weights, "class_set": class_set}))
+
+
+def identity_from_attrs(root_attrs: Mapping) -> dict:
+    """:func:`run_identity` from a shard's decoded root attributes (``class_set`` as stored)."""
+    return run_identity(root_attrs.get("config", {}), root_attrs.get("weights"), root_attrs.get("class_set", {}))
+
+
+def shard_identity(path: str | Path) -> dict:
+    """The run identity one shard was made under (:func:`run_identity`), from its root attributes."""
+    with h5py.File(path, "r") as handle:
+        return identity_from_attrs(read_attrs(handle.attrs, ROOT_ATTRS))
+
+
+def _with_class_set(root_attrs: dict) -> dict:
+    return dict(root_attrs, class_set=ClassSet.from_json(root_attrs["class_set"]))
+
+
 def read_root_attrs(path: str | Path) -> dict:
     """Root attributes of one shard, decoded as the format declares them, ``class_set`` as a :class:`ClassSet`."""
     with h5py.File(path, "r") as handle:
-        attrs = read_attrs(handle.attrs, ROOT_ATTRS)
-    attrs["class_set"] = ClassSet.from_json(attrs["class_set"])
-    return attrs
+        return _with_class_set(read_attrs(handle.attrs, ROOT_ATTRS))
 
 
 def shard_image_ids(path: str | Path) -> list[str]:
@@ -318,7 +339,9 @@ class ShardSet(Mapping):
 
     Opening verifies every shard (:func:`verify_shard`; ``verify=False`` skips it where the directory was verified
     already, e.g. in data-loader workers); a damaged file raises :class:`ShardDamagedError` naming it. Reads that
-    fail later (a chunk's Fletcher-32) raise it too. Files are opened lazily in each process (after a fork a worker
+    fail later (a chunk's Fletcher-32) raise it too. Shards made under different run identities
+    (:func:`shard_identity`: another setting, other weights or classes) raise :class:`ShardError` naming the
+    setting and two of the files. Files are opened lazily in each process (after a fork a worker
     opens its own handles), so a ShardSet can be handed to DataLoader workers.
     """
 
@@ -341,16 +364,27 @@ class ShardSet(Mapping):
                             raise ShardError(f"image '{image_id}' appears in two shards: "
                                              f"{self.shard_paths[self._where[image_id][0]].name} and {path.name}")
                         self._where[image_id] = (index, key)
+                    root_attrs = read_attrs(handle.attrs, ROOT_ATTRS)
                 if index == 0:
-                    self.attrs = read_root_attrs(path)
+                    self.attrs, first_identity = _with_class_set(root_attrs), identity_from_attrs(root_attrs)
             except (OSError, KeyError) as error:
                 raise ShardDamagedError(path, f"unreadable ({error})") from None
+            if index:
+                self._check_same_identity(first_identity, path, identity_from_attrs(root_attrs))
         manifest = self.directory / MANIFEST
         self.manifest = json.loads(manifest.read_text()) if manifest.is_file() else None
         self.failures = self.manifest.get("failures", []) if self.manifest else []
         self._handles: dict[int, h5py.File] = {}
         self._raw: dict[int, tuple[int, dict]] = {}  # shard index -> (fd, label chunk index), per process
         self._pid = os.getpid()
+
+    def _check_same_identity(self, first: dict, path: Path, identity: dict) -> None:
+        """Refuse a directory whose shard ``path`` was made under another identity than its first shard."""
+        changed = config_differences(first, identity)
+        if changed:
+            raise ShardError(f"'{self.directory}' mixes labels made with different settings: {'; '.join(changed)} "
+                             f"({self.shard_paths[0].name} -> {path.name}); label it again with one configuration "
+                             "(stage one with --overwrite) or read another folder")
 
     @property
     def class_set(self) -> ClassSet:
