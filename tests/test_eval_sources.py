@@ -42,6 +42,8 @@ class FakeDataset:
 
 @pytest.fixture
 def fake_modules(monkeypatch):
+    import pseudolabel.storage.export  # noqa: F401  (the PNG source reads export records: imported before the fakes)
+
     datasets = types.ModuleType("pseudolabel.datasets")
     datasets.build_dataset = lambda name, root, split: FakeDataset(root, split)
     shards = types.ModuleType("pseudolabel.storage.shards")
