@@ -140,14 +140,12 @@ def tool_main(*expected: type[BaseException]) -> Callable:
             try:
                 with sigterm_raises():
                     return main(*args, **kwargs)
-            except Terminated:
+            except KeyboardInterrupt as stop:   # Ctrl-C, or SIGTERM (Terminated)
                 _close_progress_bars()
-                print(TERMINATED, file=sys.stderr)
-                return EXIT_TERMINATED
-            except KeyboardInterrupt:
-                _close_progress_bars()
-                print(f"\n{INTERRUPTED}", file=sys.stderr)  # a new line: the terminal echoed ^C on the current one
-                return EXIT_INTERRUPTED
+                terminated = isinstance(stop, Terminated)
+                # a new line: the current one may hold the terminal's ^C or a progress line without its end
+                print(f"\n{TERMINATED if terminated else INTERRUPTED}", file=sys.stderr)
+                return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
             except OSError as error:
                 unwritable = output_error(error)
                 if unwritable is None and not isinstance(error, expected):
