@@ -111,14 +111,11 @@ def worker_pool(workers: int, initializer: Callable | None = None, initargs: tup
             raise
 
 
-def _close_progress_bars() -> bool:
-    """Close the tqdm bars still open, so none redraws itself after the tool's last line (tqdm's own registry);
-    whether there were any shown (one may hold the current line of the terminal)."""
+def _close_progress_bars() -> None:
+    """Close the tqdm bars still open, so none redraws itself after the tool's last line (tqdm's own registry)."""
     tqdm = sys.modules.get("tqdm")
-    bars = list(getattr(getattr(tqdm, "tqdm", None), "_instances", ()))
-    for bar in bars:
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
         bar.close()
-    return any(not bar.disable for bar in bars)
 
 
 @contextlib.contextmanager
@@ -143,14 +140,12 @@ def tool_main(*expected: type[BaseException]) -> Callable:
             try:
                 with sigterm_raises():
                     return main(*args, **kwargs)
-            except Terminated:
-                fresh_line = "\n" if _close_progress_bars() else ""  # a bar's line may lack its end
-                print(f"{fresh_line}{TERMINATED}", file=sys.stderr)
-                return EXIT_TERMINATED
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as stop:   # Ctrl-C, or SIGTERM (Terminated)
                 _close_progress_bars()
-                print(f"\n{INTERRUPTED}", file=sys.stderr)  # a new line: the terminal echoed ^C on the current one
-                return EXIT_INTERRUPTED
+                terminated = isinstance(stop, Terminated)
+                # a new line: the current one may hold the terminal's ^C or a progress line without its end
+                print(f"\n{TERMINATED if terminated else INTERRUPTED}", file=sys.stderr)
+                return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
             except OSError as error:
                 unwritable = output_error(error)
                 if unwritable is None and not isinstance(error, expected):
