@@ -109,6 +109,34 @@ def test_batched_sam2_refinement_equals_image_by_image(tiny_sam2, scenes):
     assert_batched_equals_alone(refiner, [s[0] for s in scenes], [s[1:] for s in scenes])
 
 
+def test_sam2_point_predictor_equals_the_stock_predictors_logits(tiny_sam2, scenes):
+    """Masks and IoUs of SAM2PointPredictor (the factored decoder) against the stock ``SAM2ImagePredictor`` on its own
+    copy of the model, at logits clear of the threshold by 1e-4; step sizes and worker threads change nothing."""
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    image = scenes[0][0]
+    copy = build_tiny_sam2()
+    copy.load_state_dict(tiny_sam2.state_dict())
+    stock = SAM2ImagePredictor(copy.eval())
+    stock.set_image(image)
+    xy = np.random.default_rng(2).random((6, 1, 2)) * [image.shape[1], image.shape[0]]
+    logits, expected_iou, _ = stock.predict(point_coords=xy, point_labels=np.ones((6, 1)), multimask_output=True,
+                                            return_logits=True)
+    predictor = SAM2PointPredictor(tiny_sam2, prompts_per_step=4, threads=1)
+    predictor.set_image(image)
+    coords = predictor.transform.apply_coords_torch(torch.from_numpy(xy).float(), image.shape[:2])
+    labels = torch.ones(6, 1, dtype=torch.int)
+    masks, iou, _ = predictor.predict_torch(coords, labels)
+    masks = masks.numpy()
+    clear = np.abs(logits) > 1e-4
+    assert np.array_equal(masks[clear], logits[clear] > 0) and clear.mean() > 0.999
+    np.testing.assert_allclose(iou.numpy(), expected_iou, rtol=1e-4, atol=1e-6)
+    for steps, threads in ((1, 2), (5, 2), (6, 1)):
+        other = SAM2PointPredictor(tiny_sam2, prompts_per_step=steps, threads=threads)
+        other.set_image(image)
+        assert np.array_equal(other.predict_torch(coords, labels)[0].numpy(), masks)
+
+
 def test_packed_embeddings_hold_the_stock_predictors_features(tiny_sam2, scenes):
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 

@@ -177,3 +177,100 @@ def test_padded_mask_resize_equals_each_images_resize():
         assert torch.equal(out[i, :, :height, :width], resize(logits[i, :, :own_rows, :own_cols]))
         assert not out[i, :, height:].any() and not out[i, :, :, width:].any()
     assert torch.equal(padded(logits[:2]), out[:2])
+
+
+def sam2_decoder(seed: int = 0, sam2_1: bool = True):
+    """SAM 2.1's mask decoder (object-score token, high-resolution maps, sigmoid IoUs) as the sam2 package builds it
+    for every Hiera size, with seeded random weights (scaled as :func:`vit_b_decoder`'s), and its prompt encoder;
+    ``sam2_1=False``: the same decoder without those three."""
+    from sam2.modeling.sam.mask_decoder import MaskDecoder as SAM2MaskDecoder
+    from sam2.modeling.sam.prompt_encoder import PromptEncoder as SAM2PromptEncoder
+    from sam2.modeling.sam.transformer import TwoWayTransformer as SAM2TwoWayTransformer
+
+    torch.manual_seed(seed)
+    decoder = SAM2MaskDecoder(
+        num_multimask_outputs=3, transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256,
+        transformer=SAM2TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+        use_high_res_features=sam2_1, iou_prediction_use_sigmoid=sam2_1, pred_obj_scores=sam2_1,
+        pred_obj_scores_mlp=sam2_1, use_multimask_token_for_obj_ptr=sam2_1)
+    encoder = SAM2PromptEncoder(embed_dim=256, image_embedding_size=(64, 64), input_image_size=(1024, 1024),
+                                mask_in_chans=16)
+    with torch.no_grad():
+        for name, p in decoder.named_parameters():
+            if "weight" in name and p.ndim > 1:
+                p.mul_(3.0)
+    return decoder.eval(), encoder.eval()
+
+
+def sam2_inputs(images: int, prompts: int, dtype=torch.float32):
+    """Random image embeddings ``(n, 256, 64, 64)``, high-resolution maps ``[(n, 32, 256, 256), (n, 64, 128,
+    128)]`` (as the decoder's conv_s0 / conv_s1 return them) and points on a 1024 canvas."""
+    generator = torch.Generator().manual_seed(4)
+    embeddings = torch.randn(images, 256, 64, 64, generator=generator, dtype=dtype)
+    high_res = [torch.randn(images, 32, 256, 256, generator=generator, dtype=dtype),
+                torch.randn(images, 64, 128, 128, generator=generator, dtype=dtype)]
+    points = torch.rand(images * prompts, 1, 2, generator=generator) * 1024
+    return embeddings, high_res, points
+
+
+def stock_sam2_decode(decoder, pe, embedding, high_res, sparse, dense):
+    """The sam2 package's decoder on one image, all prompts in one call, as ``SAM2ImagePredictor`` calls it."""
+    masks, iou, _, _ = decoder(image_embeddings=embedding, image_pe=pe,
+                               sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True,
+                               repeat_image=True, high_res_features=high_res)
+    return masks, iou
+
+
+@pytest.mark.parametrize("sam2_1, dtype, rel", [(True, torch.float32, 2e-5), (True, torch.float64, 1e-12),
+                                                (False, torch.float32, 2e-5)],
+                         ids=["sam2.1-fp32", "sam2.1-fp64", "no_high_res_no_score_token-fp32"])
+def test_shared_decoder_equals_sam2_mask_decoder(sam2_1, dtype, rel):
+    """The factored decoder on SAM 2.1's MaskDecoder: the masks and IoUs of the sam2 package's own decoder, in
+    float32 up to rounding (2e-5 of the largest logit) and in float64 to 1e-12, with the per-prompt (CPU) and the
+    batched (GPU) upscaling and with a cropped grid (which crops the high-resolution maps with it)."""
+    decoder, prompts = sam2_decoder(sam2_1=sam2_1)
+    decoder = decoder.to(dtype)
+    embeddings, high_res, points = sam2_inputs(1, 4, dtype)
+    high_res = high_res if sam2_1 else None
+    with torch.no_grad():  # the prompt encoder computes in float32 (sam2's point encoding does)
+        sparse, dense = (x.to(dtype) for x in prompts(points=(points, torch.ones(4, 1, dtype=torch.int)), boxes=None,
+                                                       masks=None))
+        dense = dense[:1]  # the "no mask" embedding, the same for every prompt
+        pe = prompts.get_dense_pe().to(dtype)
+        expected, expected_iou = stock_sam2_decode(decoder, pe, embeddings, high_res, sparse, dense)
+        shared = SharedImageMaskDecoder(decoder)
+        shared.set_image(embeddings, pe, dense, high_res_features=high_res)
+        masks, iou = shared(sparse)
+        shared.batched_masks = True
+        batched, _ = shared(sparse)
+        shared.batched_masks = False
+        shared.set_image(embeddings, pe, dense, used_grid=(61, 63), high_res_features=high_res)
+        cropped, _ = shared(sparse)
+    assert masks.dtype == dtype and expected.std() > 0.05
+    assert_close_at_scale(masks, expected, rel)
+    assert_close_at_scale(iou, expected_iou, rel)
+    assert_close_at_scale(batched, expected, rel)
+    assert_close_at_scale(cropped, expected[..., : 4 * 61, : 4 * 63], rel)
+    if sam2_1:  # the maps matter: without them (zeros) the masks differ
+        shared.set_image(embeddings, pe, dense, high_res_features=[torch.zeros_like(m) for m in high_res])
+        assert (shared(sparse)[0] - expected).abs().max() > 0.1 * expected.abs().max()
+    with pytest.raises(ValueError, match="high_res_features"):
+        shared.set_image(embeddings, pe, dense, high_res_features=None if sam2_1 else [])
+
+
+def test_shared_sam2_decoder_on_several_images_equals_the_stock_decoder_image_by_image():
+    """Prompts of two images decoded together (both upscalings) against the sam2 package's decoder per image."""
+    decoder, prompts = sam2_decoder(seed=1)
+    embeddings, high_res, points = sam2_inputs(2, 3)
+    with torch.no_grad():
+        sparse, dense = prompts(points=(points, torch.ones(6, 1, dtype=torch.int)), boxes=None, masks=None)
+        dense, pe = dense[:1], prompts.get_dense_pe()
+        expected = [stock_sam2_decode(decoder, pe, embeddings[i: i + 1], [m[i: i + 1] for m in high_res],
+                                      sparse[3 * i: 3 * i + 3], dense) for i in range(2)]
+        shared = SharedImageMaskDecoder(decoder)
+        shared.set_images(embeddings, pe, dense, high_res_features=high_res)
+        for batched in (False, True):
+            shared.batched_masks = batched
+            masks, iou = shared(sparse, images=2)
+            assert_close_at_scale(masks, torch.cat([m for m, _ in expected]))
+            assert_close_at_scale(iou, torch.cat([i for _, i in expected]))

@@ -1,6 +1,6 @@
-"""SAM's mask decoder for many single-image prompts, evaluated in a cheaper order with the same result.
+"""SAM's and SAM 2.1's mask decoder for many single-image prompts, evaluated in a cheaper order with the same result.
 
-``segment_anything``'s ``MaskDecoder`` repeats the 64x64 image embedding once per prompt and then runs every linear
+``segment_anything``'s ``MaskDecoder`` (and ``sam2``'s, which has the same two-way transformer) repeats the 64x64 image embedding once per prompt and then runs every linear
 projection of those 4096 image tokens per prompt, although a prompt has only 7 tokens. On a CPU this costs about 1.7
 GMAC and 60 ms per prompt, and batching gains little. No library offers another evaluation order, so
 :class:`SharedImageMaskDecoder` writes one by hand. It reads the decoder's own modules and weights and computes the
@@ -21,13 +21,18 @@ same function, using that a prompt changes the image tokens only by a few vector
 - The upscaling runs only over the image tokens that SAM's crop keeps. Its first ``ConvTranspose2d(k=2, s=2)`` is
   linear in the tokens, so it too splits into a per-image and a per-prompt product. Both transposed convolutions run
   as matrix products on channels-last data, with ``LayerNorm2d`` as ``F.layer_norm`` over the channels.
+- SAM 2.1's decoder differs in three places, all read from the decoder: an object-score token comes first among the
+  output tokens (it takes part in the attentions; its score is not a mask output), and its upscaling adds the
+  encoder's high-resolution maps ``feat_s1`` (after the first transposed convolution) and ``feat_s0`` (after the
+  second). Both are per-image terms: ``feat_s1`` joins the first convolution's constant, ``feat_s0`` is added to each
+  token's 4x4 block before the last activation.
 
 Several images can be held at once (``set_images``): the per-image parts then carry a leading image dimension, the
 prompts come image by image, as many for each, and every per-image product runs for all images in one batched
 product (a GPU decodes a whole batch of images' prompts in one pass).
 
-The result equals ``MaskDecoder(..., multimask_output=True)`` exactly in real arithmetic. In float32 only the
-rounding differs; ``tests/test_sam_decoder.py`` checks this against the library decoder.
+The result equals ``MaskDecoder(..., multimask_output=True)``'s masks and IoUs exactly in real arithmetic. In float32
+only the rounding differs; ``tests/test_sam_decoder.py`` checks this against both libraries' decoders.
 """
 from __future__ import annotations
 
@@ -69,10 +74,13 @@ class _PromptTokens:
 
 
 class SharedImageMaskDecoder:
-    """Multimask outputs of a ``segment_anything`` ``MaskDecoder`` for a batch of prompts on one image (or several).
+    """Multimask outputs of a ``segment_anything`` or ``sam2`` ``MaskDecoder`` for a batch of prompts on one image
+    (or several).
 
     ``set_image`` takes the image embedding, its positional encoding and the dense prompt embedding (SAM's "no mask"
-    embedding) and precomputes what is shared. ``__call__(sparse)`` returns the 3 multimask low-resolution logits
+    embedding), and for a SAM 2.1 decoder that uses them the high-resolution maps ``[feat_s0, feat_s1]`` (already
+    through the decoder's ``conv_s0`` / ``conv_s1``, as ``SAM2Base.forward_image`` returns them), and precomputes
+    what is shared. ``__call__(sparse)`` returns the 3 multimask low-resolution logits
     ``(B, 3, 4h, 4w)`` and their predicted IoUs ``(B, 3)``, as ``MaskDecoder(..., multimask_output=True)`` does.
     ``set_images`` holds several images; ``__call__(sparse, images=n)`` then decodes ``B / n`` prompts on each of the
     first ``n`` images (prompts image by image).
@@ -88,9 +96,13 @@ class SharedImageMaskDecoder:
         self.decoder, self.transformer = decoder, transformer
         self.layers = list(transformer.layers)
         self.num_heads = transformer.num_heads
-        # the IoU token and the multimask mask tokens (mask token 0, at position 1, is the single-mask output)
-        self.used_tokens = [0, *range(2, 2 + decoder.num_multimask_outputs)]
-        self.output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+        # SAM 2.1's object-score token precedes the IoU token; then the mask tokens
+        score_token = [decoder.obj_score_token.weight] if getattr(decoder, "pred_obj_scores", False) else []
+        iou = len(score_token)
+        # the IoU token and the multimask mask tokens (mask token 0, after the IoU token, is the single-mask output)
+        self.used_tokens = [iou, *range(iou + 2, iou + 2 + decoder.num_multimask_outputs)]
+        self.output_tokens = torch.cat([*score_token, decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+        self.high_res = getattr(decoder, "use_high_res_features", False)
         conv1, norm, act1, conv2, act2 = decoder.output_upscaling
         # ConvTranspose2d(k=2, s=2) weights (C_in, C_out, 2, 2) as (C_in, 2*2*C_out) for channels-last products.
         self.upscale1 = (conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, -1), conv1.bias.repeat(4))
@@ -130,16 +142,21 @@ class SharedImageMaskDecoder:
     # ----------------------------------------------------------------------------------------------- per image
     @torch.no_grad()
     def set_image(self, image_embeddings: Tensor, image_pe: Tensor, dense_embeddings: Tensor,
-                  used_grid: tuple[int, int] | None = None) -> None:
-        """Precompute the image side for ``image_embeddings (1, D, h, w)``; ``used_grid``: see the class."""
+                  used_grid: tuple[int, int] | None = None, high_res_features: list[Tensor] | None = None) -> None:
+        """Precompute the image side for ``image_embeddings (1, D, h, w)``; ``used_grid``, ``high_res_features``:
+        see the class."""
         if image_embeddings.shape[0] != 1:
             raise ValueError("set_image takes one image; set_images several")
-        self.set_images(image_embeddings, image_pe, dense_embeddings, used_grid)
+        self.set_images(image_embeddings, image_pe, dense_embeddings, used_grid, high_res_features)
 
     @torch.no_grad()
     def set_images(self, image_embeddings: Tensor, image_pe: Tensor, dense_embeddings: Tensor,
-                   used_grid: tuple[int, int] | None = None) -> None:
-        """Precompute the image side of ``image_embeddings (n, D, h, w)`` (``used_grid`` for all of them)."""
+                   used_grid: tuple[int, int] | None = None, high_res_features: list[Tensor] | None = None) -> None:
+        """Precompute the image side of ``image_embeddings (n, D, h, w)`` (``used_grid`` for all of them;
+        ``high_res_features``: each map ``(n, C, s h, s w)``)."""
+        if self.high_res != (high_res_features is not None):
+            raise ValueError("high_res_features: the decoder's high-resolution maps [feat_s0, feat_s1] are needed by "
+                             "a decoder that uses them and only by one")
         self.grid = tuple(image_embeddings.shape[-2:])
         self.used_grid = tuple(used_grid or self.grid)
         base = (image_embeddings + dense_embeddings).flatten(2).transpose(1, 2).contiguous()  # (n, N, D)
@@ -160,10 +177,18 @@ class SharedImageMaskDecoder:
             base = _affine_part(base, layer.norm4)
         rows, cols = self.used_grid
         used = base.unflatten(1, self.grid)[:, :rows, :cols].flatten(1, 2)
+        constant = self.upscale_constant.expand(len(used), rows * cols, -1)
+        fine = None
+        if high_res_features is not None:
+            feat_s0, feat_s1 = high_res_features
+            constant = constant + _token_blocks(feat_s1, self.used_grid, 1)
+            fine = _token_blocks(feat_s0, self.used_grid, 2)
         self.image = {
             "layers": layers,
             "final": self._attention_keys(self.transformer.final_attn_token_to_image, base, pe, False),
             "upscale_base": used @ self.upscale1[0],  # (n, rows * cols, 2*2*C1)
+            "upscale_constant": constant,  # the same shape: the bias and β's part, plus feat_s1
+            "upscale_fine": fine,  # None, or feat_s0 as (n, rows * cols, 2*2, 2*2*C2)
         }
 
     def _by_head(self, x: Tensor) -> Tensor:
@@ -229,7 +254,7 @@ class SharedImageMaskDecoder:
         iou_pred = self.decoder.iou_prediction_head(out[:, 0])[:, 1:]
         hyper = torch.stack([mlp(out[:, 1 + i]) for i, mlp in enumerate(self.decoder.output_hypernetworks_mlps[1:])],
                             dim=1)
-        return self._masks(image, vectors, hyper, parts["upscale_base"]), iou_pred
+        return self._masks(image, vectors, hyper, parts), iou_pred
 
     @staticmethod
     def _self_attention(layer, queries: Tensor, tokens: Tensor) -> Tensor:
@@ -358,17 +383,15 @@ class SharedImageMaskDecoder:
         coef.mul_(scale[:, None])
         return centred.mul_(norm.weight)
 
-    def _masks(self, image: _PromptTokens, vectors: Tensor, hyper: Tensor, upscale_base: Tensor) -> Tensor:
+    def _masks(self, image: _PromptTokens, vectors: Tensor, hyper: Tensor, parts: dict) -> Tensor:
         """Upscaling and hypernetwork product for the used grid: ``(B, 3, 4 rows, 4 cols)`` logits. Each image token
         gives its own 4x4 block of logits. On a CPU they go prompt by prompt through 16 rows of tokens at a time,
         which keeps the 16x larger intermediate activations in cache (about 1.5x faster than one pass); elsewhere
         ``MASK_PROMPTS`` prompts at a time in batched products (a per-prompt loop would leave a GPU waiting for
-        kernel launches). ``batched_masks`` overrides the choice. ``upscale_base``: each image's ``(n, rows * cols,
-        2*2*C1)``."""
+        kernel launches). ``batched_masks`` overrides the choice. ``parts``: the per-image upscaling terms."""
         rows, cols = self.used_grid
         weight1, _ = self.upscale1
-        weight2, bias2 = self.upscale2
-        constant = self.upscale_constant
+        upscale_base, constant, fine = parts["upscale_base"], parts["upscale_constant"], parts["upscale_fine"]
         images = upscale_base.shape[0]
         prompts = len(hyper) // images
         coef = image.coef.unflatten(2, self.grid)[..., :rows, :cols].flatten(2)  # (B, M, rows * cols)
@@ -380,9 +403,10 @@ class SharedImageMaskDecoder:
             step = max(1, MASK_PROMPTS // images)
             for start in range(0, prompts, step):
                 pick = lambda x: x.view(images, prompts, *x.shape[1:])[:, start: start + step]  # noqa: E731
-                x = torch.addcmul(constant, pick(sigma), upscale_base[:, None]).flatten(0, 1)
+                x = torch.addcmul(constant[:, None], pick(sigma), upscale_base[:, None]).flatten(0, 1)
                 x = torch.baddbmm(x, pick(coef).flatten(0, 1).transpose(1, 2), pick(vectors).flatten(0, 1))
-                x = self._upscale_rest(x.unflatten(2, (4, -1)).flatten(0, 1), weight2, bias2)
+                x = self._upscale_rest(x.unflatten(2, (4, -1)).unflatten(0, (images, -1)),
+                                       None if fine is None else fine[:, None])
                 chosen = pick(hyper).flatten(0, 1)
                 pick(masks).copy_((chosen @ x.view(len(chosen), -1, hyper.shape[-1]).transpose(1, 2)).view_as(
                     pick(masks)))
@@ -390,28 +414,47 @@ class SharedImageMaskDecoder:
             step = 16 * cols
             for b, start in itertools.product(range(len(hyper)), range(0, rows * cols, step)):
                 window = slice(start, start + step)
-                x = torch.addcmul(constant, sigma[b, window], upscale_base[b // prompts, window])
+                x = torch.addcmul(constant[b // prompts, window], sigma[b, window], upscale_base[b // prompts, window])
                 x = torch.addmm(x, coef[b, :, window].T, vectors[b], out=x).unflatten(1, (4, -1))  # (n, 2*2, C1)
-                x = self._upscale_rest(x, weight2, bias2)
+                x = self._upscale_rest(x, None if fine is None else fine[b // prompts, window])
                 masks[b, :, 16 * start: 16 * (start + step)] = hyper[b] @ x.reshape(-1, hyper.shape[-1]).T
         # (mask, token (i, j), sub-pixel (a, b, c, e)) -> pixel (4i + 2a + c, 4j + 2b + e), in two cheap steps
         masks = masks.view(*hyper.shape[:2], rows, cols, 2, 2, 2, 2).transpose(3, 4).contiguous()
         return masks.permute(0, 1, 2, 3, 6, 4, 5, 7).reshape(*hyper.shape[:2], 4 * rows, 4 * cols)
 
-    def _upscale_rest(self, x: Tensor, weight2: Tensor, bias2: Tensor) -> Tensor:
-        """``(n, 2*2, C1)`` after the first transposed convolution -> ``(n * 2*2, 2*2 * C2)``: LayerNorm2d,
-        activation, the second transposed convolution and activation."""
+    def _upscale_rest(self, x: Tensor, fine: Tensor | None) -> Tensor:
+        """``(..., 2*2, C1)`` after the first transposed convolution -> ``(..., 2*2, 2*2 * C2)``: LayerNorm2d,
+        activation, the second transposed convolution, plus ``fine`` (SAM 2.1's ``feat_s0`` blocks, broadcast over
+        the leading dimensions) and activation."""
+        weight2, bias2 = self.upscale2
         x = self.act1(F.layer_norm(x, x.shape[-1:], self.norm.weight, self.norm.bias, self.norm.eps))
-        return self.act2(torch.addmm(bias2, x.flatten(0, 1), weight2))
+        out = torch.addmm(bias2, x.flatten(0, -2), weight2).view(*x.shape[:-1], -1)
+        if fine is not None:
+            out += fine
+        return self.act2(out)
+
+
+def _token_blocks(feature: Tensor, grid: tuple[int, int], levels: int) -> Tensor:
+    """A map ``(n, C, s rows, s cols)`` at ``s = 2**levels`` times the token grid's resolution (cropped to the used
+    ``grid``) as each token's block, in the order the upscaling's transposed convolutions write it: ``(n, rows *
+    cols, 2*2 * C)`` for one level, ``(n, rows * cols, 2*2, 2*2 * C)`` for two (the first level's sub-pixel, then
+    the second's and the channels)."""
+    rows, cols = grid
+    side = 2 ** levels
+    n, channels = feature.shape[:2]
+    x = feature[:, :, : side * rows, : side * cols].reshape(n, channels, rows, *[2] * levels, cols, *[2] * levels)
+    row_bits, col_bits = range(3, 3 + levels), range(4 + levels, 4 + 2 * levels)
+    order = [0, 2, 3 + levels, *itertools.chain(*zip(row_bits, col_bits)), 1]
+    return x.permute(order).reshape(n, rows * cols, *[4] * (levels - 1), -1)
 
 
 def _first(parts, images: int):
-    """Every tensor of nested dicts and lists cut to its first ``images`` entries (views)."""
+    """Every tensor of nested dicts and lists cut to its first ``images`` entries (views); None stays None."""
     if isinstance(parts, dict):
         return {key: _first(value, images) for key, value in parts.items()}
     if isinstance(parts, list):
         return [_first(value, images) for value in parts]
-    return parts[:images]
+    return None if parts is None else parts[:images]
 
 
 def _with_fixed(parts: dict, fixed: dict) -> dict:

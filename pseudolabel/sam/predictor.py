@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -47,6 +48,32 @@ def _resize_taps(low: int, canvas: int, kept: int, out: int, taps: int = 4) -> t
     if not torch.equal((matrix != 0).sum(dim=1), (weight != 0).sum(dim=1)):
         raise AssertionError("bilinear resize wider than the tap window")  # two bilinear resizes touch <= 3 samples
     return torch.where(weight != 0, index, first[:, None]), weight  # zero-weight taps re-read the first sample
+
+
+def decode_in_steps(decode: Callable[[int, int], tuple], count: int, device: torch.device,
+                    prompts_per_step: int | None = None, threads: int | None = None) -> list[tuple]:
+    """``decode(start, stop)`` over ``count`` prompts in steps, the outputs in order: on a CPU steps of
+    ``prompts_per_step`` (default 4), ``threads`` of them at once (default: torch's thread count), each
+    single-threaded (the shared-image decoder's many small products keep one thread busy far better than two; the
+    results do not depend on the thread count); elsewhere one step of all prompts by default."""
+    on_cpu = device.type == "cpu"
+    size = prompts_per_step or (4 if on_cpu else count)
+    threads = (threads or torch.get_num_threads()) if on_cpu else 1
+    steps = math.ceil(count / size)
+    if steps > threads:  # the same number of steps for every thread, each as full as can be: none idles long
+        steps = math.ceil(steps / threads) * threads
+        size = math.ceil(count / steps)
+    starts = range(0, count, size)
+    step = lambda start: decode(start, min(start + size, count))  # noqa: E731
+    if min(threads, len(starts)) <= 1:
+        return [step(start) for start in starts]
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(min(threads, len(starts))) as pool:
+            return list(pool.map(step, starts))
+    finally:
+        torch.set_num_threads(torch_threads)
 
 
 def point_prompts(prompt_encoder, coords: Tensor) -> Tensor:
@@ -139,10 +166,8 @@ class BatchedPointPredictor(SamPredictor):
 
     def __init__(self, sam_model, prompts_per_step: int | None = None, threads: int | None = None,
                  precision: str = "fp32") -> None:
-        """``prompts_per_step``: prompts decoded together; default 4 on a CPU, all on a GPU. ``threads``: on a CPU,
-        steps decoded at once, each single-threaded (default: torch's thread count). The decoder's many small
-        products keep one thread busy far better than two, and the masks do not depend on the thread count.
-        ``precision``: of the image encoder on CUDA (:mod:`pseudolabel.precision`); the prompt decoder
+        """``prompts_per_step``, ``threads``: see :func:`decode_in_steps`. ``precision``: of the image encoder on CUDA
+        (:mod:`pseudolabel.precision`); the prompt decoder
         always computes in float32."""
         super().__init__(sam_model)
         self.decoder = SharedImageMaskDecoder(sam_model.mask_decoder)
@@ -241,28 +266,10 @@ class BatchedPointPredictor(SamPredictor):
         if not self.is_image_set:
             raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
         sparse = point_prompts(self.model.prompt_encoder, point_coords)
-        on_cpu = self.device.type == "cpu"
-        size = self.prompts_per_step or (4 if on_cpu else len(sparse))
-        threads = (self.threads or torch.get_num_threads()) if on_cpu else 1
-        steps = math.ceil(len(sparse) / size)
-        if steps > threads:  # the same number of steps for every thread, each as full as can be: none idles long
-            steps = math.ceil(steps / threads) * threads
-            size = math.ceil(len(sparse) / steps)
-        starts = range(0, len(sparse), size)
-        threads = min(threads, len(starts))
         masks = torch.empty(len(sparse), self.decoder.decoder.num_multimask_outputs, *self.original_size,
                             dtype=torch.bool, device=self.device)
-        decode = lambda start: self._decode(sparse[start: start + size], masks[start: start + size])  # noqa: E731
-        if threads > 1:
-            torch_threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                with ThreadPoolExecutor(threads) as pool:
-                    outputs = list(pool.map(decode, starts))
-            finally:
-                torch.set_num_threads(torch_threads)
-        else:
-            outputs = [decode(start) for start in starts]
+        decode = lambda start, stop: self._decode(sparse[start: stop], masks[start: stop])  # noqa: E731
+        outputs = decode_in_steps(decode, len(sparse), self.device, self.prompts_per_step, self.threads)
         iou_predictions, low_res = zip(*outputs)
         return masks, torch.cat(iou_predictions), torch.cat(low_res)
 

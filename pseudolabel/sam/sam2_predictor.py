@@ -6,7 +6,11 @@ What differs from SAM ViT-B, all as the package's ``SAM2ImagePredictor`` does it
 model's square input (no aspect-preserving padding), points are given in the normalised frame times the input size,
 the decoder also reads the encoder's two high-resolution feature maps, and the masks are the low-resolution logits
 resized bilinearly to the image (hole filling and sprinkle removal stay off: they need the package's optional CUDA
-extension). One positive point per prompt, SAM 2.1's three multimask outputs.
+extension). One positive point per prompt, SAM 2.1's three multimask outputs. The decoder runs as
+:class:`~pseudolabel.sam.decoder.SharedImageMaskDecoder`, SAM ViT-B's factored decoder, which reads SAM 2.1's
+``MaskDecoder`` (its object-score token and high-resolution maps) and computes the same masks and IoUs: the image
+side once per image, each prompt's part on its 7 tokens, in steps spread over the CPU's threads as SAM ViT-B's
+(:func:`~pseudolabel.sam.predictor.decode_in_steps`).
 
 An embedding of :meth:`SAM2PointPredictor.encode` is one row per image holding the three feature maps flattened
 (:meth:`SAM2PointPredictor.unpack` splits it), so it slices and concatenates along images like SAM ViT-B's
@@ -21,9 +25,9 @@ from torch import Tensor
 from pseudolabel import compat
 from pseudolabel.canvas import canvas_shape
 from pseudolabel.precision import encoder_precision
+from pseudolabel.sam.decoder import SharedImageMaskDecoder
+from pseudolabel.sam.predictor import decode_in_steps
 from pseudolabel.transfer import upload
-
-PROMPTS_PER_STEP_CPU = 8  # prompts decoded together on a CPU (each takes 3 x 256 x 256 logits and 32-channel maps)
 
 
 class SAM2Transform:
@@ -47,16 +51,17 @@ class SAM2PointPredictor:
     :meth:`encode`, :meth:`set_features` / :meth:`set_image` with :meth:`predict_torch` (one image), and
     :meth:`set_batch` with :meth:`predict_points` (several)."""
 
-    def __init__(self, sam_model, prompts_per_step: int | None = None, precision: str = "fp32",
-                 mask_threshold: float = 0.0) -> None:
-        """``sam_model``: a ``sam2.modeling.sam2_base.SAM2Base``. ``prompts_per_step``: prompts decoded together
-        (default :data:`PROMPTS_PER_STEP_CPU` on a CPU, all on a GPU). ``precision``: autocast of the image encoder
-        on CUDA; the decoder computes in float32."""
+    def __init__(self, sam_model, prompts_per_step: int | None = None, threads: int | None = None,
+                 precision: str = "fp32", mask_threshold: float = 0.0) -> None:
+        """``sam_model``: a ``sam2.modeling.sam2_base.SAM2Base``. ``prompts_per_step``, ``threads``: see
+        :func:`~pseudolabel.sam.predictor.decode_in_steps`. ``precision``: of the image encoder on CUDA;
+        the decoder computes in float32."""
         compat.apply()  # before sam2 imports torchvision
         from sam2.utils.transforms import SAM2Transforms
 
         self.model, self.precision, self.mask_threshold = sam_model, precision, mask_threshold
-        self.prompts_per_step = prompts_per_step
+        self.prompts_per_step, self.threads = prompts_per_step, threads
+        self.decoder = SharedImageMaskDecoder(sam_model.sam_mask_decoder)
         self.transforms = SAM2Transforms(resolution=sam_model.image_size, mask_threshold=mask_threshold,
                                          max_hole_area=0.0, max_sprinkle_area=0.0)
         self.transform = SAM2Transform(self.transforms)
@@ -113,9 +118,13 @@ class SAM2PointPredictor:
 
     def set_features(self, features: Tensor, input_size: tuple[int, int], original_size: tuple[int, ...]) -> None:
         """Make packed ``features (1, D)`` (from :meth:`encode`) the current image, of ``original_size``
-        (``input_size`` is there for the interface: SAM 2.1's input is always square)."""
+        (``input_size`` is there for the interface: SAM 2.1's input is always square). Setting the current image's
+        features again (several refinement settings of one image) costs nothing."""
+        if self.is_image_set and features is self.features and tuple(original_size) == self.original_size:
+            return
         self.reset_image()
         self.features, self.original_size, self.is_image_set = features, tuple(original_size), True
+        self._set_decoder(features)
 
     def set_batch(self, features: Tensor, input_sizes: list[tuple[int, int]],
                   original_sizes: list[tuple[int, int]], canvas: tuple[int, int] | None = None) -> None:
@@ -124,6 +133,14 @@ class SAM2PointPredictor:
         self.reset_image()
         self.batch_features, self.batch_sizes = features, [tuple(s) for s in original_sizes]
         self.canvas = tuple(canvas) if canvas is not None else canvas_shape(self.batch_sizes)
+        self._set_decoder(features)
+
+    def _set_decoder(self, features: Tensor) -> None:
+        """The shared-image decoder's image side of packed ``features (n, D)``."""
+        high_res, embedding = self.unpack(features)
+        _, dense = self.model.sam_prompt_encoder(points=None, boxes=None, masks=None)
+        self.decoder.set_images(embedding, self.model.sam_prompt_encoder.get_dense_pe(), dense,
+                                high_res_features=high_res or None)
 
     # -- the prompt side ----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -139,44 +156,37 @@ class SAM2PointPredictor:
                                       "sam2.sam2_image_predictor.SAM2ImagePredictor for other prompts")
         if not self.is_image_set:
             raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
-        masks = torch.empty(len(point_coords), 3, *self.original_size, dtype=torch.bool, device=self.device)
-        iou, low_res = self._decode_image(self.features, point_coords, masks)
-        return masks, iou, low_res
+        sparse = self._point_prompts(point_coords)
+        masks = torch.empty(len(sparse), 3, *self.original_size, dtype=torch.bool, device=self.device)
+        decode = lambda start, stop: self._decode(sparse[start: stop], masks[start: stop])  # noqa: E731
+        iou, low_res = zip(*decode_in_steps(decode, len(sparse), self.device, self.prompts_per_step, self.threads))
+        return masks, torch.cat(iou), torch.cat(low_res)
 
     @torch.no_grad()
     def predict_points(self, xy: Tensor) -> tuple[Tensor, Tensor]:
         """Masks of one positive point per prompt for the first ``n`` images of :meth:`set_batch`: ``xy (n, P, 2)``
         (each image's own pixel coordinates) -> 3 thresholded masks ``(n, P, 3, H, W)`` on the canvas (False beyond
-        each image) and their predicted IoUs ``(n, P, 3)``."""
+        each image) and their predicted IoUs ``(n, P, 3)``. The prompts of all n images go through the decoder
+        together."""
         images, prompts = xy.shape[:2]
+        coords = torch.cat([self.transform.apply_coords_torch(upload(points, self.device), size)
+                            for points, size in zip(xy, self.batch_sizes)])
+        logits, iou = self.decoder(self._point_prompts(coords[:, None]), images)
         masks = torch.zeros(images, prompts, 3, *self.canvas, dtype=torch.bool, device=self.device)
-        ious = []
-        for i, (points, (height, width)) in enumerate(zip(xy, self.batch_sizes)):
-            coords = self.transform.apply_coords_torch(upload(points, self.device), (height, width))[:, None]
-            image_masks = torch.empty(prompts, 3, height, width, dtype=torch.bool, device=self.device)
-            ious.append(self._decode_image(self.batch_features[i: i + 1], coords, image_masks, (height, width))[0])
-            masks[i, :, :, :height, :width] = image_masks
-        return masks, torch.stack(ious)
+        for image_logits, image_masks, (height, width) in zip(logits.view(images, prompts, *logits.shape[1:]), masks,
+                                                              self.batch_sizes):
+            resized = self.transforms.postprocess_masks(image_logits, (height, width))
+            torch.gt(resized, self.mask_threshold, out=image_masks[..., :height, :width])
+        return masks, iou.view(images, prompts, -1)
 
-    def _decode_image(self, features: Tensor, coords: Tensor, masks: Tensor,
-                      size: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
-        """Decode ``coords (B, 1, 2)`` on one image's packed ``features (1, D)`` a step of prompts at a time,
-        thresholded masks of the image's ``size`` into ``masks``; returns the predicted IoUs and low-res logits."""
-        size = size or self.original_size
-        high_res, embedding = self.unpack(features)
-        dense_pe = self.model.sam_prompt_encoder.get_dense_pe()
-        step = self.prompts_per_step or (PROMPTS_PER_STEP_CPU if self.device.type == "cpu" else len(coords))
-        ious, logits = [], []
-        for start in range(0, len(coords), step):
-            points = coords[start: start + step]
-            labels = torch.ones(points.shape[:2], dtype=torch.int, device=self.device)
-            sparse, dense = self.model.sam_prompt_encoder(points=(points, labels), boxes=None, masks=None)
-            low_res, iou, _, _ = self.model.sam_mask_decoder(
-                image_embeddings=embedding, image_pe=dense_pe, sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense, multimask_output=True, repeat_image=len(points) > 1,
-                high_res_features=high_res or None)
-            resized = self.transforms.postprocess_masks(low_res, size)
-            torch.gt(resized, self.mask_threshold, out=masks[start: start + step])
-            ious.append(iou)
-            logits.append(low_res)
-        return torch.cat(ious), torch.cat(logits)
+    def _point_prompts(self, coords: Tensor) -> Tensor:
+        """The prompt encoder's sparse embeddings of positive points ``coords (B, 1, 2)`` in the input frame."""
+        labels = torch.ones(coords.shape[:2], dtype=torch.int, device=self.device)
+        return self.model.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)[0]
+
+    def _decode(self, sparse: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+        """Decode a step of prompts on the current image: thresholded masks at its size into ``masks``; returns the
+        predicted IoUs and the low-resolution logits."""
+        logits, iou = self.decoder(sparse)
+        torch.gt(self.transforms.postprocess_masks(logits, self.original_size), self.mask_threshold, out=masks)
+        return iou, logits
