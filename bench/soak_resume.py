@@ -135,7 +135,10 @@ def trial(voc: Path, out: Path, labels: str, stop: Stop, after_images: int, dela
         time.sleep(max(0.0, delay if after_images else start + delay - time.perf_counter()))
         finished = proc.poll() is not None
         if target is not None and not finished:
-            os.kill(target, stop.signal)
+            try:
+                os.kill(target, stop.signal)
+            except ProcessLookupError:  # the rank ended between the poll and the kill: the run was not stopped
+                finished = True
         proc.wait()
     state = {"at": time.perf_counter() - start, "finished": finished, "status": proc.returncode,
              "target": "run" if stop.ranks == 1 else f"rank {rank}",
