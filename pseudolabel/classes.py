@@ -7,6 +7,8 @@ Label convention everywhere in the project: 0 = background, 1..C-1 = foreground 
 from __future__ import annotations
 
 import json
+import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -52,8 +54,8 @@ class ClassSet:
         if len(self.extended_prompt_names) != len(self.prompt_names):
             raise ValueError(f"class set '{self.name}': {len(self.extended_prompt_names)} extended prompt names for "
                              f"{len(self.prompt_names)} prompt names")
-        if len(set(self.classes)) != len(self.classes):
-            raise ValueError(f"class set '{self.name}': duplicate class names")
+        if (twice := repeated_class(self.classes)) is not None:
+            raise ValueError(f"class set '{self.name}': class '{twice}' is listed twice; remove one")
         if len(self.classes) > IGNORE_INDEX:
             raise ValueError(f"class set '{self.name}': at most {IGNORE_INDEX - 1} foreground classes")
 
@@ -104,12 +106,16 @@ class ClassSet:
         text = path.read_text(encoding="utf-8-sig")  # a BOM (spreadsheet programs write one) is not a class name
         if path.suffix == ".json":
             data = json.loads(text)
+            if (twice := repeated_class(data.get("classes") or [])) is not None:
+                raise ValueError(f"class list '{path}': class '{twice}' is listed twice; remove one")
             data.setdefault("name", name)
             data.setdefault("background_words", list(get_class_set("voc").background_words))
             return cls.from_json(data)
         names = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
         if not names:
             raise ValueError(f"class list '{path}' names no class")
+        if (twice := repeated_class(names)) is not None:
+            raise ValueError(f"class list '{path}': class '{twice}' is listed twice; remove one of its lines")
         if names[0] != "background":
             names = ["background"] + names
         return cls(name, tuple(names), tuple(names[1:]), get_class_set("voc").background_words)
@@ -117,8 +123,18 @@ class ClassSet:
 
 def class_name_key(name: str) -> str:
     """A class name as compared between class lists: case, spaces and punctuation ignored ('Potted plant' and
-    'pottedplant' match)."""
-    return "".join(ch for ch in name.lower() if ch.isalnum())
+    'pottedplant' match; Unicode normal forms too)."""
+    return "".join(ch for ch in unicodedata.normalize("NFC", name).lower() if ch.isalnum())
+
+
+def repeated_class(names: Sequence[str]) -> str | None:
+    """The first class name that repeats an earlier one as :func:`class_name_key` compares them, or None."""
+    seen = set()
+    for name in names:
+        if class_name_key(name) in seen:
+            return name
+        seen.add(class_name_key(name))
+    return None
 
 
 @lru_cache(maxsize=None)

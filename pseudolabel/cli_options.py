@@ -19,6 +19,7 @@ import dataclasses
 import sys
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 
 SCALAR_TYPES = (bool, int, float, str)
@@ -89,9 +90,19 @@ def given_options(args: argparse.Namespace, cls: type, prefix: str = "") -> dict
     return {name: value for name, value in values.items() if value is not None}
 
 
-def config_from_options(args: argparse.Namespace, cls: type, prefix: str = ""):
-    """An instance of ``cls``: the given options over the dataclass defaults."""
-    return cls(**given_options(args, cls, prefix))
+def config_from_options(args: argparse.Namespace, cls: type, prefix: str = "",
+                        parser: argparse.ArgumentParser | None = None):
+    """An instance of ``cls``: the given options over the dataclass defaults. With ``parser``, a value outside a
+    field's bounds is that parser's error (one line naming the option and the range, exit status 2)."""
+    given = given_options(args, cls, prefix)
+    try:
+        for field in dataclasses.fields(cls):
+            check_bounds(field, given.get(field.name), prefix)
+        return cls(**given)
+    except ValueError as error:
+        if parser is None:
+            raise
+        parser.error(str(error))
 
 
 def options_argv(config, base) -> list[str]:
@@ -152,12 +163,7 @@ class DictConfig:
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
-            value, low, high = getattr(self, field.name), field.metadata.get("min"), field.metadata.get("max")
-            if value is None or (low is None and high is None):
-                continue
-            if (low is not None and value < low) or (high is not None and value > high):
-                bounds = f">= {low}" if high is None else f"<= {high}" if low is None else f"in [{low}, {high}]"
-                raise ValueError(f"{option_name(field)} {value}: must be {bounds}")
+            check_bounds(field, getattr(self, field.name))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -170,12 +176,40 @@ class DictConfig:
         return cls(**data)
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1, refused at parse time with the allowed range."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
-    return value
+def within(value: float, low: float | None, high: float | None) -> bool:
+    """Whether ``value`` lies in the inclusive bounds (None: unbounded on that side)."""
+    return (low is None or value >= low) and (high is None or value <= high)
+
+
+def bounds_text(low: float | None, high: float | None) -> str:
+    """The bounds as an error states them: ``>= 1``, ``<= 5``, ``in [0.0, 1.0]``."""
+    return f">= {low}" if high is None else f"<= {high}" if low is None else f"in [{low}, {high}]"
+
+
+def check_bounds(field: dataclasses.Field, value, prefix: str = "") -> None:
+    """Refuse (``ValueError`` naming the option and the range) a value outside the field's ``"min"``/``"max"``."""
+    low, high = field.metadata.get("min"), field.metadata.get("max")
+    if value is not None and not within(value, low, high):
+        raise ValueError(f"{option_name(field, prefix)} {value}: must be {bounds_text(low, high)}")
+
+
+def bounded(kind: type, low: float | None = None, high: float | None = None) -> Callable[[str], float]:
+    """argparse type: a ``kind`` (int or float) in the inclusive bounds, refused at parse time with the range
+    (``argument --limit: must be an integer >= 1, got 0``)."""
+    noun = "an integer" if kind is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun} {bounds_text(low, high)}, got {text!r}") from None
+        if not within(value, low, high):
+            raise argparse.ArgumentTypeError(f"must be {noun} {bounds_text(low, high)}, got {value}")
+        return value
+
+    parse.__name__ = kind.__name__   # argparse names the type in its 'invalid value' message
+    return parse
+
+
+positive_int = bounded(int, low=1)
+non_negative_int = bounded(int, low=0)

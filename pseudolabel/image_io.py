@@ -5,6 +5,7 @@ with the stored pixels (rotating the photo would misalign it with its mask).
 """
 from __future__ import annotations
 
+import unicodedata
 import warnings
 from pathlib import Path
 from typing import BinaryIO
@@ -118,3 +119,12 @@ def write_label_png(target: str | Path | BinaryIO, labels: np.ndarray, palette: 
     if palette is not None:
         image.putpalette(np.asarray(palette, dtype=np.uint8).reshape(-1).tolist())
     image.save(target, format="PNG", compress_level=compress_level)
+
+
+def find_file(folder: Path, name: str) -> Path | None:
+    """``folder/name`` with ``name`` in the form given or in Unicode NFC or NFD, the first that is a file, or None:
+    a file name and the id written for it may differ in normal form (macOS writes NFD names, editors NFC text)."""
+    for form in dict.fromkeys([name, unicodedata.normalize("NFC", name), unicodedata.normalize("NFD", name)]):
+        if (folder / form).is_file():
+            return folder / form
+    return None

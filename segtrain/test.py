@@ -14,6 +14,7 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 from pseudolabel.checkpoints import CheckpointError
+from pseudolabel.cli_options import non_negative_int
 from pseudolabel.console import hide_foreign_log_lines
 from pseudolabel.evaluation import EvaluationConfig, EvaluationError, LabelSourceError, evaluate
 from pseudolabel.evaluation.report import format_table, write_json
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gt", help="GT to score against: dataset spec (voc:val) or PNG folder (default: eval_gt "
                                      "of the config; none: no scoring)")
     parser.add_argument("--data-root", help="dataset root for --gt (default: eval_data_root of the config)")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CI (0: off)")
+    parser.add_argument("--bootstrap", type=non_negative_int, default=1000, help="bootstrap resamples for the CI (0: off)")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={}, help="override config entries")
     return parser
 

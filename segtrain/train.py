@@ -23,6 +23,7 @@ from mmengine.runner import Runner, find_latest_checkpoint
 from mmseg.registry import DATASETS
 
 from pseudolabel.checkpoints import CheckpointError, refusal
+from pseudolabel.cli_options import bounds_text, within
 from pseudolabel.console import hide_foreign_log_lines
 from pseudolabel.exits import OutputError, guard_write, tool_main
 from pseudolabel.storage.lock import OutputLock
@@ -49,6 +50,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
                         help="override config entries, e.g. train_cfg.max_iters=1000 train_dataloader.batch_size=2")
     return parser
+
+
+CONFIG_BOUNDS = {"train_cfg.max_iters": (1, None), "train_cfg.val_interval": (1, None),
+                 "train_dataloader.batch_size": (1, None), "train_dataloader.num_workers": (0, None)}
+"""Numeric config entries (and their ``--cfg-options`` overrides) with their inclusive bounds."""
+
+
+def check_config_bounds(cfg: Config, parser: argparse.ArgumentParser) -> None:
+    """Refuse, as the parser's one-line error, a config entry of :data:`CONFIG_BOUNDS` outside its bounds."""
+    for key, (low, high) in CONFIG_BOUNDS.items():
+        value = cfg
+        for part in key.split("."):
+            value = value.get(part) if value is not None else None
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or not within(value, low, high):
+            parser.error(f"--cfg-options {key}={value}: must be an integer {bounds_text(low, high)}")
 
 
 def load_config(args: argparse.Namespace) -> Config:
@@ -149,9 +167,11 @@ def starting_checkpoint(cfg: Config) -> tuple[str, str] | None:
            OutputError, FileNotFoundError, KeyError)
 def main(argv: list[str] | None = None) -> int:
     """``tools/train_seg.sh``: exit status 0, 2 (an error, one line) or 130 (interrupted)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     local_rank_zero = os.environ.get("LOCAL_RANK", "0") == "0"
     cfg = load_config(args)
+    check_config_bounds(cfg, parser)
     rank_zero = os.environ.get("RANK", "0") == "0"
     with OutputLock(cfg.work_dir, what="--work-dir") if rank_zero else contextlib.nullcontext():
         shard_attrs = preflight(cfg)

@@ -151,6 +151,50 @@ def test_png_folders_take_their_class_names_from_classes(tmp_path, labels, capsy
     assert "100.0" in capsys.readouterr().out
 
 
+
+def test_a_png_folder_without_classes_is_scored_with_a_note_naming_the_classes_assumed(tmp_path, labels, capsys):
+    gt = shard_dir(tmp_path / "gt", ["background", "dog", "cat"], labels)
+    for image_id, label in labels.items():
+        write_png(tmp_path / "pred" / f"{image_id}.png", label)
+    assert main(["--gt", str(gt), "--pred", str(tmp_path / "pred"), "--quiet", "--workers", "1",
+                 "--bootstrap", "0"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and str(tmp_path / "pred") in notes[0] and "--classes" in notes[0]
+    assert "['background', 'dog', 'cat']" in notes[0]
+
+
+def test_an_empty_gt_folder_is_one_line_naming_it(folders, capsys):
+    (folders / "empty").mkdir()
+    assert main(["--gt", str(folders / "empty"), "--pred", str(folders / "good"), "--num-classes", str(C),
+                 "--quiet"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"the GT {folders / 'empty'} has no label images" in line and "--gt" in line
+
+
+def test_a_class_listed_twice_in_classes_is_one_line_naming_the_file_and_the_class(tmp_path, labels, capsys):
+    gt = shard_dir(tmp_path / "gt", ["background", "cat", "dog"], labels)
+    (tmp_path / "twice.txt").write_text("cat\ndog\nCat\n")
+    assert main(["--gt", str(gt), "--pred", str(gt), "--classes", str(tmp_path / "twice.txt"), "--quiet"]) == 2
+    line = one_error_line(capsys.readouterr().err, alone=True)
+    assert str(tmp_path / "twice.txt") in line and "class 'Cat' is listed twice" in line
+
+
+def test_png_file_names_match_ids_in_either_unicode_normal_form(tmp_path, capsys):
+    import unicodedata
+
+    label = np.kron(np.array([[0, 1], [2, 1]]), np.ones((4, 4), int)).astype(np.uint8)
+    nfc = unicodedata.normalize("NFC", "café")
+    gt = shard_dir(tmp_path / "gt", ["background", "cat", "dog"], {nfc: label})
+    write_png(tmp_path / "pred" / f"{unicodedata.normalize('NFD', nfc)}.png", label)   # as macOS names files
+    assert main(["--gt", str(gt), "--pred", str(tmp_path / "pred"), "--classes", str(write_classes(tmp_path)),
+                 "--quiet", "--workers", "1", "--bootstrap", "0"]) == 0
+    assert "100.0" in capsys.readouterr().out
+
+
+def write_classes(folder):
+    (folder / "classes.txt").write_text("cat\ndog\n")
+    return folder / "classes.txt"
+
 def test_a_corrupt_prediction_png_is_one_line_naming_it(folders, capsys):
     (folders / "noisy" / "img3.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     assert run(folders, "--pred", str(folders / "noisy")) == 2

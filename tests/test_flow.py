@@ -104,3 +104,26 @@ def test_the_readme_and_stage_two_docs_show_the_commands_run_here():
         commands = [line.split("#")[0].strip() for line in (REPO / doc).read_text().splitlines()]
         assert commands.index("tools/train_seg.sh") == commands.index("tools/gen_pseudo.sh voc") + 1, doc
         assert f"tools/train_seg.sh segtrain/configs/{COCO_CONFIG}" in (REPO / doc).read_text(), doc
+
+
+def test_train_seg_reads_relative_paths_in_the_callers_directory(tmp_path):
+    """From another working directory, a relative config, ``--shards`` and ``--work-dir`` mean that directory: the
+    shards of the caller's ``outputs/mine`` are read although the checkout has an ``outputs/mine`` too, and the work
+    dir is made (locked) there, not in the checkout."""
+    checkout = copy_checkout(tmp_path / "checkout")
+    caller = tmp_path / "caller"
+    for root in (checkout, caller):
+        (root / "outputs" / "mine").mkdir(parents=True)       # no shards in either: the error names the one read
+    env = environment_with_tiny_models(checkout)
+    config = f"../checkout/segtrain/configs/{VOC_CONFIG}"
+    result = subprocess.run(["../checkout/tools/train_seg.sh", config, "--gpus", "0", "--no-pretrained",
+                             "--shards", "outputs/mine", "--work-dir", "work"], cwd=caller, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    error = result.stderr.strip().splitlines()[-1]
+    assert str(caller / "outputs" / "mine") in error, error
+    assert (caller / "work").is_dir() and not (checkout / "work").exists()
+    refused = subprocess.run(["../checkout/tools/train_seg.sh", "--gpus", "-1"], cwd=caller, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--gpus -1: must be an integer >= 0" in refused.stderr.strip().splitlines()[-1]
+

@@ -23,6 +23,9 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; 
 fi
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
+# A path given relative to the caller's working directory, as an absolute one (unchanged: absolute paths, URLs, '').
+# Scripts that change to the repository root pass the paths the user gave through it first.
+caller_path() { case "$1" in /*|*://*|'') printf '%s' "$1" ;; *) printf '%s' "$PWD/$1" ;; esac; }
 # CPU speed. By default glibc hands large freed blocks back to the kernel and PyTorch's big tensors are faulted in
 # 4 KB pages, so SAM's image encoder spends about 40% of its time in page faults on a CPU. Keeping freed memory in
 # the process and asking for transparent huge pages took the ViT-B encoder from 16 s to 6.5-8 s per image on 2 cores,

@@ -33,15 +33,16 @@ from pseudolabel.ablation.report import REPORT_FILES, TIMING_GLOB, default_gt, w
 from pseudolabel.ablation.shared import ImageWork, ModelPool, RowSetting, SharedStages, sharing_plan
 from pseudolabel.ablation.sweep import Row, Sweep, SweepBuilder, gen_pseudo_flags, shipped_sweeps, sweep_file
 from pseudolabel.classes import DATA_DIR
-from pseudolabel.cli_options import add_dataclass_options, program_name
+from pseudolabel.cli_options import add_dataclass_options, config_from_options, program_name
 from pseudolabel.compiled import compile_encoders
 from pseudolabel.config import config_from_args
 from pseudolabel.console import console_logging
 from pseudolabel.datasets import Sample, WeakDataset
 from pseudolabel.evaluation.pipeline import EvaluationConfig
 from pseudolabel.exits import OutputError, guard_write, prepare_output_dir, tool_main
-from pseudolabel.generate import (DATASET_CHOICES, StageOneRun, add_method_options, add_run_options, barrier,
-                                  build_parser as gen_pseudo_parser, demo_weights, device_and_precision, distributed,
+from pseudolabel.generate import (DATASET_CHOICES, METHOD_CONFIGS, StageOneRun, add_method_options, add_run_options,
+                                  barrier, build_parser as gen_pseudo_parser, demo_weights, device_and_precision,
+                                  distributed,
                                   lock_output, logged_dataset, random_weights_banner, split_of)
 from pseudolabel.pipeline import STAGES, ImageFailure, batches, failure_reason, prepared_ahead, recover
 from pseudolabel.storage.atomic import atomic_write
@@ -360,7 +361,10 @@ def run(argv: list[str] | None = None) -> dict | None:
     """Parse options, run the sweep's rows on this rank's images, and (rank 0) return the report's JSON. A sweep
     whose rows are all finished only gets its report rebuilt. ``--out`` is locked (one sweep per folder) before any
     model loads."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for cls in (EvaluationConfig, *METHOD_CONFIGS):   # bounds refused before anything is written
+        config_from_options(args, cls, "eval_" if cls is EvaluationConfig else "", parser)
     console_logging()
     rank, world, local_rank = distributed()
     out, split = sweep_dir(args), split_of(args)

@@ -4,10 +4,12 @@ from __future__ import annotations
 import csv
 import json
 import re
+import unicodedata
 from pathlib import Path
 
 from pseudolabel.classes import ClassSet
 from pseudolabel.datasets.base import Sample, WeakDataset, problem, progress, require_dir
+from pseudolabel.image_io import find_file
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -34,7 +36,7 @@ def read_tag_list(path: Path) -> dict[str, list[str]]:
             rows = [(row["image_id"] or "", row["classes"] or "") for row in reader]
     tags: dict[str, list[str]] = {}
     for image_id, classes in rows:
-        image_id = str(image_id).strip()
+        image_id = unicodedata.normalize("NFC", str(image_id).strip())   # ids in NFC; files found in either form
         if not image_id or "\0" in image_id:
             raise ValueError(f"{path}: an entry has an empty or unusable image id {image_id!r} (classes "
                              f"{classes!r}); give every entry the name of its image")
@@ -75,14 +77,15 @@ def _json_rows(path: Path) -> list[tuple[str, str | list]]:
 
 
 def find_image(images_dir: Path, image_id: str) -> Path | None:
-    """``images_dir/image_id`` if it names a file, else the first existing ``image_id`` + a common extension."""
-    direct = images_dir / image_id
-    if direct.suffix and direct.is_file():
+    """``images_dir/image_id`` if it names a file, else the first existing ``image_id`` + a common extension; the id
+    in either Unicode normal form."""
+    direct = find_file(images_dir, image_id) if Path(image_id).suffix else None
+    if direct is not None:
         return direct
     for ext in IMAGE_EXTENSIONS:
-        for candidate in (images_dir / f"{image_id}{ext}", images_dir / f"{image_id}{ext.upper()}"):
-            if candidate.is_file():
-                return candidate
+        for candidate in (f"{image_id}{ext}", f"{image_id}{ext.upper()}"):
+            if (found := find_file(images_dir, candidate)) is not None:
+                return found
     return None
 
 
@@ -113,6 +116,6 @@ class CustomDataset(WeakDataset):
                 problems.append(problem(image_id, image_path,
                                         f"empty label list in {labels}; an image-level label is required"))
                 continue
-            gt = gt_dir / f"{Path(image_id).stem}.png" if gt_dir is not None else None
-            samples.append(Sample(image_id, image_path, class_ids, gt if gt is not None and gt.is_file() else None))
+            gt = find_file(gt_dir, f"{Path(image_id).stem}.png") if gt_dir is not None else None
+            samples.append(Sample(image_id, image_path, class_ids, gt))
         super().__init__(name, split, class_set, images_dir, samples, problems)

@@ -36,8 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """``tools/evaluate.py``: exit status 0, 2 (an error, one line: bad input, damaged shards, mismatched class
     lists) or 130 (interrupted)."""
-    args = build_parser().parse_args(argv)
-    config = config_from_options(args, EvaluationConfig)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    config = config_from_options(args, EvaluationConfig, parser=parser)
     result = evaluate(args.gt, args.pred, args.pred2, config, args.pred_kind, args.pred2_kind,
                       args.data_root, progress=not args.quiet)
     print(format_table(result))

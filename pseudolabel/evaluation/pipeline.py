@@ -6,12 +6,14 @@ and the label viewer call it too.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from tqdm import tqdm
 
 from pseudolabel.classes import IGNORE_INDEX, ClassSet, class_name_key
+from pseudolabel.cli_options import DictConfig
 from pseudolabel.evaluation.bootstrap import PairedTest, bootstrap_statistics, paired_test, percentile_interval
 from pseudolabel.evaluation.counts import BoundarySpec, CountTable, ImageCounts, count_image
 from pseudolabel.evaluation.metrics import MEAN_OVER, class_iou, coverage, labelled_only_sums, mean_iou
@@ -25,29 +27,32 @@ class EvaluationError(ValueError):
 
 
 @dataclass
-class EvaluationConfig:
-    """Options of an evaluation run (docs/evaluation.md#usage explains each)."""
+class EvaluationConfig(DictConfig):
+    """Options of an evaluation run (docs/evaluation.md#usage explains each); bounds checked when it is built."""
 
     num_classes: int | None = field(default=None, metadata={
         "help": "number of classes incl. background; inferred from a dataset/shard source or --classes, required "
-                "for PNG folders otherwise"})
+                "for PNG folders otherwise", "min": 1})
     classes: str | None = field(default=None, metadata={
         "help": "class list (.txt, one class per line, or .json) naming the classes of PNG folder sources in index "
                 "order, so they are compared with the other sources' class names like shards and datasets are"})
-    ignore_index: int = field(default=IGNORE_INDEX, metadata={"help": "GT label that is not scored"})
+    ignore_index: int = field(default=IGNORE_INDEX, metadata={
+        "help": "GT label that is not scored (labels are 8-bit)", "min": 0, "max": 255})
     mean_over: str = field(default="mmseg", metadata={
         "help": "classes averaged: 'mmseg' = union > 0 (mmseg IoUMetric), 'gt-present' = present in GT "
                 "(CLIP-ES/WeCLIP)", "choices": MEAN_OVER})
-    boundary_kernel: int = field(default=23, metadata={"help": "odd erosion kernel size of the mBIoU bands"})
+    boundary_kernel: int = field(default=23, metadata={
+        "help": "odd erosion kernel size of the mBIoU bands", "min": 1})
     boundary_border: str = field(default="default", metadata={
         "help": "'default': image edge is not a boundary (cv2 erode default); 'pad': zero padding, the edge is one "
                 "(Boundary IoU reference)", "choices": ("default", "pad")})
     bootstrap: int = field(default=10_000, metadata={
-        "help": "bootstrap resamples for CIs and the paired test (0: off)"})
-    seed: int = field(default=0, metadata={"help": "seed of the bootstrap resampling"})
-    confidence: float = field(default=0.95, metadata={"help": "confidence level of the percentile intervals"})
+        "help": "bootstrap resamples for CIs and the paired test (0: off)", "min": 0})
+    seed: int = field(default=0, metadata={"help": "seed of the bootstrap resampling", "min": 0})
+    confidence: float = field(default=0.95, metadata={
+        "help": "confidence level of the percentile intervals", "min": 0.0, "max": 1.0})
     workers: int = field(default=min(8, os.cpu_count() or 1), metadata={
-        "help": "processes reading and counting label maps (1: in this process)"})
+        "help": "processes reading and counting label maps (1: in this process)", "min": 1})
     allow_missing: bool = field(default=False, metadata={
         "help": "score the GT ids that have predictions and report the missing ones instead of failing"})
     allow_size_mismatch: bool = field(default=False, metadata={
@@ -55,6 +60,11 @@ class EvaluationConfig:
     allow_out_of_range: bool = field(default=False, metadata={
         "help": "count (and report) class values >= num_classes other than ignore instead of failing: in a "
                 "prediction they count as wrong, in the GT those pixels are not scored"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.boundary_kernel % 2 == 0:
+            raise ValueError(f"--boundary-kernel {self.boundary_kernel}: must be odd (the paper uses 23)")
 
 
 @dataclass
@@ -111,7 +121,9 @@ class ImageScorer:
 def check_class_names(sources: list[LabelSource], classes_file: str | None = None) -> None:
     """Give PNG folder sources the class names of ``classes_file``, then refuse sources whose class names differ
     (names and order; case, spaces and punctuation ignored), naming both lists: labels of one would be scored as
-    another's classes."""
+    another's classes (refused rather than remapped: the same names in another order mean the outputs were made
+    with different class lists). A source left without names is scored with the others' and a note on stderr names
+    the class list assumed."""
     if classes_file:
         try:
             names = ClassSet.from_file(classes_file).classes
@@ -121,6 +133,13 @@ def check_class_names(sources: list[LabelSource], classes_file: str | None = Non
             if source.class_names is None:
                 source.class_names, source.num_classes = tuple(names), len(names)
     named = [source for source in sources if source.class_names is not None]
+    unnamed = [source.description for source in sources if source.class_names is None]
+    if unnamed:
+        assumed = (f"the classes of {named[0].description}: {list(named[0].class_names)}" if named
+                   else "class indices 0, 1, ... with no names, so no class order is checked")
+        print(f"note: {', '.join(unnamed)} {'names' if len(unnamed) == 1 else 'name'} no classes (PNG folders "
+              f"without --classes): label values are scored as {assumed}; pass --classes FILE to have the class "
+              "order checked", file=sys.stderr)
     for source in named[1:]:
         if [class_name_key(n) for n in source.class_names] != [class_name_key(n) for n in named[0].class_names]:
             raise EvaluationError(
@@ -149,6 +168,9 @@ def _resolve_num_classes(config: EvaluationConfig, sources: list[LabelSource]) -
 def match_ids(gt: LabelSource, preds: list[LabelSource], allow_missing: bool) -> tuple[list[str], dict[str, list[str]]]:
     """GT ids that every prediction has, and the missing ids per prediction (an error unless ``allow_missing``)."""
     ids = gt.ids()
+    if not ids:
+        raise EvaluationError(f"the GT {gt.description} has no label images (<id>.png) to score against; point --gt "
+                              "at the folder of GT label PNGs or give a dataset spec like voc:val")
     missing = {}
     for number, source in enumerate(preds, start=1):
         available = set(source.ids())

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from pseudolabel.image_io import ImageReadError, read_label_png
+from pseudolabel.image_io import ImageReadError, find_file, read_label_png
 from pseudolabel.storage.format import LABEL_KINDS, REFINED
 
 DATASET_SPEC = re.compile(r"^(?P<name>[A-Za-z0-9_-]+):(?P<split>[A-Za-z0-9_-]+)$")
@@ -58,15 +59,17 @@ class PngFolderSource:
         self.random_weights = exported_with_random_weights(self.root)
 
     def ids(self) -> list[str]:
-        return sorted(p.relative_to(self.root).with_suffix("").as_posix() for p in self.root.rglob("*.png"))
+        """The file names without ``.png``, in Unicode NFC (stage one's ids are; files are found in either form)."""
+        return sorted(unicodedata.normalize("NFC", p.relative_to(self.root).with_suffix("").as_posix())
+                      for p in self.root.rglob("*.png"))
 
     def location(self, image_id: str) -> str:
-        return str(self.root / f"{image_id}.png")
+        return str(find_file(self.root, f"{image_id}.png") or self.root / f"{image_id}.png")
 
     def read(self, image_id: str) -> np.ndarray:
-        path = self.root / f"{image_id}.png"
-        if not path.is_file():
-            raise LabelSourceError(f"image '{image_id}': no label file {path}")
+        path = find_file(self.root, f"{image_id}.png")
+        if path is None:
+            raise LabelSourceError(f"image '{image_id}': no label file {self.root / f'{image_id}.png'}")
         try:
             return read_label_png(path)
         except ImageReadError as error:

@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pseudolabel.classes import pascal_palette
-from pseudolabel.cli_options import add_dataclass_options, config_from_options
+from pseudolabel.cli_options import DictConfig, add_dataclass_options, config_from_options
 from pseudolabel.datasets.custom import find_image
 from pseudolabel.exits import OutputError, output_error, prepare_output_dir, tool_main, worker_pool
 from pseudolabel.image_io import write_label_png
@@ -62,7 +62,7 @@ class ExportError(ValueError):
 
 
 @dataclass
-class ExportConfig:
+class ExportConfig(DictConfig):
     """Options of an export (one command-line option per field)."""
 
     kind: str = field(default=REFINED, metadata={
@@ -82,7 +82,7 @@ class ExportConfig:
         "help": "also write the localization maps in this format: clipes = CLIP-ES .npy files (keys, attn_highres)",
         "choices": MAP_FORMATS})
     workers: int = field(default=min(4, os.cpu_count() or 1), metadata={
-        "help": "processes writing files (1: in this process)"})
+        "help": "processes writing files (1: in this process)", "min": 1})
     overwrite: bool = field(default=False, metadata={
         "help": "rewrite every file, also over an export of other labels; without it, finished files are kept and "
                 "a rerun resumes"})
@@ -338,8 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
 @tool_main(ExportError, ShardError, FileNotFoundError, OutputError)
 def main(argv: list[str] | None = None) -> int:
     """``tools/export_labels.py``: exit status 0, 2 (an error, one line) or 130 (interrupted)."""
-    args = build_parser().parse_args(argv)
-    config = config_from_options(args, ExportConfig)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    config = config_from_options(args, ExportConfig, parser=parser)
     summary = export_labels(args.shards, args.out, config, progress=not args.quiet)
     print(summary.describe())
     if summary.random_weights:

@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from pseudolabel.cli_options import positive_int
 from pseudolabel.exits import OutputError, tool_main
 from pseudolabel.storage.format import LABEL_KINDS, REFINED
 from pseudolabel.storage.shards import ShardError
@@ -26,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("shards", help="stage-one output directory (shard-*.h5)")
     parser.add_argument("--out", required=True, help="folder for the <id>.png panels (and index.html), or for the --report files")
     parser.add_argument("--ids", nargs="+", default=None, help="render these image ids only")
-    parser.add_argument("--limit", type=int, default=None, help="render at most N images (in id order)")
-    parser.add_argument("--worst", type=int, default=None, metavar="N",
+    parser.add_argument("--limit", type=positive_int, default=None, help="render at most N images (in id order)")
+    parser.add_argument("--worst", type=positive_int, default=None, metavar="N",
                         help="render the N images with the lowest refined-vs-GT IoU (needs --gt)")
     parser.add_argument("--gt", default=None,
                         help="GT labels: a folder of <id>.png index PNGs or a dataset spec like voc:train; adds a GT "
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kind", choices=LABEL_KINDS, default=REFINED,
                         help="label scored against GT for --worst and the HTML score (default refined)")
     parser.add_argument("--html", action="store_true", help="also write <out>/index.html, a static contact sheet")
-    parser.add_argument("--tile-height", type=int, default=160, help="height of each tile in pixels")
+    parser.add_argument("--tile-height", type=positive_int, default=160, help="height of each tile in pixels")
     parser.add_argument("--report", action="store_true",
                         help="instead of panels, write <out>/report.html, the label-quality report without GT "
                              "(per-class coverage, SAM acceptance, lost classes, pixels SAM changed, the most "
