@@ -20,7 +20,7 @@ class ShardMismatchError(ValueError):
 def check_shards(shards: ShardSet, num_classes: int | None = None, expected_dataset: str | None = None,
                  class_names: tuple[str, ...] | None = None) -> None:
     """Raise :class:`ShardMismatchError` when the shards do not fit the config; warn about failures and random
-    weights. ``class_names`` (e.g. the validation dataset's) are compared ignoring case, spaces and punctuation."""
+    weights. ``class_names`` (the config's) are compared with :func:`check_class_names`."""
     where = f"shards in '{shards.directory}'"
     shard_classes = tuple(shards.class_set.classes)
     if num_classes is not None and num_classes != len(shard_classes):
@@ -33,11 +33,7 @@ def check_shards(shards: ShardSet, num_classes: int | None = None, expected_data
             f"{where} were made for dataset '{dataset}' but the config expects '{expected_dataset}'; pass the "
             f"matching --shards directory or set expected_dataset in the config")
     if class_names is not None:
-        differing = [(a, b) for a, b in zip(shard_classes, class_names) if class_name_key(a) != class_name_key(b)]
-        if len(class_names) != len(shard_classes) or differing:
-            raise ShardMismatchError(
-                f"{where} have classes {list(shard_classes)} but the config's class names are {list(class_names)} "
-                f"(first difference: {differing[:1] or 'count'}); use the config for that class set")
+        check_class_names(shards, class_names, "the config's")
     if shards.failures:
         warnings.warn(f"{where}: stage one recorded {len(shards.failures)} failed image(s) (e.g. "
                       f"{shards.failures[0].get('image_id')}: {shards.failures[0].get('reason')}); they are not "
@@ -48,6 +44,18 @@ def check_shards(shards: ShardSet, num_classes: int | None = None, expected_data
                       stacklevel=2)
 
 
+def check_class_names(shards: ShardSet, class_names: tuple[str, ...], whose: str) -> None:
+    """Raise :class:`ShardMismatchError` unless ``class_names`` are the shards' classes in their order (ignoring case,
+    spaces and punctuation)."""
+    shard_classes = tuple(shards.class_set.classes)
+    differing = [(a, b) for a, b in zip(shard_classes, class_names) if class_name_key(a) != class_name_key(b)]
+    if len(class_names) != len(shard_classes) or differing:
+        raise ShardMismatchError(
+            f"shards in '{shards.directory}' have classes {list(shard_classes)} but {whose} class names are "
+            f"{list(class_names)} (first difference: {differing[:1] or 'count'}); use the config for that class set "
+            f"or regenerate the shards")
+
+
 @DATASETS.register_module()
 class ShardPseudoLabelDataset(BaseSegDataset):
     """Images listed in the shards (or in ``ann_file``), read from ``data_root/data_prefix['img_path']``; labels
@@ -56,6 +64,8 @@ class ShardPseudoLabelDataset(BaseSegDataset):
     Args:
         shards_dir: stage-one output directory (``shard-*.h5``).
         num_classes: classes the model trains (checked against the shards); None skips the check.
+        class_set: the class set the config trains (``voc``, ``coco`` or a class list file): its names, in order, must
+            be the shards' (checked with or without a validation set); None skips the check.
         expected_dataset: dataset name the shards must have been made for (``voc``, ``coco``, ...); None skips it.
         label_kind: ``refined`` (SAM-refined, default) or ``initial`` (Skip-CAM ``Y0``).
         Other arguments as for mmseg's ``BaseSegDataset`` (``data_root``, ``data_prefix=dict(img_path=...)``,
@@ -63,13 +73,15 @@ class ShardPseudoLabelDataset(BaseSegDataset):
     """
 
     def __init__(self, shards_dir: str, num_classes: int | None = None, expected_dataset: str | None = None,
-                 label_kind: str = REFINED, metainfo: dict | None = None, **kwargs):
+                 label_kind: str = REFINED, metainfo: dict | None = None, class_set: str | None = None, **kwargs):
         if label_kind not in LABEL_KINDS:
             raise ValueError(f"label_kind must be one of {LABEL_KINDS}, got {label_kind!r}")
         self.shards_dir = str(shards_dir)
         self.label_kind = label_kind
         shards = open_shards(self.shards_dir)
         metainfo = dict(metainfo or {})
+        if class_set is not None:
+            metainfo.setdefault("classes", class_names(class_set))
         check_shards(shards, num_classes, expected_dataset, metainfo.get("classes"))
         classes = tuple(shards.class_set.classes)
         metainfo.setdefault("classes", classes)

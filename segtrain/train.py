@@ -30,7 +30,7 @@ from pseudolabel.storage.lock import OutputLock
 from pseudolabel.storage.shards import ShardError, open_shards
 from segtrain.checkpoint_fit import CheckpointMismatchError, check_checkpoint_fits
 from segtrain.config import read_config
-from segtrain.datasets import ShardMismatchError, check_shards, class_names
+from segtrain.datasets import ShardMismatchError, check_class_names, check_shards, class_names
 from segtrain.pretrained import PretrainedUnavailableError, drop_pretrained, ensure_pretrained
 
 PACKAGES = ("torch", "torchvision", "numpy", "mmengine", "mmcv-lite", "mmcv", "mmsegmentation", "h5py",
@@ -87,16 +87,21 @@ def load_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def configured_class_names(dataset_cfg) -> tuple[str, ...] | None:
+    """Class names a dataset's config gives (``metainfo.classes`` or ``class_set``), if any."""
+    names = (dataset_cfg.get("metainfo") or {}).get("classes")
+    if names is None and dataset_cfg.get("class_set"):
+        return class_names(dataset_cfg["class_set"])
+    return tuple(names) if names is not None else None
+
+
 def validation_class_names(cfg: Config) -> tuple[str, ...] | None:
     """Class names of the validation dataset (the GT the model is scored on), if the config has one."""
     val_loader = cfg.get("val_dataloader")
     if not val_loader:
         return None
     dataset_cfg = val_loader["dataset"]
-    names = (dataset_cfg.get("metainfo") or {}).get("classes")
-    if names is None and dataset_cfg.get("class_set"):
-        return class_names(dataset_cfg["class_set"])
-    return names or DATASETS.get(dataset_cfg["type"]).METAINFO.get("classes")
+    return configured_class_names(dataset_cfg) or DATASETS.get(dataset_cfg["type"]).METAINFO.get("classes")
 
 
 NO_VALIDATION = "--cfg-options val_cfg=None val_dataloader=None val_evaluator=None"
@@ -127,7 +132,9 @@ def preflight(cfg: Config) -> dict:
     dataset_cfg = cfg.train_dataloader.dataset
     shards = open_shards(dataset_cfg.shards_dir)
     check_shards(shards, cfg.model.decode_head.num_classes, dataset_cfg.get("expected_dataset"),
-                 validation_class_names(cfg))
+                 configured_class_names(dataset_cfg))
+    if (names := validation_class_names(cfg)) is not None:
+        check_class_names(shards, names, "the validation set's")
     DATASETS.build({**dataset_cfg, "pipeline": []})   # lists the images: fails on images missing from the data root
     check_validation_gt(cfg)
     return shards.attrs

@@ -17,7 +17,7 @@ from mmseg.utils import register_all_modules
 from PIL import Image
 
 import segtrain
-from pseudolabel.classes import get_class_set
+from pseudolabel.classes import ClassSet, get_class_set
 from pseudolabel.image_io import read_label_png
 from pseudolabel.storage.shards import LabelRecord, ShardWriter, open_shards
 from segtrain import pretrained
@@ -95,6 +95,33 @@ def test_mismatched_shards_fail_before_training(tiny, tmp_path):
             shard_dataset(tiny, shards=extra)
     finally:
         (tmp_path / "moved.jpg").rename(tiny["voc"] / "JPEGImages" / "2008_000000.jpg")
+
+
+def test_reordered_class_names_are_refused_without_a_validation_set(tiny, tmp_path):
+    """21 classes, two names swapped: the count matches, so only comparing the names catches it (the demo config has
+    no validation set, so the names come from the training dataset's ``class_set``)."""
+    from mmengine.config import Config
+
+    from segtrain.train import preflight
+
+    names = list(VOC.classes[1:])
+    names[0], names[1] = names[1], names[0]  # aeroplane <-> bicycle
+    (tmp_path / "swapped.txt").write_text("\n".join(names) + "\n")
+    swapped = write_shards(tmp_path / "swapped", tiny["voc"], tiny["ids"],
+                           class_set=ClassSet.from_file(tmp_path / "swapped.txt"))
+    config = tmp_path / "cfg.py"
+    config.write_text(f"""
+_base_ = ['{REPO / 'segtrain/configs/deeplabv3plus_r18-d8_1xb2-20iter_demo-pseudo-64x64.py'}']
+train_dataloader = dict(dataset=dict(data_root='{tiny['voc']}', data_prefix=dict(img_path='JPEGImages'),
+                                     shards_dir='{swapped}'))
+""")
+    cfg = Config.fromfile(config)
+    assert cfg.val_dataloader is None
+    with pytest.raises(ShardMismatchError, match=r"first difference: \[\('bicycle', 'aeroplane'\)\]"):
+        preflight(cfg)
+    with pytest.raises(ShardMismatchError, match="class names"):
+        shard_dataset(tiny, shards=swapped, class_set="voc")
+    assert preflight(Config.fromfile(tiny_voc_config(tiny, tmp_path / "ok.py", tiny["shards"])))["dataset"] == "voc"
 
 
 def test_missing_validation_gt_fails_before_training(tiny, tmp_path):

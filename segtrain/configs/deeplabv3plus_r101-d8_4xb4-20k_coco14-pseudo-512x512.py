@@ -17,6 +17,7 @@ train_dataloader = dict(
     dataset=dict(
         shards_dir=shards_dir,
         num_classes=num_classes,
+        class_set=class_set,
         expected_dataset=expected_dataset,
         data_root=data_root,
         data_prefix=dict(img_path='train2014')))

@@ -45,6 +45,7 @@ train_dataloader = dict(
         type='ShardPseudoLabelDataset',
         shards_dir=shards_dir,
         num_classes=num_classes,
+        class_set=class_set,
         data_root=data_root,
         data_prefix=dict(img_path='images'),
         pipeline=train_pipeline))

@@ -36,6 +36,7 @@ train_dataloader = dict(
         type='ShardPseudoLabelDataset',
         shards_dir=shards_dir,
         num_classes=num_classes,
+        class_set=class_set,
         expected_dataset=expected_dataset,
         data_root=data_root,
         data_prefix=dict(img_path='JPEGImages'),
