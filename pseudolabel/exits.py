@@ -72,8 +72,7 @@ def prepare_output_dir(folder: str | Path, what: str = "--out") -> Path:
     new files. A path that is a file or lies under one, or a folder that refuses writing, raises an
     :class:`OutputError` naming the path and the fix."""
     folder = Path(folder)
-    blocking = next((p for p in (folder, *folder.parents) if (p.exists() or p.is_symlink()) and not p.is_dir()), None)
-    if blocking is not None:
+    if (blocking := _file_in(folder)) is not None:
         where = "is" if blocking == folder else f"lies under '{blocking}', which is"
         raise OutputError(f"{what} '{folder}' {where} a file, not a folder; name another {what} or move the file away")
     probe = folder / f".write-test-{os.getpid()}"
@@ -84,6 +83,28 @@ def prepare_output_dir(folder: str | Path, what: str = "--out") -> Path:
         probe.unlink()
     guard_write(create, folder)
     return folder
+
+
+def prepare_output_file(path: str | Path, what: str) -> Path:
+    """Check, before the work that ends in writing it, that the file ``path`` (``what``: the option naming it) can be
+    written: its folder is created; a path that is a folder, lies under a file or cannot be written raises an
+    :class:`OutputError` naming the path and the fix."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{what} '{path}' is a folder, not a file; name a file (in it or elsewhere)")
+    if (blocking := _file_in(path.parent)) is not None:
+        raise OutputError(f"{what} '{path}' lies under '{blocking}', which is a file, not a folder; name another "
+                          f"{what} or move the file away")
+    try:
+        prepare_output_dir(path.parent, what)
+    except OutputError as error:
+        raise OutputError(f"{what} '{path}': {error}") from None
+    return path
+
+
+def _file_in(folder: Path) -> Path | None:
+    """The first of ``folder`` and its parents that exists and is not a folder (None if there is none)."""
+    return next((p for p in (folder, *folder.parents) if (p.exists() or p.is_symlink()) and not p.is_dir()), None)
 
 
 def one_line(message: object) -> str:

@@ -121,3 +121,29 @@ def test_every_tool_refuses_an_unusable_output_folder_in_one_line(tool, kind, in
         line = one_error_line(capsys.readouterr().err)
         assert f"'{named}'" in line, line
         assert sorted(tmp_path.rglob("*")) == before   # nothing written
+
+
+@pytest.mark.parametrize("option", ["--json", "--plot"])
+@pytest.mark.parametrize("kind", ["a folder", "under a file", "immutable"])
+def test_evaluate_refuses_an_unusable_output_file_before_scoring(option, kind, inputs, tmp_path, capsys):
+    """``tools/evaluate.py --json/--plot``: a path that is a folder, lies under a file or in an immutable folder is
+    refused in one line naming it, before any image is scored."""
+    from pseudolabel.evaluation.cli import main as evaluate
+
+    if kind == "a folder":
+        (tmp_path / "results").mkdir()
+        path, named = tmp_path / "results", tmp_path / "results"
+        context = contextlib.nullcontext((path, named))
+    elif kind == "under a file":
+        context = unusable("under a file", tmp_path)
+    else:
+        context = unusable("immutable", tmp_path)
+    with context as (target, named):
+        path = target if kind != "immutable" else target / "result.out"
+        argv = ["--gt", f"voc:train", "--data-root", str(inputs["voc"]), "--pred", str(inputs["shards"]),
+                option, str(path), "--quiet"]
+        assert evaluate(argv) == 2
+        out, err = capsys.readouterr()
+        line = one_error_line(err)
+        assert f"'{named}'" in line and option in line, line
+        assert "mIoU" not in out   # refused before scoring

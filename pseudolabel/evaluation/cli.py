@@ -8,7 +8,7 @@ from pseudolabel.cli_options import add_dataclass_options, config_from_options
 from pseudolabel.evaluation.pipeline import EvaluationConfig, EvaluationError, evaluate
 from pseudolabel.evaluation.report import format_table, plot_per_class, random_weights_note, write_json
 from pseudolabel.evaluation.sources import LabelSourceError
-from pseudolabel.exits import OutputError, tool_main
+from pseudolabel.exits import OutputError, guard_write, prepare_output_file, tool_main
 from pseudolabel.storage.format import LABEL_KINDS, REFINED
 from pseudolabel.storage.shards import ShardError
 
@@ -39,14 +39,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     config = config_from_options(args, EvaluationConfig, parser=parser)
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path:
+            prepare_output_file(path, option)
     result = evaluate(args.gt, args.pred, args.pred2, config, args.pred_kind, args.pred2_kind,
                       args.data_root, progress=not args.quiet)
     print(format_table(result))
     if args.json:
-        write_json(result, args.json)
+        guard_write(lambda: write_json(result, args.json), args.json)
         print(f"JSON written to {args.json}")
     if args.plot:
-        plot_per_class(result, args.plot)
+        guard_write(lambda: plot_per_class(result, args.plot), args.plot)
         print(f"chart written to {args.plot}")
     if note := random_weights_note(result):
         print(f"NOTE: {note} (\"random_weights\": true in --json)", file=sys.stderr)
