@@ -66,8 +66,8 @@ def command(voc: Path, out: Path, labels: str, ranks: int = 1) -> list[str]:
             *LABELS[labels]]
     if ranks == 1:
         return module_command(*args)
-    torchrun = str(Path(sys.executable).parent / "torchrun")
-    return [torchrun, "--standalone", "--nproc_per_node", str(ranks), "-m", ENTRY_MODULE, *args]
+    return [sys.executable, "-m", "pseudolabel.launcher", "--standalone", "--nproc_per_node", str(ranks), "-m",
+            ENTRY_MODULE, *args]
 
 
 def contents(out: Path) -> dict[str, tuple[bytes, bytes, bytes]]:

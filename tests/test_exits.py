@@ -99,3 +99,15 @@ def test_ctrl_c_or_sigterm_while_worker_processes_score_is_one_line(stop, status
     err = seen + proc.communicate(timeout=120)[1]
     assert proc.returncode == status, err[-3000:]
     assert err.rstrip().splitlines()[-1] == line and "Traceback" not in err
+
+
+@pytest.mark.parametrize("exitcode, line, status", [
+    (-signal.SIGKILL, "rank 1 stopped by SIGKILL; rerun the same command to resume", 137),
+    (143, f"rank 1 {TERMINATED}", 143), (-signal.SIGTERM, f"rank 1 {TERMINATED}", 143),
+    (130, f"rank 1 {INTERRUPTED}", 130),
+    (2, "error: rank 1 ended with exit status 2 (its message is above); everything finished so far is kept: fix it "
+        "and rerun the same command to resume", 2)])
+def test_the_launcher_names_the_rank_that_ended_and_how(exitcode, line, status):
+    from pseudolabel.launcher import rank_end
+
+    assert rank_end(1, exitcode) == (line, status)

@@ -29,7 +29,7 @@ if ! [[ "$GPUS" =~ ^[0-9]+$ ]]; then
 fi
 cd "$REPO_ROOT"  # the shipped configs name their default data and shard paths relative to the repository root
 if [ "$GPUS" -gt 1 ]; then
-    exec torchrun --nproc_per_node="$GPUS" --master_port="${PORT:-29500}" -m segtrain.train "$CONFIG" \
+    exec python -m pseudolabel.launcher --nproc_per_node="$GPUS" --master_port="${PORT:-29500}" -m segtrain.train "$CONFIG" \
         --launcher pytorch "${ARGS[@]}"
 fi
 [ "$GPUS" -eq 0 ] && export CUDA_VISIBLE_DEVICES=""
