@@ -354,3 +354,32 @@ def test_prepare_data_unpacks_archives_copied_by_hand(tmp_path):
     voc = tmp_path / "dest" / "VOCdevkit" / "VOC2012"
     assert not (voc / "__MACOSX").exists()
     assert build_dataset("voc", voc, "train_aug").ids() == ["2007_000000", "2007_000001", "2009_000000"]
+
+
+def test_voc_and_coco_find_files_whose_names_are_in_the_other_unicode_form(tmp_path):
+    """A list (or annotation file) writes an id in NFC, the file system holds the NFD name (as macOS writes it), or
+    the other way round: every file of the image is found, under the id as listed."""
+    import unicodedata
+
+    nfc, nfd = (unicodedata.normalize(form, "café_1") for form in ("NFC", "NFD"))
+    voc = make_voc(tmp_path / "voc", n_train=2, n_val=1)
+    first = (voc / "ImageSets/Segmentation/train.txt").read_text().split()[0]
+    for folder, suffix in (("JPEGImages", ".jpg"), ("SegmentationClass", ".png"), ("Annotations", ".xml")):
+        (voc / folder / f"{first}{suffix}").rename(voc / folder / f"{nfd}{suffix}")
+    listed = (voc / "ImageSets/Segmentation/train.txt").read_text().replace(first, nfc)
+    (voc / "ImageSets/Segmentation/train.txt").write_text(listed)
+    for source in ("xml", "mask"):
+        sample = build_dataset("voc", voc, "train", label_source=source).by_id(nfc)
+        assert sample.image_path.is_file() and sample.gt_path is not None and sample.gt_path.is_file()
+        assert sample.class_ids
+
+    coco = make_coco(tmp_path / "coco", split="val", n_images=2, png_gt=True)
+    ann_file = coco / "annotations" / "instances_val2014.json"
+    annotations = json.loads(ann_file.read_text())
+    old = Path(annotations["images"][0]["file_name"]).stem
+    annotations["images"][0]["file_name"] = f"{nfd}.jpg"
+    ann_file.write_text(json.dumps(annotations))
+    (coco / "val2014" / f"{old}.jpg").rename(coco / "val2014" / f"{nfc}.jpg")
+    (coco / "SegmentationClass/val2014" / f"{old}.png").rename(coco / "SegmentationClass/val2014" / f"{nfc}.png")
+    sample = build_dataset("coco", coco, "val").by_id(nfd)
+    assert sample.image_path.is_file() and sample.gt_path is not None and sample.gt_path.is_file()

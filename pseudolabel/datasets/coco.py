@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from pseudolabel.classes import IGNORE_INDEX, get_class_set, pascal_palette
 from pseudolabel.datasets.base import Sample, WeakDataset, data_root, problem, progress, require_dir
-from pseudolabel.image_io import write_label_png
+from pseudolabel.image_io import find_file, write_label_png
 
 LOGGER = logging.getLogger(__name__)
 COCO_SPLITS = ("train", "val")
@@ -49,7 +49,8 @@ class COCODataset(WeakDataset):
         samples, problems, self._coco_ids = [], [], {}
         for coco_id in progress(sorted(coco.getImgIds()), f"coco:{split} labels"):
             file_name = coco.imgs[coco_id]["file_name"]
-            name, image_path = Path(file_name).stem, root / f"{split}2014" / file_name
+            name = Path(file_name).stem
+            image_path = find_file(root / f"{split}2014", file_name) or root / f"{split}2014" / file_name
             categories = {ann["category_id"] for ann in coco.imgToAnns.get(coco_id, [])}
             class_ids = tuple(sorted(self.category_to_class[cat] for cat in categories))
             if not class_ids:
@@ -57,8 +58,8 @@ class COCODataset(WeakDataset):
             elif not image_path.is_file():
                 problems.append(problem(name, image_path, f"listed in {ann_file.name} but the image is missing"))
             else:
-                gt_path = png_dir / f"{name}.png"
-                samples.append(Sample(name, image_path, class_ids, gt_path if gt_path.is_file() else None))
+                gt_path = find_file(png_dir, f"{name}.png")
+                samples.append(Sample(name, image_path, class_ids, gt_path))
                 self._coco_ids[name] = coco_id
         self._coco = coco if any(sample.gt_path is None for sample in samples) else None
         super().__init__("coco", split, class_set, root, samples, problems)

@@ -8,7 +8,7 @@ import numpy as np
 
 from pseudolabel.classes import IGNORE_INDEX, get_class_set
 from pseudolabel.datasets.base import Sample, WeakDataset, data_root, problem, progress, require_dir
-from pseudolabel.image_io import ImageReadError, read_label_png
+from pseudolabel.image_io import ImageReadError, find_file, read_label_png
 
 VOC_SPLITS = ("train", "train_aug", "val")
 LABEL_SOURCES = ("xml", "mask")
@@ -67,9 +67,10 @@ class VOCDataset(WeakDataset):
         ids = split_ids(split_file)
         samples, problems = [], []
         for image_id in progress(ids, f"voc:{split} labels"):
-            image_path = root / "JPEGImages" / f"{image_id}.jpg"
-            if not image_path.is_file():
-                problems.append(problem(image_id, image_path, f"listed in {split_file} but the image is missing"))
+            image_path = find_file(root / "JPEGImages", f"{image_id}.jpg")
+            if image_path is None:
+                problems.append(problem(image_id, root / "JPEGImages" / f"{image_id}.jpg",
+                                        f"listed in {split_file} but the image is missing"))
                 continue
             gt_path = self._gt_path(root, image_id)
             class_ids = self._labels(root, image_id, gt_path, label_source, class_set)
@@ -82,11 +83,8 @@ class VOCDataset(WeakDataset):
 
     @staticmethod
     def _gt_path(root: Path, image_id: str) -> Path | None:
-        for folder in ("SegmentationClass", "SegmentationClassAug"):
-            path = root / folder / f"{image_id}.png"
-            if path.is_file():
-                return path
-        return None
+        found = (find_file(root / folder, f"{image_id}.png") for folder in ("SegmentationClass", "SegmentationClassAug"))
+        return next((path for path in found if path is not None), None)
 
     @staticmethod
     def _labels(root: Path, image_id: str, gt_path: Path | None, label_source: str, class_set) -> tuple[int, ...]:
@@ -98,7 +96,7 @@ class VOCDataset(WeakDataset):
                 return mask_class_ids(read_label_png(gt_path), class_set.num_classes, gt_path)
             except ImageReadError as error:
                 raise ValueError(str(error)) from None
-        xml_path = root / "Annotations" / f"{image_id}.xml"
+        xml_path = find_file(root / "Annotations", f"{image_id}.xml") or root / "Annotations" / f"{image_id}.xml"
         if not xml_path.is_file():
             raise FileNotFoundError(f"annotation '{xml_path}' is missing; "
                                     "re-extract Annotations/ or use label_source='mask'")
