@@ -184,6 +184,33 @@ def test_a_resume_compares_every_shard_not_only_config_json(voc, tmp_path, capsy
                for p in problems), problems
 
 
+def test_a_resume_compares_the_records_an_interrupted_run_staged(voc, tmp_path, capsys, monkeypatch):
+    """Records staged but not yet packed when a run stopped carry the identity they were made under: after a hand
+    edit of config.json a rerun with the edited setting is refused instead of packing them under it."""
+    out = tmp_path / "out"
+    fast = ("--no-refine", "--shard-size", "50", "--limit", "3")
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("pseudolabel.storage.run_store.RunStore.pack", stop)
+    assert main(args_for(voc, out, *fast)) == 130               # stopped before the first shard: 3 records staged
+    monkeypatch.undo()
+    assert len(list(out.glob(".staging/r000/*.npz"))) == 3 and not list(out.glob("shard-*.h5"))
+    config = json.loads((out / "config.json").read_text())
+    config["cam"]["tau"] = 0.6
+    (out / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    before = folder_state(out)
+    assert main(args_for(voc, out, *fast, "--tau", "0.6")) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "cam.tau: 0.4 -> 0.6" in line and ".staging/r000" in line and "--overwrite" in line, line
+    assert folder_state(out) == before
+    config["cam"]["tau"] = 0.4                                  # the edit undone, the run's own settings resume them
+    (out / "config.json").write_text(json.dumps(config))
+    summary = run(args_for(voc, out, *fast))
+    assert summary["already_done"] == 3 and summary["images"] == 0
+
+
 def test_outputs_of_the_gelu_architecture_are_not_resumed(voc, tmp_path, capsys):
     gelu = args_for(voc, tmp_path, "--limit", "1", "--clip-model", "ViT-T-16-cep-test")
     run(gelu)

@@ -30,6 +30,9 @@ LOG = logging.getLogger(__name__)
 DAMAGED_DIR, DAMAGED_FILE = "damaged", "damaged.json"
 
 
+STAGED_IDENTITY = "identity.json"   # in each .staging/r<rank>/: the run identity its records were made under
+
+
 def _write_json(path: Path, data) -> None:
     guard_write(lambda: atomic_write(path, lambda h: h.write(json.dumps(data, indent=1).encode())), path)
 
@@ -40,6 +43,7 @@ class RunStore:
     def __init__(self, out: Path, rank: int, class_set: ClassSet, attrs: dict, shard_size: int = 200):
         self.out, self.rank, self.class_set, self.attrs, self.shard_size = Path(out), rank, class_set, attrs, shard_size
         self.staging = self.out / ".staging" / f"r{rank:03d}"
+        self.identity: dict | None = None
 
     # -- set-up -------------------------------------------------------------------------------------------------
     def check_writable(self) -> None:
@@ -56,8 +60,8 @@ class RunStore:
 
     def check_config(self, identity: dict, overwrite: bool) -> None:
         """Refuse to mix with labels of another run identity (:func:`~pseudolabel.storage.shards.run_identity`),
-        unless ``overwrite``: ``config.json`` and every shard are compared with ``identity``, which is then recorded
-        in ``config.json`` (rank 0)."""
+        unless ``overwrite``: ``config.json``, every shard and every rank's staged records are compared with
+        ``identity``, which is then recorded in ``config.json`` (rank 0) and with the records this rank stages."""
         path = self.out / CONFIG_FILE
         if not overwrite:
             if path.is_file():
@@ -68,6 +72,9 @@ class RunStore:
                 except (OSError, KeyError, ValueError):
                     continue  # unreadable: set aside as damaged by recover() and labelled again
                 self._refuse_other_identity(config_differences(made_under, identity), shard)
+            for staged in sorted(self.out.glob(f".staging/r*/{STAGED_IDENTITY}")):
+                self._refuse_other_identity(config_differences(json.loads(staged.read_text()), identity), staged.parent)
+        self.identity = identity
         if self.rank == 0:
             _write_json(path, identity)
 
@@ -140,6 +147,9 @@ class RunStore:
         def write():
             self.staging.mkdir(parents=True, exist_ok=True)
             atomic_write(self.staging / name, lambda h: np.savez(h, **record.to_arrays()))
+        if self.identity is not None and not (self.staging / STAGED_IDENTITY).is_file():
+            guard_write(lambda: self.staging.mkdir(parents=True, exist_ok=True), self.staging)
+            _write_json(self.staging / STAGED_IDENTITY, self.identity)
         guard_write(write, self.staging)
         if len(list(self.staging.glob("*.npz"))) >= self.shard_size:
             self.pack()
