@@ -127,3 +127,20 @@ def test_train_seg_reads_relative_paths_in_the_callers_directory(tmp_path):
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "--gpus -1: must be an integer >= 0" in refused.stderr.strip().splitlines()[-1]
 
+
+
+def test_test_seg_reads_relative_paths_in_the_callers_directory(tmp_path):
+    """``tools/test_seg.sh`` from another working directory: a relative checkpoint means the caller's file although
+    the checkout has one at the same path (with a config beside it, which the caller's lacks)."""
+    checkout = copy_checkout(tmp_path / "checkout")
+    caller = tmp_path / "caller"
+    for root in (checkout, caller):
+        (root / "work").mkdir(parents=True)
+        (root / "work" / "iter_1.pth").write_bytes(b"")
+    (checkout / "work" / "model.py").write_text("# a config beside the checkout's checkpoint only\n")
+    result = subprocess.run(["../checkout/tools/test_seg.sh", "work/iter_1.pth", "--out", "preds"], cwd=caller,
+                            env=environment_with_tiny_models(checkout), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    error = result.stderr.strip().splitlines()[-1]
+    assert str(caller / "work") in error and "config" in error, error
+    assert not (checkout / "preds").exists()
