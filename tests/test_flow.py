@@ -144,3 +144,18 @@ def test_test_seg_reads_relative_paths_in_the_callers_directory(tmp_path):
     error = result.stderr.strip().splitlines()[-1]
     assert str(caller / "work") in error and "config" in error, error
     assert not (checkout / "preds").exists()
+
+
+def test_a_moved_checkout_keeps_its_virtual_environment(tmp_path):
+    """The environment stamp of ``tools/_env.sh`` hashes the requirement files' contents, not their paths: the same
+    venv (``CEP_VENV``) is up to date for a moved checkout and stale after a requirement changes."""
+    first = copy_checkout(tmp_path / "first")
+    env = dict(environment_with_tiny_models(first), PYTHON="/bin/false")   # a reinstall would fail at once
+    moved = first.rename(tmp_path / "moved")
+    source = ["bash", "-c", 'source "$1/tools/_env.sh"; echo activated', "_"]
+    kept = subprocess.run([*source, str(moved)], env=env, capture_output=True, text=True, timeout=60)
+    assert kept.returncode == 0 and "activated" in kept.stdout and "setting up" not in kept.stderr, kept.stderr
+    with open(moved / "requirements.txt", "a") as requirements:
+        requirements.write("# changed\n")
+    stale = subprocess.run([*source, str(moved)], env=env, capture_output=True, text=True, timeout=60)
+    assert stale.returncode != 0 and "setting up the virtual environment" in stale.stderr
