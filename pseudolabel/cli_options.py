@@ -8,8 +8,9 @@ becomes ``--name`` / ``--no-name``. Field metadata: ``"help"`` (the text; the de
 can grow, such as the SAM variants), ``"flag"``, ``"default_text"`` (the default as the help states it, for one that
 depends on the dataset, say) and the inclusive bounds ``"min"`` / ``"max"`` (checked by :class:`DictConfig` whenever
 a config is built, so a bad value fails before any work, whichever tool gave it). Field types: ``bool``, ``int``,
-``float``, ``str``, or one of them ``| None``. A tool that needs one config's options twice, or next to options of the
-same name, gives them a ``prefix`` (``--eval-seed``). :func:`assignments_to_argv` turns ``field=value`` pairs into
+``float``, ``str``, or one of them ``| None``. A field's ``"group"`` metadata names the ``--help`` group it is
+listed in when a tool groups a config's options by it (:func:`add_dataclass_options`'s ``groups``). A tool that
+needs one config's options twice, or next to options of the same name, gives them a ``prefix`` (``--eval-seed``). :func:`assignments_to_argv` turns ``field=value`` pairs into
 the same options, so both spellings are parsed, and refused, by the same parser.
 """
 from __future__ import annotations
@@ -61,10 +62,12 @@ def field_choices(field: dataclasses.Field) -> tuple | None:
     return None if choices is None else tuple(choices)
 
 
-def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, title: str | None = None, prefix: str = ""):
+def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, title: str | None = None, prefix: str = "",
+                          groups: dict | None = None):
     """Add one option per field of the dataclass ``cls`` (in a group titled ``title`` when given; named with
-    ``prefix``) and return the group. Options default to None, so :func:`given_options` tells what was given; help
-    shows the field's default."""
+    ``prefix``) and return the group. ``groups``: argument groups by the fields' ``"group"`` metadata (key None: a
+    field without it), instead of one group. Options default to None, so :func:`given_options` tells what was given;
+    help shows the field's default."""
     group = parser.add_argument_group(title) if title else parser
     for field in dataclasses.fields(cls):
         kind = value_type(cls, field)
@@ -77,10 +80,11 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, title: str
             help_text += f" (default: {field.default_factory()})"
         required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
         options = {"dest": _dest(field, prefix), "default": None, "required": required, "help": help_text}
+        target = groups[field.metadata.get("group")] if groups is not None else group
         if kind is bool:
-            group.add_argument(option_name(field, prefix), action=argparse.BooleanOptionalAction, **options)
+            target.add_argument(option_name(field, prefix), action=argparse.BooleanOptionalAction, **options)
         else:
-            group.add_argument(option_name(field, prefix), type=kind, choices=field_choices(field), **options)
+            target.add_argument(option_name(field, prefix), type=kind, choices=field_choices(field), **options)
     return group
 
 

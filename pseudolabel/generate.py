@@ -109,9 +109,15 @@ def add_run_options(group) -> None:
 
 
 def add_method_options(parser: argparse.ArgumentParser) -> None:
-    """The method options, one per field of :data:`METHOD_CONFIGS`."""
-    add_dataclass_options(parser, SkipCAMConfig, "Skip-CAM (stage one, part 1)")
-    add_dataclass_options(parser, SAMRefineConfig, "SAM refinement (stage one, part 2)")
+    """The method options, one per field of :data:`METHOD_CONFIGS`: the paper's settings, the models, and the open
+    choices this project reconstructed (each documented in docs/method.md), in groups of their own."""
+    groups = {"paper": parser.add_argument_group("the paper's settings (docs/method.md)"),
+              "models": parser.add_argument_group("models, weights and seeds"),
+              None: parser.add_argument_group(
+                  "reconstructed open choices, the paper's readings by default "
+                  "(docs/method.md#open-choices-and-their-flags)")}
+    for config in (SkipCAMConfig, SAMRefineConfig):
+        add_dataclass_options(parser, config, groups=groups)
     add_dataclass_options(parser, LabellerConfig, "labeller (CEP, or SAM 3 from the tags)")
 
 

@@ -129,3 +129,20 @@ def test_limit_zero_or_negative_is_refused_at_parse_time(value, capsys):
     with pytest.raises(SystemExit) as stop:
         build_parser().parse_args(["--limit", value])
     assert stop.value.code == 2 and "--limit" in capsys.readouterr().err
+
+
+def test_gen_pseudo_help_lists_the_papers_settings_apart_from_the_open_choices():
+    """``--help`` groups the method's options: the paper's settings, the models, the reconstructed open choices."""
+    from pseudolabel.generate import build_parser
+
+    groups = {group.title: {option for action in group._group_actions for option in action.option_strings}
+              for group in build_parser()._action_groups}
+    paper = next(options for title, options in groups.items() if title.startswith("the paper's settings"))
+    models = groups["models, weights and seeds"]
+    open_choices = next(options for title, options in groups.items() if title.startswith("reconstructed open choices"))
+    assert {"--num-skips", "--tau", "--prompt-set", "--sam-model", "--grid-size", "--delta", "--refine"} <= paper
+    assert {"--clip-model", "--clip-weights", "--sam-checkpoint", "--seed"} <= models
+    assert {"--skip-entry", "--skip-fusion", "--attn-blocks", "--par", "--filter-metric", "--merge"} <= open_choices
+    assert not paper & open_choices and not models & (paper | open_choices)
+    titles = [title for title in groups if title]
+    assert titles.index("run") < next(i for i, t in enumerate(titles) if t.startswith("reconstructed"))

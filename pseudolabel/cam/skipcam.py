@@ -55,15 +55,17 @@ class SkipCAMConfig(DictConfig):
     spelled differently resumes the same outputs.
     """
 
-    num_skips: int = field(default=3, metadata={"help": "K skip connections: outputs of blocks N-2..N-1-K are fused "
-                                                       "with block N-1's (0 = plain CLIP-ES Grad-CAM)", "min": 0})
+    num_skips: int = field(default=3, metadata={
+        "group": "paper", "help": "K skip connections: outputs of blocks N-2..N-1-K are fused "
+                "with block N-1's (0 = plain CLIP-ES Grad-CAM)", "min": 0})
     skip_fusion: str = field(default="sum", metadata={"help": "how skip features are fused", "choices": ("sum", "mean")})
     skip_entry: str = field(default="input", metadata={
         "help": "where skips enter (docs/method.md#skip-fusion): input = into the last block's input; output = added "
                 "to its output before pooling; average = last block run on each feature, CAMs averaged",
         "choices": ("input", "output", "average")})
-    tau: float = field(default=0.4, metadata={"help": "CAA box confidence threshold τ",
-                                              "default_text": _default_text("tau", 0.4), "min": 0.0, "max": 1.0})
+    tau: float = field(default=0.4, metadata={
+        "group": "paper", "help": "CAA box confidence threshold τ",
+                "default_text": _default_text("tau", 0.4), "min": 0.0, "max": 1.0})
     bg_power: float = field(default=1.0, metadata={"help": "background score = (1 - max_c M_c) ** bg_power"})
     use_par: bool = field(default=True, metadata={"help": "refine the scores with PAR (WeCLIP's label path)",
                                                   "flag": "par"})
@@ -71,6 +73,7 @@ class SkipCAMConfig(DictConfig):
         "help": "PAR runs with the image's long side scaled to this (WeCLIP's 320 crops); 0 = full resolution",
         "min": 0})
     prompt_set: str = field(default="prompt1", metadata={
+        "group": "paper",
         "help": "text prompts, the paper's Table 9 settings: prompt1 = CLIP-ES's 'a clean origami {}.' and class names "
                 "(clipes is another name for it), prompt2 = CLIP's 7 templates, prompt3 = prompt1 with synonyms or "
                 "attributes added to the class names, prompt4 = both (docs/stage_one.md)",
@@ -84,13 +87,16 @@ class SkipCAMConfig(DictConfig):
                 "aspect kept, and the log says so; 1600 = 40x40 tokens, so no VOC (<= 500x500) or COCO "
                 "(<= 640x640) image is scaled; 0 = no budget", "min": 0})
     clip_model: str = field(default=DEFAULT_CLIP_MODEL, metadata={
+        "group": "models",
         "help": "open_clip model config name. OpenAI's weights (openai, or OpenAI's .pt archive) always run on the "
                 "QuickGELU config they were trained with (ViT-B-16 -> ViT-B-16-quickgelu); a plain state dict runs "
                 "on the config named here"})
     clip_weights: str = field(default="openai", metadata={
+        "group": "models",
         "help": "'openai' (download, cached), a local checkpoint file (OpenAI .pt or open_clip state dict), or "
                 "'random' (seeded; pipeline checks only)"})
-    seed: int = field(default=0, metadata={"help": "seed for random weights"})
+    seed: int = field(default=0, metadata={
+        "group": "models", "help": "seed for random weights"})
 
     def __post_init__(self) -> None:
         super().__post_init__()

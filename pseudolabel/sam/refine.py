@@ -49,16 +49,18 @@ def registered_sam_variants() -> tuple[str, ...]:
 class SAMRefineConfig(DictConfig):
     """Stage one, part 2. Defaults and their reasons: docs/method.md#open-choices-and-their-flags."""
 
-    enabled: bool = field(default=True, metadata={"help": "refine Y0 with SAM (off: the output is Y0)",
-                                                  "flag": "refine"})
-    sam_model: str = field(default="vit_b", metadata={"help": "SAM variant (paper Table 6)",
-                                                      "choices": registered_sam_variants})
+    enabled: bool = field(default=True, metadata={
+        "group": "paper", "help": "refine Y0 with SAM (off: the output is Y0)", "flag": "refine"})
+    sam_model: str = field(default="vit_b", metadata={
+        "group": "paper", "help": "SAM variant (paper Table 6)", "choices": registered_sam_variants})
     sam_checkpoint: str | None = field(default=None, metadata={
+        "group": "models",
         "help": "local SAM checkpoint; default: the official file in the cache, downloaded if absent; "
                 "'random' = seeded random weights (pipeline checks only)"})
-    grid_size: int = field(default=16, metadata={"help": "n_h = n_w: candidate points at the cell centres", "min": 1})
-    delta: float = field(default=0.5, metadata={"help": "δ: keep a mask if its filter metric >= δ (Eq. 8)",
-                                                "min": 0.0, "max": 1.0})
+    grid_size: int = field(default=16, metadata={
+        "group": "paper", "help": "n_h = n_w: candidate points at the cell centres", "min": 1})
+    delta: float = field(default=0.5, metadata={
+        "group": "paper", "help": "δ: keep a mask if its filter metric >= δ (Eq. 8)", "min": 0.0, "max": 1.0})
     filter_metric: str = field(default="iou", metadata={"help": "iou = |m∩R|/|m∪R|; containment = |m∩R|/|m|",
                                                         "choices": ("iou", "containment")})
     filter_scope: str = field(default="class", metadata={
