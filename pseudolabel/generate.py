@@ -225,7 +225,7 @@ def load_models(cfg: PseudoLabelConfig, class_set: ClassSet, device: str) -> tup
     if cfg.labeller.labeller == "sam3-text":
         return SAM3TextLabeller.from_config(cfg.labeller, class_set, device), None
     cam = SkipCAM.from_config(cfg.cam, class_set, device, cfg.precision)
-    refiner = SAMRefiner.from_config(cfg.refine, device, cfg.cam.seed, cfg.precision) if cfg.refine.enabled else None
+    refiner = SAMRefiner.from_config(cfg.refine, device, cfg.precision) if cfg.refine.enabled else None
     return cam, refiner
 
 

@@ -141,7 +141,7 @@ def test_gen_pseudo_help_lists_the_papers_settings_apart_from_the_open_choices()
     models = groups["models, weights and seeds"]
     open_choices = next(options for title, options in groups.items() if title.startswith("reconstructed open choices"))
     assert {"--num-skips", "--tau", "--prompt-set", "--sam-model", "--grid-size", "--delta", "--refine"} <= paper
-    assert {"--clip-model", "--clip-weights", "--sam-checkpoint", "--seed"} <= models
+    assert {"--clip-model", "--clip-weights", "--sam-checkpoint", "--clip-seed", "--sam-seed"} <= models
     assert {"--skip-entry", "--skip-fusion", "--attn-blocks", "--par", "--filter-metric", "--merge"} <= open_choices
     assert not paper & open_choices and not models & (paper | open_choices)
     titles = [title for title in groups if title]

@@ -49,7 +49,7 @@ KEPT_MASK_BYTES = 2 * MASK_BYTES_PER_STEP   # point masks kept for an image's la
 
 def clip_key(config: PseudoLabelConfig) -> tuple:
     """The CLIP model a row runs on."""
-    return config.cam.clip_model, config.cam.clip_weights, config.cam.seed
+    return config.cam.clip_model, config.cam.clip_weights, config.cam.clip_seed
 
 
 def frozen_key(config: PseudoLabelConfig) -> tuple:
@@ -66,7 +66,7 @@ def cam_key(config: PseudoLabelConfig) -> str:
 def sam_key(config: PseudoLabelConfig) -> tuple:
     """The SAM model a row runs on, in its precision (random weights are seeded by the Skip-CAM seed, as in
     gen_pseudo)."""
-    return config.refine.sam_model, config.refine.sam_checkpoint, config.cam.seed, config.precision
+    return config.refine.sam_model, config.refine.sam_checkpoint, config.refine.sam_seed, config.precision
 
 
 class PointMasks:
@@ -158,7 +158,7 @@ class ModelPool:
         key, cam = cam_key(config), config.cam
         if key not in self.cams:
             if clip_key(config) not in self.clip_models:
-                self.clip_models[clip_key(config)] = load_clip(cam.clip_model, cam.clip_weights, self.device, cam.seed)
+                self.clip_models[clip_key(config)] = load_clip(cam.clip_model, cam.clip_weights, self.device, cam.clip_seed)
             model, tokenizer, weights = self.clip_models[clip_key(config)]
             text_key = (clip_key(config), cam.prompt_set)
             skipcam = SkipCAM(model, tokenizer, self.class_set, cam, self.device, weights, config.precision,
@@ -177,7 +177,7 @@ class ModelPool:
         if key not in self.refiners:
             if sam_key(config) not in self.predictors:
                 model, weights = load_sam(config.refine.sam_model, config.refine.sam_checkpoint, self.device,
-                                          config.cam.seed)
+                                          config.refine.sam_seed)
                 self.predictors[sam_key(config)] = (BatchedPointPredictor(model, precision=config.precision), weights)
             predictor, weights = self.predictors[sam_key(config)]
             self.refiners[key] = SharedMasksRefiner(predictor, config.refine, weights)

@@ -95,8 +95,8 @@ class SkipCAMConfig(DictConfig):
         "group": "models",
         "help": "'openai' (download, cached), a local checkpoint file (OpenAI .pt or open_clip state dict), or "
                 "'random' (seeded; pipeline checks only)"})
-    seed: int = field(default=0, metadata={
-        "group": "models", "help": "seed for random weights"})
+    clip_seed: int = field(default=0, metadata={
+        "group": "models", "help": "seed of CLIP's weights with --clip-weights random"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -221,7 +221,7 @@ class SkipCAM:
 
     @classmethod
     def from_config(cls, cfg: SkipCAMConfig, class_set: ClassSet, device="cpu", precision: str = "fp32") -> "SkipCAM":
-        model, tokenizer, weights = load_clip(cfg.clip_model, cfg.clip_weights, device, cfg.seed)
+        model, tokenizer, weights = load_clip(cfg.clip_model, cfg.clip_weights, device, cfg.clip_seed)
         return cls(model, tokenizer, class_set, cfg, device, weights, precision)
 
     # -- preprocessing ------------------------------------------------------------------------------------------

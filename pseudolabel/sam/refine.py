@@ -57,6 +57,8 @@ class SAMRefineConfig(DictConfig):
         "group": "models",
         "help": "local SAM checkpoint; default: the official file in the cache, downloaded if absent; "
                 "'random' = seeded random weights (pipeline checks only)"})
+    sam_seed: int = field(default=0, metadata={
+        "group": "models", "help": "seed of SAM's weights with --sam-checkpoint random"})
     grid_size: int = field(default=16, metadata={
         "group": "paper", "help": "n_h = n_w: candidate points at the cell centres", "min": 1})
     delta: float = field(default=0.5, metadata={
@@ -145,12 +147,12 @@ class SAMRefiner:
         self.batched = hasattr(predictor, "set_batch") and self.device.type != "cpu"
 
     @classmethod
-    def from_config(cls, cfg: SAMRefineConfig, device="cpu", seed: int = 0, precision: str = "fp32") -> "SAMRefiner":
+    def from_config(cls, cfg: SAMRefineConfig, device="cpu", precision: str = "fp32") -> "SAMRefiner":
         """``precision``: of SAM's image encoder on CUDA (:mod:`pseudolabel.precision`)."""
         from pseudolabel.sam.models import SAM_VARIANTS, load_sam
         from pseudolabel.sam.predictor import BatchedPointPredictor
 
-        model, weights = load_sam(cfg.sam_model, cfg.sam_checkpoint, device, seed)
+        model, weights = load_sam(cfg.sam_model, cfg.sam_checkpoint, device, cfg.sam_seed)
         predictor = SAM_VARIANTS[cfg.sam_model].predictor or BatchedPointPredictor  # SAM 2.1: its own predictor
         return cls(predictor(model, precision=precision), cfg, weights)
 
