@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from pseudolabel import generate  # noqa: E402
 from pseudolabel.classes import CLASSES_DIR  # noqa: E402
+from pseudolabel.config import MethodOptions, RunConfig  # noqa: E402
 from pseudolabel.precision import PRECISIONS  # noqa: E402
 from pseudolabel.storage.run_log import RunLog  # noqa: E402
 from pseudolabel.storage.shards import open_shards  # noqa: E402
@@ -90,7 +91,8 @@ def labelled_run(args, data: Path, out: Path, images: int, batch_size: int | Non
     counts from image ``steady_from`` (an int, or a function called after the run; default: after the first batches,
     which set up cuDNN and the allocator)."""
     options = generate.build_parser().parse_args(stage_one_args(args, data, out, images, batch_size))
-    with RunLog(out) as log, generate.StageOneRun.setup(options, log) as run:  # leaving it releases the output locks
+    run_config, method = RunConfig.from_args(options), MethodOptions.from_args(options)
+    with RunLog(out) as log, generate.StageOneRun.setup(run_config, method, log) as run:  # releases the locks
         return run, label_timed(run, args, timed, hook, deadline, steady_from)
 
 

@@ -1,12 +1,16 @@
-"""The stage-one configuration: Skip-CAM and SAM-refinement configs, JSON round trip, and the config built from the
-command line that :mod:`pseudolabel.cli_options` generates from the dataclass fields."""
+"""The stage-one configuration in two parts: the method (:class:`PseudoLabelConfig`: everything a label depends on,
+stored in every shard and compared on resume) and the runtime (:class:`RunConfig`: what to label and how to run; a
+resume with other values goes on). Both are built from the command line once, at the entry point; below it functions
+take these typed configs."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pseudolabel.cam.skipcam import SkipCAMConfig
-from pseudolabel.cli_options import config_from_options, given_options
+from pseudolabel.cli_options import given_options
 from pseudolabel.labellers.config import LabellerConfig
 from pseudolabel.sam.refine import SAMRefineConfig
 
@@ -38,9 +42,55 @@ class PseudoLabelConfig:
                    LabellerConfig.from_dict(data["labeller"]) if "labeller" in data else LabellerConfig())
 
 
+@dataclass
+class MethodOptions:
+    """The method options given on the command line, field -> value per config, before the dataset's defaults and
+    the precision the device uses are known."""
+
+    cam: dict
+    refine: dict
+    labeller: dict
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "MethodOptions":
+        return cls(given_options(args, SkipCAMConfig), given_options(args, SAMRefineConfig),
+                   given_options(args, LabellerConfig))
+
+    def config(self, dataset: str, split: str, precision: str = "fp32") -> PseudoLabelConfig:
+        """The configuration: the given options over the dataset's defaults (``SkipCAMConfig.for_dataset``);
+        ``precision``: the one the device uses (:func:`pseudolabel.precision.effective_precision`)."""
+        return PseudoLabelConfig(dataset, split, SkipCAMConfig.for_dataset(dataset, **self.cam),
+                                 SAMRefineConfig(**self.refine), precision, LabellerConfig(**self.labeller))
+
+
 def config_from_args(args: argparse.Namespace, dataset: str, split: str, precision: str = "fp32") -> PseudoLabelConfig:
-    """Build the config: given options override the dataset's defaults (``SkipCAMConfig.for_dataset``);
-    ``precision``: the one the device uses (:func:`pseudolabel.precision.effective_precision`)."""
-    return PseudoLabelConfig(dataset, split, SkipCAMConfig.for_dataset(dataset, **given_options(args, SkipCAMConfig)),
-                             config_from_options(args, SAMRefineConfig), precision,
-                             config_from_options(args, LabellerConfig))
+    """:meth:`MethodOptions.config` of a parsed command line."""
+    return MethodOptions.from_args(args).config(dataset, split, precision)
+
+
+@dataclass
+class RunConfig:
+    """What stage one labels and how it runs (gen_pseudo's "run" options): no label depends on these, so they are
+    neither stored in the shards nor compared on resume; the run log records them."""
+
+    dataset: str                        # voc, coco, custom or demo
+    split: str | None = None            # None: the dataset's default (datasets.DEFAULT_SPLITS)
+    out: Path | None = None             # None: outputs/<dataset>_<split> (generate.output_dir)
+    data_root: Path | None = None
+    label_source: str = "xml"           # VOC image-level labels: Annotations XML or GT masks
+    images: Path | None = None          # custom: the image folder, labels, class list
+    labels: Path | None = None
+    classes: Path | None = None
+    device: str = "auto"
+    precision: str | None = None        # as asked; the method records the one used (precision.effective_precision)
+    batch_size: int | None = None       # None: pipeline.default_batch_size
+    workers: int | None = None          # None: pipeline.default_workers
+    shard_size: int = 200
+    limit: int | None = None            # only the first N images
+    compile: bool = False
+    overwrite: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "RunConfig":
+        """The run options of a parsed gen_pseudo (or ablate) command line."""
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import contextlib
 import functools
 import json
@@ -28,7 +29,7 @@ from pseudolabel.cam.clip_models import openai_weights_cached
 from pseudolabel.classes import DATA_DIR, ClassSet, get_class_set
 from pseudolabel.cli_options import add_dataclass_options, positive_int, program_name
 from pseudolabel.compiled import compile_encoders
-from pseudolabel.config import PseudoLabelConfig, config_from_args
+from pseudolabel.config import MethodOptions, PseudoLabelConfig, RunConfig
 from pseudolabel.console import console_logging
 from pseudolabel.datasets import DEFAULT_SPLITS, Sample, WeakDataset, build_dataset
 from pseudolabel.exits import OutputError, one_line, tool_main
@@ -148,7 +149,8 @@ def demo_weights(cfg: PseudoLabelConfig) -> list[str]:
     return notes
 
 
-def load_dataset(args, name: str, split: str):
+def load_dataset(run: RunConfig, name: str, split: str) -> WeakDataset:
+    """The dataset ``name`` (the demo's photos, a custom folder, VOC or COCO) as ``run`` locates it."""
     if name == "demo":
         if not (DEMO_DIR / "tags.json").is_file():
             raise FileNotFoundError(f"the demo photos are not in '{DEMO_DIR}': they come with the source checkout "
@@ -157,14 +159,14 @@ def load_dataset(args, name: str, split: str):
         return build_dataset("custom", DEMO_DIR / "images", split, labels=DEMO_DIR / "tags.json",
                              classes=get_class_set("voc"), name="demo")
     if name == "custom":
-        return build_dataset("custom", args.images or args.data_root, split, labels=args.labels, classes=args.classes)
-    options = {"label_source": args.label_source} if name == "voc" else {}
-    return build_dataset(name, args.data_root, split, **options)
+        return build_dataset("custom", run.images or run.data_root, split, labels=run.labels, classes=run.classes)
+    options = {"label_source": run.label_source} if name == "voc" else {}
+    return build_dataset(name, run.data_root, split, **options)
 
 
-def logged_dataset(args: argparse.Namespace, split: str, log: RunLog) -> WeakDataset:
-    """The dataset of ``args`` (:func:`load_dataset`), summarised in ``log``."""
-    dataset = load_dataset(args, args.dataset, split)
+def logged_dataset(run: RunConfig, split: str, log: RunLog) -> WeakDataset:
+    """The dataset of ``run`` (:func:`load_dataset`), summarised in ``log``."""
+    dataset = load_dataset(run, run.dataset, split)
     log.detail("dataset", {"name": dataset.name, "split": split, "root": dataset.root, "images": len(dataset),
                            "left out": dataset.problems})
     return dataset
@@ -206,13 +208,13 @@ def resolve_device(device: str, local_rank: int) -> str:
     return f"cuda:{local_rank}" if device == "cuda" else device
 
 
-def device_and_precision(args: argparse.Namespace, local_rank: int) -> tuple[str, str]:
+def device_and_precision(run: RunConfig, local_rank: int) -> tuple[str, str]:
     """This rank's device (:func:`resolve_device`; a GPU is made the current one) and the precision it computes in
     (``--precision``; logged when the device changes it)."""
-    device = resolve_device(args.device, local_rank)
+    device = resolve_device(run.device, local_rank)
     if torch.device(device).type == "cuda":
         torch.cuda.set_device(torch.device(device))
-    precision, note = effective_precision(args.precision, device)
+    precision, note = effective_precision(run.precision, device)
     use_fp32_math(device)
     if note:
         LOG.info(note)
@@ -229,16 +231,16 @@ def load_models(cfg: PseudoLabelConfig, class_set: ClassSet, device: str) -> tup
     return cam, refiner
 
 
-def split_of(args: argparse.Namespace) -> str:
+def split_of(run: RunConfig) -> str:
     """The split to label: ``--split`` or the dataset's default."""
-    return args.split or DEFAULT_SPLITS.get(args.dataset, "all")
+    return run.split or DEFAULT_SPLITS.get(run.dataset, "all")
 
 
-def output_dir(args: argparse.Namespace, split: str) -> Path:
+def output_dir(run: RunConfig, split: str) -> Path:
     """``--out``, or ``outputs/<dataset>_<split>`` (``outputs/demo`` for the demo) in the checkout (an installed
     package: in the working directory)."""
-    name = args.dataset if args.dataset == "demo" else f"{args.dataset}_{split}"
-    return args.out or DATA_DIR.parent / "outputs" / name
+    name = run.dataset if run.dataset == "demo" else f"{run.dataset}_{split}"
+    return run.out or DATA_DIR.parent / "outputs" / name
 
 
 def lock_output(out: Path, rank: int) -> contextlib.ExitStack:
@@ -268,16 +270,16 @@ def shard_attributes(cfg: PseudoLabelConfig, dataset: WeakDataset, weights: dict
             "versions": {p: version(p) for p in ("torch", "open_clip_torch", "segment-anything", "h5py", "numpy")}}
 
 
-def open_store(args: argparse.Namespace, out: Path, rank: int, world: int, class_set: ClassSet, attrs: dict,
+def open_store(run: RunConfig, out: Path, rank: int, world: int, class_set: ClassSet, attrs: dict,
                config: dict) -> RunStore:
     """This rank's output store, ready to write: writable, emptied on ``--overwrite``, holding no labels of another
     config, and (rank 0, while the others wait) what an interrupted run left packed into shards."""
-    store = RunStore(out, rank, class_set, attrs, args.shard_size)
+    store = RunStore(out, rank, class_set, attrs, run.shard_size)
     store.check_writable()
-    if args.overwrite and rank == 0:
+    if run.overwrite and rank == 0:
         store.clear()
     barrier(world)
-    store.check_config(config, args.overwrite)
+    store.check_config(config, run.overwrite)
     if rank == 0:
         recovered = store.recover()
         if recovered:
@@ -305,7 +307,7 @@ class StageOneRun:
 
     ``timed`` and ``progress_hook`` (called with the number of images done) are for benchmarks."""
 
-    args: argparse.Namespace
+    run: RunConfig
     cfg: PseudoLabelConfig
     dataset: WeakDataset
     cam: SkipCAM
@@ -330,20 +332,21 @@ class StageOneRun:
     start: float = field(default_factory=time.perf_counter)
 
     @classmethod
-    def setup(cls, args: argparse.Namespace, log: RunLog) -> "StageOneRun":
+    def setup(cls, run: RunConfig, method: MethodOptions, log: RunLog) -> "StageOneRun":
         """Config, device, dataset, this rank's output locks, models and output store, and the images it still has
         to label (each recorded in ``log``). Use the result as a context manager: leaving it releases the locks."""
-        split = split_of(args)
+        split = split_of(run)
         rank, world, local_rank = distributed()
-        device, precision = device_and_precision(args, local_rank)
-        cfg = config_from_args(args, "voc" if args.dataset == "demo" else args.dataset, split, precision)
+        device, precision = device_and_precision(run, local_rank)
+        cfg = method.config("voc" if run.dataset == "demo" else run.dataset, split, precision)
         log.detail("configuration", cfg.to_dict())
-        notes = demo_weights(cfg) if args.dataset == "demo" else []
-        dataset = logged_dataset(args, split, log)
-        out = output_dir(args, split)
+        log.detail("run", {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(run).items()})
+        notes = demo_weights(cfg) if run.dataset == "demo" else []
+        dataset = logged_dataset(run, split, log)
+        out = output_dir(run, split)
         with lock_output(out, rank) as locks:  # before any model loads; released again if setting up fails
             cam, refiner = load_models(cfg, dataset.class_set, device)
-            if args.compile and not isinstance(cam, SAM3TextLabeller):
+            if run.compile and not isinstance(cam, SAM3TextLabeller):
                 compile_encoders(cam, refiner)
             weights, random_weights = weights_of(cam, refiner)
             log.detail("weights", weights)
@@ -353,8 +356,8 @@ class StageOneRun:
                 random_weights_banner(notes)
                 log.detail(f"RANDOM WEIGHTS: {'; '.join(notes) or 'requested'}; the labels are not meaningful",
                            level=logging.WARNING)
-            stage_one = cls.with_models(args, cfg, dataset, cam, refiner, out, device, log, locks)
-            log.detail("environment", {"device": device, "precision": precision, "compiled encoders": args.compile,
+            stage_one = cls.with_models(run, cfg, dataset, cam, refiner, out, device, log, locks)
+            log.detail("environment", {"device": device, "precision": precision, "compiled encoders": run.compile,
                                        "batch size": stage_one.batch_size,
                                        "workers": stage_one.workers, "world size": world,
                                        "torch threads": torch.get_num_threads(),
@@ -366,7 +369,7 @@ class StageOneRun:
             return stage_one
 
     @classmethod
-    def with_models(cls, args: argparse.Namespace, cfg: PseudoLabelConfig, dataset: WeakDataset, cam: SkipCAM,
+    def with_models(cls, run: RunConfig, cfg: PseudoLabelConfig, dataset: WeakDataset, cam: SkipCAM,
               refiner: SAMRefiner | None, out: Path, device: str, log: RunLog,
               locks: contextlib.ExitStack) -> "StageOneRun":
         """A run of ``cfg`` on loaded models into ``out``, whose locks (:func:`lock_output`) ``locks`` holds and the
@@ -375,24 +378,24 @@ class StageOneRun:
         rank, world, _ = distributed()
         weights, random_weights = weights_of(cam, refiner)
         attrs = shard_attributes(cfg, dataset, weights, random_weights,
-                                 with_image_dir=args.dataset in ("custom", "demo"))
+                                 with_image_dir=run.dataset in ("custom", "demo"))
         # what a rerun compares before resuming: the configuration, the weights and the class set
         identity = run_identity(cfg.to_dict(), weights, dataset.class_set.to_json())
-        store = open_store(args, out, rank, world, dataset.class_set, attrs, identity)
+        store = open_store(run, out, rank, world, dataset.class_set, attrs, identity)
         log.attach()                    # the output directory exists and is writable
-        mine = dataset.samples[: args.limit][rank::world] if args.limit else dataset.samples[rank::world]
+        mine = dataset.samples[: run.limit][rank::world] if run.limit else dataset.samples[rank::world]
         done = store.finished()
         failed_before = previous_failures(store.out)
         todo = [s for s in mine if s.image_id not in done]
         retries = {s.image_id: failed_before[s.image_id] for s in todo if s.image_id in failed_before}
         # images that failed before go last and alone (batch size 1): a known bad image never holds up a batch
         todo = [s for s in todo if s.image_id not in retries] + [s for s in todo if s.image_id in retries]
-        return cls(args=args, cfg=cfg, dataset=dataset, cam=cam, refiner=refiner, store=store, device=device,
+        return cls(run=run, cfg=cfg, dataset=dataset, cam=cam, refiner=refiner, store=store, device=device,
                    rank=rank, world=world, random_weights=random_weights, log=log, todo=todo,
                    already_done=len(mine) - len(todo),
                    failures=[dict(p, stage="dataset") for p in dataset.problems] if rank == 0 else [],
-                   retries=retries, batch_size=args.batch_size or default_batch_size(torch.device(device)),
-                   workers=args.workers or default_workers(torch.device(device)), locks=locks.pop_all())
+                   retries=retries, batch_size=run.batch_size or default_batch_size(torch.device(device)),
+                   workers=run.workers or default_workers(torch.device(device)), locks=locks.pop_all())
 
     def label_images(self) -> None:
         """The labelling loop (:class:`pseudolabel.pipeline.Labeller`): the work list in batches, decoded ahead in
@@ -490,10 +493,11 @@ class StageOneRun:
 def run(argv: list[str] | None = None) -> dict:
     """Parse options, label every image of this rank's share, and return this rank's summary."""
     args = build_parser().parse_args(argv)
+    run_config = RunConfig.from_args(args)
     console_logging()
     rank, world, _ = distributed()
-    with RunLog(output_dir(args, split_of(args)), rank, world) as log:
-        with StageOneRun.setup(args, log) as stage_one:
+    with RunLog(output_dir(run_config, split_of(run_config)), rank, world) as log:
+        with StageOneRun.setup(run_config, MethodOptions.from_args(args), log) as stage_one:
             stage_one.label_images()
             return stage_one.finish()
 

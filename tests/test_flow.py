@@ -18,6 +18,7 @@ import pytest
 from mmengine.config import Config
 
 from pseudolabel import generate
+from pseudolabel.config import RunConfig
 from pseudolabel.datasets import build_dataset
 from pseudolabel.storage.shards import open_shards
 from tests.fixtures.checkout import REPO, copy_checkout, environment_with_tiny_models
@@ -86,9 +87,9 @@ def test_stage_two_configs_read_what_stage_one_writes_by_default(dataset, tmp_pa
     checkout's ``data/`` when it is not set (the chain test)."""
     monkeypatch.setenv("CEP_DATA_ROOT", str(tmp_path))
     make_voc(tmp_path, with_aug=True) if dataset == "voc" else make_coco(tmp_path / "coco", split="train")
-    args = generate.build_parser().parse_args([dataset])
-    split = generate.split_of(args)
-    out, root = generate.output_dir(args, split), build_dataset(dataset, None, split).root
+    run = RunConfig.from_args(generate.build_parser().parse_args([dataset]))
+    split = generate.split_of(run)
+    out, root = generate.output_dir(run, split), build_dataset(dataset, None, split).root
     configs = stage_two_configs(dataset)
     assert len(configs) == {"voc": 3, "coco": 1}[dataset]
     for path in configs:

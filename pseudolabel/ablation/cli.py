@@ -31,11 +31,11 @@ from tqdm import tqdm
 
 from pseudolabel.ablation.report import REPORT_FILES, TIMING_GLOB, default_gt, write_report
 from pseudolabel.ablation.shared import ImageWork, ModelPool, RowSetting, SharedStages, sharing_plan
-from pseudolabel.ablation.sweep import Row, Sweep, SweepBuilder, gen_pseudo_flags, shipped_sweeps, sweep_file
+from pseudolabel.ablation.sweep import Sweep, SweepBuilder, gen_pseudo_flags, shipped_sweeps, sweep_file
 from pseudolabel.classes import DATA_DIR
 from pseudolabel.cli_options import add_dataclass_options, config_from_options, program_name
 from pseudolabel.compiled import compile_encoders
-from pseudolabel.config import config_from_args
+from pseudolabel.config import RunConfig, config_from_args
 from pseudolabel.console import console_logging
 from pseudolabel.datasets import Sample, WeakDataset
 from pseudolabel.evaluation.pipeline import EvaluationConfig
@@ -97,10 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def sweep_dir(args: argparse.Namespace) -> Path:
+def sweep_dir(run: RunConfig) -> Path:
     """``--out``, or ``outputs/ablate_<dataset>_<split>`` (``outputs/ablate_demo``) like gen_pseudo's default."""
-    name = "ablate_demo" if args.dataset == "demo" else f"ablate_{args.dataset}_{split_of(args)}"
-    return args.out or DATA_DIR.parent / "outputs" / name
+    name = "ablate_demo" if run.dataset == "demo" else f"ablate_{run.dataset}_{split_of(run)}"
+    return run.out or DATA_DIR.parent / "outputs" / name
 
 
 def build_sweep(args: argparse.Namespace, config_dataset: str, split: str, precision: str = "fp32") -> Sweep:
@@ -148,7 +148,8 @@ class SweepRun:
     :meth:`label_images` labels image by image, :meth:`finish` closes the rows and writes the report. Use it as a
     context manager: leaving it releases the rows' output locks."""
 
-    args: argparse.Namespace
+    args: argparse.Namespace            # the sweep's own options (report, evaluation)
+    run: RunConfig                      # what to label and how, for every row
     sweep: Sweep
     out: Path
     rows: list[StageOneRun]             # one per sweep row, same order; their models come from one ModelPool
@@ -165,34 +166,34 @@ class SweepRun:
     image_passes: int = 0
 
     @classmethod
-    def setup(cls, args: argparse.Namespace, log: RunLog, sweep: Sweep, dataset: WeakDataset, device: str,
-              precision: str) -> "SweepRun":
+    def setup(cls, args: argparse.Namespace, run: RunConfig, log: RunLog, sweep: Sweep, dataset: WeakDataset,
+              device: str, precision: str) -> "SweepRun":
         """Models and settings of every row (checked before anything is written), the folder, one stage-one run per
         row (its folder locked and its store opened and recovered as gen_pseudo's are) and this rank's images that
         some row needs. The caller holds the lock of ``--out``."""
-        split = split_of(args)
+        split = split_of(run)
         rank, world, _ = distributed()
         pool, settings, notes = ModelPool(dataset.class_set, device), [], set()
         for row in sweep.rows:          # every model and setting built (and checked) before anything is written
             config = copy.deepcopy(row.config)
-            notes.update(demo_weights(config) if args.dataset == "demo" else [])
+            notes.update(demo_weights(config) if run.dataset == "demo" else [])
             settings.append(RowSetting(config, pool.skipcam(config), pool.refiner(config)))
-            if args.compile:
+            if run.compile:
                 compile_encoders(settings[-1].cam, settings[-1].refiner)
-        out = sweep_dir(args)
-        defaults = config_from_args(gen_pseudo_parser().parse_args([args.dataset]),
-                                    "voc" if args.dataset == "demo" else args.dataset, split, precision)
-        about = {"name": sweep.name, "description": sweep.description, "dataset": args.dataset, "split": split,
-                 "data_root": str(args.data_root) if args.data_root else None, "limit": args.limit,
-                 "gen_pseudo": {row.slug: gen_pseudo_command(args, split, gen_pseudo_flags(row.config, defaults),
+        out = sweep_dir(run)
+        defaults = config_from_args(gen_pseudo_parser().parse_args([run.dataset]),
+                                    "voc" if run.dataset == "demo" else run.dataset, split, precision)
+        about = {"name": sweep.name, "description": sweep.description, "dataset": run.dataset, "split": split,
+                 "data_root": str(run.data_root) if run.data_root else None, "limit": run.limit,
+                 "gen_pseudo": {row.slug: gen_pseudo_command(run, split, gen_pseudo_flags(row.config, defaults),
                                                              out / ROWS / row.slug) for row in sweep.rows}}
-        prepare_folder(out, sweep, about, args.overwrite, rank, world)
+        prepare_folder(out, sweep, about, run.overwrite, rank, world)
         log.attach()
         with contextlib.ExitStack() as held:
             runs = []
             for row, setting in zip(sweep.rows, settings):
-                runs.append(held.enter_context(row_run(row, setting, dataset, out / ROWS / row.slug, device, log)))
-            samples = dataset.samples[: args.limit] if args.limit else dataset.samples
+                runs.append(held.enter_context(row_run(run, setting, dataset, out / ROWS / row.slug, device, log)))
+            samples = dataset.samples[: run.limit] if run.limit else dataset.samples
             every = {s.image_id for s in samples}
             working = [not every <= run.store.finished() for run in runs]
             random_any = any(run.random_weights for run in runs)
@@ -206,7 +207,7 @@ class SweepRun:
                      "done) -> %s; %s, %s, batches of %d", dataset.describe(), sweep.name, len(sweep.rows),
                      len(sweep.tables), rank, world, len(images), sum(len(r.todo) for r in runs),
                      sum(r.already_done for r in runs), out, device, precision, runs[0].batch_size)
-            return cls(args=args, sweep=sweep, out=out, rows=runs, settings=settings, working=working,
+            return cls(args=args, run=run, sweep=sweep, out=out, rows=runs, settings=settings, working=working,
                        images=images, device=device, rank=rank, world=world, random_weights=random_any, log=log,
                        locks=held.pop_all())
 
@@ -313,29 +314,31 @@ class SweepRun:
         guard_write(lambda: atomic_write(path, lambda h: h.write(json.dumps(ledger, indent=1).encode())), path)
 
 
-def row_run(row: Row, setting: RowSetting, dataset: WeakDataset, out: Path, device: str, log: RunLog) -> StageOneRun:
-    """One row as the stage-one run gen_pseudo would start with the row's options on this rank: ``out`` locked, the
+def row_run(run: RunConfig, setting: RowSetting, dataset: WeakDataset, out: Path, device: str,
+            log: RunLog) -> StageOneRun:
+    """One row as the stage-one run gen_pseudo would start with the row's options (``run`` and the setting's
+    configuration) on this rank: ``out`` locked, the
     store opened (and recovered, or emptied on ``--overwrite``) and the images of this rank it still lacks (those an
     earlier run failed on are tried again)."""
     with lock_output(out, rank=distributed()[0]) as locks:
-        return StageOneRun.with_models(row.args, setting.config, dataset, setting.cam, setting.refiner, out, device,
+        return StageOneRun.with_models(run, setting.config, dataset, setting.cam, setting.refiner, out, device,
                                        log, locks)
 
 
-def gen_pseudo_command(args: argparse.Namespace, split: str, flags: list[str], out: Path) -> str:
+def gen_pseudo_command(run: RunConfig, split: str, flags: list[str], out: Path) -> str:
     """The standalone command that writes the same row."""
-    words = ["tools/gen_pseudo.sh", args.dataset]
-    if args.dataset != "demo":
+    words = ["tools/gen_pseudo.sh", run.dataset]
+    if run.dataset != "demo":
         words += ["--split", split]
     for option in ("data_root", "images", "labels", "classes"):
-        if getattr(args, option):
-            words += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
-    if args.dataset == "voc" and args.label_source != "xml":
-        words += ["--label-source", args.label_source]
-    if args.limit:
-        words += ["--limit", str(args.limit)]
-    if args.shard_size != gen_pseudo_parser().get_default("shard_size"):
-        words += ["--shard-size", str(args.shard_size)]  # shards of the same images, byte for byte
+        if getattr(run, option):
+            words += [f"--{option.replace('_', '-')}", str(getattr(run, option))]
+    if run.dataset == "voc" and run.label_source != "xml":
+        words += ["--label-source", run.label_source]
+    if run.limit:
+        words += ["--limit", str(run.limit)]
+    if run.shard_size != gen_pseudo_parser().get_default("shard_size"):
+        words += ["--shard-size", str(run.shard_size)]  # shards of the same images, byte for byte
     return " ".join(words + flags + ["--out", str(out)])
 
 
@@ -365,13 +368,14 @@ def run(argv: list[str] | None = None) -> dict | None:
     args = parser.parse_args(argv)
     for cls in (EvaluationConfig, *METHOD_CONFIGS):   # bounds refused before anything is written
         config_from_options(args, cls, "eval_" if cls is EvaluationConfig else "", parser)
+    run_config = RunConfig.from_args(args)
     console_logging()
     rank, world, local_rank = distributed()
-    out, split = sweep_dir(args), split_of(args)
+    out, split = sweep_dir(run_config), split_of(run_config)
     with RunLog(out, rank, world) as log:
-        device, precision = device_and_precision(args, local_rank)
+        device, precision = device_and_precision(run_config, local_rank)
         sweep = build_sweep(args, "voc" if args.dataset == "demo" else args.dataset, split, precision)
-        dataset = logged_dataset(args, split, log)
+        dataset = logged_dataset(run_config, split, log)
         with lock_output(out, rank):
             if not args.overwrite:
                 refuse_another_sweep(out, sweep)
@@ -380,7 +384,7 @@ def run(argv: list[str] | None = None) -> dict | None:
                 log.attach()
                 LOG.info("every row of sweep %s in %s is finished: rebuilding the report", sweep.name, out)
                 return write_report(out, args, default_gt(args, dataset)) if rank == 0 else None
-            with SweepRun.setup(args, log, sweep, dataset, device, precision) as sweep_run:
+            with SweepRun.setup(args, run_config, log, sweep, dataset, device, precision) as sweep_run:
                 sweep_run.label_images()
                 return sweep_run.finish()
 

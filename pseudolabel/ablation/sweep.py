@@ -63,7 +63,6 @@ class Row:
 
     slug: str
     config: PseudoLabelConfig
-    args: argparse.Namespace            # gen_pseudo's options for this row (the sweep's, then the row's)
     flags: list[str]                    # the row's options over the sweep's, as gen_pseudo options
 
 
@@ -178,7 +177,7 @@ class SweepBuilder:
             slug = f"{slug}-{zlib.crc32(json.dumps(config.to_dict(), sort_keys=True).encode()):08x}"
             existing = self.rows.get(slug)
         if existing is None:
-            existing = self.rows[slug] = Row(slug, config, args, gen_pseudo_flags(config, self.base))
+            existing = self.rows[slug] = Row(slug, config, gen_pseudo_flags(config, self.base))
         return existing
 
     def add_table(self, spec: dict, where: str) -> None:
