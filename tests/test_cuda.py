@@ -96,7 +96,7 @@ def test_batched_encoder_and_decoder_match_sam_predictor(dataset, models, monkey
     for image, embedding in zip(images, embeddings):
         library.set_image(image)
         assert (embedding.features - library.features).abs().max() <= 1e-3 * library.features.abs().max()
-        ours.set_batch(embedding.features, [embedding.input_size], [embedding.original_size])
+        ours.set_batch([embedding.features], [embedding.input_size], [embedding.original_size])
         xy = torch.from_numpy(np.random.default_rng(0).random((16, 1, 2)) * image.shape[1::-1]).float()
         coords = library.transform.apply_coords_torch(xy.cuda(), image.shape[:2])
         labels = torch.ones(16, 1, dtype=torch.int64, device="cuda")
@@ -107,7 +107,7 @@ def test_batched_encoder_and_decoder_match_sam_predictor(dataset, models, monkey
         torch.testing.assert_close(iou, expected_iou, rtol=1e-2, atol=1e-3)
     # the three images' prompts decoded together, their masks on one canvas
     sizes = [image.shape[:2] for image in images]
-    ours.set_batch(torch.cat([e.features for e in embeddings]), [e.input_size for e in embeddings], sizes)
+    ours.set_batch([e.features for e in embeddings], [e.input_size for e in embeddings], sizes)
     xy = torch.from_numpy(np.random.default_rng(1).random((3, 16, 2))).float() * torch.tensor(
         [[[w, h]] for h, w in sizes]).float()
     masks, iou = ours.predict_points(xy)

@@ -125,7 +125,7 @@ def test_sam2_point_predictor_equals_the_stock_predictors_logits(tiny_sam2, scen
     pixels = torch.from_numpy(image).permute(2, 0, 1)
 
     def predict(predictor: SAM2PointPredictor) -> tuple[np.ndarray, np.ndarray]:
-        predictor.set_batch(predictor.encode([pixels]), [image.shape[:2]], [image.shape[:2]])
+        predictor.set_batch([predictor.encode([pixels])], [image.shape[:2]], [image.shape[:2]])
         masks, iou = predictor.predict_points(torch.from_numpy(xy).float().view(1, 6, 2))
         return masks[0].numpy(), iou[0].numpy()
 

@@ -116,7 +116,7 @@ def test_batched_point_predictor_matches_sam_predictor(shape, device):
 
     def predict(predictor: BatchedPointPredictor) -> tuple[torch.Tensor, torch.Tensor]:
         pixels = torch.from_numpy(predictor.transform.apply_image(image).transpose(2, 0, 1).copy())
-        predictor.set_batch(predictor.encode([pixels]), [tuple(pixels.shape[-2:])], [shape])
+        predictor.set_batch([predictor.encode([pixels])], [tuple(pixels.shape[-2:])], [shape])
         masks, iou = predictor.predict_points(xy.view(1, 8, 2))
         return masks[0], iou[0]
 

@@ -14,6 +14,7 @@ import math
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -119,6 +120,29 @@ class MaskResize:
         return torch.zeros(len(index), columns).scatter_add_(1, index, weight)
 
 
+@dataclass
+class HeldImages:
+    """The images a predictor's ``set_batch`` holds. Holding the same again (the same embedding tensors, sizes and
+    canvas: each refinement setting of one image in a sweep) costs nothing."""
+
+    features: list[Tensor]              # each image's embedding, compared by identity
+    input_sizes: list[tuple[int, int]]
+    original_sizes: list[tuple[int, int]]
+    canvas: tuple[int, int]             # the masks' canvas (default: the smallest that holds every image)
+
+    @classmethod
+    def of(cls, features, input_sizes, original_sizes, canvas=None) -> "HeldImages":
+        originals = [tuple(s) for s in original_sizes]
+        return cls(list(features), [tuple(s) for s in input_sizes], originals,
+                   tuple(canvas) if canvas is not None else canvas_shape(originals))
+
+    def same(self, other: "HeldImages | None") -> bool:
+        return other is not None and len(self.features) == len(other.features) \
+            and all(a is b for a, b in zip(self.features, other.features)) \
+            and (self.input_sizes, self.original_sizes, self.canvas) == (other.input_sizes, other.original_sizes,
+                                                                         other.canvas)
+
+
 @functools.lru_cache(maxsize=RESIZE_CACHE)
 def mask_resize(low_res: int, canvas: int, input_size: tuple[int, int], original_size: tuple[int, int],
                 device: torch.device) -> MaskResize:
@@ -167,6 +191,7 @@ class BatchedPointPredictor:
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
         self.decoder = SharedImageMaskDecoder(sam_model.mask_decoder)
         self.prompts_per_step, self.threads, self.precision = prompts_per_step, threads, precision
+        self.held: HeldImages | None = None
 
     @property
     def device(self) -> torch.device:
@@ -183,18 +208,20 @@ class BatchedPointPredictor:
         return features.float()
 
     @torch.no_grad()
-    def set_batch(self, features: Tensor, input_sizes: list[tuple[int, int]],
+    def set_batch(self, features: list[Tensor], input_sizes: list[tuple[int, int]],
                   original_sizes: list[tuple[int, int]], canvas: tuple[int, int] | None = None) -> None:
-        """Hold several images for :meth:`predict_points`: their embeddings ``(n, 256, 64, 64)`` (from
-        :meth:`encode`), their sizes after ``self.transform`` and before, and the masks' canvas (default: the smallest
-        that holds every image)."""
-        self.batch_sizes = [tuple(s) for s in original_sizes]
-        self.canvas = tuple(canvas) if canvas is not None else canvas_shape(self.batch_sizes)
-        self.resizes = [mask_resize(4 * features.shape[-1], self.model.image_encoder.img_size, tuple(i), tuple(o),
-                                    self.device) for i, o in zip(input_sizes, original_sizes)]
+        """Hold several images for :meth:`predict_points` (:class:`HeldImages`): each one's embedding
+        ``(1, 256, 64, 64)`` (from :meth:`encode`), their sizes after ``self.transform`` and before, and the masks'
+        canvas."""
+        held = HeldImages.of(features, input_sizes, original_sizes, canvas)
+        if held.same(self.held):
+            return
+        self.held = held
+        self.resizes = [mask_resize(4 * features[0].shape[-1], self.model.image_encoder.img_size, i, o, self.device)
+                        for i, o in zip(held.input_sizes, held.original_sizes)]
         _, dense = self.model.prompt_encoder(points=None, boxes=None, masks=None)
         used_grid = tuple(-(-max(r.used[axis] for r in self.resizes) // 4) for axis in (0, 1))
-        self.decoder.set_images(features, self.model.prompt_encoder.get_dense_pe(), dense, used_grid)
+        self.decoder.set_images(torch.cat(features), self.model.prompt_encoder.get_dense_pe(), dense, used_grid)
 
     @torch.no_grad()
     def predict_points(self, xy: Tensor) -> tuple[Tensor, Tensor]:
@@ -203,7 +230,7 @@ class BatchedPointPredictor:
         canvas (False beyond each image) and their predicted IoUs ``(n, P, 3)`` (:func:`decode_points`)."""
         images, prompts = xy.shape[:2]
         coords = torch.cat([self.transform.apply_coords_torch(points, size)
-                            for points, size in zip(xy, self.batch_sizes)])
+                            for points, size in zip(xy, self.held.original_sizes)])
         sparse = point_prompts(self.model.prompt_encoder, upload(coords, self.device)[:, None])
         return decode_points(self.decoder, sparse.view(images, prompts, *sparse.shape[1:]), self.resizes[:images],
-                             self.canvas, self.model.mask_threshold, self.prompts_per_step, self.threads)
+                             self.held.canvas, self.model.mask_threshold, self.prompts_per_step, self.threads)

@@ -201,7 +201,7 @@ class SAMRefiner:
         decode = 0.0
         if order:
             tick = time.perf_counter()
-            self.predictor.set_batch(torch.cat([embeddings[i].features for i in order]),
+            self.predictor.set_batch([embeddings[i].features for i in order],
                                      [embeddings[i].input_size for i in order], [sizes[i] for i in order],
                                      canvas)  # the whole batch's: an image without prompts may be the largest
             decode += time.perf_counter() - tick

@@ -23,10 +23,9 @@ import torch
 from torch import Tensor
 
 from pseudolabel import compat
-from pseudolabel.canvas import canvas_shape
 from pseudolabel.precision import encoder_precision
 from pseudolabel.sam.decoder import SharedImageMaskDecoder
-from pseudolabel.sam.predictor import decode_points, mask_resize
+from pseudolabel.sam.predictor import HeldImages, decode_points, mask_resize
 from pseudolabel.transfer import upload
 
 
@@ -64,6 +63,7 @@ class SAM2PointPredictor:
         self.transforms = SAM2Transforms(resolution=sam_model.image_size, mask_threshold=mask_threshold,
                                          max_hole_area=0.0, max_sprinkle_area=0.0)
         self.transform = SAM2Transform(self.transforms)
+        self.held: HeldImages | None = None
 
     @property
     def device(self) -> torch.device:
@@ -105,17 +105,20 @@ class SAM2PointPredictor:
             maps = maps[-1:]
         return torch.cat([m.flatten(1) for m in maps], dim=1)
 
-    def set_batch(self, features: Tensor, input_sizes: list[tuple[int, int]],
+    @torch.no_grad()
+    def set_batch(self, features: list[Tensor], input_sizes: list[tuple[int, int]],
                   original_sizes: list[tuple[int, int]], canvas: tuple[int, int] | None = None) -> None:
-        """Hold several images for :meth:`predict_points`: packed ``features (n, D)``, their sizes and the masks'
-        canvas (default: the smallest that holds every image); ``input_sizes`` are there for the interface: SAM
-        2.1's input is always square."""
-        self.batch_sizes = [tuple(s) for s in original_sizes]
-        self.canvas = tuple(canvas) if canvas is not None else canvas_shape(self.batch_sizes)
-        high_res, embedding = self.unpack(features)
+        """Hold several images for :meth:`predict_points` (:class:`~pseudolabel.sam.predictor.HeldImages`): each
+        one's packed features ``(1, D)``, their sizes and the masks' canvas; ``input_sizes`` are there for the
+        interface: SAM 2.1's input is always square."""
+        held = HeldImages.of(features, input_sizes, original_sizes, canvas)
+        if held.same(self.held):
+            return
+        self.held = held
+        high_res, embedding = self.unpack(torch.cat(features))
         low_res = 4 * embedding.shape[-1]
         self.resizes = [mask_resize(low_res, low_res, (low_res, low_res), size, self.device)
-                        for size in self.batch_sizes]
+                        for size in held.original_sizes]
         _, dense = self.model.sam_prompt_encoder(points=None, boxes=None, masks=None)
         self.decoder.set_images(embedding, self.model.sam_prompt_encoder.get_dense_pe(), dense,
                                 high_res_features=high_res or None)
@@ -128,10 +131,10 @@ class SAM2PointPredictor:
         each image) and their predicted IoUs ``(n, P, 3)`` (:func:`~pseudolabel.sam.predictor.decode_points`)."""
         images, prompts = xy.shape[:2]
         coords = torch.cat([self.transform.apply_coords_torch(upload(points, self.device), size)
-                            for points, size in zip(xy, self.batch_sizes)])
+                            for points, size in zip(xy, self.held.original_sizes)])
         sparse = self._point_prompts(coords[:, None])
         return decode_points(self.decoder, sparse.view(images, prompts, *sparse.shape[1:]), self.resizes[:images],
-                             self.canvas, self.mask_threshold, self.prompts_per_step, self.threads)
+                             self.held.canvas, self.mask_threshold, self.prompts_per_step, self.threads)
 
     def _point_prompts(self, coords: Tensor) -> Tensor:
         """The prompt encoder's sparse embeddings of positive points ``coords (B, 1, 2)`` in the input frame."""
