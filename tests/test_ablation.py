@@ -144,7 +144,7 @@ def test_rows_stay_byte_identical_with_masks_in_pieces_and_beyond_the_kept_budge
     so later rows decode most points again: the labels are still gen_pseudo's."""
     from pseudolabel.sam import refine
 
-    monkeypatch.setattr(refine, "MASK_BYTES_PER_STEP", 5 * 3 * 40 * 56)   # steps of 5 prompts on a 40x56 image
+    monkeypatch.setattr(refine, "PIECE_BYTES", 5 * 3 * 40 * 56)   # steps of 5 prompts on a 40x56 image
     monkeypatch.setattr(shared, "KEPT_MASK_BYTES", 3 * 3 * 40 * 56)
     steps = []
     decode = shared.SharedMasksRefiner.decode

@@ -223,8 +223,7 @@ def test_pieces_bound_the_memory_and_never_change_a_label(monkeypatch):
     whole = [refine_one(SAMRefiner(BatchedPointPredictor(model), cfg), y0, s, (3, 8, 15), image=image)
              for cfg in configs]
     assert SAMRefiner(None, configs[0]).prompts_per_step(45, 61) == 256   # small images: one piece
-    monkeypatch.setattr(refine, "MASK_BYTES_PER_STEP", 1)
-    monkeypatch.setattr(refine, "MERGE_BYTES_PER_BAND", 1)
+    monkeypatch.setattr(refine, "PIECE_BYTES", 1)
     assert SAMRefiner(None, configs[0]).prompts_per_step(45, 61) == 1
     for cfg, expected in zip(configs, whole):
         pieces = refine_one(SAMRefiner(BatchedPointPredictor(model), cfg), y0, s, (3, 8, 15), image=image)
@@ -292,8 +291,8 @@ def test_batched_refinement_equals_image_by_image(cfg):
                                   "uncertain_ignore": True}], ids=("class", "component"))
 def test_batched_refinement_keeps_the_memory_budget(cfg, monkeypatch):
     """The batched path within the budgets of large images: a decoding step holds no more prompts than their masks
-    on the batch's canvas fit in MASK_BYTES_PER_STEP (here 5), the merge runs in one-row bands
-    (MERGE_BYTES_PER_BAND), and the labels equal those of each image alone in one piece."""
+    on the batch's canvas fit in PIECE_BYTES (here 5), the merge runs in bands of the rows whose scores fit in it
+    (26 of 64), and the labels equal those of each image alone in one piece."""
     from pseudolabel.sam import refine as refine_module
 
     rng = np.random.default_rng(11)
@@ -307,15 +306,14 @@ def test_batched_refinement_keeps_the_memory_budget(cfg, monkeypatch):
     monkeypatch.setattr(SAMRefiner, "_merge_band",
                         lambda self, y0, *rest, merge=SAMRefiner._merge_band: bands.append(y0.shape[-2])
                         or merge(self, y0, *rest))
-    monkeypatch.setattr(refine_module, "MASK_BYTES_PER_STEP", 5 * 3 * H * W)
-    monkeypatch.setattr(refine_module, "MERGE_BYTES_PER_BAND", 1)
+    monkeypatch.setattr(refine_module, "PIECE_BYTES", 5 * 3 * H * W)
     _, pieces = refine_both(refiner_of, scenes)
     for a, b in zip(whole, pieces):
         assert np.array_equal(a.labels, b.labels)
         assert a.prompts == b.prompts and a.masks_accepted == b.masks_accepted
     prompts = sum(sum(r.prompts) for r in whole)
     assert max(steps) <= 5 and len(steps) >= prompts / 5 and sum(r.prompts != (0,) * len(r.prompts) for r in whole) > 1
-    assert set(bands) == {1} and len(bands) >= H   # the batch's merge in bands of one row (the images alone too)
+    assert bands == [H] * 3 + [26, 26, H - 52]   # each image alone in one band, the batch's in bands of 26 rows
     assert sum(sum(r.masks_accepted) for r in whole) > 0
 
 

@@ -40,11 +40,11 @@ from pseudolabel.config import PseudoLabelConfig
 from pseudolabel.datasets import Sample
 from pseudolabel.image_io import read_rgb
 from pseudolabel.pipeline import label_record
-from pseudolabel.sam.refine import MASK_BYTES_PER_STEP, ImageEmbedding, Refinement, SAMInput, SAMRefiner
+from pseudolabel.sam.refine import PIECE_BYTES, ImageEmbedding, Refinement, SAMInput, SAMRefiner
 from pseudolabel.storage.shards import LabelRecord
 
 LOG = logging.getLogger("pseudolabel.ablation")
-KEPT_MASK_BYTES = 2 * MASK_BYTES_PER_STEP   # point masks kept for an image's later rows, per SAM model (512 MiB)
+KEPT_MASK_BYTES = 2 * PIECE_BYTES   # point masks kept for an image's later rows, per SAM model (512 MiB)
 
 
 def clip_key(config: PseudoLabelConfig) -> tuple:

@@ -10,8 +10,8 @@ labels at the grid points gives every image's prompts, the prompts of all images
 operations on canvases of all images (:mod:`pseudolabel.canvas`) on the model's device.
 
 Everything runs at the images' full resolution, in pieces whose memory is bounded whatever the image size: prompts
-are decoded, selected and filtered a few at a time (:data:`MASK_BYTES_PER_STEP`) and the merge runs in bands of rows
-(:data:`MERGE_BYTES_PER_BAND`). Each mask and each pixel is computed exactly as in one piece, so the pieces never
+are decoded, selected and filtered a few at a time and the merge runs in bands of rows, each piece within one budget
+(:data:`PIECE_BYTES`). Each mask and each pixel is computed exactly as in one piece, so the pieces never
 change a label; at VOC and COCO sizes the pieces are whole.
 """
 from __future__ import annotations
@@ -28,8 +28,9 @@ from pseudolabel.classes import IGNORE_INDEX
 from pseudolabel.cli_options import DictConfig
 from pseudolabel.transfer import upload
 
-MASK_BYTES_PER_STEP = 256 << 20   # SAM's 3 masks per prompt, one byte per pixel: 3 prompts of a 6000x4000 image
-MERGE_BYTES_PER_BAND = 256 << 20  # the merge's per-class float32 scores in one band of rows
+# the most bytes of full-resolution work in one piece: a decoding step's masks (3 per prompt, one byte per pixel: 3
+# prompts of a 6000x4000 image) or a merge band's per-class float32 scores
+PIECE_BYTES = 256 << 20
 
 
 def registered_sam_variants() -> tuple[str, ...]:
@@ -180,7 +181,7 @@ class SAMRefiner:
         """Refine several images at once on their canvases: ``y0 (B, H, W)`` uint8 and ``scores (B, 1+K, H, W)``
         (padded class channels -inf), each image's size and classes. One wait for the device (the labels at the
         grid points, for the prompts); the prompts of all images decoded together, ``points_per_batch`` at a time
-        (fewer where their masks on the canvas would exceed :data:`MASK_BYTES_PER_STEP`, :meth:`prompts_per_step`),
+        (fewer where their masks on the canvas would exceed :data:`PIECE_BYTES`, :meth:`prompts_per_step`),
         as many for each image in a step (:meth:`point_masks`); selection, the δ filter and the merge
         (:meth:`merge_batch`) on the canvases."""
         class_ids = [tuple(c) for c in class_ids_list]
@@ -243,8 +244,8 @@ class SAMRefiner:
 
     def prompts_per_step(self, height: int, width: int) -> int:
         """Prompts decoded, selected and filtered together on a batch's canvas of ``height x width``:
-        ``points_per_batch``, fewer when their masks would take more than :data:`MASK_BYTES_PER_STEP`."""
-        return max(1, min(self.cfg.points_per_batch, MASK_BYTES_PER_STEP // (3 * height * width)))
+        ``points_per_batch``, fewer when their masks would take more than :data:`PIECE_BYTES`."""
+        return max(1, min(self.cfg.points_per_batch, PIECE_BYTES // (3 * height * width)))
 
     def prompts(self, y0, scores, class_ids) -> tuple[np.ndarray, np.ndarray]:
         """One image's prompt points ``(P, 2)`` xy and the index (into ``class_ids``) of the class each one prompts,
@@ -278,11 +279,11 @@ class SAMRefiner:
         """Compose the label maps from each class's support (conflicts go to the larger refined score,
         docs/method.md#merge-and-conflicts): ``y0 (B, H, W)``, ``scores (B, 1+K, H, W)``, class keys ``(B, K)``,
         ``regions`` and ``accepted`` ``(B, K, H, W)`` (a class padded in is in neither). Runs in bands of rows whose
-        per-class float32 scores take at most :data:`MERGE_BYTES_PER_BAND` (each pixel on its own, so the same
+        per-class float32 scores take at most :data:`PIECE_BYTES` (each pixel on its own, so the same
         result; one band at VOC and COCO sizes)."""
         batch, classes, height, width = regions.shape
         has_mask = accepted.flatten(2).any(dim=2)[..., None, None]
-        rows = max(1, MERGE_BYTES_PER_BAND // (4 * batch * max(1, classes) * width))
+        rows = max(1, PIECE_BYTES // (4 * batch * max(1, classes) * width))
         if rows >= height:
             return self._merge_band(y0, scores, keys, regions, accepted, has_mask)
         return torch.cat([self._merge_band(y0[:, top: top + rows], scores[:, :, top: top + rows], keys,
