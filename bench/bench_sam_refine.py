@@ -1,11 +1,10 @@
 """SAM refinement at VOC-like size (500x375) with the real SAM ViT-B architecture and random weights.
 
-Side by side in one run on the same image, Y0 and points: the batched path (``SAMRefiner`` with
-``BatchedPointPredictor``) and the plain recipe, one ``SamPredictor.predict`` call per point followed by the same
-filtering and merge (tests/fixtures/fake_sam.py ``LoopSAMRefiner``). Both share one image-encoder pass per image.
-Prints ms by stage, the speed-up and whether the labels are identical. ``--library-batched`` adds ``SAMRefiner`` on
-segment-anything's own ``SamPredictor``, which batches prompts through the library decoder.
-Usage: python bench/bench_sam_refine.py [--grid-size 16] [--repeats 3] [--points-per-batch 64] [--library-batched] [--device cpu|cuda]
+Side by side in one run on the same image, Y0 and points: ``SAMRefiner`` (``BatchedPointPredictor``: the factored
+decoder and the CSR mask resize) and the plain recipe, one stock ``SamPredictor.predict`` call per point followed by
+the same selection, filtering and merge (tests/fixtures/fake_sam.py ``LoopSAMRefiner``). Each runs its own image
+encoder pass. Prints ms by stage, the speed-up and whether the labels are identical.
+Usage: python bench/bench_sam_refine.py [--grid-size 16] [--repeats 3] [--points-per-batch 256] [--device cpu|cuda]
 """
 from __future__ import annotations
 
@@ -19,9 +18,8 @@ import tools._venv  # noqa: E402,F401  (re-runs inside the project venv with too
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from pseudolabel.sam.models import load_sam  # noqa: E402  (applies the compatibility shims)
-from segment_anything import SamPredictor  # noqa: E402
 from pseudolabel.sam.predictor import BatchedPointPredictor  # noqa: E402
-from pseudolabel.sam.refine import SAMRefineConfig, SAMRefiner  # noqa: E402
+from pseudolabel.sam.refine import Refinement, SAMRefineConfig, SAMRefiner  # noqa: E402
 from tests.fixtures.fake_sam import LoopSAMRefiner  # noqa: E402
 
 
@@ -36,6 +34,13 @@ def synthetic_input(height=375, width=500, seed=0):
     return image, y0, scores.astype(np.float32), (8, 15)
 
 
+def refine_timed(refine, image: np.ndarray) -> tuple[Refinement, dict[str, float]]:
+    """``refine(image)`` (which returns the refinement and its encoder seconds) and its seconds by stage."""
+    start = time.perf_counter()
+    refinement, encoder = refine(image)
+    return refinement, dict(refinement.timings, sam_encoder=encoder, total=time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid-size", type=int, default=16)
@@ -43,27 +48,33 @@ def main() -> None:
     parser.add_argument("--points-per-batch", type=int, default=SAMRefineConfig.points_per_batch)
     parser.add_argument("--repeats", type=int, default=1, help="runs of every path, alternating; the best is shown")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--library-batched", action="store_true",
-                        help="also time SAMRefiner on segment-anything's own SamPredictor (batches of prompts through "
-                             "its decoder and postprocess_masks)")
     args = parser.parse_args()
     model, _ = load_sam(args.model, "random", args.device, seed=0)
     image, y0, scores, classes = synthetic_input()
     cfg = SAMRefineConfig(grid_size=args.grid_size, points_per_batch=args.points_per_batch)
-    paths = {"batched (SAMRefiner)": SAMRefiner(BatchedPointPredictor(model), cfg),
-             "loop of SamPredictor.predict": LoopSAMRefiner(SamPredictor(model), cfg)}
-    if args.library_batched:
-        paths["batched SamPredictor"] = SAMRefiner(SamPredictor(model), cfg)
+    refiner, loop = SAMRefiner(BatchedPointPredictor(model), cfg), LoopSAMRefiner(model, cfg)
+
+    def ours(image):
+        start = time.perf_counter()
+        embedding = refiner.embed([image])[0]
+        encoder = time.perf_counter() - start
+        return refiner.refine_embedded(embedding, y0, scores, classes), encoder
+
+    def plain(image):
+        start = time.perf_counter()
+        loop.stock.set_image(image)
+        encoder = time.perf_counter() - start
+        return loop.refine_stock_image(y0, scores, classes), encoder
+
+    paths = {"batched (SAMRefiner)": ours, "loop of SamPredictor.predict": plain}
     best: dict[str, dict[str, float]] = {}
     labels = {}
     for _ in range(args.repeats):
-        for name, refiner in paths.items():
-            start = time.perf_counter()
-            refinement = refiner.refine(image, y0, scores, classes)
+        for name, refine in paths.items():
+            refinement, times = refine_timed(refine, image)
             labels[name] = refinement.labels
-            times = dict(refinement.timings, total=time.perf_counter() - start)
             best[name] = {k: min(v, best.get(name, times)[k]) for k, v in times.items()}
-    points = len(paths["batched (SAMRefiner)"].prompts(y0, scores, classes)[0])
+    points = len(refiner.prompts(y0, scores, classes)[0])
     print(f"\nSAM {args.model} (random weights) refinement at 500x375, grid {args.grid_size}x{args.grid_size}, "
           f"{points} prompted points, {args.points_per_batch} per batch, device {args.device}, "
           f"threads {torch.get_num_threads()}, best of {args.repeats}")
@@ -73,15 +84,12 @@ def main() -> None:
         per_point = t["sam_decoder"] + t["filter_merge"]
         print(f"{name:30s} {1000 * t['total']:9.0f} {1000 * t['sam_encoder']:9.0f} {1000 * t['sam_decoder']:14.0f} "
               f"{1000 * t['filter_merge']:13.0f} {1000 * per_point / points:8.1f}ms")
-    batched, loop = best["batched (SAMRefiner)"], best["loop of SamPredictor.predict"]
+    batched, looped = best["batched (SAMRefiner)"], best["loop of SamPredictor.predict"]
     fast_labels, loop_labels = labels["batched (SAMRefiner)"], labels["loop of SamPredictor.predict"]
-    per_point = (loop["sam_decoder"] + loop["filter_merge"]) / (batched["sam_decoder"] + batched["filter_merge"])
+    per_point = (looped["sam_decoder"] + looped["filter_merge"]) / (batched["sam_decoder"] + batched["filter_merge"])
     print(f"speed-up of the per-point work (masks + filter + merge): {per_point:.1f}x; whole refinement incl. the "
-          f"shared encoder: {loop['total'] / batched['total']:.1f}x; labels identical: "
+          f"encoder: {looped['total'] / batched['total']:.1f}x; labels identical: "
           f"{np.array_equal(fast_labels, loop_labels)} ({int((fast_labels != loop_labels).sum())} pixels differ)")
-    if args.library_batched:
-        print("labels of the batched SamPredictor identical to the loop's: "
-              f"{np.array_equal(labels['batched SamPredictor'], loop_labels)}")
 
 
 if __name__ == "__main__":

@@ -75,9 +75,9 @@ def swept(voc, sweep_file, tmp_path_factory):
         image["n"] += 1             # one image per batch on a CPU
         return original_embed(self, *args, **kwargs)
 
-    def point_masks(self, xy, size):
-        points.update((image["n"], float(x), float(y)) for x, y in xy)
-        return original_point_masks(self, xy, size)
+    def point_masks(self, xy):
+        points.update((image["n"], float(x), float(y)) for x, y in xy[0].tolist())   # one image at a time
+        return original_point_masks(self, xy)
 
     original_embed, original_point_masks = SAMRefiner.embed, SAMRefiner.point_masks
     with pytest.MonkeyPatch.context() as patch:
@@ -144,12 +144,12 @@ def test_rows_stay_byte_identical_with_masks_in_pieces_and_beyond_the_kept_budge
     so later rows decode most points again: the labels are still gen_pseudo's."""
     from pseudolabel.sam import refine
 
-    monkeypatch.setattr(refine, "MASK_BYTES_PER_STEP", 5 * 3 * 40 * 56)   # steps of 5 prompts on a 40x56 image
+    monkeypatch.setattr(refine, "PIECE_BYTES", 5 * 3 * 40 * 56)   # steps of 5 prompts on a 40x56 image
     monkeypatch.setattr(shared, "KEPT_MASK_BYTES", 3 * 3 * 40 * 56)
     steps = []
     decode = shared.SharedMasksRefiner.decode
-    monkeypatch.setattr(shared.SharedMasksRefiner, "decode", lambda self, xy, size: (steps.append(xy.tolist()),
-                                                                                      decode(self, xy, size))[1])
+    monkeypatch.setattr(shared.SharedMasksRefiner, "decode", lambda self, xy: (steps.append(xy.tolist()),
+                                                                                decode(self, xy))[1])
     out = tmp_path / "sweep"
     run(["voc", "--data-root", str(voc), "--split", "train", "--out", str(out), "--limit", "1", *TINY, "--gt", "none",
          "--grid-size", "8", "--row", "tau=0.4", "--row", "delta=0.3", "--row", "num_skips=0"])

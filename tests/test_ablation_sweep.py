@@ -99,19 +99,19 @@ def test_changed_tables_are_differences_of_the_identity():
 def test_point_masks_decode_each_point_once_keep_it_while_expected_and_charge_every_user():
     decoded = []
 
-    def decode(xy, size):
-        decoded.extend(map(tuple, xy))
-        masks = torch.stack([torch.full((3, *size), int(x) % 2 == 0) for x, _ in xy])
+    def decode(xy):
+        decoded.extend(map(tuple, xy.tolist()))
+        masks = torch.stack([torch.full((3, 2, 3), int(x) % 2 == 0) for x, _ in xy])
         return masks, torch.tensor(xy[:, :1]).repeat(1, 3).float()
 
     first_row, second_row = np.array([[0.5, 0.5], [1.5, 0.5]]), np.array([[1.5, 0.5], [2.5, 0.5], [0.5, 0.5]])
     masks = PointMasks(decode)
     masks.expect(first_row)
     masks.expect(second_row)
-    first = masks(first_row, (2, 3))
+    first = masks(first_row)
     assert set(masks.points) == {(0.5, 0.5), (1.5, 0.5)}                    # the second row will ask for both
     masks.asked = 0
-    second, iou = masks(second_row, (2, 3))
+    second, iou = masks(second_row)
     assert decoded == [(0.5, 0.5), (1.5, 0.5), (2.5, 0.5)]                 # each point decoded once
     assert torch.equal(second[0], first[0][1]) and torch.equal(second[2], first[0][0])
     assert iou[:, 0].tolist() == [1.5, 2.5, 0.5] and masks.points == {}    # nothing asked for any more: dropped
@@ -124,9 +124,9 @@ def test_point_masks_decode_each_point_once_keep_it_while_expected_and_charge_ev
 def test_point_masks_are_kept_for_later_rows_within_the_budget():
     decoded = []
 
-    def decode(xy, size):   # masks that mark their point, IoUs that name its x
+    def decode(xy):   # masks that mark their point on an 8x8 image, IoUs that name its x
         decoded.extend(tuple(p) for p in xy.tolist())
-        masks = torch.zeros(len(xy), 3, *size, dtype=torch.bool)
+        masks = torch.zeros(len(xy), 3, 8, 8, dtype=torch.bool)
         for i, (x, y) in enumerate(xy):
             masks[i, :, int(y), int(x)] = True
         return masks, torch.tensor(xy[:, :1], dtype=torch.float32).repeat(1, 3)
@@ -136,7 +136,7 @@ def test_point_masks_are_kept_for_later_rows_within_the_budget():
     points.expect(xy)
     points.expect(xy[::-1])                                    # two rows ask for the same points
     for asked in (xy, xy[::-1]):
-        masks, iou = points(asked, (8, 8))
+        masks, iou = points(asked)
         for i, (x, y) in enumerate(asked):
             assert masks[i, :, int(y), int(x)].all() and int(masks[i].sum()) == 3 and iou[i, 0] == x
         assert points.kept_bytes <= points.budget

@@ -43,11 +43,11 @@ def label_all(cam, refiner, samples, batch_size, device="cuda", timed=False):
 @contextlib.contextmanager
 def image_by_image(cam, refiner):
     """The models' image-by-image GPU path (each image's own Skip-CAM and SAM refinement steps)."""
-    cam.batched = refiner.batched = False
+    cam.batched = False
     try:
         yield
     finally:
-        cam.batched = refiner.batched = True
+        cam.batched = True
 
 
 def agreement(a: dict, b: dict, field: str) -> float:
@@ -96,18 +96,18 @@ def test_batched_encoder_and_decoder_match_sam_predictor(dataset, models, monkey
     for image, embedding in zip(images, embeddings):
         library.set_image(image)
         assert (embedding.features - library.features).abs().max() <= 1e-3 * library.features.abs().max()
-        ours.set_features(embedding.features, embedding.input_size, embedding.original_size)
-        xy = torch.from_numpy(np.random.default_rng(0).random((16, 1, 2)) * image.shape[1::-1]).float().cuda()
-        coords = library.transform.apply_coords_torch(xy, image.shape[:2])
+        ours.set_batch([embedding.features], [embedding.input_size], [embedding.original_size])
+        xy = torch.from_numpy(np.random.default_rng(0).random((16, 1, 2)) * image.shape[1::-1]).float()
+        coords = library.transform.apply_coords_torch(xy.cuda(), image.shape[:2])
         labels = torch.ones(16, 1, dtype=torch.int64, device="cuda")
         logits, expected_iou, _ = library.predict_torch(coords, labels, return_logits=True)
-        masks, iou, _ = ours.predict_torch(coords, labels)
+        masks, iou = (x[0] for x in ours.predict_points(xy.view(1, 16, 2)))
         clear = logits.abs() > 1e-2 * logits.abs().max()  # away from the threshold by more than rounding moves it
         assert torch.equal(masks[clear], logits[clear] > 0) and clear.float().mean() > 0.5
         torch.testing.assert_close(iou, expected_iou, rtol=1e-2, atol=1e-3)
     # the three images' prompts decoded together, their masks on one canvas
     sizes = [image.shape[:2] for image in images]
-    ours.set_batch(torch.cat([e.features for e in embeddings]), [e.input_size for e in embeddings], sizes)
+    ours.set_batch([e.features for e in embeddings], [e.input_size for e in embeddings], sizes)
     xy = torch.from_numpy(np.random.default_rng(1).random((3, 16, 2))).float() * torch.tensor(
         [[[w, h]] for h, w in sizes]).float()
     masks, iou = ours.predict_points(xy)

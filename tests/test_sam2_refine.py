@@ -122,19 +122,20 @@ def test_sam2_point_predictor_equals_the_stock_predictors_logits(tiny_sam2, scen
     xy = np.random.default_rng(2).random((6, 1, 2)) * [image.shape[1], image.shape[0]]
     logits, expected_iou, _ = stock.predict(point_coords=xy, point_labels=np.ones((6, 1)), multimask_output=True,
                                             return_logits=True)
-    predictor = SAM2PointPredictor(tiny_sam2, prompts_per_step=4, threads=1)
-    predictor.set_image(image)
-    coords = predictor.transform.apply_coords_torch(torch.from_numpy(xy).float(), image.shape[:2])
-    labels = torch.ones(6, 1, dtype=torch.int)
-    masks, iou, _ = predictor.predict_torch(coords, labels)
-    masks = masks.numpy()
+    pixels = torch.from_numpy(image).permute(2, 0, 1)
+
+    def predict(predictor: SAM2PointPredictor) -> tuple[np.ndarray, np.ndarray]:
+        predictor.set_batch([predictor.encode([pixels])], [image.shape[:2]], [image.shape[:2]])
+        masks, iou = predictor.predict_points(torch.from_numpy(xy).float().view(1, 6, 2))
+        return masks[0].numpy(), iou[0].numpy()
+
+    masks, iou = predict(SAM2PointPredictor(tiny_sam2, prompts_per_step=4, threads=1))
     clear = np.abs(logits) > 1e-4
     assert np.array_equal(masks[clear], logits[clear] > 0) and clear.mean() > 0.999
-    np.testing.assert_allclose(iou.numpy(), expected_iou, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(iou, expected_iou, rtol=1e-4, atol=1e-6)
     for steps, threads in ((1, 2), (5, 2), (6, 1)):
-        other = SAM2PointPredictor(tiny_sam2, prompts_per_step=steps, threads=threads)
-        other.set_image(image)
-        assert np.array_equal(other.predict_torch(coords, labels)[0].numpy(), masks)
+        assert np.array_equal(predict(SAM2PointPredictor(tiny_sam2, prompts_per_step=steps, threads=threads))[0],
+                              masks)
 
 
 def test_packed_embeddings_hold_the_stock_predictors_features(tiny_sam2, scenes):

@@ -57,14 +57,11 @@ def test_shared_decoder_equals_sam_mask_decoder(build):
         one_by_one = torch.cat([shared(sparse[i: i + 1])[0] for i in range(len(sparse))])
         shared.set_image(embedding, prompts.get_dense_pe(), dense[:1], used_grid=(side - 3, side - 1))
         cropped, _ = shared(sparse)
-        shared.batched_masks = True  # the upscaling as a GPU runs it: prompts together, not one by one
-        batched, _ = shared(sparse)
     assert expected.std() > 0.05  # not a degenerate (constant) output
     assert_close_at_scale(masks, expected)
     assert_close_at_scale(iou, expected_iou)
     assert_close_at_scale(one_by_one, masks)
     assert_close_at_scale(cropped, masks[..., : 4 * (side - 3), : 4 * (side - 1)])
-    assert_close_at_scale(batched, cropped)
 
 
 def test_shared_decoder_needs_an_image():
@@ -74,14 +71,13 @@ def test_shared_decoder_needs_an_image():
 
 @pytest.mark.parametrize("size", [(375, 500), (500, 375), (333, 500), (50, 70), (1, 9), (1024, 1024)])
 @pytest.mark.parametrize("canvas", [1024, 256])
-@pytest.mark.parametrize("sparse", [True, False], ids=["csr", "taps"])
-def test_mask_resize_equals_sam_postprocess_masks(size, canvas, sparse):
+def test_mask_resize_equals_sam_postprocess_masks(size, canvas):
     input_size = ResizeLongestSide.get_preprocess_shape(*size, canvas)
     low = canvas // 4
     logits = torch.randn(2, 3, low, low, generator=torch.Generator().manual_seed(0))
     sam = SimpleNamespace(image_encoder=SimpleNamespace(img_size=canvas))
     expected = Sam.postprocess_masks(sam, logits, input_size, size)
-    resize = MaskResize(low, canvas, input_size, size, sparse=sparse)
+    resize = MaskResize(low, canvas, input_size, size)
     rows, cols = resize.used
     assert rows <= low and cols <= low
     beyond = logits.clone()
@@ -90,8 +86,18 @@ def test_mask_resize_equals_sam_postprocess_masks(size, canvas, sparse):
     assert out.shape == expected.shape
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     # `used` is tight: the last used row and column carry weight
-    assert (resize.rows[1][resize.rows[0] == rows - 1] != 0).any()
-    assert (resize.cols[1][resize.cols[0] == cols - 1] != 0).any()
+    assert resize.row_matrix.to_dense()[:, rows - 1].ne(0).any()
+    assert resize.col_matrix_t.to_dense()[cols - 1].ne(0).any()
+
+
+@pytest.mark.parametrize("size", [(375, 500), (61, 37), (1, 9)])
+def test_mask_resize_of_the_whole_canvas_equals_one_bilinear_resize(size):
+    """SAM 2.1's ``postprocess_masks``: the low-resolution logits bilinearly to the image size."""
+    logits = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(1))
+    expected = torch.nn.functional.interpolate(logits, size, mode="bilinear", align_corners=False)
+    resize = MaskResize(256, 256, (256, 256), size)
+    rows, cols = resize.used
+    torch.testing.assert_close(resize(logits[..., :rows, :cols]), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
@@ -101,16 +107,21 @@ def test_batched_point_predictor_matches_sam_predictor(shape, device):
     on_cpu = device == "cpu"
     model, _ = load_sam("vit_tiny_test", "random", device, seed=3)
     image = np.random.default_rng(0).integers(0, 255, (*shape, 3), dtype=np.uint8)
-    # on a GPU, the default: all prompts in one step
-    reference, fast = SamPredictor(model), BatchedPointPredictor(model, prompts_per_step=3 if on_cpu else None)
+    reference = SamPredictor(model)
     reference.set_image(image)
-    fast.set_image(image)
-    assert fast.resize.sparse == on_cpu
-    xy = torch.from_numpy(np.random.default_rng(1).random((8, 1, 2)) * [shape[1], shape[0]]).float().to(device)
-    coords = reference.transform.apply_coords_torch(xy, shape)
+    xy = torch.from_numpy(np.random.default_rng(1).random((8, 1, 2)) * [shape[1], shape[0]]).float()
     labels = torch.ones(8, 1, dtype=torch.int64, device=device)
-    logits, expected_iou, _ = reference.predict_torch(coords, labels, return_logits=True)
-    masks, iou, _ = fast.predict_torch(coords, labels)
+    logits, expected_iou, _ = reference.predict_torch(reference.transform.apply_coords_torch(xy.to(device), shape),
+                                                      labels, return_logits=True)
+
+    def predict(predictor: BatchedPointPredictor) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels = torch.from_numpy(predictor.transform.apply_image(image).transpose(2, 0, 1).copy())
+        predictor.set_batch([predictor.encode([pixels])], [tuple(pixels.shape[-2:])], [shape])
+        masks, iou = predictor.predict_points(xy.view(1, 8, 2))
+        return masks[0], iou[0]
+
+    # on a GPU, the default: all prompts in one step
+    masks, iou = predict(BatchedPointPredictor(model, prompts_per_step=3 if on_cpu else None))
     assert masks.dtype == torch.bool and masks.shape == logits.shape
     # logits here are about 0.1; their float32 rounding differs by about 1e-7 on a CPU, more with a GPU's TF32 and
     # kernel order
@@ -119,22 +130,19 @@ def test_batched_point_predictor_matches_sam_predictor(shape, device):
     clear = logits.abs() > margin
     assert torch.equal(masks[clear], logits[clear] > 0) and clear.float().mean() > share
     torch.testing.assert_close(iou, expected_iou, **iou_tolerance)
-    # step sizes, worker threads and the resize's form (CSR on a CPU, taps on a GPU) change nothing
-    variants = [(1, 1, True), (1, 2, True), (5, 2, True), (3, 1, False)] if on_cpu else [(3, 1, False)]
-    for steps, threads, sparse in variants:
-        other = BatchedPointPredictor(model, prompts_per_step=steps, threads=threads)
-        other.set_image(image)
-        other.resize = MaskResize(4 * other.features.shape[-1], model.image_encoder.img_size, other.input_size,
-                                  other.original_size, device, sparse=sparse)
-        assert torch.equal(other.predict_torch(coords, labels)[0], masks)
-    # anything but single positive points goes to SamPredictor unchanged
-    box = reference.transform.apply_boxes_torch(torch.tensor([[5.0, 5.0, 40.0, 30.0]], device=device), shape)
-    assert torch.equal(fast.predict_torch(None, None, boxes=box)[0], reference.predict_torch(None, None, boxes=box)[0])
+    # step sizes and worker threads change nothing
+    for steps, threads in [(1, 1), (1, 2), (5, 2), (8, 1)] if on_cpu else [(3, 1)]:
+        assert torch.equal(predict(BatchedPointPredictor(model, prompts_per_step=steps, threads=threads))[0], masks)
 
 
-def test_shared_decoder_on_several_images_equals_one_image_at_a_time():
+@pytest.mark.parametrize("upscaling", [(32, 16), (3, 5)], ids=["default", "steps_of_1_prompt_5_rows"])
+def test_shared_decoder_on_several_images_equals_one_image_at_a_time(upscaling, monkeypatch):
     """Prompts of three images decoded together (and of the first two: the images a step uses are a prefix) against
-    each image alone, with the batched (GPU) and the per-prompt (CPU) upscaling."""
+    each image alone, with the upscaling in its default pieces and in the smallest."""
+    from pseudolabel.sam import decoder as decoder_module
+
+    monkeypatch.setattr(decoder_module, "MASK_PROMPTS", upscaling[0])
+    monkeypatch.setattr(decoder_module, "MASK_ROWS", upscaling[1])
     decoder, prompts = vit_b_decoder()
     generator = torch.Generator().manual_seed(2)
     embeddings = torch.randn(3, 256, 64, 64, generator=generator)
@@ -149,34 +157,13 @@ def test_shared_decoder_on_several_images_equals_one_image_at_a_time():
         masks, iou = torch.cat([m for m, _ in alone]), torch.cat([i for _, i in alone])
         shared = SharedImageMaskDecoder(decoder)
         shared.set_images(embeddings, prompts.get_dense_pe(), dense[:1], used_grid=(48, 64))
-        for batched in (False, True):
-            shared.batched_masks = batched
-            together, together_iou = shared(sparse, images=3)
-            assert_close_at_scale(together, masks)
-            assert_close_at_scale(together_iou, iou)
+        together, together_iou = shared(sparse, images=3)
+        assert_close_at_scale(together, masks)
+        assert_close_at_scale(together_iou, iou)
         first_two, _ = shared(sparse[:8], images=2)
         assert_close_at_scale(first_two, masks[:8])
         with pytest.raises(ValueError, match="split evenly"):
             shared(sparse[:7], images=2)
-
-
-def test_padded_mask_resize_equals_each_images_resize():
-    """Several images' resizes onto one canvas: each image's values exactly, zero (no mask) beyond it."""
-    from pseudolabel.sam.predictor import PaddedMaskResize
-
-    sizes = [(375, 500), (500, 375), (50, 70)]
-    resizes = [MaskResize(256, 1024, ResizeLongestSide.get_preprocess_shape(*s, 1024), s, sparse=False)
-               for s in sizes]
-    padded = PaddedMaskResize(resizes, (500, 500))
-    rows, cols = padded.used
-    logits = torch.randn(3, 2, rows, cols, generator=torch.Generator().manual_seed(0))
-    out = padded(logits)
-    assert out.shape == (3, 2, 500, 500)
-    for i, (resize, (height, width)) in enumerate(zip(resizes, sizes)):
-        own_rows, own_cols = resize.used
-        assert torch.equal(out[i, :, :height, :width], resize(logits[i, :, :own_rows, :own_cols]))
-        assert not out[i, :, height:].any() and not out[i, :, :, width:].any()
-    assert torch.equal(padded(logits[:2]), out[:2])
 
 
 def sam2_decoder(seed: int = 0, sam2_1: bool = True):
@@ -226,8 +213,8 @@ def stock_sam2_decode(decoder, pe, embedding, high_res, sparse, dense):
                          ids=["sam2.1-fp32", "sam2.1-fp64", "no_high_res_no_score_token-fp32"])
 def test_shared_decoder_equals_sam2_mask_decoder(sam2_1, dtype, rel):
     """The factored decoder on SAM 2.1's MaskDecoder: the masks and IoUs of the sam2 package's own decoder, in
-    float32 up to rounding (2e-5 of the largest logit) and in float64 to 1e-12, with the per-prompt (CPU) and the
-    batched (GPU) upscaling and with a cropped grid (which crops the high-resolution maps with it)."""
+    float32 up to rounding (2e-5 of the largest logit) and in float64 to 1e-12, all prompts at once and one by one,
+    and with a cropped grid (which crops the high-resolution maps with it)."""
     decoder, prompts = sam2_decoder(sam2_1=sam2_1)
     decoder = decoder.to(dtype)
     embeddings, high_res, points = sam2_inputs(1, 4, dtype)
@@ -241,15 +228,13 @@ def test_shared_decoder_equals_sam2_mask_decoder(sam2_1, dtype, rel):
         shared = SharedImageMaskDecoder(decoder)
         shared.set_image(embeddings, pe, dense, high_res_features=high_res)
         masks, iou = shared(sparse)
-        shared.batched_masks = True
-        batched, _ = shared(sparse)
-        shared.batched_masks = False
+        one_by_one = torch.cat([shared(sparse[i: i + 1])[0] for i in range(len(sparse))])
         shared.set_image(embeddings, pe, dense, used_grid=(61, 63), high_res_features=high_res)
         cropped, _ = shared(sparse)
     assert masks.dtype == dtype and expected.std() > 0.05
     assert_close_at_scale(masks, expected, rel)
     assert_close_at_scale(iou, expected_iou, rel)
-    assert_close_at_scale(batched, expected, rel)
+    assert_close_at_scale(one_by_one, expected, rel)
     assert_close_at_scale(cropped, expected[..., : 4 * 61, : 4 * 63], rel)
     if sam2_1:  # the maps matter: without them (zeros) the masks differ
         shared.set_image(embeddings, pe, dense, high_res_features=[torch.zeros_like(m) for m in high_res])
@@ -259,7 +244,7 @@ def test_shared_decoder_equals_sam2_mask_decoder(sam2_1, dtype, rel):
 
 
 def test_shared_sam2_decoder_on_several_images_equals_the_stock_decoder_image_by_image():
-    """Prompts of two images decoded together (both upscalings) against the sam2 package's decoder per image."""
+    """Prompts of two images decoded together against the sam2 package's decoder per image."""
     decoder, prompts = sam2_decoder(seed=1)
     embeddings, high_res, points = sam2_inputs(2, 3)
     with torch.no_grad():
@@ -269,8 +254,6 @@ def test_shared_sam2_decoder_on_several_images_equals_the_stock_decoder_image_by
                                       sparse[3 * i: 3 * i + 3], dense) for i in range(2)]
         shared = SharedImageMaskDecoder(decoder)
         shared.set_images(embeddings, pe, dense, high_res_features=high_res)
-        for batched in (False, True):
-            shared.batched_masks = batched
-            masks, iou = shared(sparse, images=2)
-            assert_close_at_scale(masks, torch.cat([m for m, _ in expected]))
-            assert_close_at_scale(iou, torch.cat([i for _, i in expected]))
+        masks, iou = shared(sparse, images=2)
+        assert_close_at_scale(masks, torch.cat([m for m, _ in expected]))
+        assert_close_at_scale(iou, torch.cat([i for _, i in expected]))

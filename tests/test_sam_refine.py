@@ -7,7 +7,8 @@ from segment_anything.utils.amg import build_point_grid
 from pseudolabel.sam import models as sam_models
 from pseudolabel.sam.models import SAM_VARIANTS, download_checkpoint, load_sam
 from pseudolabel.sam.refine import SAMRefineConfig, SAMRefiner, grid_points
-from tests.fixtures.fake_sam import FakePredictor, LoopSAMRefiner, assert_batched_equals_alone
+from tests.fixtures.fake_sam import (FakePredictor, LoopSAMRefiner, assert_batched_equals_alone, fake_embedding,
+                                     refine_one, refine_together)
 from tests.fixtures.file_server import serving
 
 H, W = 64, 64
@@ -47,7 +48,7 @@ def test_only_points_on_a_class_prompt_that_class():
     grid = grid_points(H, W, 16)
     on = y0[grid[:, 1].astype(int), grid[:, 0].astype(int)]
     assert len(xy) == int((on != 0).sum())
-    r.refine(np.zeros((H, W, 3), np.uint8), y0, scores_for(y0, (3, 15)), (3, 15))
+    refine_one(r, y0, scores_for(y0, (3, 15)), (3, 15))
     assert len(r.predictor.prompted) == len(xy) and r.predictor.images == 1
 
 
@@ -56,8 +57,8 @@ def test_delta_one_keeps_y0_when_no_mask_is_exact_and_delta_zero_replaces_with_m
     grown = {3: box(6, 34, 6, 34), 15: box(36, 60, 30, 60)}
     fn = lambda x, y: np.stack([grown[3] if y < 33 else grown[15]] * 3)  # noqa: E731
     s = scores_for(y0, (3, 15))
-    assert np.array_equal(refiner(fn, delta=1.0).refine(None, y0, s, (3, 15)).labels, y0)  # grown boxes: IoU < 1
-    out = refiner(fn, delta=0.0).refine(None, y0, s, (3, 15)).labels
+    assert np.array_equal(refine_one(refiner(fn, delta=1.0), y0, s, (3, 15)).labels, y0)  # grown boxes: IoU < 1
+    out = refine_one(refiner(fn, delta=0.0), y0, s, (3, 15)).labels
     assert (out[grown[3]] == 3).all() and (out[~grown[3] & ~grown[15]] == 0).all()
 
 
@@ -66,8 +67,8 @@ def test_iou_versus_containment():
     small = box(10, 16, 10, 16)  # inside R_3: containment 1, IoU 36/576
     fn = lambda x, y: np.stack([small] * 3)  # noqa: E731
     s = scores_for(y0, (3, 15))
-    iou = refiner(fn, delta=0.5).refine(None, y0, s, (3, 15)).labels
-    contain = refiner(fn, delta=0.5, filter_metric="containment").refine(None, y0, s, (3, 15)).labels
+    iou = refine_one(refiner(fn, delta=0.5), y0, s, (3, 15)).labels
+    contain = refine_one(refiner(fn, delta=0.5, filter_metric="containment"), y0, s, (3, 15)).labels
     assert np.array_equal(iou, y0)  # rejected: fallback to R
     assert (contain == 3).sum() == 36 and contain[36:60, 30:60].max() == 15  # replaced by the small mask
 
@@ -79,8 +80,8 @@ def test_component_scope_accepts_per_instance_masks():
     inst = {0: box(3, 21, 3, 21), 1: box(39, 57, 39, 57)}
     fn = lambda x, y: np.stack([inst[int(y > 30)]] * 3)  # noqa: E731
     s = scores_for(y0, (3,))
-    by_class = refiner(fn).refine(None, y0, s, (3,)).labels
-    by_component = refiner(fn, filter_scope="component").refine(None, y0, s, (3,)).labels
+    by_class = refine_one(refiner(fn), y0, s, (3,)).labels
+    by_component = refine_one(refiner(fn, filter_scope="component"), y0, s, (3,)).labels
     assert np.array_equal(by_class, y0)  # IoU ~0.4 with the whole class region: rejected
     assert np.array_equal(by_component == 3, inst[0] | inst[1])
 
@@ -92,8 +93,8 @@ def test_mask_selection_variants():
     sc = lambda x, y: np.array([0.1, 0.9, 0.2])  # noqa: E731
     s = scores_for(y0, (3,))
     y3 = np.where(y0 == 3, 3, 0).astype(np.uint8)
-    pick = {m: SAMRefiner(FakePredictor(fn, sc), SAMRefineConfig(mask_select=m, delta=0.0))
-            .refine(None, y3, s[:2], (3,)).labels for m in ("region_iou", "sam_score", "largest")}
+    pick = {m: refine_one(SAMRefiner(FakePredictor(fn, sc), SAMRefineConfig(mask_select=m, delta=0.0)), y3, s[:2],
+                          (3,)).labels for m in ("region_iou", "sam_score", "largest")}
     assert (pick["region_iou"] == 3).sum() == 24 * 24
     assert (pick["sam_score"] == 3).sum() == 40 * 40
     assert (pick["largest"] == 3).sum() == 12 * 12  # S2C's fixed index 2
@@ -105,15 +106,15 @@ def test_merge_conflicts_and_ignore_flags():
     fn = lambda x, y: np.stack([big] * 3)  # noqa: E731
     s = scores_for(y0, (3, 15))
     s[1, :, :32] += 0.5  # class 3 scores higher on the left half
-    out = refiner(fn, delta=0.0).refine(None, y0, s, (3, 15)).labels
+    out = refine_one(refiner(fn, delta=0.0), y0, s, (3, 15)).labels
     assert (out[:, :32][s[2, :, :32] <= s[1, :, :32]] == 3).all()
     assert set(np.unique(out)) <= {3, 15}
-    ignored = refiner(fn, delta=0.0, conflict_ignore=True).refine(None, y0, s, (3, 15)).labels
+    ignored = refine_one(refiner(fn, delta=0.0, conflict_ignore=True), y0, s, (3, 15)).labels
     assert (ignored == 255).all()
-    unsure = refiner(fn, delta=0.0, uncertain_ignore=True).refine(None, y0, s, (3, 15)).labels
+    unsure = refine_one(refiner(fn, delta=0.0, uncertain_ignore=True), y0, s, (3, 15)).labels
     assert (unsure[out != y0] == 255).all() and np.array_equal(unsure[out == y0], y0[out == y0])
     over = refiner(lambda x, y: np.stack([box(8, 20, 8, 20)] * 3), delta=0.0, merge="overwrite")
-    assert np.array_equal(over.refine(None, y0, s, (3, 15)).labels, y0)  # overwrite can only grow classes
+    assert np.array_equal(refine_one(over, y0, s, (3, 15)).labels, y0)  # overwrite can only grow classes
 
 
 def test_ensure_point_for_a_small_class():
@@ -122,9 +123,9 @@ def test_ensure_point_for_a_small_class():
     fn = lambda x, y: np.stack([box(0, 5, 0, 5)] * 3)  # noqa: E731
     s = scores_for(y0, (7,))
     plain = refiner(fn, delta=0.0)
-    assert np.array_equal(plain.refine(None, y0, s, (7,)).labels, y0) and plain.predictor.prompted == []
+    assert np.array_equal(refine_one(plain, y0, s, (7,)).labels, y0) and plain.predictor.prompted == []
     ensured = refiner(fn, delta=0.0, ensure_point_per_class=True)
-    assert (ensured.refine(None, y0, s, (7,)).labels == 7).sum() == 25 and len(ensured.predictor.prompted) == 1
+    assert (refine_one(ensured, y0, s, (7,)).labels == 7).sum() == 25 and len(ensured.predictor.prompted) == 1
 
 
 def test_never_a_label_outside_the_image_classes():
@@ -135,13 +136,13 @@ def test_never_a_label_outside_the_image_classes():
         fn = lambda x, y: rng.random((3, H, W)) > 0.5  # noqa: E731
         s = rng.random((4, H, W)).astype(np.float32)
         for cfg in ({}, {"filter_scope": "component"}, {"merge": "overwrite", "delta": 0.0}):
-            out = refiner(fn, **cfg).refine(None, y0, s, classes).labels
+            out = refine_one(refiner(fn, **cfg), y0, s, classes).labels
             assert set(np.unique(out)) <= {0, *classes}
 
 
 def test_disabled_refinement_returns_y0():
     y0 = y0_two_classes()
-    refinement = refiner(lambda x, y: None, enabled=False).refine(None, y0, None, (3, 15))
+    refinement = refine_one(refiner(lambda x, y: None, enabled=False), y0, scores_for(y0, (3, 15)), (3, 15))
     assert np.array_equal(refinement.labels, y0) and refinement.labels is not y0
     assert refinement.prompts == refinement.masks_accepted == (0, 0)
 
@@ -154,19 +155,17 @@ def test_prompts_and_accepted_masks_per_class_are_returned_with_the_labels():
     y0 = y0_two_classes()
     regions = {3: y0 == 3, 15: y0 == 15}
     fn = lambda x, y: np.stack([regions[15] if y > 33 else regions[3] if x < 20 else box(0, 1, 0, 1)] * 3)  # noqa: E731
-    refinement = refiner(fn, delta=0.5).refine(None, y0, scores_for(y0, (3, 15)), (3, 15))
+    refinement = refine_one(refiner(fn, delta=0.5), y0, scores_for(y0, (3, 15)), (3, 15))
     assert refinement.prompts == (36, 48)
     assert refinement.masks_accepted == (18, 48)
-    assert set(refinement.timings) == {"sam_encoder", "sam_decoder", "filter_merge"}
+    assert set(refinement.timings) == {"sam_decoder", "filter_merge"}
     # δ = 1 keeps exactly the masks equal to their class region (metric >= δ); δ outside [0, 1] is refused
-    assert refiner(fn, delta=1.0).refine(None, y0, scores_for(y0, (3, 15)), (3, 15)).masks_accepted == (18, 48)
+    assert refine_one(refiner(fn, delta=1.0), y0, scores_for(y0, (3, 15)), (3, 15)).masks_accepted == (18, 48)
     with pytest.raises(ValueError, match=r"--delta 1.01: must be in \[0.0, 1.0\]"):
         SAMRefineConfig(delta=1.01)
 
 
-def test_batched_path_equals_the_per_point_predict_loop():
-    from segment_anything import SamPredictor
-
+def test_refinement_equals_the_per_point_predict_loop():
     from pseudolabel.sam.predictor import BatchedPointPredictor
 
     model, _ = load_sam("vit_tiny_test", "random", seed=3)
@@ -176,8 +175,8 @@ def test_batched_path_equals_the_per_point_predict_loop():
     y0[5:30, 5:40], y0[25:48, 35:68] = 3, 15
     s = rng.random((3, 50, 70)).astype(np.float32)
     for cfg in (SAMRefineConfig(delta=0.0, points_per_batch=7), SAMRefineConfig(delta=0.3, mask_select="sam_score")):
-        fast = SAMRefiner(BatchedPointPredictor(model), cfg).refine(image, y0, s, (3, 15)).labels
-        loop = LoopSAMRefiner(SamPredictor(model), cfg).refine(image, y0, s, (3, 15)).labels
+        fast = refine_one(SAMRefiner(BatchedPointPredictor(model), cfg), y0, s, (3, 15), image=image).labels
+        loop = LoopSAMRefiner(model, cfg).refine_image(image, y0, s, (3, 15)).labels
         assert np.array_equal(fast, loop)
 
 
@@ -221,13 +220,13 @@ def test_pieces_bound_the_memory_and_never_change_a_label(monkeypatch):
     configs = [SAMRefineConfig(grid_size=6, delta=0.2),
                SAMRefineConfig(grid_size=6, delta=0.1, merge="overwrite", conflict_ignore=True),
                SAMRefineConfig(grid_size=6, delta=0.3, filter_scope="component", uncertain_ignore=True)]
-    whole = [SAMRefiner(BatchedPointPredictor(model), cfg).refine(image, y0, s, (3, 8, 15)) for cfg in configs]
-    assert SAMRefiner(None, configs[0]).prompts_per_step(45, 61) == 64   # small images: one piece
-    monkeypatch.setattr(refine, "MASK_BYTES_PER_STEP", 1)
-    monkeypatch.setattr(refine, "MERGE_BYTES_PER_BAND", 1)
+    whole = [refine_one(SAMRefiner(BatchedPointPredictor(model), cfg), y0, s, (3, 8, 15), image=image)
+             for cfg in configs]
+    assert SAMRefiner(None, configs[0]).prompts_per_step(45, 61) == 256   # small images: one piece
+    monkeypatch.setattr(refine, "PIECE_BYTES", 1)
     assert SAMRefiner(None, configs[0]).prompts_per_step(45, 61) == 1
     for cfg, expected in zip(configs, whole):
-        pieces = SAMRefiner(BatchedPointPredictor(model), cfg).refine(image, y0, s, (3, 8, 15))
+        pieces = refine_one(SAMRefiner(BatchedPointPredictor(model), cfg), y0, s, (3, 8, 15), image=image)
         assert np.array_equal(pieces.labels, expected.labels)
         assert (pieces.prompts, pieces.masks_accepted) == (expected.prompts, expected.masks_accepted)
     assert len({w.labels.tobytes() for w in whole}) == 3   # the options matter, so each comparison tests something
@@ -235,10 +234,8 @@ def test_pieces_bound_the_memory_and_never_change_a_label(monkeypatch):
 
 def test_prompts_per_step_at_the_sizes_that_matter():
     step = SAMRefiner(None, SAMRefineConfig()).prompts_per_step
-    assert step(500, 500) == step(640, 640) == 64          # VOC and COCO: the configured batch, labels unchanged
-    assert step(4000, 6000) == 3                          # 6000x4000: 3 x 3 masks of 24 M pixels per step
-    from pseudolabel.sam.refine import BATCH_PROMPTS     # the batched path's steps on a VOC batch's canvas: whole
-    assert step(500, 500, most=BATCH_PROMPTS) == BATCH_PROMPTS and step(4000, 6000, most=BATCH_PROMPTS) == 3
+    assert step(500, 500) == 256 and step(640, 640) == 218  # a VOC batch's canvas: the configured step; COCO's: fewer
+    assert step(4000, 6000) == 3                            # 6000x4000: 3 x 3 masks of 24 M pixels per step
 
 
 def _scene(rng, classes):
@@ -261,16 +258,11 @@ def _random_ious(x, y):
 
 
 def refine_both(refiner_of, scenes):
-    """Each scene ``(y0, scores, classes)`` refined image by image (``refine``) and all together
-    (``refine_embedded_batch``), each with a fresh refiner from ``refiner_of()``."""
-    from pseudolabel.sam.refine import ImageEmbedding
-
+    """Each scene ``(y0, scores, classes)`` refined image by image (``refine_embedded``) and all together on their
+    canvases (``refine_batch``), each with a fresh refiner from ``refiner_of()``."""
     one = refiner_of()
-    alone = [one.refine(None, y0, s, c) for y0, s, c in scenes]
-    together = refiner_of()
-    together.batched = True
-    embeddings = [ImageEmbedding(torch.zeros(1, 1, 1, 1), y0.shape, y0.shape) for y0, _, _ in scenes]
-    return alone, together.refine_embedded_batch(embeddings, *zip(*scenes))
+    alone = [refine_one(one, y0, s, c) for y0, s, c in scenes]
+    return alone, refine_together(refiner_of(), [fake_embedding(y0) for y0, _, _ in scenes], scenes)
 
 
 BATCH_CONFIGS = [{}, {"delta": 0.0}, {"filter_scope": "component", "delta": 0.3}, {"mask_select": "sam_score"},
@@ -280,16 +272,13 @@ BATCH_CONFIGS = [{}, {"delta": 0.0}, {"filter_scope": "component", "delta": 0.3}
 
 
 @pytest.mark.parametrize("cfg", BATCH_CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "defaults")
-def test_batched_refinement_equals_image_by_image(cfg, monkeypatch):
+def test_batched_refinement_equals_image_by_image(cfg):
     """Several images refined together (prompt counts that differ, so decoding steps hold fewer images as they go
     on; classes padded to the image with the most) against each image alone, with known random masks."""
-    from pseudolabel.sam import refine as refine_module
-
-    monkeypatch.setattr(refine_module, "BATCH_PROMPTS", 40)  # several steps
     rng = np.random.default_rng(7)
     scenes = [(*_scene(rng, c), c) for c in ((3,), (5, 9, 14), (2, 20), (11,))]
     alone, together = refine_both(lambda: SAMRefiner(FakePredictor(_random_boxes, _random_ious),
-                                                     SAMRefineConfig(**cfg)), scenes)
+                                                     SAMRefineConfig(points_per_batch=40, **cfg)), scenes)  # steps
     for a, b in zip(alone, together):
         assert np.array_equal(a.labels, b.labels)
         assert a.prompts == b.prompts and a.masks_accepted == b.masks_accepted
@@ -302,8 +291,8 @@ def test_batched_refinement_equals_image_by_image(cfg, monkeypatch):
                                   "uncertain_ignore": True}], ids=("class", "component"))
 def test_batched_refinement_keeps_the_memory_budget(cfg, monkeypatch):
     """The batched path within the budgets of large images: a decoding step holds no more prompts than their masks
-    on the batch's canvas fit in MASK_BYTES_PER_STEP (here 5), the merge runs in one-row bands
-    (MERGE_BYTES_PER_BAND), and the labels equal those of each image alone in one piece."""
+    on the batch's canvas fit in PIECE_BYTES (here 5), the merge runs in bands of the rows whose scores fit in it
+    (26 of 64), and the labels equal those of each image alone in one piece."""
     from pseudolabel.sam import refine as refine_module
 
     rng = np.random.default_rng(11)
@@ -317,15 +306,14 @@ def test_batched_refinement_keeps_the_memory_budget(cfg, monkeypatch):
     monkeypatch.setattr(SAMRefiner, "_merge_band",
                         lambda self, y0, *rest, merge=SAMRefiner._merge_band: bands.append(y0.shape[-2])
                         or merge(self, y0, *rest))
-    monkeypatch.setattr(refine_module, "MASK_BYTES_PER_STEP", 5 * 3 * H * W)
-    monkeypatch.setattr(refine_module, "MERGE_BYTES_PER_BAND", 1)
+    monkeypatch.setattr(refine_module, "PIECE_BYTES", 5 * 3 * H * W)
     _, pieces = refine_both(refiner_of, scenes)
     for a, b in zip(whole, pieces):
         assert np.array_equal(a.labels, b.labels)
         assert a.prompts == b.prompts and a.masks_accepted == b.masks_accepted
     prompts = sum(sum(r.prompts) for r in whole)
     assert max(steps) <= 5 and len(steps) >= prompts / 5 and sum(r.prompts != (0,) * len(r.prompts) for r in whole) > 1
-    assert set(bands) == {1} and len(bands) >= H   # the batch's merge in bands of one row (the images alone too)
+    assert bands == [H] * 3 + [26, 26, H - 52]   # each image alone in one band, the batch's in bands of 26 rows
     assert sum(sum(r.masks_accepted) for r in whole) > 0
 
 
@@ -354,13 +342,11 @@ def test_decoding_steps_cover_every_prompt_once():
         assert all(t >= c for t, c in zip(taken, counts)) and all(t - c < max(limit, 1) for t, c in zip(taken, counts))
 
 
-def test_batched_refinement_with_sam_equals_image_by_image(monkeypatch):
-    """A tiny real SAM: images of different sizes refined together (their masks on one canvas, resized by each
-    image's own taps) against each alone (CSR resize, threads)."""
-    from pseudolabel.sam import refine as refine_module
+def test_batched_refinement_with_sam_equals_image_by_image():
+    """A tiny real SAM: images of different sizes refined together (their masks on one canvas, each resized by its
+    own map) against each alone."""
     from pseudolabel.sam.predictor import BatchedPointPredictor
 
-    monkeypatch.setattr(refine_module, "BATCH_PROMPTS", 48)
     model, _ = load_sam("vit_tiny_test", "random", seed=3)
     rng = np.random.default_rng(2)
     scenes, images = [], []
@@ -369,6 +355,7 @@ def test_batched_refinement_with_sam_equals_image_by_image(monkeypatch):
         y0 = np.asarray((0, *classes), np.uint8)[rng.integers(0, 1 + len(classes), (height // 8 + 1, width // 8 + 1))]
         y0 = np.kron(y0, np.ones((8, 8), np.uint8))[:height, :width]  # blocks: regions the masks can match
         scenes.append((y0, rng.random((1 + len(classes), height, width)).astype(np.float32), classes))
-    alone = assert_batched_equals_alone(SAMRefiner(BatchedPointPredictor(model), SAMRefineConfig(delta=0.0)), images,
-                                        scenes)
+    alone = assert_batched_equals_alone(SAMRefiner(BatchedPointPredictor(model), SAMRefineConfig(delta=0.0,
+                                                                                                 points_per_batch=48)),
+                                        images, scenes)
     assert any((r.labels != s[0]).any() for r, s in zip(alone, scenes))  # SAM's masks changed the labels

@@ -40,11 +40,11 @@ from pseudolabel.config import PseudoLabelConfig
 from pseudolabel.datasets import Sample
 from pseudolabel.image_io import read_rgb
 from pseudolabel.pipeline import label_record
-from pseudolabel.sam.refine import MASK_BYTES_PER_STEP, ImageEmbedding, Refinement, SAMInput, SAMRefiner
+from pseudolabel.sam.refine import PIECE_BYTES, ImageEmbedding, Refinement, SAMInput, SAMRefiner
 from pseudolabel.storage.shards import LabelRecord
 
 LOG = logging.getLogger("pseudolabel.ablation")
-KEPT_MASK_BYTES = 2 * MASK_BYTES_PER_STEP   # point masks kept for an image's later rows, per SAM model (512 MiB)
+KEPT_MASK_BYTES = 2 * PIECE_BYTES   # point masks kept for an image's later rows, per SAM model (512 MiB)
 
 
 def clip_key(config: PseudoLabelConfig) -> tuple:
@@ -64,15 +64,15 @@ def cam_key(config: PseudoLabelConfig) -> str:
 
 
 def sam_key(config: PseudoLabelConfig) -> tuple:
-    """The SAM model a row runs on, in its precision (random weights are seeded by the Skip-CAM seed, as in
-    gen_pseudo)."""
+    """The SAM model a row runs on, in its precision (random weights seeded by ``sam_seed``, as in gen_pseudo)."""
     return config.refine.sam_model, config.refine.sam_checkpoint, config.refine.sam_seed, config.precision
 
 
 class PointMasks:
     """SAM's masks and predicted IoUs per prompt point of one image on one SAM model, each point decoded once.
 
-    Called like :meth:`SAMRefiner.point_masks` with ``decode`` (that method) behind it. A point's masks are kept
+    Called with one image's points ``(P, 2)`` and ``decode`` behind it (:meth:`SharedMasksRefiner.point_masks`, inside
+    the refiner's decoding steps, so the predictor holds the image). A point's masks are kept
     while rows that will ask for it remain (:meth:`expect`) and dropped after their last use, so a sweep holds only
     the points some later row of the image still needs (a 500x375 image's 3 masks take 560 KB a point), and never
     more than ``budget`` bytes of them: a point beyond it is decoded again when a later row asks (a 6000x4000
@@ -95,15 +95,15 @@ class PointMasks:
 
     def expect(self, xy: np.ndarray) -> None:
         """A row will ask for these points."""
-        self.uses.update((float(x), float(y)) for x, y in xy)
+        self.uses.update(_keys(xy))
 
-    def __call__(self, xy: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        keys = [(float(x), float(y)) for x, y in xy]
+    def __call__(self, xy: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        keys = _keys(xy)
         new = [k for k in dict.fromkeys(keys) if k not in self.points]
         fresh = {}
         if new:
             start = time.perf_counter()
-            masks, iou = self.decode(np.array(new, dtype=xy.dtype).reshape(-1, 2), size)
+            masks, iou = self.decode(np.array(new, dtype=np.float32).reshape(-1, 2))
             self.seconds += time.perf_counter() - start
             self.decoded += len(new)
             fresh = {k: (masks[i], iou[i]) for i, k in enumerate(new)}
@@ -127,18 +127,27 @@ class PointMasks:
                 self.kept_bytes += fresh[k][0].nbytes
 
 
+def _keys(xy) -> list[tuple[float, float]]:
+    """Points as :class:`PointMasks` keys them: float32 xy, as the refiner decodes them."""
+    return [(float(x), float(y)) for x, y in np.asarray(xy, np.float32)]
+
+
 class SharedMasksRefiner(SAMRefiner):
     """A :class:`SAMRefiner` that takes its point masks from ``shared`` (the current image's :class:`PointMasks`)
-    while one is set; every setting on one SAM model shares one predictor."""
+    while one is set (the sweep refines one image at a time); every setting on one SAM model shares one predictor."""
 
     shared: PointMasks | None = None
 
-    def point_masks(self, xy: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.shared(xy, size) if self.shared is not None else super().point_masks(xy, size)
+    def point_masks(self, xy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.shared is None:
+            return super().point_masks(xy)
+        masks, iou = self.shared(xy[0].numpy())
+        return masks[None], iou[None]
 
-    def decode(self, xy: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """SAM's own masks for the points (what :class:`PointMasks` keeps)."""
-        return super().point_masks(xy, size)
+    def decode(self, xy: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM's own masks ``(P, 3, H, W)`` and IoUs of one image's points (what :class:`PointMasks` keeps)."""
+        masks, iou = super().point_masks(torch.from_numpy(xy)[None])
+        return masks[0], iou[0]
 
 
 class ModelPool:

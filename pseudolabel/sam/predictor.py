@@ -1,21 +1,20 @@
-"""A ``SamPredictor`` for many single-point prompts on one image, with the same masks at a fraction of the CPU cost.
+"""SAM's masks of many single-point prompts on one or several images, with SAM's result at a fraction of the CPU cost.
 
-:class:`BatchedPointPredictor` is a drop-in ``segment_anything.SamPredictor``. When ``predict_torch`` gets what the
-refinement asks for (one positive point per prompt, no box or mask input, 3 masks, thresholded), it runs
-:class:`~pseudolabel.sam.decoder.SharedImageMaskDecoder` and :class:`MaskResize`, which compute the same function
-as SAM's decoder and ``postprocess_masks`` in a cheaper order; any other request goes to ``SamPredictor`` itself.
-Its image side comes in two steps a caller can separate: :meth:`BatchedPointPredictor.encode` runs SAM's image
-encoder on several images at once (in the run's precision on a GPU), :meth:`BatchedPointPredictor.set_features`
-makes one image's embedding the current one. For the batched GPU path, :meth:`BatchedPointPredictor.set_batch` holds
-several images at once and :meth:`BatchedPointPredictor.predict_points` decodes prompts of all of them together,
-their masks resized to a canvas as large as the largest image (:mod:`pseudolabel.canvas`).
+:class:`BatchedPointPredictor` runs SAM's image encoder on several images at once (``encode``, in the run's
+precision on a GPU), holds several images' embeddings (``set_batch``) and decodes one positive point per prompt on
+all of them together (``predict_points``), the masks on a canvas as large as the largest image
+(:mod:`pseudolabel.canvas`). The decoder is :class:`~pseudolabel.sam.decoder.SharedImageMaskDecoder` and the resize :class:`MaskResize`, which compute the same
+function as SAM's decoder and ``postprocess_masks`` in a cheaper order (:func:`decode_points`, for SAM 2.1's
+predictor too). Stock ``segment_anything.SamPredictor`` is the tests' reference.
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -24,15 +23,14 @@ from torch import Tensor
 from pseudolabel import compat
 
 compat.apply()  # before segment_anything imports torchvision
-from segment_anything import SamPredictor  # noqa: E402
+from segment_anything.utils.transforms import ResizeLongestSide  # noqa: E402
 
-from pseudolabel.canvas import canvas_shape, pad_stack  # noqa: E402
+from pseudolabel.canvas import canvas_shape  # noqa: E402
 from pseudolabel.precision import encoder_precision  # noqa: E402
 from pseudolabel.sam.decoder import SharedImageMaskDecoder  # noqa: E402
 from pseudolabel.transfer import upload  # noqa: E402
 
-RESIZE_CACHE = 16  # mask resizes kept per predictor (one per input/original size pair; VOC has a handful of sizes)
-RESIZE_BYTES = 256 << 20  # float32 logits resized at once by predict_points (the rest waits its turn)
+RESIZE_CACHE = 32  # mask resizes kept (one per input/original size pair; VOC has a handful of sizes)
 
 
 def _resize_taps(low: int, canvas: int, kept: int, out: int, taps: int = 4) -> tuple[Tensor, Tensor]:
@@ -88,34 +86,30 @@ def point_prompts(prompt_encoder, coords: Tensor) -> Tensor:
 
 
 class MaskResize:
-    """SAM's ``postprocess_masks`` (bilinear to the square canvas, crop the padding, bilinear to the original size)
-    as one separable banded linear map from the low-resolution logits, a few multiply-adds per output pixel instead
-    of going through the 1024x1024 canvas. On a CPU the two axes run as sparse (CSR) matrix products; elsewhere as
-    gathers of the taps.
+    """SAM's ``postprocess_masks`` of one image (bilinear to the square canvas, crop the padding, bilinear to the
+    original size) as one separable banded linear map from the low-resolution logits, a few multiply-adds per output
+    pixel instead of going through the 1024x1024 canvas, as two sparse (CSR) matrix products. On 2 CPU cores they
+    take 0.7 ms for a prompt's 3 masks of a 500x375 image, gathers of the same taps 4.1 ms.
 
     ``used`` is the number of low-resolution rows and columns the map reads; logits beyond them need not exist.
-    ``sparse`` picks the CSR products (default: on a CPU only).
+    ``size`` is the original size. With ``canvas == low_res`` and the whole canvas kept it is one bilinear resize
+    (SAM 2.1's ``postprocess_masks``).
     """
 
     def __init__(self, low_res: int, canvas: int, input_size: tuple[int, int], original_size: tuple[int, int],
-                 device: torch.device | str = "cpu", sparse: bool | None = None) -> None:
+                 device: torch.device | str = "cpu") -> None:
         rows = _resize_taps(low_res, canvas, input_size[0], original_size[0])  # on the host: no wait for a GPU
         cols = _resize_taps(low_res, canvas, input_size[1], original_size[1])
         self.used = (int(rows[0].max()) + 1, int(cols[0].max()) + 1)
-        self.rows, self.cols = [upload(t, device) for t in rows], [upload(t, device) for t in cols]
-        self.sparse = torch.device(device).type == "cpu" if sparse is None else sparse
-        if self.sparse:
-            with warnings.catch_warnings():  # torch calls its CSR support "beta"; the products used here are plain
-                warnings.simplefilter("ignore", UserWarning)
-                self.row_matrix = self._matrix(*self.rows, self.used[0]).to_sparse_csr()  # (H, rows)
-                self.col_matrix_t = self._matrix(*self.cols, self.used[1]).to_sparse_csr().t()  # (cols, W)
+        self.size = tuple(original_size)
+        with warnings.catch_warnings():  # torch calls its CSR support "beta"; the products used here are plain
+            warnings.simplefilter("ignore", UserWarning)
+            self.row_matrix = upload(self._matrix(*rows, self.used[0]), device).to_sparse_csr()  # (H, rows)
+            self.col_matrix_t = upload(self._matrix(*cols, self.used[1]), device).to_sparse_csr().t()  # (cols, W)
 
     def __call__(self, logits: Tensor) -> Tensor:
         """``(..., used rows, used cols)`` low-resolution logits -> ``(..., H, W)`` logits at the original size."""
-        if not self.sparse:
-            rows = self._along_rows(logits, *self.rows).transpose(-1, -2).contiguous()
-            return self._along_rows(rows, *self.cols).transpose(-1, -2)
-        (rows, cols), height, width = self.used, len(self.rows[0]), len(self.cols[0])
+        (rows, cols), (height, width) = self.used, self.size
         lead, x = logits.shape[:-2], logits.reshape(-1, rows, cols)
         x = (x.reshape(-1, cols) @ self.col_matrix_t).view(-1, rows, width)  # columns first: (K, rows, W)
         x = self.row_matrix @ x.transpose(0, 1).reshape(rows, -1)  # (H, K * W)
@@ -123,57 +117,85 @@ class MaskResize:
 
     @staticmethod
     def _matrix(index: Tensor, weight: Tensor, columns: int) -> Tensor:
-        return torch.zeros(len(index), columns, device=index.device).scatter_add_(1, index, weight)
-
-    @staticmethod
-    def _along_rows(x: Tensor, index: Tensor, weight: Tensor) -> Tensor:
-        return sum(x.index_select(-2, index[:, t]) * weight[:, t, None] for t in range(index.shape[1]))
+        return torch.zeros(len(index), columns).scatter_add_(1, index, weight)
 
 
-class PaddedMaskResize:
-    """Several images' :class:`MaskResize` (taps, not CSR) at once, onto a canvas of ``size`` (at least each image's
-    original size): ``(n, ..., rows, cols)`` logits of n images -> ``(n, ..., H, W)``, each image's in the top-left
-    corner of its canvas and zero beyond. The taps of each output pixel and their order are each image's own, so the
-    values equal :class:`MaskResize`'s exactly."""
+@dataclass
+class HeldImages:
+    """The images a predictor's ``set_batch`` holds. Holding the same again (the same embedding tensors, sizes and
+    canvas: each refinement setting of one image in a sweep) costs nothing."""
 
-    def __init__(self, resizes: list[MaskResize], size: tuple[int, int]) -> None:
-        self.rows = [pad_stack(list(t), 0, (size[0], t[0].shape[1])) for t in zip(*(r.rows for r in resizes))]
-        self.cols = [pad_stack(list(t), 0, (size[1], t[0].shape[1])) for t in zip(*(r.cols for r in resizes))]
-        self.used = tuple(max(r.used[axis] for r in resizes) for axis in (0, 1))
+    features: list[Tensor]              # each image's embedding, compared by identity
+    input_sizes: list[tuple[int, int]]
+    original_sizes: list[tuple[int, int]]
+    canvas: tuple[int, int]             # the masks' canvas (default: the smallest that holds every image)
 
-    def __call__(self, logits: Tensor) -> Tensor:
-        """``(n, m, used rows, used cols)`` logits of the first n images -> ``(n, m, H, W)``."""
-        images = len(logits)
-        rows = self._along(logits, *(t[:images] for t in self.rows)).transpose(-1, -2).contiguous()
-        return self._along(rows, *(t[:images] for t in self.cols)).transpose(-1, -2)
+    @classmethod
+    def of(cls, features, input_sizes, original_sizes, canvas=None) -> "HeldImages":
+        originals = [tuple(s) for s in original_sizes]
+        return cls(list(features), [tuple(s) for s in input_sizes], originals,
+                   tuple(canvas) if canvas is not None else canvas_shape(originals))
 
-    @staticmethod
-    def _along(x: Tensor, index: Tensor, weight: Tensor) -> Tensor:
-        """:meth:`MaskResize._along_rows` with each image's taps: ``x (n, m, L, K)``, ``index, weight (n, out,
-        taps)`` -> ``(n, m, out, K)``."""
-        shape = (*x.shape[:2], index.shape[1], x.shape[3])
-        return sum(x.gather(2, index[:, None, :, t, None].expand(shape)) * weight[:, None, :, t, None]
-                   for t in range(index.shape[2]))
+    def same(self, other: "HeldImages | None") -> bool:
+        return other is not None and len(self.features) == len(other.features) \
+            and all(a is b for a, b in zip(self.features, other.features)) \
+            and (self.input_sizes, self.original_sizes, self.canvas) == (other.input_sizes, other.original_sizes,
+                                                                         other.canvas)
 
 
-class BatchedPointPredictor(SamPredictor):
-    """``SamPredictor`` whose ``predict_torch`` decodes single positive points through the shared-image decoder.
+@functools.lru_cache(maxsize=RESIZE_CACHE)
+def mask_resize(low_res: int, canvas: int, input_size: tuple[int, int], original_size: tuple[int, int],
+                device: torch.device) -> MaskResize:
+    """The :class:`MaskResize` of an image size, cached."""
+    return MaskResize(low_res, canvas, input_size, original_size, device)
+
+
+def decode_points(decoder: SharedImageMaskDecoder, sparse: Tensor, resizes: list[MaskResize], canvas: tuple[int, int],
+                  threshold: float, prompts_per_step: int | None = None, threads: int | None = None
+                  ) -> tuple[Tensor, Tensor]:
+    """SAM's 3 thresholded masks ``(n, P, 3, H, W)`` on ``canvas`` (False beyond each image) and their predicted IoUs
+    ``(n, P, 3)`` of the first n images the decoder holds, from the prompts' sparse embeddings ``(n, P, T, D)`` and
+    each image's resize; steps of prompts (of every image) as :func:`decode_in_steps` spreads them. The masks are
+    resized prompt by prompt: on 2 CPU cores 0.7 ms for a prompt's 3 masks of a 500x375 image against 1.1 ms for 4
+    prompts at once, and a prompt's float32 logits are all the resize holds."""
+    images, prompts = sparse.shape[:2]
+    masks = torch.zeros(images, prompts, decoder.decoder.num_multimask_outputs, *canvas, dtype=torch.bool,
+                        device=sparse.device)
+    iou = sparse.new_empty(images, prompts, decoder.decoder.num_multimask_outputs)
+
+    def decode(start: int, stop: int) -> None:
+        logits, step_iou = decoder(sparse[:, start: stop].flatten(0, 1), images)
+        iou[:, start: stop] = step_iou.view(images, stop - start, -1)
+        for image_logits, image_masks, resize in zip(logits.view(images, stop - start, *logits.shape[1:]),
+                                                     masks[:, start: stop], resizes):
+            (rows, cols), (height, width) = resize.used, resize.size
+            for prompt_logits, prompt_masks in zip(image_logits[..., :rows, :cols], image_masks[..., :height, :width]):
+                torch.gt(resize(prompt_logits), threshold, out=prompt_masks)  # one prompt: in cache, memory bounded
+    decode_in_steps(decode, prompts, sparse.device, prompts_per_step, threads)
+    return masks, iou
+
+
+class BatchedPointPredictor:
+    """SAM's image encoder and its masks of single positive points through the shared-image decoder, for several
+    images at once.
 
     The masks equal ``SamPredictor``'s up to float32 rounding (a logit within about 1e-6 of the threshold may flip;
-    ``tests/test_sam_decoder.py`` and ``bench/bench_sam_refine.py`` measure it). The third output, the
-    low-resolution logits, covers only the part of SAM's canvas that holds the image.
+    ``tests/test_sam_decoder.py`` and ``bench/bench_sam_refine.py`` measure it).
     """
 
     def __init__(self, sam_model, prompts_per_step: int | None = None, threads: int | None = None,
                  precision: str = "fp32") -> None:
         """``prompts_per_step``, ``threads``: see :func:`decode_in_steps`. ``precision``: of the image encoder on CUDA
-        (:mod:`pseudolabel.precision`); the prompt decoder
-        always computes in float32."""
-        super().__init__(sam_model)
+        (:mod:`pseudolabel.precision`); the prompt decoder always computes in float32."""
+        self.model = sam_model
+        self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
         self.decoder = SharedImageMaskDecoder(sam_model.mask_decoder)
         self.prompts_per_step, self.threads, self.precision = prompts_per_step, threads, precision
-        self.resize: MaskResize | None = None
-        self._resizes: dict[tuple, MaskResize] = {}
+        self.held: HeldImages | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
 
     @torch.no_grad()
     def encode(self, transformed_images: list[Tensor]) -> Tensor:
@@ -186,103 +208,29 @@ class BatchedPointPredictor(SamPredictor):
         return features.float()
 
     @torch.no_grad()
-    def set_torch_image(self, transformed_image: Tensor, original_image_size: tuple[int, ...]) -> None:
-        if transformed_image.ndim != 4 or max(*transformed_image.shape[2:]) != self.model.image_encoder.img_size:
-            raise ValueError(f"set_torch_image input must be BCHW with long side {self.model.image_encoder.img_size}")
-        self.set_features(self.encode([transformed_image[0]]), tuple(transformed_image.shape[-2:]),
-                          original_image_size)
-
-    @torch.no_grad()
-    def set_features(self, features: Tensor, input_size: tuple[int, int], original_size: tuple[int, ...]) -> None:
-        """Make ``features (1, 256, 64, 64)`` (from :meth:`encode`) the current image, of ``original_size``
-        resized to ``input_size``: what ``set_image`` does after the encoder. Setting the current image's features
-        again (several refinement settings of one image) costs nothing."""
-        if self.is_image_set and features is self.features and (tuple(input_size), tuple(original_size)) == \
-                (self.input_size, self.original_size):
-            return
-        self.reset_image()
-        self.original_size, self.input_size = tuple(original_size), tuple(input_size)
-        self.features, self.is_image_set = features, True
-        self.resize = self._mask_resize(self.input_size, self.original_size, features.shape[-1])
-        _, dense = self.model.prompt_encoder(points=None, boxes=None, masks=None)
-        used_grid = tuple(-(-n // 4) for n in self.resize.used)
-        self.decoder.set_image(self.features, self.model.prompt_encoder.get_dense_pe(), dense, used_grid)
-
-    def _mask_resize(self, input_size: tuple[int, int], original_size: tuple[int, int], side: int,
-                     sparse: bool | None = None) -> MaskResize:
-        """The (cached) :class:`MaskResize` of an image size."""
-        key = (tuple(input_size), tuple(original_size), side, sparse)
-        if key not in self._resizes:
-            if len(self._resizes) >= RESIZE_CACHE:
-                self._resizes.pop(next(iter(self._resizes)))
-            self._resizes[key] = MaskResize(4 * side, self.model.image_encoder.img_size, input_size, original_size,
-                                            self.device, sparse)
-        return self._resizes[key]
-
-    @torch.no_grad()
-    def set_batch(self, features: Tensor, input_sizes: list[tuple[int, int]],
+    def set_batch(self, features: list[Tensor], input_sizes: list[tuple[int, int]],
                   original_sizes: list[tuple[int, int]], canvas: tuple[int, int] | None = None) -> None:
-        """Hold several images for :meth:`predict_points`: their embeddings ``(n, 256, 64, 64)`` (from
-        :meth:`encode`), sizes (as :meth:`set_features` takes them) and the masks' canvas (default: the smallest
-        that holds every image). Replaces the current image."""
-        self.reset_image()
-        self.batch_sizes = [tuple(s) for s in original_sizes]
-        self.canvas = tuple(canvas) if canvas is not None else canvas_shape(self.batch_sizes)
-        self.batch_resize = PaddedMaskResize([self._mask_resize(i, o, features.shape[-1], sparse=False)
-                                              for i, o in zip(input_sizes, original_sizes)], self.canvas)
+        """Hold several images for :meth:`predict_points` (:class:`HeldImages`): each one's embedding
+        ``(1, 256, 64, 64)`` (from :meth:`encode`), their sizes after ``self.transform`` and before, and the masks'
+        canvas."""
+        held = HeldImages.of(features, input_sizes, original_sizes, canvas)
+        if held.same(self.held):
+            return
+        self.held = held
+        self.resizes = [mask_resize(4 * features[0].shape[-1], self.model.image_encoder.img_size, i, o, self.device)
+                        for i, o in zip(held.input_sizes, held.original_sizes)]
         _, dense = self.model.prompt_encoder(points=None, boxes=None, masks=None)
-        used_grid = tuple(-(-n // 4) for n in self.batch_resize.used)
-        self.decoder.set_images(features, self.model.prompt_encoder.get_dense_pe(), dense, used_grid)
+        used_grid = tuple(-(-max(r.used[axis] for r in self.resizes) // 4) for axis in (0, 1))
+        self.decoder.set_images(torch.cat(features), self.model.prompt_encoder.get_dense_pe(), dense, used_grid)
 
     @torch.no_grad()
     def predict_points(self, xy: Tensor) -> tuple[Tensor, Tensor]:
         """Masks of one positive point per prompt for the first ``n`` images of :meth:`set_batch`: ``xy (n, P, 2)``
         (host, float32, each image's own pixel coordinates) -> SAM's 3 thresholded masks ``(n, P, 3, H, W)`` on the
-        canvas (False beyond each image) and their predicted IoUs ``(n, P, 3)``. The prompts of all n images go
-        through the decoder together; the masks are resized ``RESIZE_BYTES`` of logits at a time."""
+        canvas (False beyond each image) and their predicted IoUs ``(n, P, 3)`` (:func:`decode_points`)."""
         images, prompts = xy.shape[:2]
         coords = torch.cat([self.transform.apply_coords_torch(points, size)
-                            for points, size in zip(xy, self.batch_sizes)])
-        logits, iou = self.decoder(point_prompts(self.model.prompt_encoder, upload(coords, self.device)[:, None]),
-                                   images)
-        used_rows, used_cols = self.batch_resize.used
-        logits = logits[..., :used_rows, :used_cols].view(images, prompts, *logits.shape[1:-2], used_rows, used_cols)
-        masks = torch.empty(images, prompts, logits.shape[2], *self.canvas, dtype=torch.bool, device=self.device)
-        step = max(1, RESIZE_BYTES // (4 * images * logits.shape[2] * self.canvas[0] * self.canvas[1]))
-        for start in range(0, prompts, step):
-            chunk = logits[:, start: start + step]
-            resized = self.batch_resize(chunk.flatten(1, 2)).view(masks[:, start: start + step].shape)
-            torch.gt(resized, self.model.mask_threshold, out=masks[:, start: start + step])
-        return masks, iou.view(images, prompts, -1)
-
-    @torch.no_grad()
-    def predict_torch(self, point_coords, point_labels, boxes=None, mask_input=None, multimask_output=True,
-                      return_logits=False):
-        single_points = (point_coords is not None and point_coords.shape[1] == 1 and bool((point_labels == 1).all())
-                         and boxes is None and mask_input is None and multimask_output and not return_logits)
-        if not single_points:
-            return super().predict_torch(point_coords, point_labels, boxes, mask_input, multimask_output,
-                                         return_logits)
-        if not self.is_image_set:
-            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
-        sparse = point_prompts(self.model.prompt_encoder, point_coords)
-        masks = torch.empty(len(sparse), self.decoder.decoder.num_multimask_outputs, *self.original_size,
-                            dtype=torch.bool, device=self.device)
-        decode = lambda start, stop: self._decode(sparse[start: stop], masks[start: stop])  # noqa: E731
-        outputs = decode_in_steps(decode, len(sparse), self.device, self.prompts_per_step, self.threads)
-        iou_predictions, low_res = zip(*outputs)
-        return masks, torch.cat(iou_predictions), torch.cat(low_res)
-
-    @torch.no_grad()
-    def _decode(self, sparse: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
-        """Decode a step of prompts: thresholded masks at the original size into ``masks``; returns the predicted
-        IoUs and the low-resolution logits."""
-        logits, iou = self.decoder(sparse)
-        used_rows, used_cols = self.resize.used
-        used = logits[..., :used_rows, :used_cols]
-        if self.resize.sparse:  # a CPU: one prompt at a time stays in cache, 1.5x faster
-            for prompt_logits, prompt_masks in zip(used, masks):
-                torch.gt(self.resize(prompt_logits), self.model.mask_threshold, out=prompt_masks)
-        else:  # a GPU: the whole step in a few kernels
-            torch.gt(self.resize(used), self.model.mask_threshold, out=masks)
-        return iou, logits
+                            for points, size in zip(xy, self.held.original_sizes)])
+        sparse = point_prompts(self.model.prompt_encoder, upload(coords, self.device)[:, None])
+        return decode_points(self.decoder, sparse.view(images, prompts, *sparse.shape[1:]), self.resizes[:images],
+                             self.held.canvas, self.model.mask_threshold, self.prompts_per_step, self.threads)

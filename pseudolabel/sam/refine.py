@@ -3,20 +3,16 @@ positive point per prompt (batched), multimask selection, the δ filter and the 
 
 Two stages a caller can keep apart and reuse: :meth:`SAMRefiner.embed` (SAM's image encoder, several images at once
 on a GPU; an :class:`ImageEmbedding` serves every refinement setting of the same SAM model: grid, δ, filter, mask
-selection, merge) and :meth:`SAMRefiner.refine_embedded` (prompts, masks, filter and merge of one setting). The
-masks, filtering and merging run as torch operations on the model's device.
+selection, merge) and :meth:`SAMRefiner.refine_batch` (prompts, masks, filter and merge of one setting), the one
+refinement path for one image (:meth:`SAMRefiner.refine_embedded`) or several, on any device: one host copy of the
+labels at the grid points gives every image's prompts, the prompts of all images go through the decoder together
+(``points_per_batch`` at a time, as many of each image), and selection, the δ filter and the merge run as torch
+operations on canvases of all images (:mod:`pseudolabel.canvas`) on the model's device.
 
-Everything runs at the image's full resolution, in pieces whose memory is bounded whatever the image size: prompts
-are decoded, selected and filtered a few at a time (:data:`MASK_BYTES_PER_STEP`) and the merge runs in bands of rows
-(:data:`MERGE_BYTES_PER_BAND`). Each mask and each pixel is computed exactly as in one piece, so the pieces never
+Everything runs at the images' full resolution, in pieces whose memory is bounded whatever the image size: prompts
+are decoded, selected and filtered a few at a time and the merge runs in bands of rows, each piece within one budget
+(:data:`PIECE_BYTES`). Each mask and each pixel is computed exactly as in one piece, so the pieces never
 change a label; at VOC and COCO sizes the pieces are whole.
-
-:meth:`SAMRefiner.refine_batch` (the batched GPU path, any device) refines several images at once: one host copy of
-the labels at the grid points gives every image's prompts, the prompts of all images go through the decoder
-together (``BATCH_PROMPTS`` at a time, fewer where their masks on the batch's canvas would exceed
-:data:`MASK_BYTES_PER_STEP`), and selection, the δ filter and the merge (in bands of :data:`MERGE_BYTES_PER_BAND`)
-run on canvases of all images (:mod:`pseudolabel.canvas`). Its labels equal :meth:`SAMRefiner.refine_embedded`'s
-image by image up to float rounding.
 """
 from __future__ import annotations
 
@@ -32,9 +28,9 @@ from pseudolabel.classes import IGNORE_INDEX
 from pseudolabel.cli_options import DictConfig
 from pseudolabel.transfer import upload
 
-BATCH_PROMPTS = 256  # prompts decoded together by refine_batch, over all images (about 2 GB of decoder activations)
-MASK_BYTES_PER_STEP = 256 << 20   # SAM's 3 masks per prompt, one byte per pixel: 3 prompts of a 6000x4000 image
-MERGE_BYTES_PER_BAND = 256 << 20  # the merge's per-class float32 scores in one band of rows
+# the most bytes of full-resolution work in one piece: a decoding step's masks (3 per prompt, one byte per pixel: 3
+# prompts of a 6000x4000 image) or a merge band's per-class float32 scores
+PIECE_BYTES = 256 << 20
 
 
 def registered_sam_variants() -> tuple[str, ...]:
@@ -79,7 +75,8 @@ class SAMRefineConfig(DictConfig):
     uncertain_ignore: bool = field(default=False, metadata={"help": "pixels whose label differs from Y0 -> 255"})
     ensure_point_per_class: bool = field(default=False, metadata={
         "help": "a class with no grid point gets its localization peak as a prompt"})
-    points_per_batch: int = field(default=64, metadata={"help": "prompts decoded together", "min": 1})
+    points_per_batch: int = field(default=256, metadata={
+        "help": "prompts decoded together, over all images of a batch (speed only)", "min": 1})
 
 
 def grid_points(height: int, width: int, n: int) -> np.ndarray:
@@ -136,15 +133,11 @@ class ImageEmbedding:
 
 
 class SAMRefiner:
-    """Refines Y0 with a SAM predictor (``segment_anything.SamPredictor`` or anything with its interface; the
-    staged methods :meth:`embed` and :meth:`refine_embedded` need a
-    :class:`~pseudolabel.sam.predictor.BatchedPointPredictor`)."""
+    """Refines Y0 with a :class:`~pseudolabel.sam.predictor.BatchedPointPredictor` (or anything with its interface:
+    ``transform``, ``device``, ``encode``, ``set_batch``, ``predict_points``)."""
 
     def __init__(self, predictor, cfg: SAMRefineConfig, weights: dict | None = None):
         self.predictor, self.cfg, self.weights = predictor, cfg, weights or {}
-        # refine_embedded_batch through refine_batch (needs the predictor's set_batch); off a CPU by default, where one
-        # image at a time keeps every label independent of the others in a batch
-        self.batched = hasattr(predictor, "set_batch") and self.device.type != "cpu"
 
     @classmethod
     def from_config(cls, cfg: SAMRefineConfig, device="cpu", precision: str = "fp32") -> "SAMRefiner":
@@ -178,45 +171,95 @@ class SAMRefiner:
                            for i, x in enumerate(chunk)]
         return embeddings
 
-    def prompts(self, y0: np.ndarray, scores, class_ids) -> tuple[np.ndarray, np.ndarray]:
-        """Prompt points ``(P, 2)`` xy and the index (into ``class_ids``) of the class each one prompts, in the order
-        of ``class_ids``. ``scores`` (array or tensor) is read only by ``ensure_point_per_class``."""
-        height, width = y0.shape
-        points = grid_points(height, width, self.cfg.grid_size)
-        on_label = y0[np.floor(points[:, 1]).astype(int), np.floor(points[:, 0]).astype(int)]
+    # -- refinement -----------------------------------------------------------------------------------------------
+    def refine_embedded(self, embedding: ImageEmbedding, y0, scores, class_ids) -> Refinement:
+        """:meth:`refine_batch` of one image: Y0 ``(H, W)`` uint8 and the ``[bg, classes]`` scores (arrays or
+        tensors), its embedding and classes."""
+        y0 = torch.as_tensor(y0).to(self.device)
+        scores = torch.as_tensor(scores).to(self.device).float()
+        size = tuple(y0.shape)
+        return self.refine_batch([embedding], y0[None], scores[None], [size], [class_ids]).refinements([size])[0]
 
-        def peak(k: int, c: int):
-            if not (y0 == c).any():
-                return None
-            flat = np.where(y0 == c, _host(scores[1 + k]), -np.inf).argmax()
-            return flat % width + 0.5, flat // width + 0.5
-        return self._prompts_at(points, on_label, class_ids, peak)
+    def refine_batch(self, embeddings: list[ImageEmbedding], y0: torch.Tensor, scores: torch.Tensor,
+                     sizes: list[tuple[int, int]], class_ids_list: list) -> RefinedBatch:
+        """Refine several images at once on their canvases: ``y0 (B, H, W)`` uint8 and ``scores (B, 1+K, H, W)``
+        (padded class channels -inf), each image's size and classes. One wait for the device (the labels at the
+        grid points, for the prompts); the prompts of all images decoded together, ``points_per_batch`` at a time
+        (fewer where their masks on the canvas would exceed :data:`PIECE_BYTES`, :meth:`prompts_per_step`),
+        as many for each image in a step (:meth:`point_masks`); selection, the δ filter and the merge
+        (:meth:`merge_batch`) on the canvases."""
+        class_ids = [tuple(c) for c in class_ids_list]
+        widest = max(len(c) for c in class_ids)
+        if not self.cfg.enabled:
+            return RefinedBatch(y0.clone(), [(0,) * len(c) for c in class_ids],
+                                torch.zeros(len(class_ids), widest, dtype=torch.int64, device=y0.device))
+        start = time.perf_counter()
+        device, canvas = y0.device, tuple(y0.shape[-2:])
+        keys = upload([c + (IGNORE_INDEX,) * (widest - len(c)) for c in class_ids], device, torch.uint8)
+        regions = y0[:, None] == keys[:, :, None, None]  # (B, K, H, W); a padded class (255) has no pixel
+        xy, owner = self._batch_prompts(y0, scores, keys, sizes, class_ids)
+        components = self._components(y0, class_ids, xy, owner) if self.cfg.filter_scope == "component" else None
+        counts = [len(o) for o in owner]
+        order = [i for i in sorted(range(len(sizes)), key=lambda i: -counts[i]) if counts[i]]  # most prompts first
+        accepted = torch.zeros_like(regions)
+        passed = torch.zeros(len(sizes) * widest + 1, dtype=torch.int64, device=device)  # + 1: padding's
+        decode = 0.0
+        if order:
+            tick = time.perf_counter()
+            self.predictor.set_batch([embeddings[i].features for i in order],
+                                     [embeddings[i].input_size for i in order], [sizes[i] for i in order],
+                                     canvas)  # the whole batch's: an image without prompts may be the largest
+            decode += time.perf_counter() - tick
+        for step in _decoding_steps([counts[i] for i in order], self.prompts_per_step(*canvas)):
+            images, taken = order[: step.images], slice(step.first, step.first + step.prompts)
+            picked = [_padded(x[taken], step.prompts) for x in (xy[i] for i in images)]
+            tick = time.perf_counter()
+            masks, iou_pred = self.point_masks(torch.from_numpy(np.stack(picked)).float())
+            decode += time.perf_counter() - tick
+            who = np.stack([_padded(owner[i][taken], step.prompts, -1) for i in images])  # class index, -1: padding
+            flat = np.where(who >= 0, np.array(images)[:, None] * widest + who, len(passed) - 1)
+            flat_device = upload(flat.ravel(), device)
+            if components is not None:
+                component_maps, component_of_point = components
+                point_ids = np.stack([_padded(component_of_point[i][taken], step.prompts, 0) for i in images])
+                point_regions = component_maps.flatten(2).flatten(0, 1)[flat_device.clamp(max=len(passed) - 2)] \
+                    == upload(point_ids.ravel(), device)[:, None]
+            else:
+                point_regions = regions.flatten(2).flatten(0, 1)[flat_device.clamp(max=len(passed) - 2)]
+            chosen, keep = self._select_and_filter(masks.flatten(0, 1).flatten(-2), iou_pred.flatten(0, 1),
+                                                   point_regions)
+            keep &= upload(who.ravel() >= 0, device)
+            passed.index_add_(0, flat_device, keep.long())
+            chosen = (chosen & keep[:, None]).view(step.images, step.prompts, -1)
+            classes = upload(who, device)
+            rows = upload(images, device)
+            for k in range(widest):
+                hit = (chosen & (classes == k)[..., None]).any(dim=1).view(step.images, *canvas)
+                accepted[rows, k] |= hit
+        labels = self.merge_batch(y0, scores, keys, regions, accepted)
+        timings = {"sam_decoder": decode, "filter_merge": time.perf_counter() - start - decode}
+        prompts = [tuple(int(n) for n in np.bincount(o, minlength=len(c))) for o, c in zip(owner, class_ids)]
+        return RefinedBatch(labels, prompts, passed[:-1].view(len(sizes), widest), timings)
 
-    def _prompts_at(self, points: np.ndarray, on_label: np.ndarray, class_ids, peak) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`prompts` from the grid ``points`` and Y0 at them; ``peak(k, c)``: the xy of class c's highest
-        score in its Y0 region (``ensure_point_per_class``), None when the region is empty."""
-        xy, owner = [], []
-        for k, c in enumerate(class_ids):
-            mine = points[on_label == c]
-            if len(mine) == 0 and self.cfg.ensure_point_per_class and (at := peak(k, c)) is not None:
-                mine = np.array([at], dtype=points.dtype)
-            xy.append(mine)
-            owner.extend([k] * len(mine))
-        return np.concatenate(xy).reshape(-1, 2), np.array(owner, dtype=np.int64)
+    def point_masks(self, xy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM's 3 masks ``(n, P, 3, H, W)`` bool on the canvas and predicted IoUs ``(n, P, 3)`` of one positive point
+        each, ``xy (n, P, 2)`` on the first n images of the predictor's batch (a sweep's cache hooks in here)."""
+        return self.predictor.predict_points(xy)
 
-    def point_masks(self, xy: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """SAM's 3 masks ``(B, 3, H, W) bool`` and predicted IoUs ``(B, 3)`` for one positive point each."""
-        coords = self.predictor.transform.apply_coords_torch(
-            torch.as_tensor(xy, dtype=torch.float32, device=self.predictor.device), size)
-        labels = torch.ones(len(xy), 1, dtype=torch.int64, device=coords.device)
-        masks, iou_pred, _ = self.predictor.predict_torch(coords[:, None, :], labels, multimask_output=True)
-        return masks, iou_pred
+    def prompts_per_step(self, height: int, width: int) -> int:
+        """Prompts decoded, selected and filtered together on a batch's canvas of ``height x width``:
+        ``points_per_batch``, fewer when their masks would take more than :data:`PIECE_BYTES`."""
+        return max(1, min(self.cfg.points_per_batch, PIECE_BYTES // (3 * height * width)))
 
-    def prompts_per_step(self, height: int, width: int, most: int | None = None) -> int:
-        """Prompts decoded, selected and filtered together on an image (or a batch's canvas) of ``height x width``:
-        ``most`` (default ``points_per_batch``), fewer when their masks would take more than
-        :data:`MASK_BYTES_PER_STEP`."""
-        return max(1, min(most or self.cfg.points_per_batch, MASK_BYTES_PER_STEP // (3 * height * width)))
+    def prompts(self, y0, scores, class_ids) -> tuple[np.ndarray, np.ndarray]:
+        """One image's prompt points ``(P, 2)`` xy and the index (into ``class_ids``) of the class each one prompts,
+        in the order of ``class_ids`` (:meth:`_batch_prompts`). ``scores`` is read only by
+        ``ensure_point_per_class``."""
+        y0 = torch.as_tensor(y0)
+        keys = upload([tuple(class_ids)], y0.device, torch.uint8)
+        xy, owner = self._batch_prompts(y0[None], torch.as_tensor(scores)[None], keys, [tuple(y0.shape)],
+                                        [tuple(class_ids)])
+        return xy[0], owner[0]
 
     def _select_and_filter(self, masks, iou_pred, regions) -> tuple[torch.Tensor, torch.Tensor]:
         """Chosen mask per point and whether it passes δ. ``regions (B, H, W)``: R for each point."""
@@ -235,77 +278,16 @@ class SAMRefiner:
         metric = iou if self.cfg.filter_metric == "iou" else inter / area.clamp(min=1)
         return masks[rows, choice], metric[rows, choice] >= self.cfg.delta
 
-    def refine(self, image: np.ndarray, y0, scores, class_ids) -> Refinement:
-        """Refine Y0 (``(H, W) uint8``) given the image, the ``[bg, classes]`` scores (arrays or tensors) and the
-        image's classes: ``set_image`` on the predictor, then :meth:`refine_embedded`'s steps."""
-        class_ids = tuple(class_ids)
-        if not self.cfg.enabled:
-            return _unrefined(y0, class_ids)
-        start = time.perf_counter()
-        self.predictor.set_image(image)
-        return self._refine_current(y0, scores, class_ids, time.perf_counter() - start)
-
-    def refine_embedded(self, embedding: ImageEmbedding, y0, scores, class_ids) -> Refinement:
-        """:meth:`refine` from an image embedding (:meth:`embed`) instead of the image."""
-        class_ids = tuple(class_ids)
-        if not self.cfg.enabled:
-            return _unrefined(y0, class_ids)
-        self.predictor.set_features(embedding.features, embedding.input_size, embedding.original_size)
-        return self._refine_current(y0, scores, class_ids, 0.0)
-
-    def _refine_current(self, y0, scores, class_ids: tuple[int, ...], encoder_seconds: float) -> Refinement:
-        """Prompts, masks, filter and merge for the predictor's current image."""
-        timings = {"sam_encoder": encoder_seconds}
-        start = time.perf_counter()
-        device = self.device
-        y0_host = _host(y0)
-        y0 = torch.as_tensor(y0, device=device)
-        scores = torch.as_tensor(scores, device=device)
-        height, width = y0.shape
-        xy, owner = self.prompts(y0_host, scores, class_ids)
-        regions = torch.stack([y0 == c for c in class_ids])
-        components = [ndi.label(y0_host == c)[0] for c in class_ids] if self.cfg.filter_scope == "component" \
-            else None
-        accepted = torch.zeros_like(regions)
-        passed = torch.zeros(len(class_ids), dtype=torch.int64, device=device)
-        decode = 0.0
-        step = self.prompts_per_step(height, width)
-        for begin in range(0, len(xy), step):
-            batch, who = xy[begin: begin + step], owner[begin: begin + step]
-            tick = time.perf_counter()
-            masks, iou_pred = self.point_masks(batch, (height, width))
-            decode += time.perf_counter() - tick
-            if components is None:
-                point_regions = regions[torch.as_tensor(who, device=device)]
-            else:
-                point_regions = torch.from_numpy(np.stack([
-                    components[k] == components[k][int(y), int(x)] for (x, y), k in zip(batch, who)])).to(device)
-            chosen, keep = self._select_and_filter(masks.to(device), iou_pred.to(device), point_regions)
-            # prompts come class by class, so each class's are one slice (no data-dependent indexing to wait for)
-            for k, first, stop in _runs(who):
-                accepted[k] |= (chosen[first:stop] & keep[first:stop, None, None]).any(dim=0)
-                passed[k] += keep[first:stop].sum()
-        labels = self.merge(y0, scores, class_ids, regions, accepted).cpu().numpy()
-        timings.update(sam_decoder=decode, filter_merge=time.perf_counter() - start - decode)
-        prompts = np.bincount(owner, minlength=len(class_ids))
-        return Refinement(labels, tuple(int(p) for p in prompts), tuple(int(p) for p in passed.tolist()), timings)
-
-    def merge(self, y0: torch.Tensor, scores: torch.Tensor, class_ids, regions: torch.Tensor,
-              accepted: torch.Tensor) -> torch.Tensor:
-        """Compose the label map from each class's support: conflicts go to the larger refined score
-        (docs/method.md#merge-and-conflicts)."""
-        keys = upload(class_ids, regions.device, torch.uint8)
-        return self.merge_batch(y0[None], scores[None], keys[None], regions[None], accepted[None])[0]
-
     def merge_batch(self, y0: torch.Tensor, scores: torch.Tensor, keys: torch.Tensor, regions: torch.Tensor,
                     accepted: torch.Tensor) -> torch.Tensor:
-        """:meth:`merge` of several images: ``y0 (B, H, W)``, ``scores (B, 1+K, H, W)``, class keys ``(B, K)``,
+        """Compose the label maps from each class's support (conflicts go to the larger refined score,
+        docs/method.md#merge-and-conflicts): ``y0 (B, H, W)``, ``scores (B, 1+K, H, W)``, class keys ``(B, K)``,
         ``regions`` and ``accepted`` ``(B, K, H, W)`` (a class padded in is in neither). Runs in bands of rows whose
-        per-class float32 scores take at most :data:`MERGE_BYTES_PER_BAND` (each pixel on its own, so the same
+        per-class float32 scores take at most :data:`PIECE_BYTES` (each pixel on its own, so the same
         result; one band at VOC and COCO sizes)."""
         batch, classes, height, width = regions.shape
         has_mask = accepted.flatten(2).any(dim=2)[..., None, None]
-        rows = max(1, MERGE_BYTES_PER_BAND // (4 * batch * max(1, classes) * width))
+        rows = max(1, PIECE_BYTES // (4 * batch * max(1, classes) * width))
         if rows >= height:
             return self._merge_band(y0, scores, keys, regions, accepted, has_mask)
         return torch.cat([self._merge_band(y0[:, top: top + rows], scores[:, :, top: top + rows], keys,
@@ -327,84 +309,11 @@ class SAMRefiner:
             labels = torch.where((labels != y0) & (labels != IGNORE_INDEX), IGNORE_INDEX, labels)
         return labels
 
-    # -- several images at once -----------------------------------------------------------------------------------
-    def refine_embedded_batch(self, embeddings: list[ImageEmbedding], y0s: list, scores: list,
-                              class_ids_list: list) -> list[Refinement]:
-        """:meth:`refine_embedded` of several images: with ``batched`` (the default off a CPU) through
-        :meth:`refine_batch`, else image by image."""
-        if not self.batched:
-            return [self.refine_embedded(e, y, s, c) for e, y, s, c in zip(embeddings, y0s, scores, class_ids_list)]
-        y0s = [torch.as_tensor(y).to(self.device, non_blocking=True) for y in y0s]
-        sizes = [tuple(y.shape) for y in y0s]
-        canvas = pad_stack([torch.as_tensor(s).to(self.device, non_blocking=True).float() for s in scores],
-                           -torch.inf)
-        return self.refine_batch(embeddings, pad_stack(y0s, 0), canvas, sizes, class_ids_list).refinements(sizes)
-
-    def refine_batch(self, embeddings: list[ImageEmbedding], y0: torch.Tensor, scores: torch.Tensor,
-                     sizes: list[tuple[int, int]], class_ids_list: list) -> RefinedBatch:
-        """Refine several images at once on their canvases: ``y0 (B, H, W)`` uint8 and ``scores (B, 1+K, H, W)``
-        (padded class channels -inf), each image's size and classes. One wait for the device (the labels at the
-        grid points, for the prompts); the prompts of all images decoded together, ``BATCH_PROMPTS`` at a time (fewer
-        where their masks on the canvas would exceed :data:`MASK_BYTES_PER_STEP`, :meth:`prompts_per_step`), as many
-        for each image in a step; selection, the δ filter and the merge (:meth:`merge_batch`) on the canvases."""
-        class_ids = [tuple(c) for c in class_ids_list]
-        widest = max(len(c) for c in class_ids)
-        if not self.cfg.enabled:
-            return RefinedBatch(y0.clone(), [(0,) * len(c) for c in class_ids],
-                                torch.zeros(len(class_ids), widest, dtype=torch.int64, device=y0.device))
-        start = time.perf_counter()
-        device, canvas = y0.device, tuple(y0.shape[-2:])
-        keys = upload([c + (IGNORE_INDEX,) * (widest - len(c)) for c in class_ids], device, torch.uint8)
-        regions = y0[:, None] == keys[:, :, None, None]  # (B, K, H, W); a padded class (255) has no pixel
-        xy, owner, ids = self._batch_prompts(y0, scores, keys, sizes, class_ids)
-        counts = [len(o) for o in owner]
-        order = [i for i in sorted(range(len(sizes)), key=lambda i: -counts[i]) if counts[i]]  # most prompts first
-        accepted = torch.zeros_like(regions)
-        passed = torch.zeros(len(sizes) * widest + 1, dtype=torch.int64, device=device)  # + 1: padding's
-        decode = 0.0
-        if order:
-            tick = time.perf_counter()
-            self.predictor.set_batch(torch.cat([embeddings[i].features for i in order]),
-                                     [embeddings[i].input_size for i in order], [sizes[i] for i in order],
-                                     canvas)  # the whole batch's: an image without prompts may be the largest
-            decode += time.perf_counter() - tick
-        limit = self.prompts_per_step(*canvas, most=BATCH_PROMPTS)
-        for step in _decoding_steps([counts[i] for i in order], limit):
-            images, taken = order[: step.images], slice(step.first, step.first + step.prompts)
-            picked = [_padded(x[taken], step.prompts) for x in (xy[i] for i in images)]
-            tick = time.perf_counter()
-            masks, iou_pred = self.predictor.predict_points(torch.from_numpy(np.stack(picked)).float())
-            decode += time.perf_counter() - tick
-            who = np.stack([_padded(owner[i][taken], step.prompts, -1) for i in images])  # class index, -1: padding
-            flat = np.where(who >= 0, np.array(images)[:, None] * widest + who, len(passed) - 1)
-            flat_device = upload(flat.ravel(), device)
-            if self.cfg.filter_scope == "component":
-                components, component_of_point = ids
-                point_ids = np.stack([_padded(component_of_point[i][taken], step.prompts, 0) for i in images])
-                point_regions = components.flatten(2).flatten(0, 1)[flat_device.clamp(max=len(passed) - 2)] \
-                    == upload(point_ids.ravel(), device)[:, None]
-            else:
-                point_regions = regions.flatten(2).flatten(0, 1)[flat_device.clamp(max=len(passed) - 2)]
-            chosen, keep = self._select_and_filter(masks.flatten(0, 1).flatten(-2), iou_pred.flatten(0, 1),
-                                                   point_regions)
-            keep &= upload(who.ravel() >= 0, device)
-            passed.index_add_(0, flat_device, keep.long())
-            chosen = (chosen & keep[:, None]).view(step.images, step.prompts, -1)
-            classes = upload(who, device)
-            rows = upload(images, device)
-            for k in range(widest):
-                hit = (chosen & (classes == k)[..., None]).any(dim=1).view(step.images, *canvas)
-                accepted[rows, k] |= hit
-        labels = self.merge_batch(y0, scores, keys, regions, accepted)
-        timings = {"sam_decoder": decode, "filter_merge": time.perf_counter() - start - decode}
-        prompts = [tuple(int(n) for n in np.bincount(o, minlength=len(c))) for o, c in zip(owner, class_ids)]
-        return RefinedBatch(labels, prompts, passed[:-1].view(len(sizes), widest), timings)
-
-    def _batch_prompts(self, y0: torch.Tensor, scores: torch.Tensor, keys: torch.Tensor, sizes, class_ids):
-        """:meth:`prompts` of every image of a canvas, from one host copy (Y0 at the grid points; with
-        ``ensure_point_per_class`` each class's score peak; with the component scope Y0 itself). Returns the
-        points and their class indices per image, and with the component scope the components ``(B, K, H, W)``
-        on the device and each point's component per image (else None)."""
+    # -- prompts --------------------------------------------------------------------------------------------------
+    def _batch_prompts(self, y0: torch.Tensor, scores: torch.Tensor, keys: torch.Tensor, sizes, class_ids
+                       ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Every image's prompt points ``(P, 2)`` xy and the class index of each, in the order of its classes, from
+        one host copy (Y0 at the grid points; with ``ensure_point_per_class`` each class's score peak)."""
         height, width = y0.shape[-2:]
         grids = [grid_points(*size, self.cfg.grid_size) for size in sizes]
         at = np.concatenate([i * height * width + np.floor(p[:, 1]).astype(int) * width + np.floor(p[:, 0]).astype(int)
@@ -415,8 +324,6 @@ class SAMRefiner:
             best = torch.where(region, scores[:, 1:1 + keys.shape[1]], -torch.inf).flatten(2).argmax(dim=2)
             wanted += [best.flatten(), region.flatten(2).any(dim=2).long().flatten()]
         host = torch.cat(wanted).cpu().numpy()  # the one wait: prompts are host work
-        if self.cfg.filter_scope == "component":
-            y0_host = y0.cpu().numpy()
         on_label = np.split(host[: len(at)], np.cumsum([len(p) for p in grids])[:-1])
         widest = keys.shape[1]
         best, present = (host[len(at): len(at) + len(sizes) * widest].reshape(-1, widest),
@@ -428,25 +335,33 @@ class SAMRefiner:
             points_xy, points_owner = self._prompts_at(points, labels, ids, peak)
             xy.append(points_xy)
             owner.append(points_owner)
-        if self.cfg.filter_scope != "component":
-            return xy, owner, None
-        components = np.zeros((len(sizes), widest, height, width), np.int32)
+        return xy, owner
+
+    def _prompts_at(self, points: np.ndarray, on_label: np.ndarray, class_ids, peak) -> tuple[np.ndarray, np.ndarray]:
+        """One image's prompts from the grid ``points`` and Y0 at them; ``peak(k, c)``: the xy of class c's highest
+        score in its Y0 region (``ensure_point_per_class``), None when the region is empty."""
+        xy, owner = [], []
+        for k, c in enumerate(class_ids):
+            mine = points[on_label == c]
+            if len(mine) == 0 and self.cfg.ensure_point_per_class and (at := peak(k, c)) is not None:
+                mine = np.array([at], dtype=points.dtype)
+            xy.append(mine)
+            owner.extend([k] * len(mine))
+        return np.concatenate(xy).reshape(-1, 2), np.array(owner, dtype=np.int64)
+
+    @staticmethod
+    def _components(y0: torch.Tensor, class_ids, xy, owner) -> tuple[torch.Tensor, list[np.ndarray]]:
+        """The component scope's regions: each class's connected components ``(B, K, H, W)`` on the device and the
+        component of each prompt point, per image."""
+        y0_host = y0.cpu().numpy()
+        components = np.zeros((*y0.shape[:1], max(len(c) for c in class_ids), *y0.shape[1:]), np.int32)
         point_ids = []
         for i, ids in enumerate(class_ids):
             for k, c in enumerate(ids):
                 components[i, k] = ndi.label(y0_host[i] == c)[0]
             point_ids.append(np.array([components[i, k, int(y), int(x)] for (x, y), k in zip(xy[i], owner[i])],
                                       np.int32))
-        return xy, owner, (upload(components, y0.device), point_ids)
-
-def _unrefined(y0, class_ids: tuple[int, ...]) -> Refinement:
-    """Refinement off: the label is Y0."""
-    return Refinement(_host(y0).copy(), (0,) * len(class_ids), (0,) * len(class_ids))
-
-
-def _host(x) -> np.ndarray:
-    """An array or tensor as a host array."""
-    return x.cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        return upload(components, y0.device), point_ids
 
 
 @dataclass
@@ -478,12 +393,3 @@ def _padded(values: np.ndarray, length: int, fill=None) -> np.ndarray:
     tail = np.repeat(values[-1:], missing, axis=0) if fill is None else np.full((missing, *values.shape[1:]), fill,
                                                                                  values.dtype)
     return np.concatenate([values, tail])
-
-
-def _runs(owner: np.ndarray):
-    """``(value, start, stop)`` of each run of equal values in ``owner``."""
-    if len(owner) == 0:
-        return
-    edges = np.flatnonzero(np.diff(owner)) + 1
-    for start, stop in zip(np.concatenate([[0], edges]), np.concatenate([edges, [len(owner)]])):
-        yield int(owner[start]), int(start), int(stop)

@@ -5,12 +5,12 @@ that :class:`~pseudolabel.sam.refine.SAMRefiner`'s mask choice, δ filter and me
 What differs from SAM ViT-B, all as the package's ``SAM2ImagePredictor`` does it: the image is resized to the
 model's square input (no aspect-preserving padding), points are given in the normalised frame times the input size,
 the decoder also reads the encoder's two high-resolution feature maps, and the masks are the low-resolution logits
-resized bilinearly to the image (hole filling and sprinkle removal stay off: they need the package's optional CUDA
-extension). One positive point per prompt, SAM 2.1's three multimask outputs. The decoder runs as
-:class:`~pseudolabel.sam.decoder.SharedImageMaskDecoder`, SAM ViT-B's factored decoder, which reads SAM 2.1's
-``MaskDecoder`` (its object-score token and high-resolution maps) and computes the same masks and IoUs: the image
-side once per image, each prompt's part on its 7 tokens, in steps spread over the CPU's threads as SAM ViT-B's
-(:func:`~pseudolabel.sam.predictor.decode_in_steps`).
+resized bilinearly to the image (one bilinear :class:`~pseudolabel.sam.predictor.MaskResize`; hole filling and
+sprinkle removal stay off: they need the package's optional CUDA extension). One positive point per prompt, SAM 2.1's
+three multimask outputs. The decoder runs as :class:`~pseudolabel.sam.decoder.SharedImageMaskDecoder`, SAM ViT-B's
+factored decoder, which reads SAM 2.1's ``MaskDecoder`` (its object-score token and high-resolution maps) and
+computes the same masks and IoUs: the image side once per image, each prompt's part on its 7 tokens, in steps spread
+over the CPU's threads as SAM ViT-B's (:func:`~pseudolabel.sam.predictor.decode_points`).
 
 An embedding of :meth:`SAM2PointPredictor.encode` is one row per image holding the three feature maps flattened
 (:meth:`SAM2PointPredictor.unpack` splits it), so it slices and concatenates along images like SAM ViT-B's
@@ -23,10 +23,9 @@ import torch
 from torch import Tensor
 
 from pseudolabel import compat
-from pseudolabel.canvas import canvas_shape
 from pseudolabel.precision import encoder_precision
 from pseudolabel.sam.decoder import SharedImageMaskDecoder
-from pseudolabel.sam.predictor import decode_in_steps
+from pseudolabel.sam.predictor import HeldImages, decode_points, mask_resize
 from pseudolabel.transfer import upload
 
 
@@ -48,8 +47,7 @@ class SAM2Transform:
 
 class SAM2PointPredictor:
     """Single positive points on SAM 2.1 with :class:`~pseudolabel.sam.predictor.BatchedPointPredictor`'s interface:
-    :meth:`encode`, :meth:`set_features` / :meth:`set_image` with :meth:`predict_torch` (one image), and
-    :meth:`set_batch` with :meth:`predict_points` (several)."""
+    :meth:`encode`, :meth:`set_batch` and :meth:`predict_points`."""
 
     def __init__(self, sam_model, prompts_per_step: int | None = None, threads: int | None = None,
                  precision: str = "fp32", mask_threshold: float = 0.0) -> None:
@@ -65,15 +63,11 @@ class SAM2PointPredictor:
         self.transforms = SAM2Transforms(resolution=sam_model.image_size, mask_threshold=mask_threshold,
                                          max_hole_area=0.0, max_sprinkle_area=0.0)
         self.transform = SAM2Transform(self.transforms)
-        self.reset_image()
+        self.held: HeldImages | None = None
 
     @property
     def device(self) -> torch.device:
         return self.model.device
-
-    def reset_image(self) -> None:
-        self.is_image_set, self.features, self.original_size = False, None, None
-        self.batch_features, self.batch_sizes, self.canvas = None, None, None
 
     # -- the image side -----------------------------------------------------------------------------------------
     def feature_shapes(self) -> list[tuple[int, int, int]]:
@@ -111,82 +105,38 @@ class SAM2PointPredictor:
             maps = maps[-1:]
         return torch.cat([m.flatten(1) for m in maps], dim=1)
 
-    def set_image(self, image: np.ndarray) -> None:
-        """Encode one ``(H, W, 3)`` uint8 image and make it the current one."""
-        pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-        self.set_features(self.encode([pixels]), tuple(image.shape[:2]), tuple(image.shape[:2]))
-
-    def set_features(self, features: Tensor, input_size: tuple[int, int], original_size: tuple[int, ...]) -> None:
-        """Make packed ``features (1, D)`` (from :meth:`encode`) the current image, of ``original_size``
-        (``input_size`` is there for the interface: SAM 2.1's input is always square). Setting the current image's
-        features again (several refinement settings of one image) costs nothing."""
-        if self.is_image_set and features is self.features and tuple(original_size) == self.original_size:
-            return
-        self.reset_image()
-        self.features, self.original_size, self.is_image_set = features, tuple(original_size), True
-        self._set_decoder(features)
-
-    def set_batch(self, features: Tensor, input_sizes: list[tuple[int, int]],
+    @torch.no_grad()
+    def set_batch(self, features: list[Tensor], input_sizes: list[tuple[int, int]],
                   original_sizes: list[tuple[int, int]], canvas: tuple[int, int] | None = None) -> None:
-        """Hold several images for :meth:`predict_points`: packed ``features (n, D)``, their sizes and the masks'
-        canvas (default: the smallest that holds every image)."""
-        self.reset_image()
-        self.batch_features, self.batch_sizes = features, [tuple(s) for s in original_sizes]
-        self.canvas = tuple(canvas) if canvas is not None else canvas_shape(self.batch_sizes)
-        self._set_decoder(features)
-
-    def _set_decoder(self, features: Tensor) -> None:
-        """The shared-image decoder's image side of packed ``features (n, D)``."""
-        high_res, embedding = self.unpack(features)
+        """Hold several images for :meth:`predict_points` (:class:`~pseudolabel.sam.predictor.HeldImages`): each
+        one's packed features ``(1, D)``, their sizes and the masks' canvas; ``input_sizes`` are there for the
+        interface: SAM 2.1's input is always square."""
+        held = HeldImages.of(features, input_sizes, original_sizes, canvas)
+        if held.same(self.held):
+            return
+        self.held = held
+        high_res, embedding = self.unpack(torch.cat(features))
+        low_res = 4 * embedding.shape[-1]
+        self.resizes = [mask_resize(low_res, low_res, (low_res, low_res), size, self.device)
+                        for size in held.original_sizes]
         _, dense = self.model.sam_prompt_encoder(points=None, boxes=None, masks=None)
         self.decoder.set_images(embedding, self.model.sam_prompt_encoder.get_dense_pe(), dense,
                                 high_res_features=high_res or None)
 
     # -- the prompt side ----------------------------------------------------------------------------------------
     @torch.no_grad()
-    def predict_torch(self, point_coords: Tensor, point_labels: Tensor, boxes=None, mask_input=None,
-                      multimask_output: bool = True, return_logits: bool = False):
-        """SAM 2.1's 3 thresholded masks ``(B, 3, H, W)`` of the current image, their predicted IoUs ``(B, 3)``
-        and low-resolution logits, for one positive point per prompt (``point_coords (B, 1, 2)`` in the input
-        frame, :attr:`transform`)."""
-        single_points = (point_coords.shape[1] == 1 and bool((point_labels == 1).all()) and boxes is None
-                         and mask_input is None and multimask_output and not return_logits)
-        if not single_points:
-            raise NotImplementedError("SAM2PointPredictor decodes single positive points with 3 masks only; use "
-                                      "sam2.sam2_image_predictor.SAM2ImagePredictor for other prompts")
-        if not self.is_image_set:
-            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
-        sparse = self._point_prompts(point_coords)
-        masks = torch.empty(len(sparse), 3, *self.original_size, dtype=torch.bool, device=self.device)
-        decode = lambda start, stop: self._decode(sparse[start: stop], masks[start: stop])  # noqa: E731
-        iou, low_res = zip(*decode_in_steps(decode, len(sparse), self.device, self.prompts_per_step, self.threads))
-        return masks, torch.cat(iou), torch.cat(low_res)
-
-    @torch.no_grad()
     def predict_points(self, xy: Tensor) -> tuple[Tensor, Tensor]:
         """Masks of one positive point per prompt for the first ``n`` images of :meth:`set_batch`: ``xy (n, P, 2)``
         (each image's own pixel coordinates) -> 3 thresholded masks ``(n, P, 3, H, W)`` on the canvas (False beyond
-        each image) and their predicted IoUs ``(n, P, 3)``. The prompts of all n images go through the decoder
-        together."""
+        each image) and their predicted IoUs ``(n, P, 3)`` (:func:`~pseudolabel.sam.predictor.decode_points`)."""
         images, prompts = xy.shape[:2]
         coords = torch.cat([self.transform.apply_coords_torch(upload(points, self.device), size)
-                            for points, size in zip(xy, self.batch_sizes)])
-        logits, iou = self.decoder(self._point_prompts(coords[:, None]), images)
-        masks = torch.zeros(images, prompts, 3, *self.canvas, dtype=torch.bool, device=self.device)
-        for image_logits, image_masks, (height, width) in zip(logits.view(images, prompts, *logits.shape[1:]), masks,
-                                                              self.batch_sizes):
-            resized = self.transforms.postprocess_masks(image_logits, (height, width))
-            torch.gt(resized, self.mask_threshold, out=image_masks[..., :height, :width])
-        return masks, iou.view(images, prompts, -1)
+                            for points, size in zip(xy, self.held.original_sizes)])
+        sparse = self._point_prompts(coords[:, None])
+        return decode_points(self.decoder, sparse.view(images, prompts, *sparse.shape[1:]), self.resizes[:images],
+                             self.held.canvas, self.mask_threshold, self.prompts_per_step, self.threads)
 
     def _point_prompts(self, coords: Tensor) -> Tensor:
         """The prompt encoder's sparse embeddings of positive points ``coords (B, 1, 2)`` in the input frame."""
         labels = torch.ones(coords.shape[:2], dtype=torch.int, device=self.device)
         return self.model.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)[0]
-
-    def _decode(self, sparse: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
-        """Decode a step of prompts on the current image: thresholded masks at its size into ``masks``; returns the
-        predicted IoUs and the low-resolution logits."""
-        logits, iou = self.decoder(sparse)
-        torch.gt(self.transforms.postprocess_masks(logits, self.original_size), self.mask_threshold, out=masks)
-        return iou, logits
