@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from pseudolabel.sam.models import load_sam  # noqa: E402  (applies the compatibility shims)
 from pseudolabel.sam.predictor import BatchedPointPredictor  # noqa: E402
-from pseudolabel.sam.refine import Refinement, SAMRefineConfig, SAMRefiner  # noqa: E402
+from pseudolabel.sam.refine import POINTS_PER_BATCH, Refinement, SAMRefineConfig, SAMRefiner  # noqa: E402
 from tests.fixtures.fake_sam import LoopSAMRefiner  # noqa: E402
 
 
@@ -45,14 +45,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid-size", type=int, default=16)
     parser.add_argument("--model", default="vit_b")
-    parser.add_argument("--points-per-batch", type=int, default=SAMRefineConfig.points_per_batch)
+    parser.add_argument("--points-per-batch", type=int, default=POINTS_PER_BATCH)
     parser.add_argument("--repeats", type=int, default=1, help="runs of every path, alternating; the best is shown")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     model, _ = load_sam(args.model, "random", args.device, seed=0)
     image, y0, scores, classes = synthetic_input()
-    cfg = SAMRefineConfig(grid_size=args.grid_size, points_per_batch=args.points_per_batch)
-    refiner, loop = SAMRefiner(BatchedPointPredictor(model), cfg), LoopSAMRefiner(model, cfg)
+    cfg = SAMRefineConfig(grid_size=args.grid_size)
+    refiner = SAMRefiner(BatchedPointPredictor(model), cfg, points_per_batch=args.points_per_batch)
+    loop = LoopSAMRefiner(model, cfg)
 
     def ours(image):
         start = time.perf_counter()

@@ -12,7 +12,8 @@ from pathlib import Path
 from pseudolabel.cam.skipcam import SkipCAMConfig
 from pseudolabel.cli_options import given_options
 from pseudolabel.labellers.config import LabellerConfig
-from pseudolabel.sam.refine import SAMRefineConfig
+from pseudolabel.storage.shards import method_config
+from pseudolabel.sam.refine import POINTS_PER_BATCH, SAMRefineConfig
 
 
 @dataclass
@@ -37,6 +38,7 @@ class PseudoLabelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "PseudoLabelConfig":
+        data = method_config(data)   # a configuration stored by an earlier version may hold a runtime setting
         return cls(data["dataset"], data["split"], SkipCAMConfig.from_dict(data["cam"]),
                    SAMRefineConfig.from_dict(data["refine"]), data["precision"],
                    LabellerConfig.from_dict(data["labeller"]) if "labeller" in data else LabellerConfig())
@@ -89,6 +91,7 @@ class RunConfig:
     limit: int | None = None            # only the first N images
     compile: bool = False
     overwrite: bool = False
+    points_per_batch: int = POINTS_PER_BATCH    # SAM prompts decoded together (speed and memory only)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RunConfig":

@@ -42,7 +42,7 @@ from pseudolabel.storage.lock import OutputLock
 from pseudolabel.storage.run_log import RunLog
 from pseudolabel.storage.run_store import RunStore
 from pseudolabel.sam.models import SAM_VARIANTS, cache_dir
-from pseudolabel.sam.refine import SAMRefineConfig, SAMRefiner
+from pseudolabel.sam.refine import POINTS_PER_BATCH, SAMRefineConfig, SAMRefiner
 from pseudolabel.storage.shards import LabelRecord, run_identity
 from pseudolabel.cam.skipcam import SkipCAM, SkipCAMConfig
 
@@ -102,6 +102,9 @@ def add_run_options(group) -> None:
     group.add_argument("--shard-size", type=positive_int, default=200, help="images per shard file (default: 200)")
     group.add_argument("--workers", type=positive_int,
                        help="threads decoding and preprocessing images ahead (default: 2 on a CPU, up to 8 on CUDA)")
+    group.add_argument("--points-per-batch", type=positive_int, default=POINTS_PER_BATCH,
+                       help=f"SAM prompts decoded together over a batch's images (default: {POINTS_PER_BATCH}, fewer "
+                            "for very large images); speed and memory only, so a resume with another value goes on")
     group.add_argument("--limit", type=positive_int, help="only the first N >= 1 images of the split (quick checks)")
     group.add_argument("--compile", action="store_true",
                        help="compile the image encoders with torch.compile (off by default: each image size "
@@ -221,13 +224,15 @@ def device_and_precision(run: RunConfig, local_rank: int) -> tuple[str, str]:
     return device, precision
 
 
-def load_models(cfg: PseudoLabelConfig, class_set: ClassSet, device: str) -> tuple[SkipCAM, SAMRefiner | None]:
+def load_models(cfg: PseudoLabelConfig, class_set: ClassSet, device: str,
+                points_per_batch: int = POINTS_PER_BATCH) -> tuple[SkipCAM, SAMRefiner | None]:
     """Skip-CAM and, when refinement is on, the SAM refiner, in the configuration's precision; with
     ``--labeller sam3-text`` SAM 3's labeller in their place."""
     if cfg.labeller.labeller == "sam3-text":
         return SAM3TextLabeller.from_config(cfg.labeller, class_set, device), None
     cam = SkipCAM.from_config(cfg.cam, class_set, device, cfg.precision)
-    refiner = SAMRefiner.from_config(cfg.refine, device, cfg.precision) if cfg.refine.enabled else None
+    refiner = SAMRefiner.from_config(cfg.refine, device, cfg.precision, points_per_batch) if cfg.refine.enabled \
+        else None
     return cam, refiner
 
 
@@ -345,7 +350,7 @@ class StageOneRun:
         dataset = logged_dataset(run, split, log)
         out = output_dir(run, split)
         with lock_output(out, rank) as locks:  # before any model loads; released again if setting up fails
-            cam, refiner = load_models(cfg, dataset.class_set, device)
+            cam, refiner = load_models(cfg, dataset.class_set, device, run.points_per_batch)
             if run.compile and not isinstance(cam, SAM3TextLabeller):
                 compile_encoders(cam, refiner)
             weights, random_weights = weights_of(cam, refiner)

@@ -14,6 +14,7 @@ import pytest
 from pseudolabel.cam.skipcam import SkipCAMConfig
 from pseudolabel.exits import INTERRUPTED, TERMINATED
 from pseudolabel.generate import main, run
+from pseudolabel.storage.checksum import seal
 from pseudolabel.storage.check import check_shards
 from pseudolabel.storage.shards import open_shards, shard_image_ids
 from tests.fixtures.outputs import assert_same_labels, one_error_line, stored_labels
@@ -209,6 +210,28 @@ def test_a_resume_compares_the_records_an_interrupted_run_staged(voc, tmp_path, 
     (out / "config.json").write_text(json.dumps(config))
     summary = run(args_for(voc, out, *fast))
     assert summary["already_done"] == 3 and summary["images"] == 0
+
+
+def test_runtime_settings_are_not_compared_on_resume(voc, tmp_path, full_run):
+    """Batch size, workers, shard size and prompts per step change no label: a resume with other values goes on, and
+    so does a folder whose configuration (config.json, every shard) still holds ``refine.points_per_batch``, as
+    earlier versions stored it."""
+    out = tmp_path / "out"
+    run(args_for(voc, out, "--limit", "2", "--shard-size", "1", "--points-per-batch", "64"))
+    config = json.loads((out / "config.json").read_text())
+    assert "points_per_batch" not in config["refine"]
+    config["refine"]["points_per_batch"] = 64                     # as an earlier version wrote it
+    (out / "config.json").write_text(json.dumps(config))
+    for shard in out.glob("shard-*.h5"):
+        with h5py.File(shard, "r+") as handle:
+            stored = json.loads(handle.attrs["config"])
+            stored["refine"]["points_per_batch"] = 64
+            handle.attrs["config"] = json.dumps(stored)
+        shard.write_bytes(seal(shard.read_bytes()))               # its digest again, as the writer seals it
+    summary = run(args_for(voc, out, "--points-per-batch", "5", "--batch-size", "2", "--workers", "1"))
+    assert summary["already_done"] == 2 and summary["images"] == 3
+    assert_same_labels(stored_labels(full_run[0]), stored_labels(out))
+    assert check_shards(out) == []
 
 
 def test_outputs_of_the_gelu_architecture_are_not_resumed(voc, tmp_path, capsys):

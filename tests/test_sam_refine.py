@@ -174,8 +174,9 @@ def test_refinement_equals_the_per_point_predict_loop():
     y0 = np.zeros((50, 70), np.uint8)
     y0[5:30, 5:40], y0[25:48, 35:68] = 3, 15
     s = rng.random((3, 50, 70)).astype(np.float32)
-    for cfg in (SAMRefineConfig(delta=0.0, points_per_batch=7), SAMRefineConfig(delta=0.3, mask_select="sam_score")):
-        fast = refine_one(SAMRefiner(BatchedPointPredictor(model), cfg), y0, s, (3, 15), image=image).labels
+    for cfg, step in ((SAMRefineConfig(delta=0.0), 7), (SAMRefineConfig(delta=0.3, mask_select="sam_score"), 256)):
+        fast = refine_one(SAMRefiner(BatchedPointPredictor(model), cfg, points_per_batch=step), y0, s, (3, 15),
+                          image=image).labels
         loop = LoopSAMRefiner(model, cfg).refine_image(image, y0, s, (3, 15)).labels
         assert np.array_equal(fast, loop)
 
@@ -278,7 +279,7 @@ def test_batched_refinement_equals_image_by_image(cfg):
     rng = np.random.default_rng(7)
     scenes = [(*_scene(rng, c), c) for c in ((3,), (5, 9, 14), (2, 20), (11,))]
     alone, together = refine_both(lambda: SAMRefiner(FakePredictor(_random_boxes, _random_ious),
-                                                     SAMRefineConfig(points_per_batch=40, **cfg)), scenes)  # steps
+                                                     SAMRefineConfig(**cfg), points_per_batch=40), scenes)  # steps
     for a, b in zip(alone, together):
         assert np.array_equal(a.labels, b.labels)
         assert a.prompts == b.prompts and a.masks_accepted == b.masks_accepted
@@ -355,7 +356,6 @@ def test_batched_refinement_with_sam_equals_image_by_image():
         y0 = np.asarray((0, *classes), np.uint8)[rng.integers(0, 1 + len(classes), (height // 8 + 1, width // 8 + 1))]
         y0 = np.kron(y0, np.ones((8, 8), np.uint8))[:height, :width]  # blocks: regions the masks can match
         scenes.append((y0, rng.random((1 + len(classes), height, width)).astype(np.float32), classes))
-    alone = assert_batched_equals_alone(SAMRefiner(BatchedPointPredictor(model), SAMRefineConfig(delta=0.0,
-                                                                                                 points_per_batch=48)),
-                                        images, scenes)
+    alone = assert_batched_equals_alone(SAMRefiner(BatchedPointPredictor(model), SAMRefineConfig(delta=0.0),
+                                                   points_per_batch=48), images, scenes)
     assert any((r.labels != s[0]).any() for r, s in zip(alone, scenes))  # SAM's masks changed the labels

@@ -173,7 +173,7 @@ class SweepRun:
         some row needs. The caller holds the lock of ``--out``."""
         split = split_of(run)
         rank, world, _ = distributed()
-        pool, settings, notes = ModelPool(dataset.class_set, device), [], set()
+        pool, settings, notes = ModelPool(dataset.class_set, device, run.points_per_batch), [], set()
         for row in sweep.rows:          # every model and setting built (and checked) before anything is written
             config = copy.deepcopy(row.config)
             notes.update(demo_weights(config) if run.dataset == "demo" else [])

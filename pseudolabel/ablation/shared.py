@@ -40,7 +40,7 @@ from pseudolabel.config import PseudoLabelConfig
 from pseudolabel.datasets import Sample
 from pseudolabel.image_io import read_rgb
 from pseudolabel.pipeline import label_record
-from pseudolabel.sam.refine import PIECE_BYTES, ImageEmbedding, Refinement, SAMInput, SAMRefiner
+from pseudolabel.sam.refine import POINTS_PER_BATCH, PIECE_BYTES, ImageEmbedding, Refinement, SAMInput, SAMRefiner
 from pseudolabel.storage.shards import LabelRecord
 
 LOG = logging.getLogger("pseudolabel.ablation")
@@ -155,8 +155,8 @@ class ModelPool:
     setting on them. Building a setting checks it (e.g. K against the model's depth), so a sweep builds every row's
     before any image."""
 
-    def __init__(self, class_set: ClassSet, device: str):
-        self.class_set, self.device = class_set, device
+    def __init__(self, class_set: ClassSet, device: str, points_per_batch: int = POINTS_PER_BATCH):
+        self.class_set, self.device, self.points_per_batch = class_set, device, points_per_batch
         self.clip_models: dict[tuple, tuple] = {}
         self.texts: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.cams: dict[str, SkipCAM] = {}
@@ -189,7 +189,7 @@ class ModelPool:
                                           config.refine.sam_seed)
                 self.predictors[sam_key(config)] = (BatchedPointPredictor(model, precision=config.precision), weights)
             predictor, weights = self.predictors[sam_key(config)]
-            self.refiners[key] = SharedMasksRefiner(predictor, config.refine, weights)
+            self.refiners[key] = SharedMasksRefiner(predictor, config.refine, weights, self.points_per_batch)
         return self.refiners[key]
 
 

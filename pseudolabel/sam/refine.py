@@ -30,6 +30,7 @@ from pseudolabel.transfer import upload
 
 # the most bytes of full-resolution work in one piece: a decoding step's masks (3 per prompt, one byte per pixel: 3
 # prompts of a 6000x4000 image) or a merge band's per-class float32 scores
+POINTS_PER_BATCH = 256  # --points-per-batch's default: prompts decoded together
 PIECE_BYTES = 256 << 20
 
 
@@ -75,8 +76,6 @@ class SAMRefineConfig(DictConfig):
     uncertain_ignore: bool = field(default=False, metadata={"help": "pixels whose label differs from Y0 -> 255"})
     ensure_point_per_class: bool = field(default=False, metadata={
         "help": "a class with no grid point gets its localization peak as a prompt"})
-    points_per_batch: int = field(default=256, metadata={
-        "help": "prompts decoded together, over all images of a batch (speed only)", "min": 1})
 
 
 def grid_points(height: int, width: int, n: int) -> np.ndarray:
@@ -136,18 +135,22 @@ class SAMRefiner:
     """Refines Y0 with a :class:`~pseudolabel.sam.predictor.BatchedPointPredictor` (or anything with its interface:
     ``transform``, ``device``, ``encode``, ``set_batch``, ``predict_points``)."""
 
-    def __init__(self, predictor, cfg: SAMRefineConfig, weights: dict | None = None):
-        self.predictor, self.cfg, self.weights = predictor, cfg, weights or {}
+    def __init__(self, predictor, cfg: SAMRefineConfig, weights: dict | None = None,
+                 points_per_batch: int = POINTS_PER_BATCH):
+        """``points_per_batch``: prompts decoded together, over all images of a batch (a runtime setting: the masks do
+        not depend on it)."""
+        self.predictor, self.cfg, self.weights, self.points_per_batch = predictor, cfg, weights or {}, points_per_batch
 
     @classmethod
-    def from_config(cls, cfg: SAMRefineConfig, device="cpu", precision: str = "fp32") -> "SAMRefiner":
+    def from_config(cls, cfg: SAMRefineConfig, device="cpu", precision: str = "fp32",
+                    points_per_batch: int = POINTS_PER_BATCH) -> "SAMRefiner":
         """``precision``: of SAM's image encoder on CUDA (:mod:`pseudolabel.precision`)."""
         from pseudolabel.sam.models import SAM_VARIANTS, load_sam
         from pseudolabel.sam.predictor import BatchedPointPredictor
 
         model, weights = load_sam(cfg.sam_model, cfg.sam_checkpoint, device, cfg.sam_seed)
         predictor = SAM_VARIANTS[cfg.sam_model].predictor or BatchedPointPredictor  # SAM 2.1: its own predictor
-        return cls(predictor(model, precision=precision), cfg, weights)
+        return cls(predictor(model, precision=precision), cfg, weights, points_per_batch)
 
     @property
     def device(self) -> torch.device:
@@ -249,7 +252,7 @@ class SAMRefiner:
     def prompts_per_step(self, height: int, width: int) -> int:
         """Prompts decoded, selected and filtered together on a batch's canvas of ``height x width``:
         ``points_per_batch``, fewer when their masks would take more than :data:`PIECE_BYTES`."""
-        return max(1, min(self.cfg.points_per_batch, PIECE_BYTES // (3 * height * width)))
+        return max(1, min(self.points_per_batch, PIECE_BYTES // (3 * height * width)))
 
     def prompts(self, y0, scores, class_ids) -> tuple[np.ndarray, np.ndarray]:
         """One image's prompt points ``(P, 2)`` xy and the index (into ``class_ids``) of the class each one prompts,

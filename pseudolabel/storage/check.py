@@ -68,7 +68,7 @@ from pseudolabel.storage.format import (
     read_attrs,
     row_axis,
 )
-from pseudolabel.storage.shards import identity_from_attrs
+from pseudolabel.storage.shards import identity_from_attrs, method_config, read_identity
 
 SHARED_ROOT_ATTRS = tuple(name for name, attr in ROOT_ATTRS.items() if attr.shared)  # same in every shard
 MAX_PROBLEMS_PER_SHARD = 50
@@ -409,7 +409,10 @@ def run_check(directory: str | Path, require_manifest: bool = True) -> CheckResu
             continue
         with handle:
             try:
-                shared_attrs[path.name] = _check_shard(path, handle, problems, ids_in)
+                attrs = _check_shard(path, handle, problems, ids_in)
+                if isinstance(attrs.get("config"), dict):
+                    attrs["config"] = method_config(attrs["config"])
+                shared_attrs[path.name] = attrs
                 result.random_weights |= bool(handle.attrs.get("random_weights", False))
             except (OSError, KeyError, ValueError, RuntimeError) as error:
                 problems.append(f"{path.name}: unreadable ({type(error).__name__}: {error})")
@@ -467,7 +470,7 @@ def _check_config_file(directory: Path, shared_attrs: dict[str, dict], problems:
     if not path.is_file():
         return
     try:
-        recorded = json.loads(path.read_text())
+        recorded = read_identity(path)
     except ValueError as error:
         problems.append(f"{CONFIG_FILE}: not valid JSON ({error})")
         return

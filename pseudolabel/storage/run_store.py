@@ -24,7 +24,8 @@ from pseudolabel.cli_options import config_differences
 from pseudolabel.exits import guard_write, prepare_output_dir
 from pseudolabel.storage.atomic import atomic_write
 from pseudolabel.storage.format import CONFIG_FILE, MANIFEST, RUN_FORMAT, SHARD_GLOB
-from pseudolabel.storage.shards import LabelRecord, ShardWriter, shard_identity, shard_image_ids, shard_problem
+from pseudolabel.storage.shards import (LabelRecord, ShardWriter, read_identity, shard_identity, shard_image_ids,
+                                        shard_problem)
 
 LOG = logging.getLogger(__name__)
 DAMAGED_DIR, DAMAGED_FILE = "damaged", "damaged.json"
@@ -65,7 +66,7 @@ class RunStore:
         path = self.out / CONFIG_FILE
         if not overwrite:
             if path.is_file():
-                self._refuse_other_identity(config_differences(json.loads(path.read_text()), identity), self.out)
+                self._refuse_other_identity(config_differences(read_identity(path), identity), self.out)
             for shard in sorted(self.out.glob(SHARD_GLOB)):
                 try:
                     made_under = shard_identity(shard)
@@ -73,7 +74,7 @@ class RunStore:
                     continue  # unreadable: set aside as damaged by recover() and labelled again
                 self._refuse_other_identity(config_differences(made_under, identity), shard)
             for staged in sorted(self.out.glob(f".staging/r*/{STAGED_IDENTITY}")):
-                self._refuse_other_identity(config_differences(json.loads(staged.read_text()), identity), staged.parent)
+                self._refuse_other_identity(config_differences(read_identity(staged), identity), staged.parent)
         self.identity = identity
         if self.rank == 0:
             _write_json(path, identity)

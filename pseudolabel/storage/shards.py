@@ -271,11 +271,29 @@ class ShardWriter:
             self.discard()
 
 
+# Settings that outputs of earlier versions stored in their configuration though no label depends on them (runtime
+# options now): left out of every run identity, so those outputs resume and compare as before.
+RUNTIME_FIELDS_STORED_BEFORE = {"refine": ("points_per_batch",)}
+
+
 def run_identity(config: dict, weights: dict | None, class_set: dict) -> dict:
     """What a run's labels depend on, as ``config.json`` holds it: the method configuration
     (``PseudoLabelConfig.to_dict()``), the identity of the weights and the class set (``ClassSet.to_json()``), as
     JSON values. Every shard records its parts (root attributes ``config``, ``weights``, ``class_set``)."""
-    return json.loads(json.dumps({**config, "weights": weights, "class_set": class_set}))
+    return json.loads(json.dumps({**method_config(config), "weights": weights, "class_set": class_set}))
+
+
+def method_config(config: dict) -> dict:
+    """A stored configuration without :data:`RUNTIME_FIELDS_STORED_BEFORE` (a copy)."""
+    return {part: ({k: v for k, v in value.items() if k not in RUNTIME_FIELDS_STORED_BEFORE.get(part, ())}
+                   if isinstance(value, dict) else value) for part, value in config.items()}
+
+
+def read_identity(path: str | Path) -> dict:
+    """A run identity written as JSON (``config.json``, a staging folder's ``identity.json``), as :func:`run_identity`
+    gives it."""
+    stored = json.loads(Path(path).read_text())
+    return run_identity(stored, stored.get("weights"), stored.get("class_set"))
 
 
 def identity_from_attrs(root_attrs: Mapping) -> dict:
