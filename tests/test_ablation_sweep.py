@@ -142,3 +142,20 @@ def test_point_masks_are_kept_for_later_rows_within_the_budget():
         assert points.kept_bytes <= points.budget
     assert decoded == [(1.0, 1.0), (2.0, 2.0), (3.0, 3.0), (3.0, 3.0)]   # the third is beyond the budget: again
     assert points.points == {} and points.kept_bytes == 0 and not points.uses   # dropped after the last ask
+
+
+def test_a_sweep_row_on_sam_2_1_gets_sam_2_1s_predictor():
+    """The sweep's models load as gen_pseudo's do (``load_predictor``): a SAM 2.1 row gets SAM 2.1's own predictor."""
+    from pseudolabel.ablation.shared import ModelPool
+    from pseudolabel.classes import get_class_set
+    from pseudolabel.config import PseudoLabelConfig
+    from pseudolabel.sam.models import SAM_VARIANTS
+    from pseudolabel.sam.refine import SAMRefineConfig
+    from pseudolabel.sam.sam2_predictor import SAM2PointPredictor
+    from tests.fixtures.tiny_models import TINY_SAM2, register_tiny_models
+
+    register_tiny_models()
+    config = PseudoLabelConfig("voc", "train", refine=SAMRefineConfig(sam_model=TINY_SAM2, sam_checkpoint="random"))
+    refiner = ModelPool(get_class_set("voc"), "cpu", points_per_batch=9).refiner(config)
+    assert SAM_VARIANTS[TINY_SAM2].predictor is not None   # SAM 2.1 registers a predictor of its own
+    assert isinstance(refiner.predictor, SAM2PointPredictor) and refiner.points_per_batch == 9

@@ -40,7 +40,8 @@ from pseudolabel.config import PseudoLabelConfig
 from pseudolabel.datasets import Sample
 from pseudolabel.image_io import read_rgb
 from pseudolabel.pipeline import label_record
-from pseudolabel.sam.refine import POINTS_PER_BATCH, PIECE_BYTES, ImageEmbedding, Refinement, SAMInput, SAMRefiner
+from pseudolabel.sam.refine import (PIECE_BYTES, POINTS_PER_BATCH, ImageEmbedding, Refinement, SAMInput, SAMRefiner,
+                                    load_predictor)
 from pseudolabel.storage.shards import LabelRecord
 
 LOG = logging.getLogger("pseudolabel.ablation")
@@ -167,7 +168,8 @@ class ModelPool:
         key, cam = cam_key(config), config.cam
         if key not in self.cams:
             if clip_key(config) not in self.clip_models:
-                self.clip_models[clip_key(config)] = load_clip(cam.clip_model, cam.clip_weights, self.device, cam.clip_seed)
+                self.clip_models[clip_key(config)] = load_clip(cam.clip_model, cam.clip_weights, self.device,
+                                                               cam.clip_seed)
             model, tokenizer, weights = self.clip_models[clip_key(config)]
             text_key = (clip_key(config), cam.prompt_set)
             skipcam = SkipCAM(model, tokenizer, self.class_set, cam, self.device, weights, config.precision,
@@ -179,15 +181,10 @@ class ModelPool:
     def refiner(self, config: PseudoLabelConfig) -> SharedMasksRefiner | None:
         if not config.refine.enabled:
             return None
-        from pseudolabel.sam.models import load_sam
-        from pseudolabel.sam.predictor import BatchedPointPredictor
-
         key = (sam_key(config), json.dumps(config.refine.to_dict(), sort_keys=True))
         if key not in self.refiners:
             if sam_key(config) not in self.predictors:
-                model, weights = load_sam(config.refine.sam_model, config.refine.sam_checkpoint, self.device,
-                                          config.refine.sam_seed)
-                self.predictors[sam_key(config)] = (BatchedPointPredictor(model, precision=config.precision), weights)
+                self.predictors[sam_key(config)] = load_predictor(config.refine, self.device, config.precision)
             predictor, weights = self.predictors[sam_key(config)]
             self.refiners[key] = SharedMasksRefiner(predictor, config.refine, weights, self.points_per_batch)
         return self.refiners[key]

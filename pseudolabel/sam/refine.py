@@ -78,6 +78,16 @@ class SAMRefineConfig(DictConfig):
         "help": "a class with no grid point gets its localization peak as a prompt"})
 
 
+def load_predictor(cfg: SAMRefineConfig, device="cpu", precision: str = "fp32") -> tuple:
+    """The point predictor of ``cfg``'s SAM model (SAM 2.1 has its own) in ``precision``, and its weights' identity."""
+    from pseudolabel.sam.models import SAM_VARIANTS, load_sam
+    from pseudolabel.sam.predictor import BatchedPointPredictor
+
+    model, weights = load_sam(cfg.sam_model, cfg.sam_checkpoint, device, cfg.sam_seed)
+    predictor = SAM_VARIANTS[cfg.sam_model].predictor or BatchedPointPredictor
+    return predictor(model, precision=precision), weights
+
+
 def grid_points(height: int, width: int, n: int) -> np.ndarray:
     """Cell centres ``((j+.5)W/n, (i+.5)H/n)`` as ``(n*n, 2)`` xy, equal to SAM's ``build_point_grid(n) * [W, H]``."""
     centres = (np.arange(n) + 0.5) / n
@@ -145,12 +155,8 @@ class SAMRefiner:
     def from_config(cls, cfg: SAMRefineConfig, device="cpu", precision: str = "fp32",
                     points_per_batch: int = POINTS_PER_BATCH) -> "SAMRefiner":
         """``precision``: of SAM's image encoder on CUDA (:mod:`pseudolabel.precision`)."""
-        from pseudolabel.sam.models import SAM_VARIANTS, load_sam
-        from pseudolabel.sam.predictor import BatchedPointPredictor
-
-        model, weights = load_sam(cfg.sam_model, cfg.sam_checkpoint, device, cfg.sam_seed)
-        predictor = SAM_VARIANTS[cfg.sam_model].predictor or BatchedPointPredictor  # SAM 2.1: its own predictor
-        return cls(predictor(model, precision=precision), cfg, weights, points_per_batch)
+        predictor, weights = load_predictor(cfg, device, precision)
+        return cls(predictor, cfg, weights, points_per_batch)
 
     @property
     def device(self) -> torch.device:
