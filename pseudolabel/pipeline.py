@@ -152,8 +152,8 @@ class Labeller:
 
     ``timed``: on CUDA, wait for the GPU at the end of each stage so that ``seconds`` holds real stage times (for
     benchmarks; it stops the stages from overlapping). Without it, on a GPU the stage times are host times.
-    ``batched``: label the images of a batch together (:meth:`label_batch`); default: where the models do
-    (``SkipCAM.batched``, ``SAMRefiner.batched``: off a CPU).
+    ``batched``: label the images of a batch together (:meth:`label_batch`); default: where the refiner does
+    (``SAMRefiner.batched``: off a CPU) or without a refiner.
     """
 
     def __init__(self, cam: SkipCAM, refiner: SAMRefiner | None, device: str | torch.device, timed: bool = False,
@@ -162,7 +162,7 @@ class Labeller:
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.refiner = refiner if refiner is not None and refiner.cfg.enabled else None
-        self.batched = cam.batched and (self.refiner is None or self.refiner.batched) if batched is None else batched
+        self.batched = (self.refiner is None or self.refiner.batched) if batched is None else batched
         self.cuda = self.device.type == "cuda"
         self.seconds: collections.Counter = collections.Counter()  # by stage, all images
         if self.cuda:  # priority: 0 low, -1 high
