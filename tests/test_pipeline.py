@@ -212,21 +212,20 @@ def tiny_models(**cam_options):
     from pseudolabel.sam.refine import SAMRefineConfig
 
     cam = tiny_skipcam(**cam_options)
-    cam.host_labels = False  # the torch label path both ways (the CPU's own, PIL's and OpenCV's, differs by rounding)
     return cam, SAMRefiner(BatchedPointPredictor(load_sam("vit_tiny_test", "random", seed=2)[0]),
                            SAMRefineConfig(delta=0.2, grid_size=8))
 
 
 def test_batched_labelling_equals_image_by_image(voc):
     """The batched GPU path run on a CPU (a batch's images together in Skip-CAM, SAM decoding, filter and merge)
-    against the same torch operations image by image: identical labels, Y0 and per-class records, maps equal up to
+    against each image labelled alone: identical labels, Y0 and per-class records, maps equal up to
     float rounding; as deferred records (what the shard writer resolves) too."""
     from pseudolabel.datasets import build_dataset
 
     samples = list(build_dataset("voc", voc, "train"))
     cam, refiner = tiny_models()
     alone = {r.image_id: r for r in Labeller(cam, refiner, "cpu", batched=False).label_all(samples, 4, 2)}
-    cam.batched = refiner.batched = True
+    refiner.batched = True
     labeller = Labeller(cam, refiner, "cpu")
     assert labeller.batched
     together = list(labeller.label_all(samples, 4, 2, deferred=True))
@@ -243,13 +242,12 @@ def test_batched_labelling_equals_image_by_image(voc):
 
 def test_the_token_budget_holds_in_the_batched_step(voc):
     """--max-tokens below every image's token grid (6 against 9-12): the batched Skip-CAM step runs on the
-    scaled-down CAM inputs as the image-by-image one does, with the same Y0 and maps, and Y0 at full size."""
+    scaled-down CAM inputs as each image alone does, with the same Y0 and maps, and Y0 at full size."""
     from pseudolabel.datasets import build_dataset
 
     samples = list(build_dataset("voc", voc, "train"))
     cam, _ = tiny_models(max_tokens=6)
     alone = {r.image_id: r for r in Labeller(cam, None, "cpu", batched=False).label_all(samples, 4, 2)}
-    cam.batched = True
     together = {r.image_id: r for r in Labeller(cam, None, "cpu", batched=True).label_all(samples, 4, 2)}
     assert together.keys() == alone.keys() and len(alone) == 7
     for image_id, a in alone.items():
@@ -284,7 +282,7 @@ def test_a_batched_run_writes_the_labels_of_an_image_by_image_run(voc, tmp_path,
     def load_with(batched):
         def loaded(*args):
             cam, refiner = load(*args)
-            cam.host_labels, cam.batched, refiner.batched = False, batched, batched
+            refiner.batched = batched
             return cam, refiner
         return loaded
     outputs = {}
@@ -337,7 +335,7 @@ def test_the_batched_step_reads_nothing_back_but_its_two_host_copies(voc):
     from pseudolabel.datasets import build_dataset
 
     cam, refiner = tiny_models()
-    cam.batched = refiner.batched = True
+    refiner.batched = True
     labeller = Labeller(cam, refiner, "cpu")
     prepared = [labeller.prepare(s) for s in list(build_dataset("voc", voc, "train"))[:4]]
     encoded = labeller.encode(prepared)
@@ -345,7 +343,7 @@ def test_the_batched_step_reads_nothing_back_but_its_two_host_copies(voc):
     with DataDependentOps() as batched:
         labeller.label_batch(prepared, encoded)
     assert batched.seen == {}
-    cam.batched = refiner.batched = False
+    refiner.batched = False
     with DataDependentOps() as alone:
         labeller.label(prepared[0], encoded[0])
     assert alone.seen["aten::_local_scalar_dense"] > 0

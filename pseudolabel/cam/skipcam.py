@@ -438,7 +438,9 @@ class SkipCAM:
         """Skip-CAM maps, scores and Y0 of this setting from each image's :class:`FrozenFeatures`. ``images``:
         ``(H, W, 3)`` uint8 arrays or tensors (on a GPU, a tensor already there saves a copy). Through
         :meth:`label_batch`."""
-        pixels = [torch.as_tensor(image).to(self.device, non_blocking=True) for image in images]
+        # a read-only array (np.asarray of a PIL image) is copied: torch wraps writable ones only
+        pixels = [torch.as_tensor(image if isinstance(image, torch.Tensor) else np.require(image, requirements="W"))
+                  .to(self.device, non_blocking=True) for image in images]
         return self.label_batch(pixels, features, class_ids_list).outputs()
 
     def label_batch(self, images: list[torch.Tensor], features: list[FrozenFeatures], class_ids_list: list
