@@ -13,8 +13,8 @@ On a GPU the encoders (large kernels, no waiting for the host) run on a low-prio
 the labelling step on a high-priority stream, which waits for the host twice per batch (OpenCV's contours for CAA's
 boxes, the labels at the grid points for SAM's prompts): meanwhile the GPU has the next batch's encoders to run. The
 labels come back to the host by asynchronous copies into page-locked memory, which the shard writer's thread waits
-for (:class:`PendingRecord`), so the loop goes on to the next batch at once. On a CPU every network sees one image at
-a time, so an image's labels never depend on ``--batch-size``.
+for (:class:`PendingRecord`), so the loop goes on to the next batch at once. Skip-CAM runs the same batched path on
+every device; on a CPU SAM sees one image at a time and the default batch size is 1.
 
 A batch whose batched step fails (out of memory included) is retried image by image; an image that fails alone
 becomes an :class:`ImageFailure` and the run goes on. KeyboardInterrupt is never caught.
