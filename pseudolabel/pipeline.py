@@ -6,15 +6,16 @@ decoded image -> :meth:`Labeller.prepare` (CLIP input, SAM input, on the host; p
 -> :meth:`Labeller.encode`, per batch (CLIP's frozen blocks, :class:`~pseudolabel.cam.skipcam.FrozenFeatures`, and
 SAM's image encoder, :class:`~pseudolabel.sam.refine.ImageEmbedding`)
 -> :meth:`Labeller.label_batch` (Skip-CAM maps, Y0, SAM prompts, masks, filter and merge of all images of the batch
-together: :meth:`~pseudolabel.cam.skipcam.SkipCAM.label_batch`, :meth:`~pseudolabel.sam.refine.SAMRefiner.refine_batch`)
-or :meth:`Labeller.label` (the same for one image) -> a :class:`~pseudolabel.storage.shards.LabelRecord`.
+together: :meth:`~pseudolabel.cam.skipcam.SkipCAM.label_batch`, :meth:`~pseudolabel.sam.refine.SAMRefiner.refine_batch`;
+one path for one image or many, on every device) -> a :class:`~pseudolabel.storage.shards.LabelRecord`.
 
 On a GPU the encoders (large kernels, no waiting for the host) run on a low-priority CUDA stream one batch ahead of
 the labelling step on a high-priority stream, which waits for the host twice per batch (OpenCV's contours for CAA's
 boxes, the labels at the grid points for SAM's prompts): meanwhile the GPU has the next batch's encoders to run. The
 labels come back to the host by asynchronous copies into page-locked memory, which the shard writer's thread waits
-for (:class:`PendingRecord`), so the loop goes on to the next batch at once. On a CPU every network sees one image at
-a time, so an image's labels never depend on ``--batch-size``.
+for (:class:`PendingRecord`), so the loop goes on to the next batch at once. Every device runs the same steps;
+on a CPU each image goes through them alone (the default batch size is 1 there, and a larger one changes no label
+or map: batching gains nothing on a CPU), on a GPU a batch's images together.
 
 A batch whose batched step fails (out of memory included) is retried image by image; an image that fails alone
 becomes an :class:`ImageFailure` and the run goes on. KeyboardInterrupt is never caught.
@@ -152,18 +153,16 @@ class Labeller:
 
     ``timed``: on CUDA, wait for the GPU at the end of each stage so that ``seconds`` holds real stage times (for
     benchmarks; it stops the stages from overlapping). Without it, on a GPU the stage times are host times.
-    ``batched``: label the images of a batch together (:meth:`label_batch`); default: where the Skip-CAM does
-    (``SkipCAM.batched``: off a CPU).
     """
 
-    def __init__(self, cam: SkipCAM, refiner: SAMRefiner | None, device: str | torch.device, timed: bool = False,
-                 batched: bool | None = None):
+    def __init__(self, cam: SkipCAM, refiner: SAMRefiner | None, device: str | torch.device, timed: bool = False):
         self.cam, self.device, self.timed = cam, torch.device(device), timed
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.refiner = refiner if refiner is not None and refiner.cfg.enabled else None
-        self.batched = cam.batched if batched is None else batched
         self.cuda = self.device.type == "cuda"
+        # a batch's images in one labelling step on a GPU; on a CPU each alone, so no label depends on the batch
+        self.together = self.cuda
         self.seconds: collections.Counter = collections.Counter()  # by stage, all images
         if self.cuda:  # priority: 0 low, -1 high
             self.batch_stream = torch.cuda.Stream(self.device, priority=0)
@@ -199,22 +198,6 @@ class Labeller:
             else:
                 pixels, ready = [item.image for item in items], None
         return [EncodedImage(f, e, p, ready) for f, e, p in zip(frozen, embeddings, pixels)]
-
-    def label(self, item: PreparedImage, encoded: EncodedImage) -> LabelRecord:
-        """The labelling step of one image: Skip-CAM maps and Y0 from the frozen features, SAM refinement from the
-        embedding, and the per-class records (:class:`~pseudolabel.storage.class_stats.ClassStats`)."""
-        sample = item.sample
-        with self._on(self.image_stream if self.cuda else None):
-            self._wait_for([encoded])
-            with self._stage("skipcam"):
-                cam_out = self.cam.cams_from_frozen([encoded.pixels], [encoded.frozen], [sample.class_ids])[0]
-                self.seconds.update(cam_out.timings)
-            with self._stage("sam"):
-                refinement = self.refiner.refine_embedded(encoded.embedding, cam_out.label, cam_out.score_maps,
-                                                          cam_out.class_ids) if self.refiner else None
-                if refinement:
-                    self.seconds.update({k: v for k, v in refinement.timings.items() if k != "sam_encoder"})
-        return label_record(sample, item.image.shape[:2], cam_out, refinement)
 
     def label_batch(self, items: list[PreparedImage], encoded: list[EncodedImage]) -> list[PendingRecord]:
         """The labelling step of several images together: Skip-CAM
@@ -290,13 +273,14 @@ class Labeller:
 
     def _label_batch(self, batch: list, encoded: dict, deferred: bool) -> Iterator[LabelRecord | PendingRecord |
                                                                                  ImageFailure]:
-        """The labelling step of a batch: its images together (:meth:`label_batch`) where :attr:`batched` and not too
-        large, else (and after the batched step failed) one by one."""
+        """The labelling step of a batch: on a GPU its images together (:meth:`label_batch`), but an image larger
+        than :data:`BATCHED_MAX_PIXELS` alone; on a CPU, and after a failed step, each image alone (the same step on
+        one image)."""
         together = [item for item in batch if isinstance(item, PreparedImage)
-                    and isinstance(encoded[id(item)], EncodedImage) and self.batched
+                    and isinstance(encoded[id(item)], EncodedImage)
                     and item.image.shape[0] * item.image.shape[1] <= BATCHED_MAX_PIXELS]
         results = {}
-        if together:
+        if len(together) > 1 and self.together:
             try:
                 results = {id(item): pending for item, pending in
                            zip(together, self.label_batch(together, [encoded[id(item)] for item in together]))}
@@ -309,7 +293,7 @@ class Labeller:
             result = item if isinstance(item, ImageFailure) else results.get(id(item), encoded[id(item)])
             if isinstance(result, EncodedImage):
                 try:
-                    result = self.label(item, result)
+                    result = self.label_batch([item], [result])[0]
                 except Exception as error:  # noqa: BLE001 - any per-image error: recorded, the run goes on
                     self._recover(error)
                     result = self._failure(item, error)

@@ -91,7 +91,7 @@ def test_a_failing_image_is_recorded_and_the_batch_goes_on(voc, unbatched, tmp_p
     """A batched step that fails is retried image by image; an image that fails alone (an out-of-memory error in
     the batch step, a CPU allocation failure in its own step) is listed with its reason and the others are labelled
     exactly as without the failure."""
-    frozen, refine = SkipCAM.frozen, SAMRefiner.refine_embedded
+    frozen, refine = SkipCAM.frozen, SAMRefiner.refine_batch
     calls = Counter()
 
     def failing_frozen(self, pixels):
@@ -100,13 +100,13 @@ def test_a_failing_image_is_recorded_and_the_batch_goes_on(voc, unbatched, tmp_p
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return frozen(self, pixels)
 
-    def failing_refine(self, embedding, y0, scores, class_ids):
-        if embedding.original_size == (48, 64):  # image 5
+    def failing_refine(self, embeddings, *args):
+        if any(embedding.original_size == (48, 64) for embedding in embeddings):  # image 5
             raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 421884000048 bytes")
-        return refine(self, embedding, y0, scores, class_ids)
+        return refine(self, embeddings, *args)
 
     monkeypatch.setattr(SkipCAM, "frozen", failing_frozen)
-    monkeypatch.setattr(SAMRefiner, "refine_embedded", failing_refine)
+    monkeypatch.setattr(SAMRefiner, "refine_batch", failing_refine)
     out = tmp_path / "out"
     summary = run(args_for(voc, out, "--batch-size", "4"))
     assert summary["images"] == 5 and summary["failures"] == 2
@@ -120,7 +120,7 @@ def test_a_failing_image_is_recorded_and_the_batch_goes_on(voc, unbatched, tmp_p
     assert_same_labels(expected, got, got)
 
     # a rerun retries both once, alone; image 3 fails again (its reason kept), image 5 now works
-    monkeypatch.setattr(SAMRefiner, "refine_embedded", refine)
+    monkeypatch.setattr(SAMRefiner, "refine_batch", refine)
     calls.clear()
     summary = run(args_for(voc, out, "--batch-size", "4"))
     assert summary["images"] == 1 and summary["already_done"] == 5 and summary["failures"] == 1
@@ -140,23 +140,23 @@ def test_failure_reasons_are_one_line_with_a_hint_for_memory():
 
 
 def test_lost_gpu_context_stops_the_run(voc, tmp_path, monkeypatch):
-    def broken(self, item, encoded):
+    def broken(self, items, encoded):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-    monkeypatch.setattr(Labeller, "label", broken)
+    monkeypatch.setattr(Labeller, "label_batch", broken)
     assert main(args_for(voc, tmp_path, "--batch-size", "2")) == 2
 
 
 def test_ctrl_c_propagates_at_once_and_keeps_finished_images(voc, tmp_path, monkeypatch):
-    label, seen = Labeller.label, []
+    label, seen = Labeller.label_batch, []
 
-    def interrupted(self, item, encoded):
-        seen.append(item.sample.image_id)
-        if len(seen) == 3:
+    def interrupted(self, items, encoded):
+        seen.extend(item.sample.image_id for item in items)
+        if len(seen) > 2:   # the second batch
             raise KeyboardInterrupt
-        return label(self, item, encoded)
+        return label(self, items, encoded)
 
-    monkeypatch.setattr(Labeller, "label", interrupted)
+    monkeypatch.setattr(Labeller, "label_batch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run(args_for(voc, tmp_path, "--batch-size", "2", "--shard-size", "100"))
     assert len(list((tmp_path / ".staging").rglob("*.npz"))) == 2  # the two finished images are staged
@@ -213,26 +213,30 @@ def tiny_models(**cam_options):
     from pseudolabel.sam.refine import SAMRefineConfig
 
     cam = tiny_skipcam(**cam_options)
-    cam.host_labels = False  # the torch label path both ways (the CPU's own, PIL's and OpenCV's, differs by rounding)
     return cam, SAMRefiner(BatchedPointPredictor(load_sam("vit_tiny_test", "random", seed=2)[0]),
                            SAMRefineConfig(delta=0.2, grid_size=8))
 
 
+def label_together(labeller: Labeller, samples: list) -> list:
+    """The samples' records from one labelling step of all of them (what a GPU runs on a batch; the pipeline on a
+    CPU labels each image alone)."""
+    prepared = [labeller.prepare(s) for s in samples]
+    pending = labeller.label_batch(prepared, labeller.encode(prepared))
+    assert {type(p).__name__ for p in pending} == {"PendingRecord"}
+    return [p.result() for p in pending]
+
+
 def test_batched_labelling_equals_image_by_image(voc):
-    """The batched GPU path run on a CPU (a batch's images together in Skip-CAM, SAM decoding, filter and merge)
-    against the same torch operations image by image: identical labels, Y0 and per-class records, maps equal up to
+    """A batch's images labelled together (Skip-CAM, SAM decoding, filter and merge) against each image labelled
+    alone (batch size 1): identical labels, Y0 and per-class records, maps equal up to
     float rounding; as deferred records (what the shard writer resolves) too."""
     from pseudolabel.datasets import build_dataset
 
     samples = list(build_dataset("voc", voc, "train"))
     cam, refiner = tiny_models()
-    alone = {r.image_id: r for r in Labeller(cam, refiner, "cpu", batched=False).label_all(samples, 4, 2)}
-    cam.batched = True
     labeller = Labeller(cam, refiner, "cpu")
-    assert labeller.batched
-    together = list(labeller.label_all(samples, 4, 2, deferred=True))
-    assert {type(r).__name__ for r in together} == {"PendingRecord"}
-    together = {r.image_id: r for r in (p.result() for p in together)}
+    alone = {r.image_id: r for r in labeller.label_all(samples, 1, 2)}
+    together = {r.image_id: r for r in label_together(labeller, samples)}
     assert together.keys() == alone.keys() and len(alone) == 7
     for image_id, a in alone.items():
         b = together[image_id]
@@ -244,14 +248,13 @@ def test_batched_labelling_equals_image_by_image(voc):
 
 def test_the_token_budget_holds_in_the_batched_step(voc):
     """--max-tokens below every image's token grid (6 against 9-12): the batched Skip-CAM step runs on the
-    scaled-down CAM inputs as the image-by-image one does, with the same Y0 and maps, and Y0 at full size."""
+    scaled-down CAM inputs as each image alone does, with the same Y0 and maps, and Y0 at full size."""
     from pseudolabel.datasets import build_dataset
 
     samples = list(build_dataset("voc", voc, "train"))
     cam, _ = tiny_models(max_tokens=6)
-    alone = {r.image_id: r for r in Labeller(cam, None, "cpu", batched=False).label_all(samples, 4, 2)}
-    cam.batched = True
-    together = {r.image_id: r for r in Labeller(cam, None, "cpu", batched=True).label_all(samples, 4, 2)}
+    alone = {r.image_id: r for r in Labeller(cam, None, "cpu").label_all(samples, 1, 2)}
+    together = {r.image_id: r for r in label_together(Labeller(cam, None, "cpu"), samples)}
     assert together.keys() == alone.keys() and len(alone) == 7
     for image_id, a in alone.items():
         b = together[image_id]
@@ -266,41 +269,17 @@ def test_a_failing_batched_step_is_labelled_image_by_image(voc, monkeypatch):
 
     samples = list(build_dataset("voc", voc, "train"))[:3]
     cam, refiner = tiny_models()
-    expected = {r.image_id: r.refined for r in Labeller(cam, refiner, "cpu", batched=False).label_all(samples, 3, 1)}
+    expected = {r.image_id: r.refined for r in Labeller(cam, refiner, "cpu").label_all(samples, 1, 1)}
 
     def out_of_memory(self, embeddings, *args, refine_batch=SAMRefiner.refine_batch):
         if len(embeddings) > 1:  # the batch's images together; one image alone fits
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
         return refine_batch(self, embeddings, *args)
     monkeypatch.setattr(SAMRefiner, "refine_batch", out_of_memory)
-    records = list(Labeller(cam, refiner, "cpu", batched=True).label_all(samples, 3, 1))
+    labeller = Labeller(cam, refiner, "cpu")
+    labeller.together = True   # as on a GPU
+    records = list(labeller.label_all(samples, 3, 1))
     assert all(np.array_equal(expected[r.image_id], r.refined) for r in records) and len(records) == 3
-
-
-def test_a_batched_run_writes_the_labels_of_an_image_by_image_run(voc, tmp_path, monkeypatch):
-    """tools/gen_pseudo.sh's run with the batched path (as on a GPU: records finished by the shard writer's thread
-    from the batch's copies) stores what the image-by-image run of the same operations stores."""
-    from pseudolabel import generate
-
-    load = generate.load_models
-
-    def load_with(batched):
-        def loaded(*args):
-            cam, refiner = load(*args)
-            cam.host_labels, cam.batched = False, batched
-            return cam, refiner
-        return loaded
-    outputs = {}
-    for batched in (False, True):
-        monkeypatch.setattr(generate, "load_models", load_with(batched))
-        outputs[batched] = tmp_path / str(batched)
-        run(args_for(voc, outputs[batched], "--batch-size", "4", "--limit", "5", "--grid-size", "8"))
-    alone, together = stored_labels(outputs[False]), stored_labels(outputs[True])
-    for image_id, (refined, initial, maps) in alone.items():
-        assert np.array_equal(refined, together[image_id][0]) and np.array_equal(initial, together[image_id][1])
-        np.testing.assert_allclose(together[image_id][2], maps, atol=2e-6)
-    stats = lambda out: {i: open_shards(out)[i].class_stats for i in open_shards(out)}  # noqa: E731
-    assert stats(outputs[False]) == stats(outputs[True]) and len(stats(outputs[True])) == 5
 
 
 class DataDependentOps:
@@ -334,13 +313,11 @@ class DataDependentOps:
 
 
 def test_the_batched_step_reads_nothing_back_but_its_two_host_copies(voc):
-    """The batched labelling step (warm: its caches filled) uses no operator whose result the host must wait for;
-    its only waits are the two host copies (CAA's CAMs, Y0 at the grid points), not operators; nor does the
-    image-by-image step."""
+    """The labelling step (warm: its caches filled) uses no operator whose result the host must wait for, for a
+    batch or an image alone; its only waits are the two host copies (CAA's CAMs, Y0 at the grid points)."""
     from pseudolabel.datasets import build_dataset
 
     cam, refiner = tiny_models()
-    cam.batched = True
     labeller = Labeller(cam, refiner, "cpu")
     prepared = [labeller.prepare(s) for s in list(build_dataset("voc", voc, "train"))[:4]]
     encoded = labeller.encode(prepared)
@@ -348,10 +325,9 @@ def test_the_batched_step_reads_nothing_back_but_its_two_host_copies(voc):
     with DataDependentOps() as batched:
         labeller.label_batch(prepared, encoded)
     assert batched.seen == {}
-    cam.batched = False
     with DataDependentOps() as alone:
-        labeller.label(prepared[0], encoded[0])
-    assert alone.seen == {}  # SAM's one path: an image alone waits for nothing either
+        labeller.label_batch(prepared[:1], encoded[:1])
+    assert alone.seen == {}  # the one path: an image alone waits for nothing either
     with DataDependentOps() as probe:  # the counter sees a wait
         torch.ones(2).sum().item()
     assert probe.seen["aten::_local_scalar_dense"] == 1

@@ -14,6 +14,7 @@ from pseudolabel.cam.skipcam import SkipCAM, SkipCAMConfig
 from pseudolabel.classes import get_class_set
 from pseudolabel.config import PseudoLabelConfig
 from tests.fixtures.clipes_reference import transition_matrix
+from tests.fixtures.par_reference import par_reference
 from tests.fixtures.tiny_clip import TINY_CLIP, tiny_skipcam
 from tests.fixtures.tiny_models import MODEL_CONFIGS
 
@@ -38,33 +39,35 @@ def test_skips_change_the_maps_and_fusion_variants_run():
 
 
 def test_batch_api_equals_single_calls():
+    """Two images of one CAM input size go through the networks together: the same maps, scores and Y0 as each
+    alone up to float rounding."""
     cam = tiny_skipcam()
     other = np.ascontiguousarray(IMAGE[::-1])
     batch = cam.predict_batch([IMAGE, other, IMAGE[:40]], [(3,), (5, 9), (12,)])
     for image, classes, got in zip([IMAGE, other, IMAGE[:40]], [(3,), (5, 9), (12,)], batch):
-        np.testing.assert_array_equal(got.loc_maps_lowres, cam(image, classes).loc_maps_lowres)  # CPU: per image
+        alone = cam(image, classes)
+        np.testing.assert_allclose(got.loc_maps_lowres, alone.loc_maps_lowres, atol=2e-6)
+        np.testing.assert_allclose(got.scores, alone.scores, atol=1e-5)
+        np.testing.assert_array_equal(got.y0, alone.y0)
 
 
-def test_device_initial_label_agrees_with_the_host_path():
-    """The torch path of Y0 (resizes, PAR by gathers), as a GPU runs it, against the PIL/OpenCV path of a CPU."""
-    cam = tiny_skipcam()
+def test_resizes_match_pil_reductions_and_opencv_enlargements():
+    """The label path's bilinear resizes: a reduction (an image and its scores to PAR's size) as PIL's antialiased
+    bilinear filter, an enlargement (token maps and PAR's output to the image size) as ``cv2.resize``."""
+    import cv2
+    from PIL import Image
+
+    from pseudolabel.cam.skipcam import _resize
+
     rng = np.random.default_rng(2)
-    for size in ((375, 500), (333, 500), (200, 150)):  # PAR at 320 px (two of them) and at full size
-        image = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
-        image[size[0] // 4: size[0] // 2, size[1] // 3: size[1] // 2] = (200, 30, 30)
-        maps = torch.from_numpy(cam(image, (3, 15)).loc_maps_lowres)
-        scores, y0 = cam.initial_label(image, maps.numpy(), (3, 15))
-        device_scores, device_y0 = cam.initial_label_on_device(torch.from_numpy(image), maps, (3, 15))
-        assert (device_y0.numpy() == y0).mean() > 0.99
-        assert np.abs(device_scores.numpy() - scores).mean() < 1e-3
-
-
-def test_par_by_gathers_equals_par_in_place():
-    rng = np.random.default_rng(1)
-    image = torch.from_numpy(rng.random((2, 3, 37, 53))).float() * 255
-    scores = torch.from_numpy(rng.random((2, 4, 37, 53))).float()
-    torch.testing.assert_close(par_refine(image, scores, gather=True), par_refine(image, scores), rtol=1e-5,
-                               atol=1e-5)
+    image = rng.integers(0, 255, (375, 500), dtype=np.uint8).astype(np.float32)
+    smaller = _resize(torch.from_numpy(image)[None], (240, 320))[0].numpy()
+    pil = np.asarray(Image.fromarray(image, mode="F").resize((320, 240), Image.BILINEAR))
+    np.testing.assert_allclose(smaller, pil, atol=1e-3)  # of 0..255; without antialiasing about 100 off
+    maps = rng.random((2, 24, 32)).astype(np.float32)
+    larger = _resize(torch.from_numpy(maps), (375, 500)).numpy()
+    opencv = np.stack([cv2.resize(m, (500, 375), interpolation=cv2.INTER_LINEAR) for m in maps])
+    np.testing.assert_allclose(larger, opencv, atol=1e-5)
 
 
 def _brute_force_boxes(cam, tau):
@@ -113,16 +116,16 @@ def test_sinkhorn_order_and_symmetry():
 
 def test_par_keeps_constant_scores_constant_and_smooths_within_regions():
     rng = np.random.default_rng(0)
-    image = torch.from_numpy(rng.random((1, 3, 30, 40))).float() * 255
-    constant = torch.full((1, 2, 30, 40), 0.5)
-    out = par_refine(image, constant)
+    image = torch.from_numpy(rng.random((3, 30, 40))).float() * 255
+    constant = torch.full((2, 30, 40), 0.5)
+    (out,) = par_refine([image], [constant])
     np.testing.assert_allclose(out.numpy(), out.numpy().flat[0], rtol=1e-5)
-    two_tone = torch.zeros(1, 3, 30, 40)
+    two_tone = torch.zeros(3, 30, 40)
     two_tone[..., 20:] = 255
-    noisy = torch.zeros(1, 2, 30, 40)
-    noisy[:, 0, :, :20], noisy[:, 1, :, 20:] = 1, 1
-    noisy[:, :, 5, 5] = torch.tensor([0.0, 1.0])  # a wrong pixel inside the left region
-    labels = par_refine(two_tone, noisy, PARConfig()).argmax(dim=1)[0]
+    noisy = torch.zeros(2, 30, 40)
+    noisy[0, :, :20], noisy[1, :, 20:] = 1, 1
+    noisy[:, 5, 5] = torch.tensor([0.0, 1.0])  # a wrong pixel inside the left region
+    labels = par_refine([two_tone], [noisy], PARConfig())[0].argmax(dim=0)
     assert (labels[:, :20] == 0).all() and (labels[:, 20:] == 1).all()
 
 
@@ -258,35 +261,33 @@ def test_a_capped_input_gives_maps_on_the_capped_grid_and_y0_at_full_size():
     assert out.loc_maps_lowres.shape == (2, 2, 6) and out.y0.shape == (100, 300) and out.scores.shape[1:] == (100, 300)
 
 
-def test_batched_par_equals_par_image_by_image():
-    """PAR of images of different sizes together (one block-diagonal operator) against each alone: each keeps its
-    own replicate border (a 1-pixel-high image and one narrower than the largest dilation included)."""
-    from pseudolabel.cam.par import par_refine_batch
-
+def test_par_of_several_images_equals_the_reference_of_each():
+    """PAR of images of different sizes together (one block-diagonal operator) against an independent reference
+    (tests/fixtures/par_reference.py) on each image: each keeps its own replicate border (a 1-pixel-high image and
+    one narrower than the largest dilation included); and against each image refined alone."""
     rng = np.random.default_rng(3)
     sizes, channels = [(37, 53), (53, 37), (1, 30), (20, 9), (40, 56)], [2, 4, 3, 2, 1]
     images = [torch.from_numpy(rng.random((3, *s))).float() * 255 for s in sizes]
     scores = [torch.from_numpy(rng.random((k, *s))).float() for k, s in zip(channels, sizes)]
-    for image, score, together in zip(images, scores, par_refine_batch(images, scores)):
-        alone = par_refine(image[None], score[None], gather=True)[0]
+    for image, score, together in zip(images, scores, par_refine(images, scores)):
         assert together.shape == score.shape
-        torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(together.numpy(), par_reference(image.numpy(), score.numpy()), rtol=1e-5,
+                                   atol=1e-5)
+        torch.testing.assert_close(together, par_refine([image], [score])[0], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("entry", ["input", "output", "average"])
-def test_label_batch_equals_image_by_image(entry):
-    """Skip-CAM of several images together (the batched path: last block and gradients for all (image, class)
-    pairs of a CAM size, one host copy for CAA's boxes, PAR for all) against each image alone with the same torch
-    operations: the same Y0, maps and scores up to float rounding."""
+def test_label_batch_equals_each_image_alone(entry):
+    """Skip-CAM of several images together (last block and gradients for all (image, class) pairs of a CAM size,
+    one host copy for CAA's boxes, PAR for all) against each image alone: the same Y0, maps and scores up to float
+    rounding."""
     rng = np.random.default_rng(6)
     sizes = [(40, 56), (56, 40), (40, 56), (33, 47), (20, 300)]  # two CAM sizes shared, three alone
     images = [rng.integers(0, 255, (*s, 3), dtype=np.uint8) for s in sizes]
     classes = [(3,), (5, 9), (12, 15, 2), (7,), (8, 1)]
     cam = tiny_skipcam(skip_entry=entry, par_max_side=30)  # PAR below the size of most images: resized there
-    cam.host_labels = False
     features = cam.frozen([cam.preprocess(i) for i in images])
-    alone = cam.cams_from_frozen(images, features, classes)
-    cam.batched = True
+    alone = [cam.cams_from_frozen([i], [f], [c])[0] for i, f, c in zip(images, features, classes)]
     together = cam.cams_from_frozen(images, features, classes)
     for a, b, c in zip(alone, together, classes):
         assert b.class_ids == a.class_ids == tuple(sorted(c))

@@ -47,16 +47,11 @@ def minmax(x: torch.Tensor) -> torch.Tensor:
     return x / (x.amax(dim=(-2, -1), keepdim=True) + 1e-7)
 
 
-def refine_cams(cams: torch.Tensor, affinity: torch.Tensor, tau: float) -> torch.Tensor:
-    """CAA: ``minmax((T ⊙ 1·vec(B_c)ᵀ) @ vec(M_c))`` for every class; ``cams (K, h, w)`` -> ``(K, h, w)``."""
-    boxes = torch.from_numpy(box_masks(cams.cpu().numpy(), tau)).to(cams.device)
-    return refine_with_boxes(cams, affinity, boxes)
-
-
 def refine_with_boxes(cams: torch.Tensor, affinity: torch.Tensor, boxes: torch.Tensor,
                       rows: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`refine_cams` with the box masks ``boxes (K, h, w)`` given. ``affinity``: one ``(hw, hw)`` for every
-    map, or with ``rows`` (each map's index into it) several images' ``(n, hw, hw)``."""
+    """CAA: ``minmax((T ⊙ 1·vec(B_c)ᵀ) @ vec(M_c))`` for every map of ``cams (K, h, w)`` with its box mask of
+    ``boxes (K, h, w)`` (:func:`box_masks`) -> ``(K, h, w)``. ``affinity``: one ``(hw, hw)`` for every map, or with
+    ``rows`` (each map's index into it) several images' ``(n, hw, hw)``."""
     k, h, w = cams.shape
     flat = cams.reshape(k, h * w, 1).to(affinity.dtype)
     columns = boxes.reshape(k, 1, h * w).to(affinity.dtype)  # the box mask selects source columns

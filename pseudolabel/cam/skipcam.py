@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pseudolabel.cam.caa import affinity_from_attention, box_masks, minmax, refine_cams, refine_with_boxes
+from pseudolabel.cam.caa import affinity_from_attention, box_masks, minmax, refine_with_boxes
 from pseudolabel.classes import ClassSet
 from pseudolabel.cli_options import DictConfig
 from pseudolabel.cam.clip_models import DEFAULT_CLIP_MODEL, clip_architecture, load_clip
 from pseudolabel.loc_maps import resize_maps
-from pseudolabel.cam.par import PARConfig, par_refine, par_refine_batch
+from pseudolabel.cam.par import PARConfig, par_refine
 from pseudolabel.cam.prompts import PROMPT_SET_ALIASES, PROMPT_SETS, canonical_prompt_set, prompt_texts, text_embeddings
 from pseudolabel.canvas import crop, pad_stack
 from pseudolabel.precision import encoder_precision
@@ -213,11 +213,6 @@ class SkipCAM:
                     text_embeddings(model, tokenizer, background, self.device))
         self.fg_text, self.bg_text = text
         self.par_cfg = PARConfig()
-        # the batched torch path (label_batch) for lists of images; off a CPU by default, where one image at a time
-        # keeps every label independent of the others in a batch
-        self.batched = self.device.type != "cpu"
-        # Y0's resizes and PAR on the host with PIL and OpenCV (the CPU reference) rather than torch operations
-        self.host_labels = self.device.type == "cpu"
 
     @classmethod
     def from_config(cls, cfg: SkipCAMConfig, class_set: ClassSet, device="cpu", precision: str = "fp32") -> "SkipCAM":
@@ -338,22 +333,12 @@ class SkipCAM:
         kept = attentions[len(attentions) - (self.cfg.attn_blocks - 1):] if self.cfg.attn_blocks > 1 else []
         return affinity_from_attention(torch.stack([a.float() for a in kept] + [last_attention], dim=-3))
 
-    def class_cams(self, outputs, attentions, text, num_fg, grid) -> tuple[torch.Tensor, torch.Tensor]:
-        """Min-max normalised CAMs ``(num_fg, h, w)`` and the CAA affinity, per ``skip_entry``."""
-        cams, last_attention = self._skip_cams(self.fused_features(outputs),
-                                               lambda x: x.unsqueeze(0).expand(num_fg, *x.shape),
-                                               _own_classes(text, num_fg), grid)
-        # pytorch-grad-cam, as CLIP-ES calls it, min-max scales a CAM twice: per target layer (base_cam.py
-        # compute_cam_per_layer) and again after averaging the layers (aggregate_multi_layers). Its 1e-7 term makes
-        # the second pass scale by about 1 + 1e-7 / max(raw CAM), which for the small raw CAMs of a softmax target
-        # moves uint8 levels of the CAA box threshold (and so the boxes), so we scale twice too.
-        return minmax(minmax(cams)), self._affinity(attentions, last_attention[0])
-
     def class_cams_batch(self, features: list[FrozenFeatures], class_ids: list[tuple[int, ...]]
                          ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`class_cams` of several images of one CAM input size at once: the last block and its gradients
-        for every (image, class) pair in one forward and backward. Returns the CAMs ``(R, h, w)``, rows image by
-        image and class by class (``R`` = all classes of all images), and each image's affinity ``(n, hw, hw)``."""
+        """Min-max normalised CAMs per ``skip_entry`` and the CAA affinity of several images of one CAM input size:
+        the last block and its gradients for every (image, class) pair in one forward and backward. Returns the CAMs
+        ``(R, h, w)``, rows image by image and class by class (``R`` = all classes of all images), and each image's
+        affinity ``(n, hw, hw)``."""
         grid, rows = features[0].grid, sum(len(c) for c in class_ids)
         counts = upload([len(c) for c in class_ids], self.device)
         outputs = [torch.stack(block) for block in zip(*(f.outputs for f in features))]  # per block (n, 1+hw, D)
@@ -362,12 +347,16 @@ class SkipCAM:
                                                self._row_classes(class_ids), grid)
         first_rows = torch.cumsum(counts, 0) - counts
         attentions = [torch.stack(block) for block in zip(*(f.attentions for f in features))]
+        # pytorch-grad-cam, as CLIP-ES calls it, min-max scales a CAM twice: per target layer (base_cam.py
+        # compute_cam_per_layer) and again after averaging the layers (aggregate_multi_layers). Its 1e-7 term makes
+        # the second pass scale by about 1 + 1e-7 / max(raw CAM), which for the small raw CAMs of a softmax target
+        # moves uint8 levels of the CAA box threshold (and so the boxes), so we scale twice too.
         return minmax(minmax(cams)), self._affinity(attentions, last_attention[first_rows])
 
     def _row_classes(self, class_ids: list[tuple[int, ...]]):
         """The gradient target of :meth:`class_cams_batch`'s rows: row r (image i, its k-th class) takes the softmax
-        over image i's classes and the background words, as :meth:`class_cams` does for one image, and its k-th
-        entry. Logits come against every class's text, then each row's own are gathered (the others masked)."""
+        over image i's classes and the background words and its k-th entry. Logits come against every class's
+        text, then each row's own are gathered (the others masked)."""
         widest = max(len(c) for c in class_ids)
         background = len(self.bg_text)
         columns, valid, own = [], [], []
@@ -388,33 +377,6 @@ class SkipCAM:
         return target
 
     # -- labels -------------------------------------------------------------------------------------------------
-    def initial_label(self, image: np.ndarray, loc_maps_lowres: np.ndarray, class_ids) -> tuple[np.ndarray, np.ndarray]:
-        """Scores ``[bg, classes]`` at image resolution (background power, PAR) and Y0, on the host (the CPU path)."""
-        height, width = image.shape[:2]
-        maps = resize_maps(loc_maps_lowres, (height, width))
-        background = (1.0 - maps.max(axis=0, initial=0.0)) ** self.cfg.bg_power
-        scores = np.concatenate([background[None], maps]).astype(np.float32)
-        if self.cfg.use_par:
-            scores = self.par(image, scores)
-        keys = np.array((0, *class_ids), np.uint8)
-        return scores, keys[scores.argmax(axis=0)]
-
-    def par(self, image: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        """PAR at ``par_max_side`` (then bilinear back to the image size), or at full resolution."""
-        height, width = image.shape[:2]
-        small = self.par_size(height, width)
-        if small:
-            small = small[::-1]  # PIL's (width, height)
-            image_in = np.asarray(Image.fromarray(image).resize(small, Image.BILINEAR))
-            scores_in = np.stack([np.asarray(Image.fromarray(s).resize(small, Image.BILINEAR)) for s in scores])
-        else:
-            image_in, scores_in = image, scores
-        refined = par_refine(torch.from_numpy(image_in.astype(np.float32)).permute(2, 0, 1)[None],
-                             torch.from_numpy(scores_in)[None], self.par_cfg)[0].numpy()
-        if refined.shape[1:] != (height, width):
-            refined = resize_maps(refined, (height, width))
-        return refined
-
     def par_size(self, height: int, width: int) -> tuple[int, int] | None:
         """``(h, w)`` PAR runs at: the long side scaled to ``par_max_side``; None for the image's own size."""
         side = self.cfg.par_max_side
@@ -423,20 +385,8 @@ class SkipCAM:
         scale = side / max(height, width)
         return max(1, round(height * scale)), max(1, round(width * scale))
 
-    def initial_label_on_device(self, image: torch.Tensor, loc_maps_lowres: torch.Tensor,
-                                class_ids) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`initial_label` with torch operations on the maps' device (a GPU path; equal up to float rounding):
-        ``image (H, W, 3) uint8``, maps ``(K, h, w)``. Bilinear resizes with antialiasing for the reductions, as
-        PIL's, and without for the enlargements, as cv2's."""
-        scores, par_input = self._scores_on_device(image, loc_maps_lowres)
-        if par_input is not None:
-            pixels, small_scores = par_input
-            scores = _resize_to(par_refine(pixels[None], small_scores[None], self.par_cfg)[0], scores.shape[-2:])
-        keys = upload((0, *class_ids), scores.device, torch.uint8)
-        return scores, keys[scores.argmax(dim=0)]
-
-    def _scores_on_device(self, image: torch.Tensor, loc_maps_lowres: torch.Tensor
-                          ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    def _scores(self, image: torch.Tensor, loc_maps_lowres: torch.Tensor
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """The scores ``[bg, classes]`` at image resolution before PAR and PAR's input (the image's pixels and the
         scores at :meth:`par_size`; None without PAR)."""
         height, width = image.shape[:2]
@@ -453,13 +403,16 @@ class SkipCAM:
 
     def initial_labels_batch(self, images: list[torch.Tensor], loc_maps: list[torch.Tensor],
                              class_ids: list[tuple[int, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`initial_label_on_device` of several images, PAR for all at once
-        (:func:`~pseudolabel.cam.par.par_refine_batch`): the scores ``(B, 1+K, H, W)`` (padded channels and pixels
-        -inf) and Y0 ``(B, H, W)`` on canvases (:mod:`pseudolabel.canvas`)."""
-        staged = [self._scores_on_device(image, maps) for image, maps in zip(images, loc_maps)]
+        """Scores ``[bg, classes]`` at image resolution (background power, then PAR at :meth:`par_size` and back)
+        and Y0 of several images, on the maps' device: ``images[i] (H, W, 3) uint8``, ``loc_maps[i] (K, h, w)``. PAR
+        runs for all at once (:func:`~pseudolabel.cam.par.par_refine`). Bilinear resizes (:func:`_resize`) with
+        antialiasing for the reductions, as PIL's, and without for the enlargements, as cv2's. Returns the scores
+        ``(B, 1+K, H, W)`` (padded channels and pixels -inf) and Y0 ``(B, H, W)`` on canvases
+        (:mod:`pseudolabel.canvas`)."""
+        staged = [self._scores(image, maps) for image, maps in zip(images, loc_maps)]
         scores = [s for s, _ in staged]
         if self.cfg.use_par:
-            refined = par_refine_batch([p for _, (p, _) in staged], [s for _, (_, s) in staged], self.par_cfg)
+            refined = par_refine([p for _, (p, _) in staged], [s for _, (_, s) in staged], self.par_cfg)
             scores = [_resize_to(r, s.shape[-2:]) for r, s in zip(refined, scores)]
         canvas = pad_stack(scores, -torch.inf)
         widest = canvas.shape[1]
@@ -474,30 +427,28 @@ class SkipCAM:
     def frozen(self, pixels: list[torch.Tensor]) -> list[FrozenFeatures]:
         """Frozen-block features of preprocessed images (:meth:`preprocess`), on the device. On a GPU the images of
         one CAM input size go through together; on a CPU one at a time, so an image's features (and labels) never
-        depend on the other images of the batch."""
+        depend on the other images of its batch (batching gains nothing there)."""
         groups: dict[tuple[int, int], list[int]] = {}
         for index, p in enumerate(pixels):
             groups.setdefault(tuple(p.shape[-2:]), []).append(index)
         results: list[FrozenFeatures | None] = [None] * len(pixels)
-        for (h, w), indices in groups.items():
-            chunks = [[i] for i in indices] if self.device.type == "cpu" else [indices]
-            for chunk in chunks:
-                batch = torch.stack([pixels[i].to(self.device, non_blocking=True) for i in chunk])
+        for (h, w), members in groups.items():
+            for indices in ([[i] for i in members] if self.device.type == "cpu" else [members]):
+                batch = torch.stack([pixels[i].to(self.device, non_blocking=True) for i in indices])
                 with self._encoder_precision():
                     outputs, attentions = self.frozen_blocks(batch)
-                for row, index in enumerate(chunk):
+                for row, index in enumerate(indices):
                     results[index] = FrozenFeatures([o[row] for o in outputs], [a[row] for a in attentions],
                                                      (h // self.patch, w // self.patch))
         return results
 
     def cams_from_frozen(self, images: list, features: list[FrozenFeatures], class_ids_list: list) -> list[CAMOutput]:
         """Skip-CAM maps, scores and Y0 of this setting from each image's :class:`FrozenFeatures`. ``images``:
-        ``(H, W, 3)`` uint8 arrays or tensors (on a GPU, a tensor already there saves a copy). With ``batched``
-        (the default off a CPU), through :meth:`label_batch`; else image by image."""
-        if not self.batched:
-            return [self._one(image, _class_ids(class_ids), frozen)
-                    for image, frozen, class_ids in zip(images, features, class_ids_list)]
-        pixels = [torch.as_tensor(image).to(self.device, non_blocking=True) for image in images]
+        ``(H, W, 3)`` uint8 arrays or tensors (on a GPU, a tensor already there saves a copy). Through
+        :meth:`label_batch`."""
+        # a read-only array (np.asarray of a PIL image) is copied: torch wraps writable ones only
+        pixels = [torch.as_tensor(image if isinstance(image, torch.Tensor) else np.require(image, requirements="W"))
+                  .to(self.device, non_blocking=True) for image in images]
         return self.label_batch(pixels, features, class_ids_list).outputs()
 
     def label_batch(self, images: list[torch.Tensor], features: list[FrozenFeatures], class_ids_list: list
@@ -506,7 +457,7 @@ class SkipCAM:
         gradients for all (image, class) pairs of a CAM input size in one forward and backward
         (:meth:`class_cams_batch`), one host copy of every CAM for CAA's boxes (OpenCV's contours), background and PAR
         for all images at once (:meth:`initial_labels_batch`). ``images``: ``(H, W, 3)`` uint8 tensors on the
-        device. Equal to :meth:`cams_from_frozen` image by image up to float rounding."""
+        device. Equal to each image's own :meth:`label_batch` up to float rounding."""
         class_ids = [_class_ids(c) for c in class_ids_list]
         groups: dict[tuple[int, int], list[int]] = {}
         for index, frozen in enumerate(features):
@@ -549,36 +500,9 @@ class SkipCAM:
             out.timings = {"frozen_blocks": frozen_time, **out.timings}
         return outputs
 
-    def _one(self, image, class_ids: tuple[int, ...], frozen: FrozenFeatures) -> CAMOutput:
-        timings = {}
-        start = time.perf_counter()
-        text = torch.cat([self.fg_text[[c - 1 for c in class_ids]], self.bg_text])
-        with self._encoder_precision():
-            cams, affinity = self.class_cams(frozen.outputs, frozen.attentions, text, len(class_ids), frozen.grid)
-        timings["last_block_grad"] = time.perf_counter() - start
-        start = time.perf_counter()
-        loc_maps = refine_cams(cams.float(), affinity, self.cfg.tau).float()
-        loc_host = loc_maps.cpu().numpy()
-        timings["caa"] = time.perf_counter() - start
-        start = time.perf_counter()
-        if self.host_labels:
-            scores, y0 = self.initial_label(_host_image(image), loc_host, class_ids)
-            score_maps, label = torch.from_numpy(scores), torch.from_numpy(y0)
-        else:
-            pixels = torch.as_tensor(image).to(self.device, non_blocking=True)
-            score_maps, label = self.initial_label_on_device(pixels, loc_maps, class_ids)
-        timings["bg_par"] = time.perf_counter() - start
-        return CAMOutput(class_ids, loc_host, score_maps, label, timings)
-
     def __call__(self, image: np.ndarray | Image.Image, class_ids) -> CAMOutput:
         """Skip-CAM for one image (``(H, W, 3)`` uint8 RGB or PIL) and its foreground class indices."""
         return self.predict_batch([image], [class_ids])[0]
-
-
-def _own_classes(text: torch.Tensor, num_fg: int):
-    """The gradient target of one image's class rows: row k's softmax probability of class k over ``text``
-    (the image's classes, then the background words)."""
-    return lambda logits: (logits @ text.T).softmax(dim=-1)[:, :num_fg].diagonal().sum()
 
 
 def _class_ids(class_ids) -> tuple[int, ...]:
@@ -586,10 +510,6 @@ def _class_ids(class_ids) -> tuple[int, ...]:
     if not class_ids:
         raise ValueError("Skip-CAM needs at least one image-level class per image")
     return tuple(sorted(class_ids))
-
-
-def _host_image(image) -> np.ndarray:
-    return image.cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
 
 
 def _resize_to(maps: torch.Tensor, size) -> torch.Tensor:
