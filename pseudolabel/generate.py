@@ -83,12 +83,12 @@ def add_run_options(group) -> None:
     """What to label and how to run: every stage-one option but ``--out``, ``--overwrite`` and the method's."""
     group.add_argument("--split", help="split (default: voc train_aug, coco train, custom/demo all)")
     group.add_argument("--data-root", type=Path, help="dataset root (default: data/VOCdevkit/VOC2012, data/coco)")
-    group.add_argument("--label-source", choices=("xml", "mask"), default="xml",
+    group.add_argument("--label-source", choices=("xml", "mask"), default=RunConfig.label_source,
                        help="VOC image-level labels from Annotations XML (default) or from GT masks (as WeCLIP)")
     group.add_argument("--images", type=Path, help="custom: folder of images")
     group.add_argument("--labels", type=Path, help="custom: CSV (image_id,classes) or JSON tag list")
     group.add_argument("--classes", type=Path, help="custom: class list (.txt one per line, or .json)")
-    group.add_argument("--device", default="auto",
+    group.add_argument("--device", default=RunConfig.device,
                        help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda (= cuda:LOCAL_RANK), cuda:N")
     group.add_argument("--precision", choices=PRECISIONS,
                        help=f"numeric precision of CLIP's blocks and SAM's image encoder on CUDA: fp32 (true "
@@ -99,12 +99,14 @@ def add_run_options(group) -> None:
     group.add_argument("--batch-size", type=positive_int,
                        help="images per batch (default: 1 on a CPU, 8 on CUDA); labels do not depend on it on a CPU; "
                             "on a GPU larger batches need more memory (docs/stage_one.md#stage-one-on-a-gpu)")
-    group.add_argument("--shard-size", type=positive_int, default=200, help="images per shard file (default: 200)")
+    group.add_argument("--shard-size", type=positive_int, default=RunConfig.shard_size,
+                       help=f"images per shard file (default: {RunConfig.shard_size})")
     group.add_argument("--workers", type=positive_int,
                        help="threads decoding and preprocessing images ahead (default: 2 on a CPU, up to 8 on CUDA)")
-    group.add_argument("--points-per-batch", type=positive_int, default=POINTS_PER_BATCH,
-                       help=f"SAM prompts decoded together over a batch's images (default: {POINTS_PER_BATCH}, fewer "
-                            "for very large images); speed and memory only, so a resume with another value goes on")
+    group.add_argument("--points-per-batch", type=positive_int, default=RunConfig.points_per_batch,
+                       help="SAM prompts decoded together over a batch's images (default: "
+                            f"{RunConfig.points_per_batch}, fewer for very large images); speed and memory only, so a "
+                            "resume with another value goes on")
     group.add_argument("--limit", type=positive_int, help="only the first N >= 1 images of the split (quick checks)")
     group.add_argument("--compile", action="store_true",
                        help="compile the image encoders with torch.compile (off by default: each image size "
@@ -388,7 +390,7 @@ class StageOneRun:
         identity = run_identity(cfg.to_dict(), weights, dataset.class_set.to_json())
         store = open_store(run, out, rank, world, dataset.class_set, attrs, identity)
         log.attach()                    # the output directory exists and is writable
-        mine = dataset.samples[: run.limit][rank::world] if run.limit else dataset.samples[rank::world]
+        mine = dataset.samples[: run.limit][rank::world]   # limit None: all
         done = store.finished()
         failed_before = previous_failures(store.out)
         todo = [s for s in mine if s.image_id not in done]

@@ -193,7 +193,7 @@ class SweepRun:
             runs = []
             for row, setting in zip(sweep.rows, settings):
                 runs.append(held.enter_context(row_run(run, setting, dataset, out / ROWS / row.slug, device, log)))
-            samples = dataset.samples[: run.limit] if run.limit else dataset.samples
+            samples = dataset.samples[: run.limit]   # None: all
             every = {s.image_id for s in samples}
             working = [not every <= run.store.finished() for run in runs]
             random_any = any(run.random_weights for run in runs)
@@ -377,10 +377,9 @@ def run(argv: list[str] | None = None) -> dict | None:
         sweep = build_sweep(args, "voc" if args.dataset == "demo" else args.dataset, split, precision)
         dataset = logged_dataset(run_config, split, log)
         with lock_output(out, rank):
-            if not args.overwrite:
+            if not run_config.overwrite:
                 refuse_another_sweep(out, sweep)
-            if not args.overwrite and finished(out, sweep, dataset.samples[: args.limit] if args.limit
-                                               else dataset.samples):
+            if not run_config.overwrite and finished(out, sweep, dataset.samples[: run_config.limit]):
                 log.attach()
                 LOG.info("every row of sweep %s in %s is finished: rebuilding the report", sweep.name, out)
                 return write_report(out, args, default_gt(args, dataset)) if rank == 0 else None

@@ -56,16 +56,16 @@ class SkipCAMConfig(DictConfig):
     """
 
     num_skips: int = field(default=3, metadata={
-        "group": "paper", "help": "K skip connections: outputs of blocks N-2..N-1-K are fused "
-                "with block N-1's (0 = plain CLIP-ES Grad-CAM)", "min": 0})
+        "group": "paper", "help": "K skip connections: outputs of blocks N-2..N-1-K are fused with block N-1's "
+                                  "(0 = plain CLIP-ES Grad-CAM)", "min": 0})
     skip_fusion: str = field(default="sum", metadata={"help": "how skip features are fused", "choices": ("sum", "mean")})
     skip_entry: str = field(default="input", metadata={
         "help": "where skips enter (docs/method.md#skip-fusion): input = into the last block's input; output = added "
                 "to its output before pooling; average = last block run on each feature, CAMs averaged",
         "choices": ("input", "output", "average")})
     tau: float = field(default=0.4, metadata={
-        "group": "paper", "help": "CAA box confidence threshold τ",
-                "default_text": _default_text("tau", 0.4), "min": 0.0, "max": 1.0})
+        "group": "paper", "help": "CAA box confidence threshold τ", "default_text": _default_text("tau", 0.4),
+        "min": 0.0, "max": 1.0})
     bg_power: float = field(default=1.0, metadata={"help": "background score = (1 - max_c M_c) ** bg_power"})
     use_par: bool = field(default=True, metadata={"help": "refine the scores with PAR (WeCLIP's label path)",
                                                   "flag": "par"})

@@ -3,9 +3,9 @@
 :class:`BatchedPointPredictor` runs SAM's image encoder on several images at once (``encode``, in the run's
 precision on a GPU), holds several images' embeddings (``set_batch``) and decodes one positive point per prompt on
 all of them together (``predict_points``), the masks on a canvas as large as the largest image
-(:mod:`pseudolabel.canvas`). The decoder is :class:`~pseudolabel.sam.decoder.SharedImageMaskDecoder` and the resize :class:`MaskResize`, which compute the same
-function as SAM's decoder and ``postprocess_masks`` in a cheaper order (:func:`decode_points`, for SAM 2.1's
-predictor too). Stock ``segment_anything.SamPredictor`` is the tests' reference.
+(:mod:`pseudolabel.canvas`). The decoder is :class:`~pseudolabel.sam.decoder.SharedImageMaskDecoder` and the resize
+:class:`MaskResize`, which compute the same function as SAM's decoder and ``postprocess_masks`` in a cheaper order
+(:func:`decode_points`, for SAM 2.1's predictor too). Stock ``segment_anything.SamPredictor`` is the tests' reference.
 """
 from __future__ import annotations
 

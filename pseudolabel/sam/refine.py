@@ -28,9 +28,9 @@ from pseudolabel.classes import IGNORE_INDEX
 from pseudolabel.cli_options import DictConfig
 from pseudolabel.transfer import upload
 
+POINTS_PER_BATCH = 256  # --points-per-batch's default: prompts decoded together
 # the most bytes of full-resolution work in one piece: a decoding step's masks (3 per prompt, one byte per pixel: 3
 # prompts of a 6000x4000 image) or a merge band's per-class float32 scores
-POINTS_PER_BATCH = 256  # --points-per-batch's default: prompts decoded together
 PIECE_BYTES = 256 << 20
 
 
