@@ -35,8 +35,9 @@ from pseudolabel.datasets import DEFAULT_SPLITS, Sample, WeakDataset, build_data
 from pseudolabel.exits import OutputError, one_line, tool_main
 from pseudolabel.labellers.config import LabellerConfig
 from pseudolabel.labellers.sam3_text import LICENCE as SAM3_LICENCE, SAM3TextLabeller
-from pseudolabel.pipeline import (STAGES, BackgroundWriter, ImageFailure, Labeller, PendingRecord, default_batch_size,
-                                  default_workers)
+from pseudolabel.model_pool import ModelPool
+from pseudolabel.pipeline import (STAGES, BackgroundWriter, ImageFailure, Labeller, PendingRecord, Setting,
+                                  default_batch_size, default_workers)
 from pseudolabel.precision import DEFAULT_CUDA_PRECISION, PRECISIONS, effective_precision, use_fp32_math
 from pseudolabel.storage.lock import OutputLock
 from pseudolabel.storage.run_log import RunLog
@@ -232,10 +233,8 @@ def load_models(cfg: PseudoLabelConfig, class_set: ClassSet, device: str,
     ``--labeller sam3-text`` SAM 3's labeller in their place."""
     if cfg.labeller.labeller == "sam3-text":
         return SAM3TextLabeller.from_config(cfg.labeller, class_set, device), None
-    cam = SkipCAM.from_config(cfg.cam, class_set, device, cfg.precision)
-    refiner = SAMRefiner.from_config(cfg.refine, device, cfg.precision, points_per_batch) if cfg.refine.enabled \
-        else None
-    return cam, refiner
+    setting = ModelPool(class_set, device, points_per_batch).setting(cfg)
+    return setting.cam, setting.refiner
 
 
 def split_of(run: RunConfig) -> str:
@@ -405,30 +404,10 @@ class StageOneRun:
                    workers=run.workers or default_workers(torch.device(device)), locks=locks.pop_all())
 
     def label_images(self) -> None:
-        """The labelling loop (:class:`pseudolabel.pipeline.Labeller`): the work list in batches, decoded ahead in
-        threads, each finished image staged in the store by a background thread; an image that cannot be read or
-        labelled becomes a failure and the run goes on. Images that failed in an earlier run are tried once more,
-        one at a time, at the end."""
+        """Label the work list into the store (:func:`label_runs` of this run alone)."""
         labeller = self.cam if isinstance(self.cam, SAM3TextLabeller) else \
-            Labeller(self.cam, self.refiner, self.device, timed=self.timed)
-        fresh = [s for s in self.todo if s.image_id not in self.retries]
-        again = [s for s in self.todo if s.image_id in self.retries]
-        progress = tqdm(total=len(self.todo), desc=f"rank {self.rank}", unit="img", dynamic_ncols=True)
-        try:
-            with BackgroundWriter(self.stage, depth=max(32, 4 * self.batch_size)) as writer:
-                for samples, batch_size in ((fresh, self.batch_size), (again, 1)):
-                    for result in labeller.label_all(samples, batch_size, self.workers, deferred=True):
-                        if isinstance(result, ImageFailure):
-                            self.record_failure(result)
-                        else:
-                            writer.put(result)
-                        progress.update()
-                        if self.progress_hook:
-                            self.progress_hook(progress.n)
-        finally:
-            progress.close()
-            self.stage_seconds.update(labeller.seconds)
-        self.stage_seconds["write"] += writer.seconds
+            Labeller([Setting(self.cam, self.refiner)], self.device, timed=self.timed)
+        label_runs([self], labeller, self.progress_hook)
 
     def stage(self, record: LabelRecord | PendingRecord) -> None:
         """Stage one finished image (the writer thread, which waits here for a batch's copies from the GPU)."""
@@ -495,6 +474,41 @@ class StageOneRun:
 
     def __exit__(self, *exc) -> None:
         self.locks.close()
+
+
+def label_runs(runs: list[StageOneRun], labeller, progress_hook: Callable[[int], None] | None = None) -> None:
+    """The labelling loop of one or more runs on one rank (a sweep's rows; ``labeller``'s settings are the runs', in
+    order: :class:`pseudolabel.pipeline.Labeller`): the images some run still needs, in batches, decoded ahead in
+    threads, each finished image staged in its run's store by a background thread; an image that cannot be read or
+    labelled becomes that run's failure and the loop goes on. Images that failed in an earlier run are tried once
+    more, one at a time, at the end. ``progress_hook`` is called with the number of images done."""
+    todo = [{s.image_id for s in run.todo} for run in runs]
+    images = list({s.image_id: s for run in runs for s in run.todo}.values())
+    retried = {image_id for run in runs for image_id in run.retries}
+    fresh = [s for s in images if s.image_id not in retried]
+    again = [s for s in images if s.image_id in retried]
+    progress = tqdm(total=len(images), desc=f"rank {runs[0].rank}", unit="img", dynamic_ncols=True)
+    with contextlib.ExitStack() as writing:
+        writers = [writing.enter_context(BackgroundWriter(run.stage, depth=max(32, 4 * run.batch_size)))
+                   for run in runs]
+        try:
+            for samples, batch_size in ((fresh, runs[0].batch_size), (again, 1)):
+                for results in labeller.label_all(samples, batch_size, runs[0].workers, deferred=True,
+                                                  wanted=todo if len(runs) > 1 else None):
+                    for run, writer, result in zip(runs, writers, results):
+                        if isinstance(result, ImageFailure):
+                            run.record_failure(result)
+                        elif result is not None:
+                            writer.put(result)
+                    progress.update()
+                    if progress_hook:
+                        progress_hook(progress.n)
+        finally:
+            progress.close()
+            for run, seconds in zip(runs, labeller.seconds):
+                run.stage_seconds.update(seconds)
+    for run, writer in zip(runs, writers):
+        run.stage_seconds["write"] += writer.seconds
 
 
 def run(argv: list[str] | None = None) -> dict:

@@ -17,8 +17,13 @@ for (:class:`PendingRecord`), so the loop goes on to the next batch at once. Eve
 on a CPU each image goes through them alone (the default batch size is 1 there, and a larger one changes no label
 or map: batching gains nothing on a CPU), on a GPU a batch's images together.
 
+A labeller runs one stage-one setting (``tools/gen_pseudo.sh``) or several (a sweep's rows, ``tools/ablate.sh``)
+through these same steps: each setting's labelling step is its own, and what settings share (frozen features, SAM
+embeddings, Skip-CAM outputs, decoded masks) is computed once (:class:`Labeller`), so a setting's labels do not depend
+on the other settings.
+
 A batch whose batched step fails (out of memory included) is retried image by image; an image that fails alone
-becomes an :class:`ImageFailure` and the run goes on. KeyboardInterrupt is never caught.
+becomes an :class:`ImageFailure` and the run goes on (for each setting on its own). KeyboardInterrupt is never caught.
 """
 from __future__ import annotations
 
@@ -38,10 +43,10 @@ import numpy as np
 import torch
 
 from pseudolabel.canvas import crop
-from pseudolabel.cam.skipcam import CAMOutput, FrozenFeatures, SkipCAM
+from pseudolabel.cam.skipcam import CAMBatch, FrozenFeatures, SkipCAM
 from pseudolabel.datasets import Sample
 from pseudolabel.image_io import ImageReadError, read_rgb
-from pseudolabel.sam.refine import ImageEmbedding, Refinement, SAMInput, SAMRefiner
+from pseudolabel.sam.refine import ImageEmbedding, MaskCache, SAMInput, SAMRefiner
 from pseudolabel.storage.class_stats import ClassStats
 from pseudolabel.storage.shards import LabelRecord
 from pseudolabel.transfer import Download
@@ -66,25 +71,51 @@ def default_workers(device: torch.device) -> int:
 
 
 @dataclass
+class Setting:
+    """One stage-one setting a :class:`Labeller` runs: its Skip-CAM and SAM refiner (None: Y0 is the label)."""
+
+    cam: SkipCAM
+    refiner: SAMRefiner | None
+
+
+def frozen_key(cam: SkipCAM) -> tuple:
+    """What CLIP's frozen-block outputs depend on: the model, the CAM input (size and token budget), the blocks whose
+    attentions are read (the others run fused attention) and the precision."""
+    return id(cam.model), cam.cfg.image_size, cam.cfg.max_tokens, cam.cfg.attn_blocks, cam.precision
+
+
+@dataclass
 class PreparedImage:
-    """A decoded image and its network inputs, on the host (pinned on CUDA)."""
+    """A decoded image and its network inputs, on the host (pinned on CUDA): one CLIP input per
+    :func:`frozen_key` and one SAM input per SAM predictor of the labeller's settings."""
 
     sample: Sample
     image: np.ndarray                   # (H, W, 3) uint8
     pixels: torch.Tensor                # (H, W, 3) uint8, for PAR (pinned on CUDA)
-    clip_input: torch.Tensor            # (3, h, w) float32
-    sam_input: SAMInput | None          # None without SAM refinement
+    clip_inputs: dict[tuple, torch.Tensor]      # (3, h, w) float32
+    sam_inputs: dict[int, SAMInput]             # by id of the predictor
     seconds: float                      # decoding and preprocessing
 
 
 @dataclass
 class EncodedImage:
-    """What the batch step gives one image, on the device."""
+    """What the batch step gives one image, on the device: frozen features by :func:`frozen_key`, SAM embeddings by
+    predictor, and this image's share of each one's seconds."""
 
-    frozen: FrozenFeatures
-    embedding: ImageEmbedding | None
+    frozen: dict[tuple, FrozenFeatures]
+    embeddings: dict[int, ImageEmbedding]
+    seconds: dict                       # frozen key or predictor id -> seconds
     pixels: torch.Tensor | np.ndarray   # the image on the device (a GPU) or the host array (a CPU)
     ready: torch.cuda.Event | None      # recorded after the batch step on CUDA
+
+
+class SharedWork:
+    """What the settings of one labelling step (the same images) share: each Skip-CAM's output with its seconds, and
+    SAM's decoded masks (:class:`~pseudolabel.sam.refine.MaskCache`; only when several settings run)."""
+
+    def __init__(self, several: bool):
+        self.cams: dict[int, tuple[CAMBatch, float]] = {}
+        self.masks = MaskCache() if several else None
 
 
 @dataclass
@@ -149,24 +180,50 @@ def recover(error: Exception, device: torch.device) -> None:
 
 
 class Labeller:
-    """Labels images with a Skip-CAM and (optionally) a SAM refiner on one device (see the module).
+    """Labels images under one or more stage-one :class:`Setting` s on one device (see the module). With several
+    (a sweep's rows) every image is decoded once, and each product settings share is computed once per labelling
+    step and used by every setting that shares it: the CLIP frozen blocks (by :func:`frozen_key`), SAM's image
+    embedding (by predictor), a Skip-CAM's output (by SkipCAM) and the masks of a decoding step whose images and
+    points another setting already decoded (:class:`~pseudolabel.sam.refine.MaskCache`). Each setting's step is its
+    own otherwise, so its labels are those of a Labeller of that setting alone over the same images and batches.
 
+    ``seconds`` holds, per setting, the seconds by stage a Labeller of that setting alone would spend: a shared
+    product's time counts in every setting that uses it.
     ``timed``: on CUDA, wait for the GPU at the end of each stage so that ``seconds`` holds real stage times (for
     benchmarks; it stops the stages from overlapping). Without it, on a GPU the stage times are host times.
     """
 
-    def __init__(self, cam: SkipCAM, refiner: SAMRefiner | None, device: str | torch.device, timed: bool = False):
-        self.cam, self.device, self.timed = cam, torch.device(device), timed
+    def __init__(self, settings: list[Setting], device: str | torch.device, timed: bool = False):
+        self.device, self.timed = torch.device(device), timed
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
-        self.refiner = refiner if refiner is not None and refiner.cfg.enabled else None
+        self.settings = [Setting(s.cam, s.refiner if s.refiner is not None and s.refiner.cfg.enabled else None)
+                         for s in settings]
+        self.frozen_by = {frozen_key(s.cam): s.cam for s in self.settings}       # key -> the SkipCAM that runs it
+        self.sam_by = {id(s.refiner.predictor): s.refiner for s in self.settings if s.refiner}
         self.cuda = self.device.type == "cuda"
         # a batch's images in one labelling step on a GPU; on a CPU each alone, so no label depends on the batch
         self.together = self.cuda
-        self.seconds: collections.Counter = collections.Counter()  # by stage, all images
+        self.seconds = [collections.Counter() for _ in self.settings]  # per setting, by stage, all images
         if self.cuda:  # priority: 0 low, -1 high
             self.batch_stream = torch.cuda.Stream(self.device, priority=0)
             self.image_stream = torch.cuda.Stream(self.device, priority=-1)
+
+    def sharing_plan(self, names: list[str]) -> list[str]:
+        """One line per setting (named by ``names``): which products it computes and which it takes from an earlier
+        one."""
+        first: dict[tuple, str] = {}
+        lines = []
+        for name, setting in zip(names, self.settings):
+            parts = [("CLIP frozen blocks", ("frozen", frozen_key(setting.cam))),
+                     ("Skip-CAM output", ("cam", id(setting.cam)))]
+            if setting.refiner:
+                parts.append((f"SAM {setting.refiner.cfg.sam_model} image embedding",
+                              ("sam", id(setting.refiner.predictor))))
+            said = [f"{what}: {'computes' if first.setdefault(key, name) == name else 'reuses ' + repr(first[key])}"
+                    for what, key in parts]
+            lines.append(f"row '{name}': " + "; ".join(said))
+        return lines
 
     # -- the stages -----------------------------------------------------------------------------------------------
     def prepare(self, sample: Sample) -> PreparedImage:
@@ -174,47 +231,68 @@ class Labeller:
         file cannot be used."""
         start = time.perf_counter()
         image = read_rgb(sample.image_path)
-        pixels, clip_input = torch.from_numpy(image), self.cam.preprocess(image)
-        sam_input = self.refiner.prepare(image) if self.refiner else None
+        pixels = torch.from_numpy(image)
+        clip_inputs = {key: cam.preprocess(image) for key, cam in self.frozen_by.items()}
+        sam_inputs = {key: refiner.prepare(image) for key, refiner in self.sam_by.items()}
         if self.cuda:  # contiguous and page-locked, so the copies to the GPU run asynchronously
-            pixels, clip_input = pixels.pin_memory(), clip_input.contiguous().pin_memory()
-            if sam_input is not None:
-                sam_input = SAMInput(sam_input.pixels.pin_memory(), sam_input.original_size)
-        return PreparedImage(sample, image, pixels, clip_input, sam_input, time.perf_counter() - start)
+            pixels = pixels.pin_memory()
+            clip_inputs = {key: x.contiguous().pin_memory() for key, x in clip_inputs.items()}
+            sam_inputs = {key: SAMInput(x.pixels.pin_memory(), x.original_size) for key, x in sam_inputs.items()}
+        return PreparedImage(sample, image, pixels, clip_inputs, sam_inputs, time.perf_counter() - start)
 
     def encode(self, items: list[PreparedImage]) -> list[EncodedImage]:
-        """The batch step: CLIP's frozen blocks (images of one CAM input size together) and SAM's image encoder
-        for all images at once (on a CPU, image by image)."""
+        """The batch step: CLIP's frozen blocks of each frozen key (images of one CAM input size together) and each
+        SAM predictor's image encoder for all images at once (on a CPU, image by image)."""
+        frozen, embeddings, seconds = [{} for _ in items], [{} for _ in items], [{} for _ in items]
         with self._on(self.batch_stream if self.cuda else None):
-            with self._stage("clip_frozen"):
-                frozen = self.cam.frozen([item.clip_input for item in items])
-            with self._stage("sam_encoder"):
-                embeddings = self.refiner.embed([item.sam_input for item in items]) if self.refiner \
-                    else [None] * len(items)
+            for key, cam in self.frozen_by.items():
+                with self._stage(None, "clip_frozen") as spent:
+                    features = cam.frozen([item.clip_inputs[key] for item in items])
+                for f, s, feature in zip(frozen, seconds, features):
+                    f[key], s[key] = feature, spent() / len(items)
+            for key, refiner in self.sam_by.items():
+                with self._stage(None, "sam_encoder") as spent:
+                    embedded = refiner.embed([item.sam_inputs[key] for item in items])
+                for e, s, embedding in zip(embeddings, seconds, embedded):
+                    e[key], s[key] = embedding, spent() / len(items)
             if self.cuda:
                 pixels = [item.pixels.to(self.device, non_blocking=True) for item in items]
                 ready = torch.cuda.Event()
                 ready.record(self.batch_stream)
             else:
                 pixels, ready = [item.image for item in items], None
-        return [EncodedImage(f, e, p, ready) for f, e, p in zip(frozen, embeddings, pixels)]
+        return [EncodedImage(*parts, ready) for parts in zip(frozen, embeddings, seconds, pixels)]
 
-    def label_batch(self, items: list[PreparedImage], encoded: list[EncodedImage]) -> list[PendingRecord]:
-        """The labelling step of several images together: Skip-CAM
-        (:meth:`~pseudolabel.cam.skipcam.SkipCAM.label_batch`) and SAM refinement
+    def label_batch(self, items: list[PreparedImage], encoded: list[EncodedImage], index: int = 0,
+                    shared: SharedWork | None = None) -> list[PendingRecord]:
+        """The labelling step of setting ``index`` on several images together: Skip-CAM
+        (:meth:`~pseudolabel.cam.skipcam.SkipCAM.label_batch`, or its output in ``shared``, what the settings of this
+        step share) and SAM refinement
         (:meth:`~pseudolabel.sam.refine.SAMRefiner.refine_batch`) of all of them, then their labels, Y0,
         localization maps and accepted-mask counts copied to the host in four asynchronous copies."""
+        setting, seconds, shared = self.settings[index], self.seconds[index], shared or SharedWork(False)
+        cam, refiner = setting.cam, setting.refiner
+        for item, e in zip(items, encoded):
+            seconds.update(decode=item.seconds, clip_frozen=e.seconds[frozen_key(cam)])
+            if refiner:
+                seconds["sam_encoder"] += e.seconds[id(refiner.predictor)]
         with self._on(self.image_stream if self.cuda else None):
             self._wait_for(encoded)
-            with self._stage("skipcam"):
-                pixels = [torch.as_tensor(e.pixels) for e in encoded]
-                cams = self.cam.label_batch(pixels, [e.frozen for e in encoded], [i.sample.class_ids for i in items])
-                self.seconds.update(cams.timings)
-            with self._stage("sam"):
-                refined = self.refiner.refine_batch([e.embedding for e in encoded], cams.labels, cams.scores,
-                                                    cams.sizes, cams.class_ids) if self.refiner else None
-                if refined:
-                    self.seconds.update(refined.timings)
+            if id(cam) not in shared.cams:
+                with self._stage(None, "skipcam") as spent:
+                    pixels = [torch.as_tensor(e.pixels) for e in encoded]
+                    cams = cam.label_batch(pixels, [e.frozen[frozen_key(cam)] for e in encoded],
+                                           [i.sample.class_ids for i in items])
+                shared.cams[id(cam)] = (cams, spent())
+            cams, cam_seconds = shared.cams[id(cam)]
+            seconds.update(cams.timings, skipcam=cam_seconds)
+            refined = None
+            if refiner:
+                with self._stage(seconds, "sam"):
+                    refined = refiner.refine_batch([e.embeddings[id(refiner.predictor)] for e in encoded],
+                                                   cams.labels, cams.scores, cams.sizes, cams.class_ids, shared.masks)
+                seconds.update(refined.timings)
+                seconds["sam"] += refined.reused_seconds
             download = Download()
             download.add_all([refined.labels if refined else cams.labels, cams.labels,
                               torch.cat([m.flatten() for m in cams.loc_maps]),
@@ -222,39 +300,32 @@ class Labeller:
             download.close()
         stops = np.cumsum([m.numel() for m in cams.loc_maps]).tolist()
         return [PendingRecord(item.sample, item.image.shape[:2], ids, tuple(maps.shape[1:]),
-                              refined.prompts[index] if refined else None, download, index, slice(stop - maps.numel(), stop))
-                for index, (item, ids, maps, stop) in enumerate(zip(items, cams.class_ids, cams.loc_maps, stops))]
+                              refined.prompts[i] if refined else None, download, i, slice(stop - maps.numel(), stop))
+                for i, (item, ids, maps, stop) in enumerate(zip(items, cams.class_ids, cams.loc_maps, stops))]
 
     # -- the loop -------------------------------------------------------------------------------------------------
-    def label_all(self, samples: list[Sample], batch_size: int, workers: int, deferred: bool = False
-                  ) -> Iterator[LabelRecord | PendingRecord | ImageFailure]:
-        """Every sample's record or failure, in order. Batch ``n + 1``'s batch step is queued before batch ``n``'s
-        labelling step (see the module). ``deferred``: a batch-labelled image comes as a :class:`PendingRecord`
-        (its ``result()`` waits for its copies from the GPU), else as its record."""
-        prepared = self._prepared(samples, workers)
+    def label_all(self, samples: list[Sample], batch_size: int, workers: int, deferred: bool = False,
+                  wanted: list[set[str]] | None = None) -> Iterator[list[LabelRecord | PendingRecord | ImageFailure
+                                                                          | None]]:
+        """Every sample's results in order, one per setting: its record or failure, None where ``wanted`` (the
+        image ids each setting labels; default all) leaves the setting out. Batch ``n + 1``'s batch step is queued
+        before batch ``n``'s labelling step (see the module). ``deferred``: a batch-labelled image comes as a
+        :class:`PendingRecord` (its ``result()`` waits for its copies from the GPU), else as its record."""
+        wants = [(lambda item: True) if wanted is None else (lambda item, ids=ids: item.sample.image_id in ids)
+                 for ids in (wanted or [None] * len(self.settings))]
+        prepared = prepared_ahead(samples, self.prepare, workers)
         pending = None
         try:
             for batch in batches(prepared, max(1, batch_size)):
                 ready = [item for item in batch if isinstance(item, PreparedImage)]
                 encoded = self._encode_isolated(ready)
                 if pending is not None:
-                    yield from self._label_batch(*pending, deferred)
+                    yield from self._label_batch(*pending, wants, deferred)
                 pending = (batch, encoded)
             if pending is not None:
-                yield from self._label_batch(*pending, deferred)
+                yield from self._label_batch(*pending, wants, deferred)
         finally:
             prepared.close()  # stops the decoding threads now, also when leaving by an exception (Ctrl-C)
-
-    def _prepared(self, samples: list[Sample], workers: int) -> Iterator[PreparedImage | ImageFailure]:
-        """Prepared images in order, computed ahead in ``workers`` threads."""
-        items = prepared_ahead(samples, self.prepare, workers)
-        try:
-            for item in items:
-                if isinstance(item, PreparedImage):
-                    self.seconds["decode"] += item.seconds
-                yield item
-        finally:
-            items.close()  # stops the decoding threads now, also when leaving by an exception (Ctrl-C)
 
     def _encode_isolated(self, items: list[PreparedImage]) -> dict[int, EncodedImage | ImageFailure]:
         """:meth:`encode` of the batch; if it fails, of each image alone. Keyed by ``id(item)``."""
@@ -271,33 +342,45 @@ class Labeller:
             del error
             return {key: value for item in items for key, value in self._encode_isolated([item]).items()}
 
-    def _label_batch(self, batch: list, encoded: dict, deferred: bool) -> Iterator[LabelRecord | PendingRecord |
-                                                                                 ImageFailure]:
-        """The labelling step of a batch: on a GPU its images together (:meth:`label_batch`), but an image larger
-        than :data:`BATCHED_MAX_PIXELS` alone; on a CPU, and after a failed step, each image alone (the same step on
-        one image)."""
-        together = [item for item in batch if isinstance(item, PreparedImage)
-                    and isinstance(encoded[id(item)], EncodedImage)
-                    and item.image.shape[0] * item.image.shape[1] <= BATCHED_MAX_PIXELS]
+    def _label_batch(self, batch: list, encoded: dict, wants: list, deferred: bool) -> Iterator[list]:
+        """The labelling steps of a batch, setting by setting: on a GPU its images together (:meth:`label_batch`),
+        but an image larger than :data:`BATCHED_MAX_PIXELS` alone; on a CPU each image alone (the same step on one
+        image). The settings of one step share a :class:`SharedWork`."""
+        ready = [item for item in batch if isinstance(item, PreparedImage) and isinstance(encoded[id(item)],
+                                                                                          EncodedImage)]
+        small = [item for item in ready if item.image.shape[0] * item.image.shape[1] <= BATCHED_MAX_PIXELS]
+        steps = [small] + [[item] for item in ready if item not in small] if self.together and len(small) > 1 \
+            else [[item] for item in ready]
         results = {}
-        if len(together) > 1 and self.together:
-            try:
-                results = {id(item): pending for item, pending in
-                           zip(together, self.label_batch(together, [encoded[id(item)] for item in together]))}
-            except Exception as error:  # noqa: BLE001 - retried image by image below
-                self._recover(error)
-                LOG.warning("labelling %d images together failed (%s); labelling them one by one", len(together),
-                            failure_reason(error))
-                del error
+        for step in steps:
+            shared = SharedWork(len(self.settings) > 1)
+            for index, wanted in enumerate(wants):
+                if items := [item for item in step if wanted(item)]:
+                    results.update(self._label_isolated(index, items, encoded, shared))
         for item in batch:
-            result = item if isinstance(item, ImageFailure) else results.get(id(item), encoded[id(item)])
-            if isinstance(result, EncodedImage):
-                try:
-                    result = self.label_batch([item], [result])[0]
-                except Exception as error:  # noqa: BLE001 - any per-image error: recorded, the run goes on
-                    self._recover(error)
-                    result = self._failure(item, error)
-            yield result.result() if isinstance(result, PendingRecord) and not deferred else result
+            out = []
+            for index, wanted in enumerate(wants):
+                result = (item if isinstance(item, ImageFailure) else results.get((index, id(item)),
+                                                                                   encoded[id(item)])) \
+                    if wanted(item) else None
+                out.append(result.result() if isinstance(result, PendingRecord) and not deferred else result)
+            yield out
+
+    def _label_isolated(self, index: int, items: list[PreparedImage], encoded: dict, shared: SharedWork) -> dict:
+        """Setting ``index``'s :meth:`label_batch` of ``items``; if it fails, of each image alone; an image that
+        fails alone becomes an :class:`ImageFailure`. Keyed by ``(index, id(item))``."""
+        try:
+            return {(index, id(item)): pending for item, pending in
+                    zip(items, self.label_batch(items, [encoded[id(item)] for item in items], index, shared))}
+        except Exception as error:  # noqa: BLE001 - any per-image error: recorded, the run goes on
+            self._recover(error)
+            if len(items) == 1:
+                return {(index, id(items[0])): self._failure(items[0], error)}
+            LOG.warning("labelling %d images together failed (%s); labelling them one by one", len(items),
+                        failure_reason(error))
+            del error
+            return {key: value for item in items
+                    for key, value in self._label_isolated(index, [item], encoded, SharedWork(False)).items()}
 
     def _failure(self, item: PreparedImage, error: Exception) -> ImageFailure:
         return ImageFailure(item.sample, str(item.sample.image_path), failure_reason(error), "label")
@@ -317,19 +400,22 @@ class Labeller:
         for event in {id(e.ready): e.ready for e in encoded}.values():
             self.image_stream.wait_event(event)
         for e in encoded:
-            tensors = [*e.frozen.outputs, *e.frozen.attentions, e.pixels]
-            for tensor in tensors + ([e.embedding.features] if e.embedding is not None else []):
+            tensors = [t for f in e.frozen.values() for t in (*f.outputs, *f.attentions)]
+            for tensor in tensors + [e.pixels] + [m.features for m in e.embeddings.values()]:
                 tensor.record_stream(self.image_stream)
 
     @contextlib.contextmanager
-    def _stage(self, stage: str):
-        """Time a stage into ``seconds`` (waiting for the GPU when ``timed``), as a named range for profilers."""
-        tick = time.perf_counter()
+    def _stage(self, seconds: collections.Counter | None, stage: str):
+        """Time a stage (waiting for the GPU when ``timed``), as a named range for profilers; yields a function that
+        gives the seconds afterwards, and adds them to ``seconds[stage]`` unless ``seconds`` is None."""
+        tick, spent = time.perf_counter(), [0.0]
         with torch.profiler.record_function(f"stage: {stage}"):
-            yield
+            yield lambda: spent[0]
         if self.timed and self.cuda:
             torch.cuda.current_stream(self.device).synchronize()
-        self.seconds[stage] += time.perf_counter() - tick
+        spent[0] = time.perf_counter() - tick
+        if seconds is not None:
+            seconds[stage] += spent[0]
 
 
 class _NoStream:
@@ -366,14 +452,6 @@ def prepared_ahead(samples: list[Sample], prepare: Callable[[Sample], T], worker
             yield item
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # prompt on Ctrl-C: queued images are not decoded
-
-
-def label_record(sample: Sample, size: tuple[int, int], cam_out: CAMOutput, refinement: Refinement | None
-                 ) -> LabelRecord:
-    """What stage one stores for one image of ``size`` (H, W): the refined label (Y0 without refinement), Y0, the
-    localization maps and the per-class records."""
-    return _record(sample, size, cam_out.class_ids, refinement.labels if refinement else cam_out.y0, cam_out.y0,
-                   cam_out.loc_maps_lowres, refinement and refinement.prompts, refinement and refinement.masks_accepted)
 
 
 def batches(items: Iterable, size: int) -> Iterator[list]:

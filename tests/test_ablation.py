@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pseudolabel.ablation import shared
+from pseudolabel import model_pool
 from pseudolabel.ablation.cli import main, run
 from pseudolabel.cam.skipcam import SkipCAM
 from pseudolabel.evaluation.cli import main as evaluate_main
 from pseudolabel.generate import run as gen_pseudo
+from pseudolabel.sam.predictor import BatchedPointPredictor
 from pseudolabel.sam.refine import SAMRefiner
 from pseudolabel.storage.check import check_shards
 from pseudolabel.storage.shards import open_shards
@@ -75,16 +76,16 @@ def swept(voc, sweep_file, tmp_path_factory):
         image["n"] += 1             # one image per batch on a CPU
         return original_embed(self, *args, **kwargs)
 
-    def point_masks(self, xy):
-        points.update((image["n"], float(x), float(y)) for x, y in xy[0].tolist())   # one image at a time
-        return original_point_masks(self, xy)
+    def predict_points(self, xy):
+        points[(image["n"], xy.numpy().tobytes())] += 1   # one image at a time: a decoding step's points
+        return original_predict(self, xy)
 
-    original_embed, original_point_masks = SAMRefiner.embed, SAMRefiner.point_masks
+    original_embed, original_predict = SAMRefiner.embed, BatchedPointPredictor.predict_points
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(SkipCAM, "frozen", counted("frozen", SkipCAM.frozen))
-        patch.setattr(SkipCAM, "cams_from_frozen", counted("cams", SkipCAM.cams_from_frozen))
+        patch.setattr(SkipCAM, "label_batch", counted("cams", SkipCAM.label_batch))
         patch.setattr(SAMRefiner, "embed", counted("embed", embed))
-        patch.setattr(SAMRefiner, "point_masks", point_masks)
+        patch.setattr(BatchedPointPredictor, "predict_points", predict_points)
         report = run(sweep_args(voc, sweep_file, out))
     return out, report, calls, points
 
@@ -103,7 +104,7 @@ def test_rows_are_ordinary_stage_one_outputs(swept):
     assert [r["row"] for r in report["tables"][2]["rows"]] == ["defaults", "grid-size-8", "delta-0.3", "no-refine"]
     log = (out / "run.log").read_text()    # the log says what each row computes and what it reuses
     assert "row 'num-skips-0': CLIP frozen blocks: computes; Skip-CAM output: computes; SAM vit_tiny_test image " \
-           "embedding and point masks: computes" in log
+           "embedding: computes" in log
     assert "row 'delta-0.3': CLIP frozen blocks: reuses 'num-skips-0'; Skip-CAM output: reuses 'defaults'" in log
     assert "row 'tau-0.6': CLIP frozen blocks: reuses 'num-skips-0'; Skip-CAM output: computes" in log
 
@@ -113,7 +114,7 @@ def test_each_shared_product_is_computed_once_per_image(swept):
     assert calls["frozen"] == 3                    # one CLIP setting: once per image
     assert calls["cams"] == 3 * 3                  # Skip-CAM settings: defaults, K=0, τ=0.6
     assert calls["embed"] == 3                     # one SAM model
-    assert points and max(points.values()) == 1    # every prompt point of an image decoded once
+    assert points and max(points.values()) == 1    # every decoding step of an image (its points) decoded once
 
 
 def assert_row_equals_gen_pseudo(out, slug, tmp_path, *options):
@@ -140,16 +141,16 @@ def test_row_is_byte_identical_to_a_standalone_gen_pseudo_run(swept, slug, tmp_p
 
 
 def test_rows_stay_byte_identical_with_masks_in_pieces_and_beyond_the_kept_budget(voc, tmp_path, monkeypatch):
-    """SAM's prompts decoded in steps of 5 (as a large image's are) and room for only 3 points' masks between rows,
-    so later rows decode most points again: the labels are still gen_pseudo's."""
+    """SAM's prompts decoded in steps of 5 (as a large image's are) and room for only one step's masks between rows,
+    so later rows decode most steps again: the labels are still gen_pseudo's."""
     from pseudolabel.sam import refine
 
     monkeypatch.setattr(refine, "PIECE_BYTES", 5 * 3 * 40 * 56)   # steps of 5 prompts on a 40x56 image
-    monkeypatch.setattr(shared, "KEPT_MASK_BYTES", 3 * 3 * 40 * 56)
+    monkeypatch.setattr(refine, "KEPT_MASK_BYTES", 5 * 3 * 40 * 56)
     steps = []
-    decode = shared.SharedMasksRefiner.decode
-    monkeypatch.setattr(shared.SharedMasksRefiner, "decode", lambda self, xy: (steps.append(xy.tolist()),
-                                                                                decode(self, xy))[1])
+    predict = BatchedPointPredictor.predict_points
+    monkeypatch.setattr(BatchedPointPredictor, "predict_points", lambda self, xy: (steps.append(xy[0].tolist()),
+                                                                                    predict(self, xy))[1])
     out = tmp_path / "sweep"
     run(["voc", "--data-root", str(voc), "--split", "train", "--out", str(out), "--limit", "1", *TINY, "--gt", "none",
          "--grid-size", "8", "--row", "tau=0.4", "--row", "delta=0.3", "--row", "num_skips=0"])
@@ -161,7 +162,8 @@ def test_rows_stay_byte_identical_with_masks_in_pieces_and_beyond_the_kept_budge
 
 def test_a_row_at_batch_size_3_equals_gen_pseudo_at_batch_size_3(voc, tmp_path):
     """The sweep and gen_pseudo, both with --batch-size 3 (a run option: not in the rows' configurations): the same
-    shards (on a CPU every image goes through the steps alone; on a GPU this is still open, docs/ablations.md)."""
+    shards (a row's labelling steps are gen_pseudo's on every device; on a CPU every image goes through them
+    alone)."""
     out = tmp_path / "sweep"
     run(["voc", "--data-root", str(voc), "--split", "train", "--out", str(out), "--limit", "3", *TINY, "--gt", "none",
          "--grid-size", "8", "--batch-size", "3", "--row", "delta=0.3"])
@@ -237,7 +239,7 @@ def test_rerun_of_a_finished_sweep_only_rebuilds_the_report(swept, voc, sweep_fi
     out, _, _, _ = swept
     kept = {p: p.stat().st_mtime_ns for p in [*(out / "rows").rglob("*"), out / "timing-r000.json"] if p.is_file()}
     report_time = (out / "report.json").stat().st_mtime_ns
-    monkeypatch.setattr(shared, "load_clip", lambda *a, **k: pytest.fail("a finished sweep loaded a model"))
+    monkeypatch.setattr(model_pool, "load_clip", lambda *a, **k: pytest.fail("a finished sweep loaded a model"))
     assert main(sweep_args(voc, sweep_file, out)) == 0
     assert kept == {p: p.stat().st_mtime_ns for p in kept}
     assert (out / "report.json").stat().st_mtime_ns > report_time
@@ -248,7 +250,7 @@ def test_a_changed_sweep_is_refused_unless_overwrite(voc, tmp_path, capsys):
             "--gt", "none"]
     assert main([*base, "--row", "refine=false"]) == 0
     with pytest.MonkeyPatch.context() as patch:   # refused before any model loads
-        patch.setattr(shared, "load_clip", lambda *a, **k: pytest.fail("a model loaded for a refused sweep"))
+        patch.setattr(model_pool, "load_clip", lambda *a, **k: pytest.fail("a model loaded for a refused sweep"))
         assert main([*base, "--row", "refine=false tau=0.6"]) == 2
     assert one_error_line(capsys.readouterr().err) == (
         f"error: '{tmp_path}' holds another sweep (rows no longer in the sweep: no-refine; new rows: tau-0.6_no-refine; table "
@@ -288,7 +290,7 @@ def test_a_second_sweep_on_the_same_out_fails_at_once_naming_the_holder(voc, tmp
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        monkeypatch.setattr(shared, "load_clip", lambda *a, **k: pytest.fail("a model loaded, --out being locked"))
+        monkeypatch.setattr(model_pool, "load_clip", lambda *a, **k: pytest.fail("a model loaded, --out being locked"))
         assert main(args) == 2
         line = one_error_line(capsys.readouterr().err)
         assert f"'{out}' is in use by another run (PID {holder.pid} on " in line and "another --out" in line

@@ -1,4 +1,5 @@
-"""Sweep files and rows (pseudolabel/ablation/sweep.py) and the per-point mask sharing, without models."""
+"""Sweep files and rows (pseudolabel/ablation/sweep.py), the decoded-mask sharing between settings and the sweep's
+model pool."""
 import collections
 import json
 
@@ -7,7 +8,6 @@ import pytest
 import torch
 
 from pseudolabel.ablation.cli import build_parser
-from pseudolabel.ablation.shared import PointMasks, RowTime
 from pseudolabel.ablation.sweep import SweepBuilder, SweepError, shipped_sweeps, sweep_file
 
 
@@ -96,57 +96,67 @@ def test_changed_tables_are_differences_of_the_identity():
     assert b.build("x").differences(stored) == ["row defaults: cam.tau: 0.6 -> 0.4"]
 
 
-def test_point_masks_decode_each_point_once_keep_it_while_expected_and_charge_every_user():
-    decoded = []
+def tiny_refiner(**options):
+    from pseudolabel.sam.models import load_sam
+    from pseudolabel.sam.predictor import BatchedPointPredictor
+    from pseudolabel.sam.refine import SAMRefineConfig, SAMRefiner
+    from tests.fixtures.tiny_models import register_tiny_models
 
-    def decode(xy):
-        decoded.extend(map(tuple, xy.tolist()))
-        masks = torch.stack([torch.full((3, 2, 3), int(x) % 2 == 0) for x, _ in xy])
-        return masks, torch.tensor(xy[:, :1]).repeat(1, 3).float()
-
-    first_row, second_row = np.array([[0.5, 0.5], [1.5, 0.5]]), np.array([[1.5, 0.5], [2.5, 0.5], [0.5, 0.5]])
-    masks = PointMasks(decode)
-    masks.expect(first_row)
-    masks.expect(second_row)
-    first = masks(first_row)
-    assert set(masks.points) == {(0.5, 0.5), (1.5, 0.5)}                    # the second row will ask for both
-    masks.asked = 0
-    second, iou = masks(second_row)
-    assert decoded == [(0.5, 0.5), (1.5, 0.5), (2.5, 0.5)]                 # each point decoded once
-    assert torch.equal(second[0], first[0][1]) and torch.equal(second[2], first[0][0])
-    assert iou[:, 0].tolist() == [1.5, 2.5, 0.5] and masks.points == {}    # nothing asked for any more: dropped
-    assert masks.asked == 3 and masks.seconds_per_point == masks.seconds / 3 > 0
-    stages = RowTime(collections.Counter(skipcam=1.0, sam=2.0), masks, 3).by_stage()
-    assert stages["skipcam"] == 1.0 and stages["sam"] == pytest.approx(2.0 + masks.seconds)
-    assert stages["sam_decoder"] == pytest.approx(masks.seconds)
+    register_tiny_models()
+    predictor = BatchedPointPredictor(load_sam("vit_tiny_test", "random", seed=2)[0])
+    return lambda **cfg: SAMRefiner(predictor, SAMRefineConfig(**{"grid_size": 8, **options, **cfg}))
 
 
-def test_point_masks_are_kept_for_later_rows_within_the_budget():
-    decoded = []
+def scene(seed: int):
+    """An image, its Y0 ``(1, H, W)`` (class 3 in a box) and scores ``(1, 2, H, W)``."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    y0 = np.zeros((40, 56), np.uint8)
+    y0[8:30, 10:40] = 3
+    scores = rng.random((2, 40, 56)).astype(np.float32)
+    return image, torch.from_numpy(y0)[None], torch.from_numpy(scores)[None]
 
-    def decode(xy):   # masks that mark their point on an 8x8 image, IoUs that name its x
-        decoded.extend(tuple(p) for p in xy.tolist())
-        masks = torch.zeros(len(xy), 3, 8, 8, dtype=torch.bool)
-        for i, (x, y) in enumerate(xy):
-            masks[i, :, int(y), int(x)] = True
-        return masks, torch.tensor(xy[:, :1], dtype=torch.float32).repeat(1, 3)
 
-    points = PointMasks(decode, budget=2 * 3 * 8 * 8)   # two points' masks of an 8x8 image
-    xy = np.array([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
-    points.expect(xy)
-    points.expect(xy[::-1])                                    # two rows ask for the same points
-    for asked in (xy, xy[::-1]):
-        masks, iou = points(asked)
-        for i, (x, y) in enumerate(asked):
-            assert masks[i, :, int(y), int(x)].all() and int(masks[i].sum()) == 3 and iou[i, 0] == x
-        assert points.kept_bytes <= points.budget
-    assert decoded == [(1.0, 1.0), (2.0, 2.0), (3.0, 3.0), (3.0, 3.0)]   # the third is beyond the budget: again
-    assert points.points == {} and points.kept_bytes == 0 and not points.uses   # dropped after the last ask
+def test_a_mask_cache_gives_a_later_setting_the_same_masks_without_decoding(monkeypatch):
+    """Settings whose prompts are equal (δ 0 and 0.7) share the decoding steps through a MaskCache: the second
+    decodes nothing and gets the labels it gets alone; other prompts (grid 4), or no room in the budget, decode
+    again."""
+    from pseudolabel.sam import refine
+    from pseudolabel.sam.predictor import BatchedPointPredictor
+
+    make = tiny_refiner()
+    image, y0, scores = scene(0)
+    embedding = make().embed([image])[0]
+    calls = []
+    predict = BatchedPointPredictor.predict_points
+    monkeypatch.setattr(BatchedPointPredictor, "predict_points", lambda self, xy: (calls.append(xy.shape),
+                                                                                    predict(self, xy))[1])
+
+    def refined(refiner, cache=None):
+        return refiner.refine_batch([embedding], y0, scores, [(40, 56)], [(3,)], cache)
+
+    alone = {delta: refined(make(delta=delta)) for delta in (0.0, 0.7)}
+    assert len(calls) == 2
+    cache = refine.MaskCache()
+    first, second = refined(make(delta=0.0), cache), refined(make(delta=0.7), cache)
+    assert len(calls) == 3                                          # the second setting decoded nothing
+    for delta, shared in ((0.0, first), (0.7, second)):
+        assert torch.equal(shared.labels, alone[delta].labels)
+        assert torch.equal(shared.masks_accepted, alone[delta].masks_accepted)
+    assert not torch.equal(first.masks_accepted, second.masks_accepted)   # δ matters: the settings differ
+    assert second.reused_seconds > 0 and first.reused_seconds == 0
+    assert second.timings["sam_decoder"] == pytest.approx(first.timings["sam_decoder"])
+    refined(make(grid_size=4), cache)
+    assert len(calls) == 4                                          # other points: decoded
+    monkeypatch.setattr(refine, "KEPT_MASK_BYTES", 10)
+    small = refine.MaskCache()
+    refined(make(delta=0.3), small), refined(make(delta=0.7), small)
+    assert len(calls) == 6 and small.steps == {}                    # beyond the budget: decoded again
 
 
 def test_a_sweep_row_on_sam_2_1_gets_sam_2_1s_predictor():
     """The sweep's models load as gen_pseudo's do (``load_predictor``): a SAM 2.1 row gets SAM 2.1's own predictor."""
-    from pseudolabel.ablation.shared import ModelPool
+    from pseudolabel.model_pool import ModelPool
     from pseudolabel.classes import get_class_set
     from pseudolabel.config import PseudoLabelConfig
     from pseudolabel.sam.models import SAM_VARIANTS

@@ -11,7 +11,7 @@ import torch
 
 from pseudolabel.classes import CLASSES_DIR
 from pseudolabel.datasets import build_dataset
-from pseudolabel.pipeline import Labeller
+from pseudolabel.pipeline import Labeller, Setting
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -35,8 +35,8 @@ def models(dataset):
 
 
 def label_all(cam, refiner, samples, batch_size, device="cuda", timed=False):
-    records = Labeller(cam, refiner, device, timed=timed).label_all(samples, batch_size, workers=4)
-    return {r.image_id: r for r in records}
+    records = Labeller([Setting(cam, refiner)], device, timed=timed).label_all(samples, batch_size, workers=4)
+    return {r.image_id: r for [r] in records}
 
 
 def agreement(a: dict, b: dict, field: str) -> float:
@@ -127,7 +127,7 @@ def test_the_batched_step_waits_for_the_gpu_twice(dataset, models):
     CAMs for OpenCV, Y0 at the grid points for SAM's prompts): every other transfer is asynchronous and no operator
     reads a result back (CUDA's sync debug mode reports each wait)."""
     cam, refiner = models
-    labeller = Labeller(cam, refiner, "cuda")
+    labeller = Labeller([Setting(cam, refiner)], "cuda")
     prepared = [labeller.prepare(s) for s in list(dataset)[:8]]
     encoded = labeller.encode(prepared)
     labeller.label_batch(prepared, encoded)  # caches: mask resizes of these sizes

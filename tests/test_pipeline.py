@@ -17,7 +17,7 @@ from PIL import Image
 from pseudolabel.cam.skipcam import SkipCAM
 from pseudolabel.exits import OutputError
 from pseudolabel.generate import main, run
-from pseudolabel.pipeline import Labeller, failure_reason
+from pseudolabel.pipeline import Labeller, Setting, failure_reason
 from pseudolabel.precision import DEFAULT_CUDA_PRECISION, effective_precision
 from pseudolabel.sam.refine import SAMRefiner
 from pseudolabel.storage.run_store import RunStore
@@ -140,7 +140,7 @@ def test_failure_reasons_are_one_line_with_a_hint_for_memory():
 
 
 def test_lost_gpu_context_stops_the_run(voc, tmp_path, monkeypatch):
-    def broken(self, items, encoded):
+    def broken(self, items, encoded, *rest):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
     monkeypatch.setattr(Labeller, "label_batch", broken)
@@ -150,11 +150,11 @@ def test_lost_gpu_context_stops_the_run(voc, tmp_path, monkeypatch):
 def test_ctrl_c_propagates_at_once_and_keeps_finished_images(voc, tmp_path, monkeypatch):
     label, seen = Labeller.label_batch, []
 
-    def interrupted(self, items, encoded):
+    def interrupted(self, items, encoded, *rest):
         seen.extend(item.sample.image_id for item in items)
         if len(seen) > 2:   # the second batch
             raise KeyboardInterrupt
-        return label(self, items, encoded)
+        return label(self, items, encoded, *rest)
 
     monkeypatch.setattr(Labeller, "label_batch", interrupted)
     with pytest.raises(KeyboardInterrupt):
@@ -234,8 +234,8 @@ def test_batched_labelling_equals_image_by_image(voc):
 
     samples = list(build_dataset("voc", voc, "train"))
     cam, refiner = tiny_models()
-    labeller = Labeller(cam, refiner, "cpu")
-    alone = {r.image_id: r for r in labeller.label_all(samples, 1, 2)}
+    labeller = Labeller([Setting(cam, refiner)], "cpu")
+    alone = {r.image_id: r for [r] in labeller.label_all(samples, 1, 2)}
     together = {r.image_id: r for r in label_together(labeller, samples)}
     assert together.keys() == alone.keys() and len(alone) == 7
     for image_id, a in alone.items():
@@ -253,8 +253,8 @@ def test_the_token_budget_holds_in_the_batched_step(voc):
 
     samples = list(build_dataset("voc", voc, "train"))
     cam, _ = tiny_models(max_tokens=6)
-    alone = {r.image_id: r for r in Labeller(cam, None, "cpu").label_all(samples, 1, 2)}
-    together = {r.image_id: r for r in label_together(Labeller(cam, None, "cpu"), samples)}
+    alone = {r.image_id: r for [r] in Labeller([Setting(cam, None)], "cpu").label_all(samples, 1, 2)}
+    together = {r.image_id: r for r in label_together(Labeller([Setting(cam, None)], "cpu"), samples)}
     assert together.keys() == alone.keys() and len(alone) == 7
     for image_id, a in alone.items():
         b = together[image_id]
@@ -269,16 +269,16 @@ def test_a_failing_batched_step_is_labelled_image_by_image(voc, monkeypatch):
 
     samples = list(build_dataset("voc", voc, "train"))[:3]
     cam, refiner = tiny_models()
-    expected = {r.image_id: r.refined for r in Labeller(cam, refiner, "cpu").label_all(samples, 1, 1)}
+    expected = {r.image_id: r.refined for [r] in Labeller([Setting(cam, refiner)], "cpu").label_all(samples, 1, 1)}
 
     def out_of_memory(self, embeddings, *args, refine_batch=SAMRefiner.refine_batch):
         if len(embeddings) > 1:  # the batch's images together; one image alone fits
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
         return refine_batch(self, embeddings, *args)
     monkeypatch.setattr(SAMRefiner, "refine_batch", out_of_memory)
-    labeller = Labeller(cam, refiner, "cpu")
+    labeller = Labeller([Setting(cam, refiner)], "cpu")
     labeller.together = True   # as on a GPU
-    records = list(labeller.label_all(samples, 3, 1))
+    records = [r for [r] in labeller.label_all(samples, 3, 1)]
     assert all(np.array_equal(expected[r.image_id], r.refined) for r in records) and len(records) == 3
 
 
@@ -318,7 +318,7 @@ def test_the_batched_step_reads_nothing_back_but_its_two_host_copies(voc):
     from pseudolabel.datasets import build_dataset
 
     cam, refiner = tiny_models()
-    labeller = Labeller(cam, refiner, "cpu")
+    labeller = Labeller([Setting(cam, refiner)], "cpu")
     prepared = [labeller.prepare(s) for s in list(build_dataset("voc", voc, "train"))[:4]]
     encoded = labeller.encode(prepared)
     labeller.label_batch(prepared, encoded)

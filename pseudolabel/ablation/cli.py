@@ -26,25 +26,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
-
 from pseudolabel.ablation.report import REPORT_FILES, TIMING_GLOB, default_gt, write_report
-from pseudolabel.ablation.shared import ImageWork, ModelPool, RowSetting, SharedStages, sharing_plan
 from pseudolabel.ablation.sweep import Sweep, SweepBuilder, gen_pseudo_flags, shipped_sweeps, sweep_file
 from pseudolabel.classes import DATA_DIR
 from pseudolabel.cli_options import add_dataclass_options, config_from_options, program_name
 from pseudolabel.compiled import compile_encoders
-from pseudolabel.config import RunConfig, config_from_args
+from pseudolabel.config import PseudoLabelConfig, RunConfig, config_from_args
 from pseudolabel.console import console_logging
 from pseudolabel.datasets import Sample, WeakDataset
 from pseudolabel.evaluation.pipeline import EvaluationConfig
 from pseudolabel.exits import OutputError, guard_write, prepare_output_dir, tool_main
 from pseudolabel.generate import (DATASET_CHOICES, METHOD_CONFIGS, StageOneRun, add_method_options, add_run_options,
                                   barrier, build_parser as gen_pseudo_parser, demo_weights, device_and_precision,
-                                  distributed,
-                                  lock_output, logged_dataset, random_weights_banner, split_of)
-from pseudolabel.pipeline import STAGES, ImageFailure, batches, failure_reason, prepared_ahead, recover
+                                  distributed, label_runs, lock_output, logged_dataset, random_weights_banner,
+                                  split_of)
+from pseudolabel.model_pool import ModelPool
+from pseudolabel.pipeline import STAGES, Labeller, Setting
 from pseudolabel.storage.atomic import atomic_write
 from pseudolabel.storage.format import MANIFEST, SHARD_GLOB
 from pseudolabel.storage.lock import OutputLock
@@ -153,7 +150,7 @@ class SweepRun:
     sweep: Sweep
     out: Path
     rows: list[StageOneRun]             # one per sweep row, same order; their models come from one ModelPool
-    settings: list[RowSetting]          # each row's configuration, Skip-CAM and refiner
+    labeller: Labeller                  # of the rows' settings, in order
     working: list[bool]                 # whether a row has images left on any rank (closed at the end if so)
     images: list[Sample]                # this rank's images that some row still needs
     device: str
@@ -173,11 +170,11 @@ class SweepRun:
         some row needs. The caller holds the lock of ``--out``."""
         split = split_of(run)
         rank, world, _ = distributed()
-        pool, settings, notes = ModelPool(dataset.class_set, device, run.points_per_batch), [], set()
+        pool, configs, settings, notes = ModelPool(dataset.class_set, device, run.points_per_batch), [], [], set()
         for row in sweep.rows:          # every model and setting built (and checked) before anything is written
-            config = copy.deepcopy(row.config)
-            notes.update(demo_weights(config) if run.dataset == "demo" else [])
-            settings.append(RowSetting(config, pool.skipcam(config), pool.refiner(config)))
+            configs.append(copy.deepcopy(row.config))
+            notes.update(demo_weights(configs[-1]) if run.dataset == "demo" else [])
+            settings.append(pool.setting(configs[-1]))
             if run.compile:
                 compile_encoders(settings[-1].cam, settings[-1].refiner)
         out = sweep_dir(run)
@@ -191,8 +188,9 @@ class SweepRun:
         log.attach()
         with contextlib.ExitStack() as held:
             runs = []
-            for row, setting in zip(sweep.rows, settings):
-                runs.append(held.enter_context(row_run(run, setting, dataset, out / ROWS / row.slug, device, log)))
+            for row, config, setting in zip(sweep.rows, configs, settings):
+                runs.append(held.enter_context(row_run(run, config, setting, dataset, out / ROWS / row.slug, device,
+                                                       log)))
             samples = dataset.samples[: run.limit]   # None: all
             every = {s.image_id for s in samples}
             working = [not every <= run.store.finished() for run in runs]
@@ -201,13 +199,14 @@ class SweepRun:
                 random_weights_banner(sorted(notes), "The sweep runs", "its labels and numbers are")
             needed = {s.image_id for run in runs for s in run.todo}
             images = [s for s in samples[rank::world] if s.image_id in needed]
-            for line in sharing_plan([(row.slug, setting.config) for row, setting in zip(sweep.rows, settings)]):
+            labeller = Labeller(settings, device)
+            for line in labeller.sharing_plan([row.slug for row in sweep.rows]):
                 LOG.info(line)
             LOG.info("%s; sweep %s: %d rows in %d tables; rank %d/%d: %d images to label (%d row-images, %d already "
                      "done) -> %s; %s, %s, batches of %d", dataset.describe(), sweep.name, len(sweep.rows),
                      len(sweep.tables), rank, world, len(images), sum(len(r.todo) for r in runs),
                      sum(r.already_done for r in runs), out, device, precision, runs[0].batch_size)
-            return cls(args=args, run=run, sweep=sweep, out=out, rows=runs, settings=settings, working=working,
+            return cls(args=args, run=run, sweep=sweep, out=out, rows=runs, labeller=labeller, working=working,
                        images=images, device=device, rank=rank, world=world, random_weights=random_any, log=log,
                        locks=held.pop_all())
 
@@ -218,67 +217,12 @@ class SweepRun:
         self.locks.close()
 
     def label_images(self) -> None:
-        """Batch by batch (decoded and preprocessed ahead in threads; the distinct frozen-block passes and SAM
-        encoders once per batch), then image by image every row that still needs the image, sharing its work. An
-        image that cannot be read, or fails for a row, becomes that row's failure and the sweep goes on."""
-        stages = SharedStages(self.settings, self.device)
-        todo = [{s.image_id for s in run.todo} for run in self.rows]
-        progress = tqdm(total=len(self.images), desc=f"rank {self.rank}", unit="img", dynamic_ncols=True)
-        prepared = prepared_ahead(self.images, stages.prepare, self.rows[0].workers)
-        try:
-            for batch in batches(prepared, self.rows[0].batch_size):
-                ready = [item for item in batch if not isinstance(item, ImageFailure)]
-                works = {id(item): work for item, work in zip(ready, self.encode(stages, ready))}
-                for item in batch:
-                    rows = [(run, setting) for run, setting, ids in zip(self.rows, self.settings, todo)
-                            if item.sample.image_id in ids]
-                    progress.set_postfix(rows=len(rows), refresh=False)
-                    self.label_rows(item, works.get(id(item)), rows)
-                    self.image_passes += 1
-                    progress.update()
-        finally:
-            prepared.close()
-            progress.close()
-
-    def encode(self, stages: SharedStages, items: list) -> list:
-        """The batch step; if it fails, image by image; an image that fails alone gets its error instead."""
-        if not items:
-            return []
-        try:
-            return stages.encode(items)
-        except Exception as error:  # noqa: BLE001 - any per-image error: recorded, the sweep goes on
-            recover(error, torch.device(self.device))
-            if len(items) == 1:
-                return [error]
-            return [result for item in items for result in self.encode(stages, [item])]
-
-    def label_rows(self, item, work, rows: list) -> None:
-        """Every row of one image; a row's time is added once every row is done (its share of the point masks)."""
-        spent = []
-        if isinstance(work, ImageWork):
-            work.expect([setting for _, setting in rows])
-        for run, setting in rows:
-            failure = item if isinstance(item, ImageFailure) else self.failure(item, work) \
-                if isinstance(work, Exception) else None
-            if failure is None:
-                try:
-                    record, time_spent = work.label(setting)
-                except Exception as error:  # noqa: BLE001 - any per-image error: recorded, the sweep goes on
-                    recover(error, torch.device(self.device))
-                    failure = self.failure(item, error)
-            if failure is not None:
-                run.record_failure(failure)
-                continue
-            tick = time.perf_counter()
-            run.stage(record)
-            spent.append((run, time_spent, time.perf_counter() - tick))
-        for run, time_spent, write_seconds in spent:
-            run.stage_seconds.update(time_spent.by_stage())
-            run.stage_seconds["write"] += write_seconds
-
-    @staticmethod
-    def failure(item, error: Exception) -> ImageFailure:
-        return ImageFailure(item.sample, str(item.sample.image_path), failure_reason(error), "label")
+        """Every row's images through one :class:`~pseudolabel.pipeline.Labeller` of the rows' settings
+        (:func:`~pseudolabel.generate.label_runs`, gen_pseudo's loop): each image decoded once, what rows share
+        computed once. An image that cannot be read, or fails for a row, becomes that row's failure and the sweep goes
+        on."""
+        label_runs(self.rows, self.labeller)
+        self.image_passes += len(self.images)
 
     def finish(self) -> dict | None:
         """Close the rows that had work (pack, failures, summary, manifest), add this run's times to the ledger and
@@ -314,15 +258,14 @@ class SweepRun:
         guard_write(lambda: atomic_write(path, lambda h: h.write(json.dumps(ledger, indent=1).encode())), path)
 
 
-def row_run(run: RunConfig, setting: RowSetting, dataset: WeakDataset, out: Path, device: str,
+def row_run(run: RunConfig, config: PseudoLabelConfig, setting: Setting, dataset: WeakDataset, out: Path, device: str,
             log: RunLog) -> StageOneRun:
-    """One row as the stage-one run gen_pseudo would start with the row's options (``run`` and the setting's
-    configuration) on this rank: ``out`` locked, the
+    """One row as the stage-one run gen_pseudo would start with the row's options (``run`` and ``config``, on the
+    setting's models) on this rank: ``out`` locked, the
     store opened (and recovered, or emptied on ``--overwrite``) and the images of this rank it still lacks (those an
     earlier run failed on are tried again)."""
     with lock_output(out, rank=distributed()[0]) as locks:
-        return StageOneRun.with_models(run, setting.config, dataset, setting.cam, setting.refiner, out, device,
-                                       log, locks)
+        return StageOneRun.with_models(run, config, dataset, setting.cam, setting.refiner, out, device, log, locks)
 
 
 def gen_pseudo_command(run: RunConfig, split: str, flags: list[str], out: Path) -> str:

@@ -98,14 +98,15 @@ class SAM3Segmenter:
 
 
 class SAM3TextLabeller:
-    """Labels images with SAM 3 prompted with their tags; ``label_all`` as :class:`pseudolabel.pipeline.Labeller`'s
-    (records or :class:`~pseudolabel.pipeline.ImageFailure`, in order). ``segment(image, prompt) -> Instances`` is
-    SAM 3 (:meth:`from_config`) or, in tests, any function."""
+    """Labels images with SAM 3 prompted with their tags; ``label_all`` and ``seconds`` as
+    :class:`pseudolabel.pipeline.Labeller`'s of one setting (per image a list of its record or
+    :class:`~pseudolabel.pipeline.ImageFailure`, in order). ``segment(image, prompt) -> Instances`` is SAM 3
+    (:meth:`from_config`) or, in tests, any function."""
 
     def __init__(self, segment: Callable[[np.ndarray, str], Instances], class_set: ClassSet, cfg: LabellerConfig,
                  weights: dict | None = None) -> None:
         self.segment, self.class_set, self.cfg, self.weights = segment, class_set, cfg, weights or {}
-        self.seconds: collections.Counter = collections.Counter()
+        self.seconds = [collections.Counter()]     # one setting's, by stage
         self.licence = LICENCE
 
     @classmethod
@@ -126,22 +127,23 @@ class SAM3TextLabeller:
         found = [self.segment(image, self.class_set.prompt_names[c - 1]) for c in class_ids]
         maps = score_maps(found, image.shape[:2], self.cfg.sam3_score_threshold)
         labels = semantic_label(maps, class_ids, self.cfg.sam3_overlap)
-        self.seconds["sam3"] += time.perf_counter() - start
+        self.seconds[0]["sam3"] += time.perf_counter() - start
         stats = ClassStats.measure(class_ids, labels, labels, None, None)
         return LabelRecord(image_id=sample.image_id, refined=labels, initial=labels, loc_maps_lowres=maps,
                            loc_class_ids=class_ids, class_ids=class_ids, size=tuple(image.shape[:2]),
                            class_stats=stats)
 
-    def label_all(self, samples: list, batch_size: int = 1, workers: int = 1, deferred: bool = False) -> Iterator:
-        """Every sample's record or failure, in order (images one at a time; ``batch_size``, ``workers`` and
-        ``deferred`` are :class:`pseudolabel.pipeline.Labeller`'s and change nothing here)."""
+    def label_all(self, samples: list, batch_size: int = 1, workers: int = 1, deferred: bool = False,
+                  wanted: None = None) -> Iterator[list]:
+        """Every sample's ``[record or failure]``, in order (images one at a time; ``batch_size``, ``workers``,
+        ``deferred`` and ``wanted`` are :class:`pseudolabel.pipeline.Labeller`'s and change nothing here)."""
         from pseudolabel.image_io import read_rgb
         from pseudolabel.pipeline import ImageFailure, failure_reason, is_fatal
 
         for sample in samples:
             try:
-                yield self.label(sample, read_rgb(sample.image_path))
+                yield [self.label(sample, read_rgb(sample.image_path))]
             except Exception as error:  # noqa: BLE001 - any per-image error: recorded, the run goes on
                 if is_fatal(error):
                     raise
-                yield ImageFailure(sample, str(sample.image_path), failure_reason(error), "sam3")
+                yield [ImageFailure(sample, str(sample.image_path), failure_reason(error), "sam3")]

@@ -32,6 +32,7 @@ POINTS_PER_BATCH = 256  # --points-per-batch's default: prompts decoded together
 # the most bytes of full-resolution work in one piece: a decoding step's masks (3 per prompt, one byte per pixel: 3
 # prompts of a 6000x4000 image) or a merge band's per-class float32 scores
 PIECE_BYTES = 256 << 20
+KEPT_MASK_BYTES = 2 * PIECE_BYTES   # decoded masks a MaskCache keeps for later settings of a labelling step
 
 
 def registered_sam_variants() -> tuple[str, ...]:
@@ -114,6 +115,7 @@ class RefinedBatch:
     prompts: list[tuple[int, ...]]      # per image, the prompt points of each class
     masks_accepted: torch.Tensor        # (B, K) int64: per image and class, the points whose mask passed δ
     timings: dict[str, float] = field(default_factory=dict)    # seconds by stage, for the whole batch
+    reused_seconds: float = 0.0         # decoding time of the masks taken from a MaskCache (in timings' sam_decoder)
 
     def refinements(self, sizes: list[tuple[int, int]]) -> list[Refinement]:
         """One :class:`Refinement` per image of size ``sizes[i]`` (host copies), each with an equal share of the
@@ -190,13 +192,15 @@ class SAMRefiner:
         return self.refine_batch([embedding], y0[None], scores[None], [size], [class_ids]).refinements([size])[0]
 
     def refine_batch(self, embeddings: list[ImageEmbedding], y0: torch.Tensor, scores: torch.Tensor,
-                     sizes: list[tuple[int, int]], class_ids_list: list) -> RefinedBatch:
+                     sizes: list[tuple[int, int]], class_ids_list: list, cache: "MaskCache | None" = None
+                     ) -> RefinedBatch:
         """Refine several images at once on their canvases: ``y0 (B, H, W)`` uint8 and ``scores (B, 1+K, H, W)``
         (padded class channels -inf), each image's size and classes. One wait for the device (the labels at the
         grid points, for the prompts); the prompts of all images decoded together, ``points_per_batch`` at a time
         (fewer where their masks on the canvas would exceed :data:`PIECE_BYTES`, :meth:`prompts_per_step`),
-        as many for each image in a step (:meth:`point_masks`); selection, the δ filter and the merge
-        (:meth:`merge_batch`) on the canvases."""
+        as many for each image in a step; selection, the δ filter and the merge (:meth:`merge_batch`) on the
+        canvases. ``cache``: the decoding steps of other settings on the same images (:class:`MaskCache`); a step
+        found there is not decoded again."""
         class_ids = [tuple(c) for c in class_ids_list]
         widest = max(len(c) for c in class_ids)
         if not self.cfg.enabled:
@@ -212,19 +216,29 @@ class SAMRefiner:
         order = [i for i in sorted(range(len(sizes)), key=lambda i: -counts[i]) if counts[i]]  # most prompts first
         accepted = torch.zeros_like(regions)
         passed = torch.zeros(len(sizes) * widest + 1, dtype=torch.int64, device=device)  # + 1: padding's
-        decode = 0.0
-        if order:
-            tick = time.perf_counter()
-            self.predictor.set_batch([embeddings[i].features for i in order],
-                                     [embeddings[i].input_size for i in order], [sizes[i] for i in order],
-                                     canvas)  # the whole batch's: an image without prompts may be the largest
-            decode += time.perf_counter() - tick
+        decode = reused = 0.0
+        batch_key = (id(self.predictor), canvas, tuple(id(embeddings[i]) for i in order))
+        held = False
         for step in _decoding_steps([counts[i] for i in order], self.prompts_per_step(*canvas)):
             images, taken = order[: step.images], slice(step.first, step.first + step.prompts)
-            picked = [_padded(x[taken], step.prompts) for x in (xy[i] for i in images)]
-            tick = time.perf_counter()
-            masks, iou_pred = self.point_masks(torch.from_numpy(np.stack(picked)).float())
-            decode += time.perf_counter() - tick
+            points = torch.from_numpy(np.stack([_padded(x[taken], step.prompts) for x in (xy[i] for i in images)]))
+            key = (*batch_key, points.numpy().tobytes())
+            found = cache.steps.get(key) if cache is not None else None
+            if found is None:
+                tick = time.perf_counter()
+                if not held:  # the whole batch's: an image without prompts may be the largest
+                    self.predictor.set_batch([embeddings[i].features for i in order],
+                                             [embeddings[i].input_size for i in order], [sizes[i] for i in order],
+                                             canvas)
+                    held = True
+                masks, iou_pred = self.predictor.predict_points(points.float())
+                found = (masks, iou_pred, time.perf_counter() - tick)
+                decode += found[2]
+                if cache is not None:
+                    cache.keep(key, found)
+            else:
+                reused += found[2]
+            masks, iou_pred = found[:2]
             who = np.stack([_padded(owner[i][taken], step.prompts, -1) for i in images])  # class index, -1: padding
             flat = np.where(who >= 0, np.array(images)[:, None] * widest + who, len(passed) - 1)
             flat_device = upload(flat.ravel(), device)
@@ -246,14 +260,9 @@ class SAMRefiner:
                 hit = (chosen & (classes == k)[..., None]).any(dim=1).view(step.images, *canvas)
                 accepted[rows, k] |= hit
         labels = self.merge_batch(y0, scores, keys, regions, accepted)
-        timings = {"sam_decoder": decode, "filter_merge": time.perf_counter() - start - decode}
+        timings = {"sam_decoder": decode + reused, "filter_merge": time.perf_counter() - start - decode}
         prompts = [tuple(int(n) for n in np.bincount(o, minlength=len(c))) for o, c in zip(owner, class_ids)]
-        return RefinedBatch(labels, prompts, passed[:-1].view(len(sizes), widest), timings)
-
-    def point_masks(self, xy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """SAM's 3 masks ``(n, P, 3, H, W)`` bool on the canvas and predicted IoUs ``(n, P, 3)`` of one positive point
-        each, ``xy (n, P, 2)`` on the first n images of the predictor's batch (a sweep's cache hooks in here)."""
-        return self.predictor.predict_points(xy)
+        return RefinedBatch(labels, prompts, passed[:-1].view(len(sizes), widest), timings, reused)
 
     def prompts_per_step(self, height: int, width: int) -> int:
         """Prompts decoded, selected and filtered together on a batch's canvas of ``height x width``:
@@ -371,6 +380,24 @@ class SAMRefiner:
             point_ids.append(np.array([components[i, k, int(y), int(x)] for (x, y), k in zip(xy[i], owner[i])],
                                       np.int32))
         return upload(components, y0.device), point_ids
+
+
+class MaskCache:
+    """The decoding steps of one labelling step's settings (:meth:`SAMRefiner.refine_batch`), kept for the settings
+    after the first: a step of the same predictor, images (their embeddings, in the same order, on the same canvas)
+    and points gives the same masks, so a setting whose prompts equal an earlier one's (δ, filter, mask selection or
+    merge rows) decodes nothing again, and its labels are still exactly its own on every device. At most
+    :data:`KEPT_MASK_BYTES` of masks are kept; a step beyond them is decoded again."""
+
+    def __init__(self):
+        self.budget, self.kept_bytes = KEPT_MASK_BYTES, 0
+        self.steps: dict[tuple, tuple[torch.Tensor, torch.Tensor, float]] = {}  # key -> masks, IoUs, seconds
+
+    def keep(self, key: tuple, decoded: tuple[torch.Tensor, torch.Tensor, float]) -> None:
+        size = decoded[0].nbytes
+        if self.kept_bytes + size <= self.budget:
+            self.steps[key] = decoded
+            self.kept_bytes += size
 
 
 @dataclass

@@ -1,0 +1,61 @@
+"""Stage one's models for one or more settings: each CLIP and SAM model loaded once, one
+:class:`~pseudolabel.cam.skipcam.SkipCAM` per Skip-CAM setting (sharing the text embeddings of a model and prompt set)
+and one :class:`~pseudolabel.sam.refine.SAMRefiner` per refinement setting on one predictor per SAM model and
+precision. ``tools/gen_pseudo.sh`` builds one setting, ``tools/ablate.sh`` every row's."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from pseudolabel.cam.clip_models import load_clip
+from pseudolabel.cam.skipcam import SkipCAM
+from pseudolabel.classes import ClassSet
+from pseudolabel.config import PseudoLabelConfig
+from pseudolabel.pipeline import Setting
+from pseudolabel.sam.refine import POINTS_PER_BATCH, SAMRefiner, load_predictor
+
+
+class ModelPool:
+    """The models of a run's settings, each loaded once. Building a setting checks it (e.g. K against the model's
+    depth), so a sweep builds every row's before any image."""
+
+    def __init__(self, class_set: ClassSet, device: str, points_per_batch: int = POINTS_PER_BATCH):
+        self.class_set, self.device, self.points_per_batch = class_set, device, points_per_batch
+        self.clip_models: dict[tuple, tuple] = {}
+        self.texts: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.cams: dict[str, SkipCAM] = {}
+        self.predictors: dict[tuple, tuple] = {}
+        self.refiners: dict[tuple, SAMRefiner] = {}
+
+    def setting(self, config: PseudoLabelConfig) -> Setting:
+        """The Skip-CAM and (refinement on) the SAM refiner of ``config``."""
+        return Setting(self.skipcam(config), self.refiner(config))
+
+    def skipcam(self, config: PseudoLabelConfig) -> SkipCAM:
+        cam = config.cam
+        key = json.dumps({**cam.to_dict(), "precision": config.precision}, sort_keys=True)
+        if key not in self.cams:
+            model_key = (cam.clip_model, cam.clip_weights, cam.clip_seed)
+            if model_key not in self.clip_models:
+                self.clip_models[model_key] = load_clip(cam.clip_model, cam.clip_weights, self.device, cam.clip_seed)
+            model, tokenizer, weights = self.clip_models[model_key]
+            text_key = (model_key, cam.prompt_set)
+            skipcam = SkipCAM(model, tokenizer, self.class_set, cam, self.device, weights, config.precision,
+                              self.texts.get(text_key))
+            self.texts[text_key] = (skipcam.fg_text, skipcam.bg_text)
+            self.cams[key] = skipcam
+        return self.cams[key]
+
+    def refiner(self, config: PseudoLabelConfig) -> SAMRefiner | None:
+        if not config.refine.enabled:
+            return None
+        refine = config.refine
+        model_key = (refine.sam_model, refine.sam_checkpoint, refine.sam_seed, config.precision)
+        key = (model_key, json.dumps(refine.to_dict(), sort_keys=True))
+        if key not in self.refiners:
+            if model_key not in self.predictors:
+                self.predictors[model_key] = load_predictor(refine, self.device, config.precision)
+            predictor, weights = self.predictors[model_key]
+            self.refiners[key] = SAMRefiner(predictor, refine, weights, self.points_per_batch)
+        return self.refiners[key]
