@@ -23,7 +23,7 @@ import numpy as np
 import scipy.ndimage as ndi
 import torch
 
-from pseudolabel.canvas import crop, pad_stack
+from pseudolabel.canvas import crop
 from pseudolabel.classes import IGNORE_INDEX
 from pseudolabel.cli_options import DictConfig
 from pseudolabel.transfer import upload
