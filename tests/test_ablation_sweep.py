@@ -1,6 +1,5 @@
 """Sweep files and rows (pseudolabel/ablation/sweep.py), the decoded-mask sharing between settings and the sweep's
 model pool."""
-import collections
 import json
 
 import numpy as np
