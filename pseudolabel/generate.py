@@ -493,8 +493,7 @@ def label_runs(runs: list[StageOneRun], labeller, progress_hook: Callable[[int],
                    for run in runs]
         try:
             for samples, batch_size in ((fresh, runs[0].batch_size), (again, 1)):
-                for results in labeller.label_all(samples, batch_size, runs[0].workers, deferred=True,
-                                                  wanted=todo if len(runs) > 1 else None):
+                for results in labeller.label_all(samples, batch_size, runs[0].workers, deferred=True, wanted=todo):
                     for run, writer, result in zip(runs, writers, results):
                         if isinstance(result, ImageFailure):
                             run.record_failure(result)

@@ -311,8 +311,7 @@ class Labeller:
         image ids each setting labels; default all) leaves the setting out. Batch ``n + 1``'s batch step is queued
         before batch ``n``'s labelling step (see the module). ``deferred``: a batch-labelled image comes as a
         :class:`PendingRecord` (its ``result()`` waits for its copies from the GPU), else as its record."""
-        wants = [(lambda item: True) if wanted is None else (lambda item, ids=ids: item.sample.image_id in ids)
-                 for ids in (wanted or [None] * len(self.settings))]
+        wanted = wanted or [None] * len(self.settings)
         prepared = prepared_ahead(samples, self.prepare, workers)
         pending = None
         try:
@@ -320,10 +319,10 @@ class Labeller:
                 ready = [item for item in batch if isinstance(item, PreparedImage)]
                 encoded = self._encode_isolated(ready)
                 if pending is not None:
-                    yield from self._label_batch(*pending, wants, deferred)
+                    yield from self._label_batch(*pending, wanted, deferred)
                 pending = (batch, encoded)
             if pending is not None:
-                yield from self._label_batch(*pending, wants, deferred)
+                yield from self._label_batch(*pending, wanted, deferred)
         finally:
             prepared.close()  # stops the decoding threads now, also when leaving by an exception (Ctrl-C)
 
@@ -342,27 +341,31 @@ class Labeller:
             del error
             return {key: value for item in items for key, value in self._encode_isolated([item]).items()}
 
-    def _label_batch(self, batch: list, encoded: dict, wants: list, deferred: bool) -> Iterator[list]:
+    def _label_batch(self, batch: list, encoded: dict, wanted: list[set[str] | None], deferred: bool
+                     ) -> Iterator[list]:
         """The labelling steps of a batch, setting by setting: on a GPU its images together (:meth:`label_batch`),
         but an image larger than :data:`BATCHED_MAX_PIXELS` alone; on a CPU each image alone (the same step on one
         image). The settings of one step share a :class:`SharedWork`."""
         ready = [item for item in batch if isinstance(item, PreparedImage) and isinstance(encoded[id(item)],
                                                                                           EncodedImage)]
-        small = [item for item in ready if item.image.shape[0] * item.image.shape[1] <= BATCHED_MAX_PIXELS]
-        steps = [small] + [[item] for item in ready if item not in small] if self.together and len(small) > 1 \
+        fits = [item.image.shape[0] * item.image.shape[1] <= BATCHED_MAX_PIXELS for item in ready]
+        small = [item for item, f in zip(ready, fits) if f]
+        steps = [small] + [[item] for item, f in zip(ready, fits) if not f] if self.together and len(small) > 1 \
             else [[item] for item in ready]
         results = {}
         for step in steps:
             shared = SharedWork(len(self.settings) > 1)
-            for index, wanted in enumerate(wants):
-                if items := [item for item in step if wanted(item)]:
+            for index, ids in enumerate(wanted):
+                if items := [item for item in step if ids is None or item.sample.image_id in ids]:
                     results.update(self._label_isolated(index, items, encoded, shared))
         for item in batch:
             out = []
-            for index, wanted in enumerate(wants):
-                result = (item if isinstance(item, ImageFailure) else results.get((index, id(item)),
-                                                                                   encoded[id(item)])) \
-                    if wanted(item) else None
+            for index, ids in enumerate(wanted):
+                if ids is not None and item.sample.image_id not in ids:
+                    result = None
+                else:
+                    result = item if isinstance(item, ImageFailure) else results.get((index, id(item)),
+                                                                                       encoded[id(item)])
                 out.append(result.result() if isinstance(result, PendingRecord) and not deferred else result)
             yield out
 

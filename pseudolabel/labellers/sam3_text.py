@@ -134,7 +134,7 @@ class SAM3TextLabeller:
                            class_stats=stats)
 
     def label_all(self, samples: list, batch_size: int = 1, workers: int = 1, deferred: bool = False,
-                  wanted: None = None) -> Iterator[list]:
+                  wanted: list | None = None) -> Iterator[list]:
         """Every sample's ``[record or failure]``, in order (images one at a time; ``batch_size``, ``workers``,
         ``deferred`` and ``wanted`` are :class:`pseudolabel.pipeline.Labeller`'s and change nothing here)."""
         from pseudolabel.image_io import read_rgb
