@@ -343,6 +343,27 @@ def test_decoding_steps_cover_every_prompt_once():
         assert all(t >= c for t, c in zip(taken, counts)) and all(t - c < max(limit, 1) for t, c in zip(taken, counts))
 
 
+def test_true_entries_are_counted_exactly_at_every_length():
+    from pseudolabel.sam.refine import _count_true
+
+    rng = np.random.default_rng(5)
+    for length in (0, 1, 254, 255, 256, 510, 511, 2000):
+        masks = torch.from_numpy(rng.random((4, 3, length)) < 0.7)
+        masks[0, 0] = True  # every segment full: 255 per segment fits uint8
+        assert torch.equal(_count_true(masks), masks.sum(dim=-1).double())
+    assert torch.equal(_count_true(torch.ones(2, 600, 700, dtype=torch.bool)[:, 0]), torch.full((2,), 700.0,
+                                                                                                dtype=torch.float64))
+
+
+def test_class_ranges_are_the_prompts_of_each_class():
+    from pseudolabel.sam.refine import _class_ranges
+
+    assert _class_ranges(np.array([0, 0, 2, 2, 2, -1, -1])) == [(0, slice(0, 2)), (2, slice(2, 5))]
+    assert _class_ranges(np.array([-1, -1])) == []
+    with pytest.raises(AssertionError):
+        _class_ranges(np.array([0, 1, 0]))
+
+
 def test_batched_refinement_with_sam_equals_image_by_image():
     """A tiny real SAM: images of different sizes refined together (their masks on one canvas, each resized by its
     own map) against each alone."""

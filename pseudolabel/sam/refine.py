@@ -253,12 +253,10 @@ class SAMRefiner:
                                                    point_regions)
             keep &= upload(who.ravel() >= 0, device)
             passed.index_add_(0, flat_device, keep.long())
-            chosen = (chosen & keep[:, None]).view(step.images, step.prompts, -1)
-            classes = upload(who, device)
-            rows = upload(images, device)
-            for k in range(widest):
-                hit = (chosen & (classes == k)[..., None]).any(dim=1).view(step.images, *canvas)
-                accepted[rows, k] |= hit
+            chosen = (chosen & keep[:, None]).view(step.images, step.prompts, *canvas).view(torch.uint8)
+            for row, image in enumerate(images):
+                for k, prompts in _class_ranges(who[row]):
+                    accepted[image, k] |= chosen[row, prompts].amax(dim=0).view(torch.bool)
         labels = self.merge_batch(y0, scores, keys, regions, accepted)
         timings = {"sam_decoder": decode + reused, "filter_merge": time.perf_counter() - start - decode}
         prompts = [tuple(int(n) for n in np.bincount(o, minlength=len(c))) for o, c in zip(owner, class_ids)]
@@ -282,8 +280,7 @@ class SAMRefiner:
     def _select_and_filter(self, masks, iou_pred, regions) -> tuple[torch.Tensor, torch.Tensor]:
         """Chosen mask per point and whether it passes δ. ``regions (B, H, W)``: R for each point."""
         flat, regions = masks.flatten(2), regions.flatten(1)
-        count = lambda m: m.view(torch.uint8).sum(dim=-1, dtype=torch.int32).double()  # noqa: E731  (fast popcount)
-        inter, area, region_area = count(flat & regions[:, None]), count(flat), count(regions)[:, None]
+        inter, area, region_area = _count_true(flat & regions[:, None]), _count_true(flat), _count_true(regions)[:, None]
         iou = inter / (area + region_area - inter).clamp(min=1)
         if self.cfg.mask_select == "region_iou":
             best = iou == iou.max(dim=1, keepdim=True).values
@@ -419,6 +416,27 @@ def _decoding_steps(counts: list[int], limit: int) -> list[_Step]:
         steps.append(_Step(images, first, prompts))
         first += prompts
     return steps
+
+
+def _count_true(masks: torch.Tensor) -> torch.Tensor:
+    """The True entries along the last axis of a bool tensor, as float64. Counted in uint8 over segments of 255
+    entries, then summed: torch sums a bool or uint8 tensor into a wider type by first copying all of it in that type,
+    which takes ten times as long on a CPU."""
+    entries = masks.view(torch.uint8)
+    whole = entries.shape[-1] // 255 * 255
+    segments = entries[..., :whole].unflatten(-1, (-1, 255)).sum(dim=-1, dtype=torch.uint8)
+    return (segments.sum(dim=-1, dtype=torch.int32) + entries[..., whole:].sum(dim=-1, dtype=torch.int32)).double()
+
+
+def _class_ranges(classes: np.ndarray) -> list[tuple[int, slice]]:
+    """Each class index in ``classes`` (a step's prompts of one image; -1: padding) and the prompts that have it, a
+    slice: an image's prompts come in the order of its classes (:meth:`SAMRefiner._prompts_at`)."""
+    ranges = []
+    for k in np.unique(classes[classes >= 0]):
+        at = np.flatnonzero(classes == k)
+        assert at[-1] - at[0] + 1 == len(at), "an image's prompts are grouped by class"
+        ranges.append((int(k), slice(int(at[0]), int(at[-1]) + 1)))
+    return ranges
 
 
 def _padded(values: np.ndarray, length: int, fill=None) -> np.ndarray:
