@@ -129,12 +129,12 @@ def test_sam2_point_predictor_equals_the_stock_predictors_logits(tiny_sam2, scen
         masks, iou = predictor.predict_points(torch.from_numpy(xy).float().view(1, 6, 2))
         return masks[0].numpy(), iou[0].numpy()
 
-    masks, iou = predict(SAM2PointPredictor(tiny_sam2, prompts_per_step=4, threads=1))
+    masks, iou = predict(SAM2PointPredictor(tiny_sam2, prompts_per_substep=4, threads=1))
     clear = np.abs(logits) > 1e-4
     assert np.array_equal(masks[clear], logits[clear] > 0) and clear.mean() > 0.999
     np.testing.assert_allclose(iou, expected_iou, rtol=1e-4, atol=1e-6)
     for steps, threads in ((1, 2), (5, 2), (6, 1)):
-        assert np.array_equal(predict(SAM2PointPredictor(tiny_sam2, prompts_per_step=steps, threads=threads))[0],
+        assert np.array_equal(predict(SAM2PointPredictor(tiny_sam2, prompts_per_substep=steps, threads=threads))[0],
                               masks)
 
 

@@ -121,7 +121,7 @@ def test_batched_point_predictor_matches_sam_predictor(shape, device):
         return masks[0], iou[0]
 
     # on a GPU, the default: all prompts in one step
-    masks, iou = predict(BatchedPointPredictor(model, prompts_per_step=3 if on_cpu else None))
+    masks, iou = predict(BatchedPointPredictor(model, prompts_per_substep=3 if on_cpu else None))
     assert masks.dtype == torch.bool and masks.shape == logits.shape
     # logits here are about 0.1; their float32 rounding differs by about 1e-7 on a CPU, more with a GPU's TF32 and
     # kernel order
@@ -132,7 +132,7 @@ def test_batched_point_predictor_matches_sam_predictor(shape, device):
     torch.testing.assert_close(iou, expected_iou, **iou_tolerance)
     # step sizes and worker threads change nothing
     for steps, threads in [(1, 1), (1, 2), (5, 2), (8, 1)] if on_cpu else [(3, 1)]:
-        assert torch.equal(predict(BatchedPointPredictor(model, prompts_per_step=steps, threads=threads))[0], masks)
+        assert torch.equal(predict(BatchedPointPredictor(model, prompts_per_substep=steps, threads=threads))[0], masks)
 
 
 @pytest.mark.parametrize("upscaling", [(32, 16), (3, 5)], ids=["default", "steps_of_1_prompt_5_rows"])

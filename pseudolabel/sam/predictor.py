@@ -49,13 +49,13 @@ def _resize_taps(low: int, canvas: int, kept: int, out: int, taps: int = 4) -> t
 
 
 def decode_in_steps(decode: Callable[[int, int], tuple], count: int, device: torch.device,
-                    prompts_per_step: int | None = None, threads: int | None = None) -> list[tuple]:
-    """``decode(start, stop)`` over ``count`` prompts in steps, the outputs in order: on a CPU steps of
-    ``prompts_per_step`` (default 4), ``threads`` of them at once (default: torch's thread count), each
-    single-threaded (the shared-image decoder's many small products keep one thread busy far better than two; the
-    results do not depend on the thread count); elsewhere one step of all prompts by default."""
+                    prompts_per_substep: int | None = None, threads: int | None = None) -> list[tuple]:
+    """``decode(start, stop)`` over the ``count`` prompts of one decoding call in sub-steps, the outputs in order: on
+    a CPU sub-steps of ``prompts_per_substep`` (default 4), ``threads`` of them at once (default: torch's thread
+    count), each single-threaded (the shared-image decoder's many small products keep one thread busy far better than
+    two; the results do not depend on the thread count); elsewhere one step of all prompts by default."""
     on_cpu = device.type == "cpu"
-    size = prompts_per_step or (4 if on_cpu else count)
+    size = prompts_per_substep or (4 if on_cpu else count)
     threads = (threads or torch.get_num_threads()) if on_cpu else 1
     steps = math.ceil(count / size)
     if steps > threads:  # the same number of steps for every thread, each as full as can be: none idles long
@@ -151,11 +151,11 @@ def mask_resize(low_res: int, canvas: int, input_size: tuple[int, int], original
 
 
 def decode_points(decoder: SharedImageMaskDecoder, sparse: Tensor, resizes: list[MaskResize], canvas: tuple[int, int],
-                  threshold: float, prompts_per_step: int | None = None, threads: int | None = None
+                  threshold: float, prompts_per_substep: int | None = None, threads: int | None = None
                   ) -> tuple[Tensor, Tensor]:
     """SAM's 3 thresholded masks ``(n, P, 3, H, W)`` on ``canvas`` (False beyond each image) and their predicted IoUs
     ``(n, P, 3)`` of the first n images the decoder holds, from the prompts' sparse embeddings ``(n, P, T, D)`` and
-    each image's resize; steps of prompts (of every image) as :func:`decode_in_steps` spreads them. The masks are
+    each image's resize; sub-steps of prompts (of every image) as :func:`decode_in_steps` spreads them. The masks are
     resized prompt by prompt: on 2 CPU cores 0.7 ms for a prompt's 3 masks of a 500x375 image against 1.1 ms for 4
     prompts at once, and a prompt's float32 logits are all the resize holds."""
     images, prompts = sparse.shape[:2]
@@ -171,7 +171,7 @@ def decode_points(decoder: SharedImageMaskDecoder, sparse: Tensor, resizes: list
             (rows, cols), (height, width) = resize.used, resize.size
             for prompt_logits, prompt_masks in zip(image_logits[..., :rows, :cols], image_masks[..., :height, :width]):
                 torch.gt(resize(prompt_logits), threshold, out=prompt_masks)  # one prompt: in cache, memory bounded
-    decode_in_steps(decode, prompts, sparse.device, prompts_per_step, threads)
+    decode_in_steps(decode, prompts, sparse.device, prompts_per_substep, threads)
     return masks, iou
 
 
@@ -183,14 +183,14 @@ class BatchedPointPredictor:
     ``tests/test_sam_decoder.py`` and ``bench/bench_sam_refine.py`` measure it).
     """
 
-    def __init__(self, sam_model, prompts_per_step: int | None = None, threads: int | None = None,
+    def __init__(self, sam_model, prompts_per_substep: int | None = None, threads: int | None = None,
                  precision: str = "fp32") -> None:
-        """``prompts_per_step``, ``threads``: see :func:`decode_in_steps`. ``precision``: of the image encoder on CUDA
-        (:mod:`pseudolabel.precision`); the prompt decoder always computes in float32."""
+        """``prompts_per_substep``, ``threads``: see :func:`decode_in_steps`. ``precision``: of the image encoder on
+        CUDA (:mod:`pseudolabel.precision`); the prompt decoder always computes in float32."""
         self.model = sam_model
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
         self.decoder = SharedImageMaskDecoder(sam_model.mask_decoder)
-        self.prompts_per_step, self.threads, self.precision = prompts_per_step, threads, precision
+        self.prompts_per_substep, self.threads, self.precision = prompts_per_substep, threads, precision
         self.held: HeldImages | None = None
 
     @property
@@ -233,4 +233,4 @@ class BatchedPointPredictor:
                             for points, size in zip(xy, self.held.original_sizes)])
         sparse = point_prompts(self.model.prompt_encoder, upload(coords, self.device)[:, None])
         return decode_points(self.decoder, sparse.view(images, prompts, *sparse.shape[1:]), self.resizes[:images],
-                             self.held.canvas, self.model.mask_threshold, self.prompts_per_step, self.threads)
+                             self.held.canvas, self.model.mask_threshold, self.prompts_per_substep, self.threads)

@@ -280,7 +280,8 @@ class SAMRefiner:
     def _select_and_filter(self, masks, iou_pred, regions) -> tuple[torch.Tensor, torch.Tensor]:
         """Chosen mask per point and whether it passes δ. ``regions (B, H, W)``: R for each point."""
         flat, regions = masks.flatten(2), regions.flatten(1)
-        inter, area, region_area = _count_true(flat & regions[:, None]), _count_true(flat), _count_true(regions)[:, None]
+        inter, area = _count_true(flat & regions[:, None]), _count_true(flat)
+        region_area = _count_true(regions)[:, None]
         iou = inter / (area + region_area - inter).clamp(min=1)
         if self.cfg.mask_select == "region_iou":
             best = iou == iou.max(dim=1, keepdim=True).values

@@ -49,16 +49,16 @@ class SAM2PointPredictor:
     """Single positive points on SAM 2.1 with :class:`~pseudolabel.sam.predictor.BatchedPointPredictor`'s interface:
     :meth:`encode`, :meth:`set_batch` and :meth:`predict_points`."""
 
-    def __init__(self, sam_model, prompts_per_step: int | None = None, threads: int | None = None,
+    def __init__(self, sam_model, prompts_per_substep: int | None = None, threads: int | None = None,
                  precision: str = "fp32", mask_threshold: float = 0.0) -> None:
-        """``sam_model``: a ``sam2.modeling.sam2_base.SAM2Base``. ``prompts_per_step``, ``threads``: see
+        """``sam_model``: a ``sam2.modeling.sam2_base.SAM2Base``. ``prompts_per_substep``, ``threads``: see
         :func:`~pseudolabel.sam.predictor.decode_in_steps`. ``precision``: of the image encoder on CUDA;
         the decoder computes in float32."""
         compat.apply()  # before sam2 imports torchvision
         from sam2.utils.transforms import SAM2Transforms
 
         self.model, self.precision, self.mask_threshold = sam_model, precision, mask_threshold
-        self.prompts_per_step, self.threads = prompts_per_step, threads
+        self.prompts_per_substep, self.threads = prompts_per_substep, threads
         self.decoder = SharedImageMaskDecoder(sam_model.sam_mask_decoder)
         self.transforms = SAM2Transforms(resolution=sam_model.image_size, mask_threshold=mask_threshold,
                                          max_hole_area=0.0, max_sprinkle_area=0.0)
@@ -134,7 +134,7 @@ class SAM2PointPredictor:
                             for points, size in zip(xy, self.held.original_sizes)])
         sparse = self._point_prompts(coords[:, None])
         return decode_points(self.decoder, sparse.view(images, prompts, *sparse.shape[1:]), self.resizes[:images],
-                             self.held.canvas, self.mask_threshold, self.prompts_per_step, self.threads)
+                             self.held.canvas, self.mask_threshold, self.prompts_per_substep, self.threads)
 
     def _point_prompts(self, coords: Tensor) -> Tensor:
         """The prompt encoder's sparse embeddings of positive points ``coords (B, 1, 2)`` in the input frame."""
