@@ -71,8 +71,8 @@ def frozen_key(cam: SkipCAM) -> tuple:
 
 @dataclass
 class PreparedImage:
-    """A decoded image and its network inputs, on the host (pinned on CUDA): one CLIP input per
-    :func:`frozen_key` and one SAM input per SAM predictor of the labeller's settings."""
+    """A decoded image and its network inputs on the host (pinned on CUDA): CLIP's per :func:`frozen_key`, SAM's per
+    predictor of the labeller's settings."""
 
     sample: Sample
     image: np.ndarray                   # (H, W, 3) uint8
@@ -221,7 +221,7 @@ class Labeller:
         """The batch step: CLIP's frozen blocks of each frozen key (images of one CAM input size together) and each
         SAM predictor's image encoder for all images at once (on a CPU, image by image)."""
         frozen, embeddings, seconds = [{} for _ in items], [{} for _ in items], [{} for _ in items]
-        with self._on(self.batch_stream if self.cuda else None):
+        with torch.cuda.stream(self.batch_stream) if self.cuda else contextlib.nullcontext():
             for key, cam in self.frozen_by.items():
                 with self._stage(None, "clip_frozen") as spent:
                     features = cam.frozen([item.clip_inputs[key] for item in items])
@@ -253,7 +253,7 @@ class Labeller:
             seconds.update(decode=item.seconds, clip_frozen=e.seconds[frozen_key(cam)])
             if refiner:
                 seconds["sam_encoder"] += e.seconds[id(refiner.predictor)]
-        with self._on(self.image_stream if self.cuda else None):
+        with torch.cuda.stream(self.image_stream) if self.cuda else contextlib.nullcontext():
             self._wait_for(encoded)
             if id(cam) not in shared.cams:
                 with self._stage(None, "skipcam") as spent:
@@ -348,9 +348,6 @@ class Labeller:
             return {key: value for item in items for key, value in self._isolated([item], step, warning, True).items()}
 
     # -- helpers ------------------------------------------------------------------------------------------------
-    def _on(self, stream):
-        return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
-
     def _wait_for(self, encoded: list[EncodedImage]) -> None:
         """On CUDA, make the labelling stream wait for the batch step and keep the batch step's tensors from being
         reused by the caching allocator before the labelling stream's work on them is done."""
