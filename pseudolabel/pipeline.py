@@ -161,10 +161,9 @@ def recover(error: Exception, device: torch.device) -> None:
 
 class Labeller:
     """Labels images under one or more stage-one :class:`Setting` s on one device (see the module). With several
-    (a sweep's rows) every image is decoded once, and what settings share is computed once per labelling step: the
-    CLIP frozen blocks (by :func:`frozen_key`), SAM's image embedding (by predictor), a Skip-CAM's output and the
-    masks of a decoding step another setting already decoded (:class:`~pseudolabel.sam.refine.MaskCache`), so each
-    setting's labels are those of a Labeller of that setting alone (docs/ablations.md#what-is-shared).
+    (a sweep's rows) every image is decoded once, and what settings share (CLIP's frozen blocks by :func:`frozen_key`,
+    SAM's embedding, a Skip-CAM output, decoded masks: docs/ablations.md#what-is-shared) is computed once per labelling
+    step, so each setting's labels are those of a Labeller of that setting alone.
 
     ``seconds``: per setting, the seconds by stage a Labeller of that setting alone would spend. ``timed``: on CUDA,
     wait for the GPU at the end of each stage so that ``seconds`` holds real stage times (for benchmarks; it stops
@@ -204,8 +203,7 @@ class Labeller:
 
     # -- the stages -----------------------------------------------------------------------------------------------
     def prepare(self, sample: Sample) -> PreparedImage:
-        """Decode an image and compute its network inputs on the host (thread-safe); ``ImageReadError`` if the
-        file cannot be used."""
+        """Decode an image and compute its network inputs on the host (thread-safe); ``ImageReadError`` if unusable."""
         start = time.perf_counter()
         image = read_rgb(sample.image_path)
         pixels = torch.from_numpy(image)
