@@ -1,12 +1,10 @@
-"""The stage-one configuration in two parts: the method (:class:`PseudoLabelConfig`: everything a label depends on,
-stored in every shard and compared on resume) and the runtime (:class:`RunConfig`: what to label and how to run; a
-resume with other values goes on). Both are built from the command line once, at the entry point; below it functions
-take these typed configs."""
+"""The stage-one configuration in two parts, both built once from the command line at the entry point: the method
+(:class:`PseudoLabelConfig`: everything a label depends on, stored in every shard and compared on resume) and the
+runtime (:class:`RunConfig`: what to label and how to run; a resume with other values goes on)."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from pseudolabel.cam.skipcam import SkipCAMConfig
@@ -96,4 +94,4 @@ class RunConfig:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RunConfig":
         """The run options of a parsed gen_pseudo (or ablate) command line."""
-        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})

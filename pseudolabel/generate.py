@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
 import contextlib
 import functools
 import json
@@ -18,7 +17,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
@@ -77,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 DATASET_CHOICES = ("voc", "coco", "custom", "demo")
-METHOD_CONFIGS = (SkipCAMConfig, SAMRefineConfig, LabellerConfig)   # the dataclasses whose fields are stage one's method options
+METHOD_CONFIGS = (SkipCAMConfig, SAMRefineConfig, LabellerConfig)   # the configs whose fields are the method options
 
 
 def add_run_options(group) -> None:
@@ -120,9 +119,8 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     choices this project reconstructed (each documented in docs/method.md), in groups of their own."""
     groups = {"paper": parser.add_argument_group("the paper's settings (docs/method.md)"),
               "models": parser.add_argument_group("models, weights and seeds"),
-              None: parser.add_argument_group(
-                  "reconstructed open choices, the paper's readings by default "
-                  "(docs/method.md#open-choices-and-their-flags)")}
+              None: parser.add_argument_group("reconstructed open choices, the paper's readings by default "
+                                              "(docs/method.md#open-choices-and-their-flags)")}
     for config in (SkipCAMConfig, SAMRefineConfig):
         add_dataclass_options(parser, config, groups=groups)
     add_dataclass_options(parser, LabellerConfig, "labeller (CEP, or SAM 3 from the tags)")
@@ -155,24 +153,20 @@ def demo_weights(cfg: PseudoLabelConfig) -> list[str]:
     return notes
 
 
-def load_dataset(run: RunConfig, name: str, split: str) -> WeakDataset:
-    """The dataset ``name`` (the demo's photos, a custom folder, VOC or COCO) as ``run`` locates it."""
-    if name == "demo":
+def logged_dataset(run: RunConfig, split: str, log: RunLog) -> WeakDataset:
+    """The dataset of ``run`` (the demo's photos, a custom folder, VOC or COCO), summarised in ``log``."""
+    if run.dataset == "demo":
         if not (DEMO_DIR / "tags.json").is_file():
             raise FileNotFoundError(f"the demo photos are not in '{DEMO_DIR}': they come with the source checkout "
                                     "(data/demo); run the demo from the checkout (tools/gen_pseudo.sh demo) or from a "
                                     "folder holding data/demo")
-        return build_dataset("custom", DEMO_DIR / "images", split, labels=DEMO_DIR / "tags.json",
-                             classes=get_class_set("voc"), name="demo")
-    if name == "custom":
-        return build_dataset("custom", run.images or run.data_root, split, labels=run.labels, classes=run.classes)
-    options = {"label_source": run.label_source} if name == "voc" else {}
-    return build_dataset(name, run.data_root, split, **options)
-
-
-def logged_dataset(run: RunConfig, split: str, log: RunLog) -> WeakDataset:
-    """The dataset of ``run`` (:func:`load_dataset`), summarised in ``log``."""
-    dataset = load_dataset(run, run.dataset, split)
+        dataset = build_dataset("custom", DEMO_DIR / "images", split, labels=DEMO_DIR / "tags.json",
+                                classes=get_class_set("voc"), name="demo")
+    elif run.dataset == "custom":
+        dataset = build_dataset("custom", run.images or run.data_root, split, labels=run.labels, classes=run.classes)
+    else:
+        options = {"label_source": run.label_source} if run.dataset == "voc" else {}
+        dataset = build_dataset(run.dataset, run.data_root, split, **options)
     log.detail("dataset", {"name": dataset.name, "split": split, "root": dataset.root, "images": len(dataset),
                            "left out": dataset.problems})
     return dataset
@@ -207,17 +201,11 @@ def barrier(world: int) -> None:
                                "command to resume") from None
 
 
-def resolve_device(device: str, local_rank: int) -> str:
-    """``--device``: ``auto`` is this rank's GPU when there is one, else the CPU; ``cuda`` is this rank's GPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return f"cuda:{local_rank}" if device == "cuda" else device
-
-
 def device_and_precision(run: RunConfig, local_rank: int) -> tuple[str, str]:
-    """This rank's device (:func:`resolve_device`; a GPU is made the current one) and the precision it computes in
-    (``--precision``; logged when the device changes it)."""
-    device = resolve_device(run.device, local_rank)
+    """This rank's device (``--device``: ``auto`` and ``cuda`` are this rank's GPU, made the current one; ``auto`` is
+    the CPU without one) and the precision it computes in (``--precision``; logged when the device changes it)."""
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if run.device == "auto" else run.device
+    device = f"cuda:{local_rank}" if device == "cuda" else device
     if torch.device(device).type == "cuda":
         torch.cuda.set_device(torch.device(device))
     precision, note = effective_precision(run.precision, device)
@@ -267,15 +255,6 @@ def weights_of(cam: SkipCAM, refiner: SAMRefiner | None) -> tuple[dict, bool]:
     return weights, any(w and w.get("kind") == "random" for w in weights.values())
 
 
-def shard_attributes(cfg: PseudoLabelConfig, dataset: WeakDataset, weights: dict, random_weights: bool,
-                     with_image_dir: bool) -> dict:
-    """The run's root attributes of every shard (names and encodings: ``pseudolabel/storage/format.py``)."""
-    image_dir = {"image_dir": str(Path(dataset.root).resolve())} if with_image_dir else {}
-    return {"dataset": dataset.name, "split": cfg.split, "config": cfg.to_dict(), "weights": weights, **image_dir,
-            "random_weights": random_weights,
-            "versions": {p: version(p) for p in ("torch", "open_clip_torch", "segment-anything", "h5py", "numpy")}}
-
-
 def open_store(run: RunConfig, out: Path, rank: int, world: int, class_set: ClassSet, attrs: dict,
                config: dict) -> RunStore:
     """This rank's output store, ready to write: writable, emptied on ``--overwrite``, holding no labels of another
@@ -286,10 +265,8 @@ def open_store(run: RunConfig, out: Path, rank: int, world: int, class_set: Clas
         store.clear()
     barrier(world)
     store.check_config(config, run.overwrite)
-    if rank == 0:
-        recovered = store.recover()
-        if recovered:
-            LOG.info("packed %d image(s) finished by an interrupted run", recovered)
+    if rank == 0 and (recovered := store.recover()):
+        LOG.info("packed %d image(s) finished by an interrupted run", recovered)
     barrier(world)
     return store
 
@@ -346,7 +323,7 @@ class StageOneRun:
         device, precision = device_and_precision(run, local_rank)
         cfg = method.config("voc" if run.dataset == "demo" else run.dataset, split, precision)
         log.detail("configuration", cfg.to_dict())
-        log.detail("run", {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(run).items()})
+        log.detail("run", {k: str(v) if isinstance(v, Path) else v for k, v in asdict(run).items()})
         notes = demo_weights(cfg) if run.dataset == "demo" else []
         dataset = logged_dataset(run, split, log)
         out = output_dir(run, split)
@@ -364,9 +341,8 @@ class StageOneRun:
                            level=logging.WARNING)
             stage_one = cls.with_models(run, cfg, dataset, cam, refiner, out, device, log, locks)
             log.detail("environment", {"device": device, "precision": precision, "compiled encoders": run.compile,
-                                       "batch size": stage_one.batch_size,
-                                       "workers": stage_one.workers, "world size": world,
-                                       "torch threads": torch.get_num_threads(),
+                                       "batch size": stage_one.batch_size, "workers": stage_one.workers,
+                                       "world size": world, "torch threads": torch.get_num_threads(),
                                        "versions": stage_one.store.attrs["versions"]})
             LOG.info("%s; rank %d/%d: %d images to label (%d already done%s) -> %s; %s, %s, batches of %d",
                      dataset.describe(), rank, world, len(stage_one.todo), stage_one.already_done,
@@ -376,15 +352,17 @@ class StageOneRun:
 
     @classmethod
     def with_models(cls, run: RunConfig, cfg: PseudoLabelConfig, dataset: WeakDataset, cam: SkipCAM,
-              refiner: SAMRefiner | None, out: Path, device: str, log: RunLog,
-              locks: contextlib.ExitStack) -> "StageOneRun":
-        """A run of ``cfg`` on loaded models into ``out``, whose locks (:func:`lock_output`) ``locks`` holds and the
-        run takes over: the output store opened (:func:`open_store`, compared with the run's identity) and the images
-        of this rank's share it still has to label (those an earlier run failed on last)."""
+                    refiner: SAMRefiner | None, out: Path, device: str, log: RunLog, locks: contextlib.ExitStack
+                    ) -> "StageOneRun":
+        """A run of ``cfg`` on loaded models into ``out`` (its locks, :func:`lock_output`, taken over from ``locks``):
+        the store opened (:func:`open_store`) and this rank's images still to label (earlier failures last)."""
         rank, world, _ = distributed()
         weights, random_weights = weights_of(cam, refiner)
-        attrs = shard_attributes(cfg, dataset, weights, random_weights,
-                                 with_image_dir=run.dataset in ("custom", "demo"))
+        # every shard's root attributes (names and encodings: pseudolabel/storage/format.py)
+        image_dir = {"image_dir": str(Path(dataset.root).resolve())} if run.dataset in ("custom", "demo") else {}
+        attrs = {"dataset": dataset.name, "split": cfg.split, "config": cfg.to_dict(), "weights": weights, **image_dir,
+                 "random_weights": random_weights,
+                 "versions": {p: version(p) for p in ("torch", "open_clip_torch", "segment-anything", "h5py", "numpy")}}
         # what a rerun compares before resuming: the configuration, the weights and the class set
         identity = run_identity(cfg.to_dict(), weights, dataset.class_set.to_json())
         store = open_store(run, out, rank, world, dataset.class_set, attrs, identity)
@@ -396,11 +374,10 @@ class StageOneRun:
         retries = {s.image_id: failed_before[s.image_id] for s in todo if s.image_id in failed_before}
         # images that failed before go last and alone (batch size 1): a known bad image never holds up a batch
         todo = [s for s in todo if s.image_id not in retries] + [s for s in todo if s.image_id in retries]
-        return cls(run=run, cfg=cfg, dataset=dataset, cam=cam, refiner=refiner, store=store, device=device,
-                   rank=rank, world=world, random_weights=random_weights, log=log, todo=todo,
-                   already_done=len(mine) - len(todo),
-                   failures=[dict(p, stage="dataset") for p in dataset.problems] if rank == 0 else [],
-                   retries=retries, batch_size=run.batch_size or default_batch_size(torch.device(device)),
+        return cls(run=run, cfg=cfg, dataset=dataset, cam=cam, refiner=refiner, store=store, device=device, rank=rank,
+                   world=world, random_weights=random_weights, log=log, todo=todo, already_done=len(mine) - len(todo),
+                   failures=[dict(p, stage="dataset") for p in dataset.problems] if rank == 0 else [], retries=retries,
+                   batch_size=run.batch_size or default_batch_size(torch.device(device)),
                    workers=run.workers or default_workers(torch.device(device)), locks=locks.pop_all())
 
     def label_images(self) -> None:
@@ -419,8 +396,7 @@ class StageOneRun:
         LOG.warning("skipped %s: %s", failure.sample.image_id, failure.reason)
         entry = {"image_id": failure.sample.image_id, "path": failure.path, "reason": failure.reason,
                  "stage": failure.stage, "attempts": 1}
-        earlier = self.retries.get(failure.sample.image_id)
-        if earlier:
+        if earlier := self.retries.get(failure.sample.image_id):
             entry["attempts"] = int(earlier.get("attempts", 1)) + 1
             if earlier.get("reason") != failure.reason:
                 entry["earlier_reason"] = earlier.get("reason")
@@ -439,8 +415,7 @@ class StageOneRun:
                 "random_weights": self.random_weights}
 
     def finish(self) -> dict:
-        """Pack what is staged, write this rank's failures and summary, the manifest (rank 0, once every rank is
-        done) and print the totals. Returns the summary."""
+        """:meth:`close`, then print the totals (rank 0: the manifest's too). Returns the summary."""
         summary, manifest = self.close(time.perf_counter() - self.start)
         if manifest is not None:
             damaged = manifest["damaged"] and f", {len(manifest['damaged'])} damaged shard(s) set aside in damaged/"
@@ -478,10 +453,9 @@ class StageOneRun:
 
 def label_runs(runs: list[StageOneRun], labeller, progress_hook: Callable[[int], None] | None = None) -> None:
     """The labelling loop of one or more runs on one rank (a sweep's rows; ``labeller``'s settings are the runs', in
-    order: :class:`pseudolabel.pipeline.Labeller`): the images some run still needs, in batches, decoded ahead in
-    threads, each finished image staged in its run's store by a background thread; an image that cannot be read or
-    labelled becomes that run's failure and the loop goes on. Images that failed in an earlier run are tried once
-    more, one at a time, at the end. ``progress_hook`` is called with the number of images done."""
+    order): the images some run still needs through ``labeller.label_all``, each finished image staged in its run's
+    store by a background writer, a failure recorded in its run; the images an earlier run failed on go last, one at
+    a time. ``progress_hook`` is called with the number of images done."""
     todo = [{s.image_id for s in run.todo} for run in runs]
     images = list({s.image_id: s for run in runs for s in run.todo}.values())
     retried = {image_id for run in runs for image_id in run.retries}

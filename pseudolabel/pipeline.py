@@ -1,26 +1,11 @@
 """Stage one's labelling pipeline over a list of images: decoding and preprocessing ahead in threads, the networks on
 batches, every image's failure isolated, finished images staged by a background thread.
 
-The stages and their products (each reusable, docs/design.md):
-decoded image -> :meth:`Labeller.prepare` (CLIP input, SAM input, on the host; pinned on CUDA)
--> :meth:`Labeller.encode`, per batch (CLIP's frozen blocks, :class:`~pseudolabel.cam.skipcam.FrozenFeatures`, and
-SAM's image encoder, :class:`~pseudolabel.sam.refine.ImageEmbedding`)
--> :meth:`Labeller.label_batch` (Skip-CAM maps, Y0, SAM prompts, masks, filter and merge of all images of the batch
-together: :meth:`~pseudolabel.cam.skipcam.SkipCAM.label_batch`, :meth:`~pseudolabel.sam.refine.SAMRefiner.refine_batch`;
-one path for one image or many, on every device) -> a :class:`~pseudolabel.storage.shards.LabelRecord`.
-
-On a GPU the encoders (large kernels, no waiting for the host) run on a low-priority CUDA stream one batch ahead of
-the labelling step on a high-priority stream, which waits for the host twice per batch (OpenCV's contours for CAA's
-boxes, the labels at the grid points for SAM's prompts): meanwhile the GPU has the next batch's encoders to run. The
-labels come back to the host by asynchronous copies into page-locked memory, which the shard writer's thread waits
-for (:class:`PendingRecord`), so the loop goes on to the next batch at once. Every device runs the same steps;
-on a CPU each image goes through them alone (the default batch size is 1 there, and a larger one changes no label
-or map: batching gains nothing on a CPU), on a GPU a batch's images together.
-
-A labeller runs one stage-one setting (``tools/gen_pseudo.sh``) or several (a sweep's rows, ``tools/ablate.sh``)
-through these same steps: each setting's labelling step is its own, and what settings share (frozen features, SAM
-embeddings, Skip-CAM outputs, decoded masks) is computed once (:class:`Labeller`), so a setting's labels do not depend
-on the other settings.
+The steps, one path for one image or many on every device: :meth:`Labeller.prepare` (host inputs) ->
+:meth:`Labeller.encode` (per batch: CLIP's frozen blocks, SAM's image encoder) -> :meth:`Labeller.label_batch`
+(Skip-CAM, Y0, SAM refinement) -> a :class:`PendingRecord` (docs/design.md; the CUDA streams and copies:
+docs/stage_one.md#stage-one-on-a-gpu). A labeller runs one setting (``tools/gen_pseudo.sh``) or several (a sweep's
+rows, ``tools/ablate.sh``), each setting's labelling step its own and what settings share computed once.
 
 A batch whose batched step fails (out of memory included) is retried image by image; an image that fails alone
 becomes an :class:`ImageFailure` and the run goes on (for each setting on its own). KeyboardInterrupt is never caught.
@@ -30,6 +15,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import itertools
 import logging
 import os
 import queue
@@ -60,8 +46,7 @@ BATCHED_MAX_PIXELS = 1 << 20  # larger images are labelled one by one (a canvas 
 
 
 def default_batch_size(device: torch.device) -> int:
-    """``--batch-size`` when not given: 1 on a CPU (batching gains nothing there), ``DEFAULT_CUDA_BATCH_SIZE`` on
-    a GPU."""
+    """``--batch-size`` when not given: 1 on a CPU (batching gains nothing), ``DEFAULT_CUDA_BATCH_SIZE`` on a GPU."""
     return DEFAULT_CUDA_BATCH_SIZE if device.type == "cuda" else 1
 
 
@@ -86,8 +71,8 @@ def frozen_key(cam: SkipCAM) -> tuple:
 
 @dataclass
 class PreparedImage:
-    """A decoded image and its network inputs, on the host (pinned on CUDA): one CLIP input per
-    :func:`frozen_key` and one SAM input per SAM predictor of the labeller's settings."""
+    """A decoded image and its network inputs on the host (pinned on CUDA): CLIP's per :func:`frozen_key`, SAM's per
+    predictor of the labeller's settings."""
 
     sample: Sample
     image: np.ndarray                   # (H, W, 3) uint8
@@ -136,14 +121,10 @@ class PendingRecord:
         refined, initial = (np.ascontiguousarray(crop(self.download.get(k)[self.index], self.size)) for k in (0, 1))
         loc_maps = self.download.get(2)[self.maps].reshape(len(self.class_ids), *self.grid)
         accepted = self.download.get(3)[self.index, :len(self.class_ids)] if self.prompts is not None else None
-        return _record(self.sample, self.size, self.class_ids, refined, initial, loc_maps, self.prompts, accepted)
-
-
-def _record(sample: Sample, size, class_ids, refined, initial, loc_maps, prompts, accepted) -> LabelRecord:
-    """The shard record of a labelled image, with its per-class statistics."""
-    stats = ClassStats.measure(sample.class_ids, initial, refined, prompts, accepted)
-    return LabelRecord(image_id=sample.image_id, refined=refined, initial=initial, loc_maps_lowres=loc_maps,
-                       loc_class_ids=class_ids, class_ids=sample.class_ids, size=tuple(size), class_stats=stats)
+        stats = ClassStats.measure(self.sample.class_ids, initial, refined, self.prompts, accepted)
+        return LabelRecord(image_id=self.sample.image_id, refined=refined, initial=initial, loc_maps_lowres=loc_maps,
+                           loc_class_ids=self.class_ids, class_ids=self.sample.class_ids, size=tuple(self.size),
+                           class_stats=stats)
 
 
 @dataclass
@@ -171,8 +152,7 @@ def is_fatal(error: BaseException) -> bool:
 
 
 def recover(error: Exception, device: torch.device) -> None:
-    """After an image failed: re-raise what no later image survives; after running out of GPU memory, free the cached
-    blocks."""
+    """After an image failed: re-raise what no later image survives; after running out of GPU memory, free the cache."""
     if is_fatal(error):
         raise error
     if device.type == "cuda" and isinstance(error, torch.cuda.OutOfMemoryError):
@@ -181,16 +161,13 @@ def recover(error: Exception, device: torch.device) -> None:
 
 class Labeller:
     """Labels images under one or more stage-one :class:`Setting` s on one device (see the module). With several
-    (a sweep's rows) every image is decoded once, and each product settings share is computed once per labelling
-    step and used by every setting that shares it: the CLIP frozen blocks (by :func:`frozen_key`), SAM's image
-    embedding (by predictor), a Skip-CAM's output (by SkipCAM) and the masks of a decoding step whose images and
-    points another setting already decoded (:class:`~pseudolabel.sam.refine.MaskCache`). Each setting's step is its
-    own otherwise, so its labels are those of a Labeller of that setting alone over the same images and batches.
+    (a sweep's rows) every image is decoded once, and what settings share (CLIP's frozen blocks by :func:`frozen_key`,
+    SAM's embedding, a Skip-CAM output, decoded masks: docs/ablations.md#what-is-shared) is computed once per labelling
+    step, so each setting's labels are those of a Labeller of that setting alone.
 
-    ``seconds`` holds, per setting, the seconds by stage a Labeller of that setting alone would spend: a shared
-    product's time counts in every setting that uses it.
-    ``timed``: on CUDA, wait for the GPU at the end of each stage so that ``seconds`` holds real stage times (for
-    benchmarks; it stops the stages from overlapping). Without it, on a GPU the stage times are host times.
+    ``seconds``: per setting, the seconds by stage a Labeller of that setting alone would spend. ``timed``: on CUDA,
+    wait for the GPU at the end of each stage so that ``seconds`` holds real stage times (for benchmarks; it stops
+    the stages from overlapping); without it, on a GPU the stage times are host times.
     """
 
     def __init__(self, settings: list[Setting], device: str | torch.device, timed: bool = False):
@@ -210,8 +187,7 @@ class Labeller:
             self.image_stream = torch.cuda.Stream(self.device, priority=-1)
 
     def sharing_plan(self, names: list[str]) -> list[str]:
-        """One line per setting (named by ``names``): which products it computes and which it takes from an earlier
-        one."""
+        """One line per setting (named by ``names``): what it computes and what it reuses from an earlier one."""
         first: dict[tuple, str] = {}
         lines = []
         for name, setting in zip(names, self.settings):
@@ -227,8 +203,7 @@ class Labeller:
 
     # -- the stages -----------------------------------------------------------------------------------------------
     def prepare(self, sample: Sample) -> PreparedImage:
-        """Decode an image and compute its network inputs on the host (thread-safe); ``ImageReadError`` if the
-        file cannot be used."""
+        """Decode an image and compute its network inputs on the host (thread-safe); ``ImageReadError`` if unusable."""
         start = time.perf_counter()
         image = read_rgb(sample.image_path)
         pixels = torch.from_numpy(image)
@@ -244,7 +219,7 @@ class Labeller:
         """The batch step: CLIP's frozen blocks of each frozen key (images of one CAM input size together) and each
         SAM predictor's image encoder for all images at once (on a CPU, image by image)."""
         frozen, embeddings, seconds = [{} for _ in items], [{} for _ in items], [{} for _ in items]
-        with self._on(self.batch_stream if self.cuda else None):
+        with torch.cuda.stream(self.batch_stream) if self.cuda else contextlib.nullcontext():
             for key, cam in self.frozen_by.items():
                 with self._stage(None, "clip_frozen") as spent:
                     features = cam.frozen([item.clip_inputs[key] for item in items])
@@ -267,16 +242,16 @@ class Labeller:
                     shared: SharedWork | None = None) -> list[PendingRecord]:
         """The labelling step of setting ``index`` on several images together: Skip-CAM
         (:meth:`~pseudolabel.cam.skipcam.SkipCAM.label_batch`, or its output in ``shared``, what the settings of this
-        step share) and SAM refinement
-        (:meth:`~pseudolabel.sam.refine.SAMRefiner.refine_batch`) of all of them, then their labels, Y0,
-        localization maps and accepted-mask counts copied to the host in four asynchronous copies."""
-        setting, seconds, shared = self.settings[index], self.seconds[index], shared or SharedWork(False)
-        cam, refiner = setting.cam, setting.refiner
+        step share) and SAM refinement (:meth:`~pseudolabel.sam.refine.SAMRefiner.refine_batch`) of all of them,
+        then their labels, Y0, localization maps and accepted-mask counts copied to the host in four asynchronous
+        copies."""
+        cam, refiner = self.settings[index].cam, self.settings[index].refiner
+        seconds, shared = self.seconds[index], shared or SharedWork(False)
         for item, e in zip(items, encoded):
             seconds.update(decode=item.seconds, clip_frozen=e.seconds[frozen_key(cam)])
             if refiner:
                 seconds["sam_encoder"] += e.seconds[id(refiner.predictor)]
-        with self._on(self.image_stream if self.cuda else None):
+        with torch.cuda.stream(self.image_stream) if self.cuda else contextlib.nullcontext():
             self._wait_for(encoded)
             if id(cam) not in shared.cams:
                 with self._stage(None, "skipcam") as spent:
@@ -305,8 +280,8 @@ class Labeller:
 
     # -- the loop -------------------------------------------------------------------------------------------------
     def label_all(self, samples: list[Sample], batch_size: int, workers: int, deferred: bool = False,
-                  wanted: list[set[str]] | None = None) -> Iterator[list[LabelRecord | PendingRecord | ImageFailure
-                                                                          | None]]:
+                  wanted: list[set[str]] | None = None
+                  ) -> Iterator[list[LabelRecord | PendingRecord | ImageFailure | None]]:
         """Every sample's results in order, one per setting: its record or failure, None where ``wanted`` (the
         image ids each setting labels; default all) leaves the setting out. Batch ``n + 1``'s batch step is queued
         before batch ``n``'s labelling step (see the module). ``deferred``: a batch-labelled image comes as a
@@ -317,7 +292,8 @@ class Labeller:
         try:
             for batch in batches(prepared, max(1, batch_size)):
                 ready = [item for item in batch if isinstance(item, PreparedImage)]
-                encoded = self._encode_isolated(ready)
+                encoded = self._isolated(ready, lambda some, retry: self.encode(some),
+                                         "a batch of %d images failed (%s); labelling them one by one")
                 if pending is not None:
                     yield from self._label_batch(*pending, wanted, deferred)
                 pending = (batch, encoded)
@@ -326,75 +302,50 @@ class Labeller:
         finally:
             prepared.close()  # stops the decoding threads now, also when leaving by an exception (Ctrl-C)
 
-    def _encode_isolated(self, items: list[PreparedImage]) -> dict[int, EncodedImage | ImageFailure]:
-        """:meth:`encode` of the batch; if it fails, of each image alone. Keyed by ``id(item)``."""
-        if not items:
-            return {}
-        try:
-            return {id(item): enc for item, enc in zip(items, self.encode(items))}
-        except Exception as error:  # noqa: BLE001 - any per-image error: recorded, the run goes on
-            self._recover(error)
-            if len(items) == 1:
-                return {id(items[0]): self._failure(items[0], error)}
-            LOG.warning("a batch of %d images failed (%s); labelling them one by one", len(items),
-                        failure_reason(error))
-            del error
-            return {key: value for item in items for key, value in self._encode_isolated([item]).items()}
-
     def _label_batch(self, batch: list, encoded: dict, wanted: list[set[str] | None], deferred: bool
                      ) -> Iterator[list]:
         """The labelling steps of a batch, setting by setting: on a GPU its images together (:meth:`label_batch`),
         but an image larger than :data:`BATCHED_MAX_PIXELS` alone; on a CPU each image alone (the same step on one
         image). The settings of one step share a :class:`SharedWork`."""
-        ready = [item for item in batch if isinstance(item, PreparedImage) and isinstance(encoded[id(item)],
-                                                                                          EncodedImage)]
+        ready = [item for item in batch if isinstance(encoded.get(id(item)), EncodedImage)]
         fits = [item.image.shape[0] * item.image.shape[1] <= BATCHED_MAX_PIXELS for item in ready]
         small = [item for item, f in zip(ready, fits) if f]
         steps = [small] + [[item] for item, f in zip(ready, fits) if not f] if self.together and len(small) > 1 \
             else [[item] for item in ready]
-        results = {}
+        results = [{} for _ in self.settings]   # per setting, by id(item)
         for step in steps:
             shared = SharedWork(len(self.settings) > 1)
             for index, ids in enumerate(wanted):
                 if items := [item for item in step if ids is None or item.sample.image_id in ids]:
-                    results.update(self._label_isolated(index, items, encoded, shared))
-        for item in batch:
-            out = []
-            for index, ids in enumerate(wanted):
-                if ids is not None and item.sample.image_id not in ids:
-                    result = None
-                else:
-                    result = item if isinstance(item, ImageFailure) else results.get((index, id(item)),
-                                                                                       encoded[id(item)])
-                out.append(result.result() if isinstance(result, PendingRecord) and not deferred else result)
-            yield out
+                    def label(some, retry, index=index, shared=shared):  # a retry shares nothing
+                        return self.label_batch(some, [encoded[id(item)] for item in some], index,
+                                                SharedWork(False) if retry else shared)
+                    results[index].update(self._isolated(
+                        items, label, "labelling %d images together failed (%s); labelling them one by one"))
+        for item in batch:  # per setting: None where not wanted, the failure of an unread image, else its result
+            out = [None if ids is not None and item.sample.image_id not in ids
+                   else item if isinstance(item, ImageFailure) else results[index].get(id(item), encoded[id(item)])
+                   for index, ids in enumerate(wanted)]
+            yield [r.result() if isinstance(r, PendingRecord) and not deferred else r for r in out]
 
-    def _label_isolated(self, index: int, items: list[PreparedImage], encoded: dict, shared: SharedWork) -> dict:
-        """Setting ``index``'s :meth:`label_batch` of ``items``; if it fails, of each image alone; an image that
-        fails alone becomes an :class:`ImageFailure`. Keyed by ``(index, id(item))``."""
+    def _isolated(self, items: list[PreparedImage], step: Callable[[list[PreparedImage], bool], list], warning: str,
+                  retry: bool = False) -> dict:
+        """``step(items, retry)`` keyed by ``id(item)``; if it fails, ``step([item], True)`` of each image alone
+        (``warning`` logged); an image that fails alone becomes an :class:`ImageFailure`."""
+        if not items:
+            return {}
         try:
-            return {(index, id(item)): pending for item, pending in
-                    zip(items, self.label_batch(items, [encoded[id(item)] for item in items], index, shared))}
+            return dict(zip(map(id, items), step(items, retry)))
         except Exception as error:  # noqa: BLE001 - any per-image error: recorded, the run goes on
-            self._recover(error)
+            recover(error, self.device)
             if len(items) == 1:
-                return {(index, id(items[0])): self._failure(items[0], error)}
-            LOG.warning("labelling %d images together failed (%s); labelling them one by one", len(items),
-                        failure_reason(error))
+                return {id(items[0]): ImageFailure(items[0].sample, str(items[0].sample.image_path),
+                                                   failure_reason(error), "label")}
+            LOG.warning(warning, len(items), failure_reason(error))
             del error
-            return {key: value for item in items
-                    for key, value in self._label_isolated(index, [item], encoded, SharedWork(False)).items()}
-
-    def _failure(self, item: PreparedImage, error: Exception) -> ImageFailure:
-        return ImageFailure(item.sample, str(item.sample.image_path), failure_reason(error), "label")
-
-    def _recover(self, error: Exception) -> None:
-        recover(error, self.device)
+            return {key: value for item in items for key, value in self._isolated([item], step, warning, True).items()}
 
     # -- helpers ------------------------------------------------------------------------------------------------
-    def _on(self, stream):
-        return torch.cuda.stream(stream) if stream is not None else _NoStream()
-
     def _wait_for(self, encoded: list[EncodedImage]) -> None:
         """On CUDA, make the labelling stream wait for the batch step and keep the batch step's tensors from being
         reused by the caching allocator before the labelling stream's work on them is done."""
@@ -421,14 +372,6 @@ class Labeller:
             seconds[stage] += spent[0]
 
 
-class _NoStream:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 def prepared_ahead(samples: list[Sample], prepare: Callable[[Sample], T], workers: int) -> Iterator[T | ImageFailure]:
     """``prepare(sample)`` of every sample, in order, computed ahead in ``workers`` threads; a sample whose image
     cannot be read (``ImageReadError``) gives an :class:`ImageFailure`."""
@@ -441,17 +384,12 @@ def prepared_ahead(samples: list[Sample], prepare: Callable[[Sample], T], worker
     workers = max(1, workers)
     pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="prepare")
     try:
-        ahead = collections.deque()
         iterator = iter(samples)
-        for sample in iterator:
-            ahead.append(pool.submit(attempt, sample))
-            if len(ahead) >= 2 * workers:
-                break
+        ahead = collections.deque(pool.submit(attempt, sample) for sample in itertools.islice(iterator, 2 * workers))
         while ahead:
             item = ahead.popleft().result()
-            nxt = next(iterator, None)
-            if nxt is not None:
-                ahead.append(pool.submit(attempt, nxt))
+            if (sample := next(iterator, None)) is not None:
+                ahead.append(pool.submit(attempt, sample))
             yield item
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # prompt on Ctrl-C: queued images are not decoded
@@ -459,13 +397,8 @@ def prepared_ahead(samples: list[Sample], prepare: Callable[[Sample], T], worker
 
 def batches(items: Iterable, size: int) -> Iterator[list]:
     """``items`` in lists of ``size`` (the last one shorter)."""
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
         yield batch
 
 
@@ -494,17 +427,13 @@ class BackgroundWriter:
     def put(self, item) -> None:
         while True:
             self._raise()
-            try:
+            with contextlib.suppress(queue.Full):
                 self.queue.put(item, timeout=0.1)
                 return
-            except queue.Full:
-                continue
 
     def close(self) -> None:
         """Write what is queued, stop the thread and raise its error, if any."""
-        self.queue.put(_STOP)
-        self.thread.join()
-        self._raise()
+        self.__exit__(None, None, None)
 
     def _raise(self) -> None:
         if self.error is not None:
@@ -515,11 +444,10 @@ class BackgroundWriter:
         return self
 
     def __exit__(self, kind, value, traceback) -> bool:
-        if kind is None:
-            self.close()
-        else:  # already leaving with an error: write the finished images, keep the first error
-            self.queue.put(_STOP)
-            self.thread.join()
+        self.queue.put(_STOP)
+        self.thread.join()
+        if kind is None:  # leaving with an error: the finished images are written, the first error is kept
+            self._raise()
         return False
 
 
