@@ -19,15 +19,14 @@ from pseudolabel.ablation.sweep import Sweep, SweepBuilder, gen_pseudo_flags, sh
 from pseudolabel.classes import DATA_DIR
 from pseudolabel.cli_options import add_dataclass_options, config_from_options, program_name
 from pseudolabel.compiled import compile_encoders
-from pseudolabel.config import MethodOptions, RunConfig, config_from_args
+from pseudolabel.config import MethodOptions, RunConfig
 from pseudolabel.console import console_logging
 from pseudolabel.datasets import Sample, WeakDataset
 from pseudolabel.evaluation.pipeline import EvaluationConfig
 from pseudolabel.exits import OutputError, guard_write, prepare_output_dir, tool_main
 from pseudolabel.generate import (DATASET_CHOICES, METHOD_CONFIGS, StageOneRun, add_method_options, add_run_options,
-                                  barrier, build_parser as gen_pseudo_parser, demo_weights, device_and_precision,
-                                  distributed, label_runs, lock_output, logged_dataset, random_weights_banner,
-                                  split_of)
+                                  barrier, demo_weights, device_and_precision, distributed, label_runs, lock_output,
+                                  logged_dataset, random_weights_banner, split_of)
 from pseudolabel.model_pool import ModelPool
 from pseudolabel.pipeline import STAGES, Labeller
 from pseudolabel.storage.atomic import atomic_write
@@ -88,8 +87,7 @@ def sweep_dir(run: RunConfig) -> Path:
     return run.out or DATA_DIR.parent / "outputs" / name
 
 
-def build_sweep(names: list[str], rows: list[str], run: RunConfig, method: MethodOptions,
-                precision: str = "fp32") -> Sweep:
+def build_sweep(names: list[str], rows: list[str], run: RunConfig, method: MethodOptions, precision: str) -> Sweep:
     """The sweep of the ``--sweep`` files ``names`` and the ``--row`` options ``rows`` over the sweep's own method
     options, every row checked (the demo defaults to ``demo``)."""
     builder = SweepBuilder(method, "voc" if run.dataset == "demo" else run.dataset, split_of(run), precision)
@@ -165,8 +163,7 @@ class SweepRun:
             if run.compile:
                 compile_encoders(settings[-1].cam, settings[-1].refiner)
         out = sweep_dir(run)
-        defaults = config_from_args(gen_pseudo_parser().parse_args([run.dataset]),
-                                    "voc" if run.dataset == "demo" else run.dataset, split, precision)
+        defaults = MethodOptions({}, {}, {}).config("voc" if run.dataset == "demo" else run.dataset, split, precision)
         about = {"name": sweep.name, "description": sweep.description, "dataset": run.dataset, "split": split,
                  "data_root": str(run.data_root) if run.data_root else None, "limit": run.limit,
                  "gen_pseudo": {row.slug: gen_pseudo_command(run, split, gen_pseudo_flags(row.config, defaults),
@@ -258,7 +255,7 @@ def gen_pseudo_command(run: RunConfig, split: str, flags: list[str], out: Path) 
         words += ["--label-source", run.label_source]
     if run.limit:
         words += ["--limit", str(run.limit)]
-    if run.shard_size != gen_pseudo_parser().get_default("shard_size"):
+    if run.shard_size != RunConfig.shard_size:
         words += ["--shard-size", str(run.shard_size)]  # shards of the same images, byte for byte
     return " ".join(words + flags + ["--out", str(out)])
 

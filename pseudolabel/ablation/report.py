@@ -7,8 +7,8 @@ import csv
 import dataclasses
 import io
 import json
-import logging
 import math
+from collections import Counter
 from contextlib import closing
 from pathlib import Path
 
@@ -27,10 +27,8 @@ from pseudolabel.storage.atomic import atomic_write
 from pseudolabel.storage.format import MANIFEST, REFINED
 from pseudolabel.storage.shards import open_shards
 
-LOG = logging.getLogger("pseudolabel.ablation")
 REPORT_FILES = ("report.md", "report.csv", "report.json")
 TIMING_GLOB = "timing-r*.json"
-NUMERIC_FIELDS = (int, float)
 
 
 def default_gt(gt: str | None, run: RunConfig, dataset: WeakDataset) -> tuple[str | None, str]:
@@ -56,10 +54,9 @@ def row_times(out: Path) -> tuple[dict[str, dict], dict]:
     for path in sorted(out.glob(TIMING_GLOB)):
         ledger = json.loads(path.read_text())
         for slug, entry in ledger["rows"].items():
-            total = rows.setdefault(slug, {"images": 0, "seconds": {}})
+            total = rows.setdefault(slug, {"images": 0, "seconds": Counter()})
             total["images"] += entry["images"]
-            for stage, seconds in entry["seconds"].items():
-                total["seconds"][stage] = total["seconds"].get(stage, 0.0) + seconds
+            total["seconds"].update(entry["seconds"])
         for key in sweep:
             value = ledger["sweep"].get(key, 0)
             sweep[key] = max(sweep[key], value) if key == "runs" else sweep[key] + value
@@ -92,7 +89,7 @@ def swept_field(configs: list[dict]) -> str | None:
         return None
     part, key = differing.pop()
     values = [c[part][key] for c in configs]
-    return f"{part}.{key}" if all(isinstance(v, NUMERIC_FIELDS) and not isinstance(v, bool) for v in values) else None
+    return f"{part}.{key}" if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) else None
 
 
 def evaluate_command(gt: str, data_root: str | None, row: Path, base: Path | None, eval_flags: list[str]) -> str:
@@ -271,9 +268,9 @@ def report_csv(report: dict) -> str:
     return buffer.getvalue()
 
 
-def write_plots(out: Path, report: dict, configs: dict[str, dict]) -> dict[str, str]:
+def write_plots(out: Path, report: dict, row_configs: dict[str, dict]) -> dict[str, str]:
     """``plots/<table>.png`` for each table that sweeps one number: mIoU with its interval (or the agreement without
-    ground truth) and ms/image against it. Returns the relative paths by table."""
+    ground truth) and ms/image against it (``row_configs``: sweep.json's rows). Returns the relative paths by table."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only
@@ -284,7 +281,7 @@ def write_plots(out: Path, report: dict, configs: dict[str, dict]) -> dict[str, 
         if not table["swept"]:
             continue
         part, key = table["swept"].split(".")
-        points = sorted((configs[r["row"]][part][key], r) for r in table["rows"])
+        points = sorted((row_configs[r["row"]][part][key], r) for r in table["rows"])
         x = [p for p, _ in points]
         fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6), sharex=True)
         if evaluated:

@@ -6,7 +6,6 @@ and the config classes' checks, so it is refused exactly where gen_pseudo would 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import re
 import shlex
@@ -95,10 +94,8 @@ class Sweep:
         new_tables = {t["name"]: t for t in mine["tables"]}
         if list(old_tables) != list(new_tables):
             changes.append(f"tables {', '.join(old_tables) or 'none'} -> {', '.join(new_tables)}")
-        for name, table in new_tables.items():
-            if name in old_tables and old_tables[name] != table:
-                changed = [key for key in table if old_tables[name].get(key) != table[key]]
-                changes.append(f"table {name}: other {' and '.join(changed)}")
+        changes += [f"table {name}: other {' and '.join(k for k in table if old_tables[name].get(k) != table[k])}"
+                    for name, table in new_tables.items() if name in old_tables and old_tables[name] != table]
         return changes
 
 
@@ -142,20 +139,18 @@ class SweepBuilder:
         try:
             tokens = shlex.split(flags)
             argv = tokens if tokens and tokens[0].startswith("--") else assignments_to_argv(tokens, METHOD_CONFIGS)
-            given = MethodOptions.from_args(self.parser.parse_args(argv))
-            method = MethodOptions(**{part.name: {**getattr(self.method, part.name), **getattr(given, part.name)}
-                                      for part in dataclasses.fields(MethodOptions)})
+            given = MethodOptions.from_args(self.parser.parse_args(argv))    # the row's options, over the sweep's
+            method = MethodOptions({**self.method.cam, **given.cam}, {**self.method.refine, **given.refine},
+                                   {**self.method.labeller, **given.labeller})
             config = method.config(self.config_dataset, self.split, self.precision)
         except ValueError as error:
             raise SweepError(f"{where}, row '{flags}': {error}") from None
         slug = slug_of(config, self.base)
-        existing = self.rows.get(slug)
-        if existing is not None and existing.config != config:
+        if slug in self.rows and self.rows[slug].config != config:
             slug = f"{slug}-{zlib.crc32(json.dumps(config.to_dict(), sort_keys=True).encode()):08x}"
-            existing = self.rows.get(slug)
-        if existing is None:
-            existing = self.rows[slug] = Row(slug, config, gen_pseudo_flags(config, self.base))
-        return existing
+        if slug not in self.rows:
+            self.rows[slug] = Row(slug, config, gen_pseudo_flags(config, self.base))
+        return self.rows[slug]
 
     def add_table(self, spec: dict, where: str) -> None:
         """Add one table (``{"name", "title", "rows", "baseline"}``) of a sweep file or of ``--row`` options."""
