@@ -8,11 +8,12 @@ import torch
 
 from pseudolabel.ablation.cli import build_parser
 from pseudolabel.ablation.sweep import SweepBuilder, SweepError, shipped_sweeps, sweep_file
+from pseudolabel.config import MethodOptions
 
 
 def builder(dataset="voc", *options) -> SweepBuilder:
     args = build_parser().parse_args([dataset, *options])
-    return SweepBuilder(args, dataset, "train")
+    return SweepBuilder(MethodOptions.from_args(args), dataset, "train")
 
 
 @pytest.mark.parametrize("dataset", ["voc", "coco"])

@@ -1,17 +1,5 @@
 """``tools/ablate.sh`` (``cep-ablate``): a sweep of stage-one settings in one run, each row an ordinary stage-one
-output, then one report (docs/ablations.md).
-
-Layout of ``--out``::
-
-    sweep.json                 the sweep (tables, every row's configuration); a rerun must match it
-    rows/<row>/                each row's shards, config.json, manifest.json and locks: what tools/gen_pseudo.sh
-                               writes
-    timing-r<rank>.json        per row, the stage-one time a standalone run would spend; the sweep's own wall time
-    report.md, report.csv, report.json, plots/<table>.png
-    run.log                    every run of the sweep, appended
-    .lock, .lock-r<rank>       one sweep per folder (``pseudolabel/storage/lock.py``), taken before any model loads
-
-Under torchrun the ranks split the images as gen_pseudo's do; rank 0 writes the manifests and the report.
+output, then one report; what ``--out`` holds, resume, refusals and ranks: docs/ablations.md.
 """
 from __future__ import annotations
 
@@ -31,17 +19,16 @@ from pseudolabel.ablation.sweep import Sweep, SweepBuilder, gen_pseudo_flags, sh
 from pseudolabel.classes import DATA_DIR
 from pseudolabel.cli_options import add_dataclass_options, config_from_options, program_name
 from pseudolabel.compiled import compile_encoders
-from pseudolabel.config import PseudoLabelConfig, RunConfig, config_from_args
+from pseudolabel.config import MethodOptions, RunConfig
 from pseudolabel.console import console_logging
 from pseudolabel.datasets import Sample, WeakDataset
 from pseudolabel.evaluation.pipeline import EvaluationConfig
 from pseudolabel.exits import OutputError, guard_write, prepare_output_dir, tool_main
 from pseudolabel.generate import (DATASET_CHOICES, METHOD_CONFIGS, StageOneRun, add_method_options, add_run_options,
-                                  barrier, build_parser as gen_pseudo_parser, demo_weights, device_and_precision,
-                                  distributed, label_runs, lock_output, logged_dataset, random_weights_banner,
-                                  split_of)
+                                  barrier, demo_weights, device_and_precision, distributed, label_runs, lock_output,
+                                  logged_dataset, random_weights_banner, split_of)
 from pseudolabel.model_pool import ModelPool
-from pseudolabel.pipeline import STAGES, Labeller, Setting
+from pseudolabel.pipeline import STAGES, Labeller
 from pseudolabel.storage.atomic import atomic_write
 from pseudolabel.storage.format import MANIFEST, SHARD_GLOB
 from pseudolabel.storage.lock import OutputLock
@@ -100,14 +87,15 @@ def sweep_dir(run: RunConfig) -> Path:
     return run.out or DATA_DIR.parent / "outputs" / name
 
 
-def build_sweep(args: argparse.Namespace, config_dataset: str, split: str, precision: str = "fp32") -> Sweep:
-    """The sweep of ``--sweep`` files and ``--row`` options, every row checked (the demo defaults to ``demo``)."""
-    builder = SweepBuilder(args, config_dataset, split, precision)
-    names = args.sweep or ([] if args.row or args.dataset != "demo" else ["demo"])
+def build_sweep(names: list[str], rows: list[str], run: RunConfig, method: MethodOptions, precision: str) -> Sweep:
+    """The sweep of the ``--sweep`` files ``names`` and the ``--row`` options ``rows`` over the sweep's own method
+    options, every row checked (the demo defaults to ``demo``)."""
+    builder = SweepBuilder(method, "voc" if run.dataset == "demo" else run.dataset, split_of(run), precision)
+    names = names or ([] if rows or run.dataset != "demo" else ["demo"])
     descriptions = [builder.add_file(sweep_file(name)) for name in names]
-    if args.row:
-        builder.add_table({"name": "rows", "title": "rows given with --row", "rows": args.row}, "--row")
-    return builder.build(" + ".join(names + (["--row"] if args.row else [])), " ".join(d for d in descriptions if d))
+    if rows:
+        builder.add_table({"name": "rows", "title": "rows given with --row", "rows": rows}, "--row")
+    return builder.build(" + ".join(names + (["--row"] if rows else [])), " ".join(d for d in descriptions if d))
 
 
 def refuse_another_sweep(out: Path, sweep: Sweep) -> None:
@@ -145,29 +133,26 @@ class SweepRun:
     :meth:`label_images` labels image by image, :meth:`finish` closes the rows and writes the report. Use it as a
     context manager: leaving it releases the rows' output locks."""
 
-    args: argparse.Namespace            # the sweep's own options (report, evaluation)
-    run: RunConfig                      # what to label and how, for every row
     sweep: Sweep
     out: Path
     rows: list[StageOneRun]             # one per sweep row, same order; their models come from one ModelPool
     labeller: Labeller                  # of the rows' settings, in order
     working: list[bool]                 # whether a row has images left on any rank (closed at the end if so)
     images: list[Sample]                # this rank's images that some row still needs
-    device: str
     rank: int
     world: int
     random_weights: bool
-    log: RunLog
     locks: contextlib.ExitStack         # the rows' output locks
     start: float = field(default_factory=time.perf_counter)
     image_passes: int = 0
 
     @classmethod
-    def setup(cls, args: argparse.Namespace, run: RunConfig, log: RunLog, sweep: Sweep, dataset: WeakDataset,
-              device: str, precision: str) -> "SweepRun":
+    def setup(cls, run: RunConfig, log: RunLog, sweep: Sweep, dataset: WeakDataset, device: str,
+              precision: str) -> "SweepRun":
         """Models and settings of every row (checked before anything is written), the folder, one stage-one run per
-        row (its folder locked and its store opened and recovered as gen_pseudo's are) and this rank's images that
-        some row needs. The caller holds the lock of ``--out``."""
+        row as gen_pseudo would start it with the row's options (its folder locked, its store opened and recovered,
+        or emptied on ``--overwrite``, and the images of this rank it still lacks, those an earlier run failed on
+        included) and this rank's images that some row needs. The caller holds the lock of ``--out``."""
         split = split_of(run)
         rank, world, _ = distributed()
         pool, configs, settings, notes = ModelPool(dataset.class_set, device, run.points_per_batch), [], [], set()
@@ -178,8 +163,7 @@ class SweepRun:
             if run.compile:
                 compile_encoders(settings[-1].cam, settings[-1].refiner)
         out = sweep_dir(run)
-        defaults = config_from_args(gen_pseudo_parser().parse_args([run.dataset]),
-                                    "voc" if run.dataset == "demo" else run.dataset, split, precision)
+        defaults = MethodOptions({}, {}, {}).config("voc" if run.dataset == "demo" else run.dataset, split, precision)
         about = {"name": sweep.name, "description": sweep.description, "dataset": run.dataset, "split": split,
                  "data_root": str(run.data_root) if run.data_root else None, "limit": run.limit,
                  "gen_pseudo": {row.slug: gen_pseudo_command(run, split, gen_pseudo_flags(row.config, defaults),
@@ -189,25 +173,25 @@ class SweepRun:
         with contextlib.ExitStack() as held:
             runs = []
             for row, config, setting in zip(sweep.rows, configs, settings):
-                runs.append(held.enter_context(row_run(run, config, setting, dataset, out / ROWS / row.slug, device,
-                                                       log)))
+                with lock_output(out / ROWS / row.slug, rank) as locks:
+                    runs.append(held.enter_context(StageOneRun.with_models(
+                        run, config, dataset, setting.cam, setting.refiner, out / ROWS / row.slug, device, log, locks)))
             samples = dataset.samples[: run.limit]   # None: all
             every = {s.image_id for s in samples}
-            working = [not every <= run.store.finished() for run in runs]
+            needed = {s.image_id for run in runs for s in run.todo}
             random_any = any(run.random_weights for run in runs)
             if random_any:
                 random_weights_banner(sorted(notes), "The sweep runs", "its labels and numbers are")
-            needed = {s.image_id for run in runs for s in run.todo}
-            images = [s for s in samples[rank::world] if s.image_id in needed]
             labeller = Labeller(settings, device)
             for line in labeller.sharing_plan([row.slug for row in sweep.rows]):
                 LOG.info(line)
+            images = [s for s in samples[rank::world] if s.image_id in needed]
             LOG.info("%s; sweep %s: %d rows in %d tables; rank %d/%d: %d images to label (%d row-images, %d already "
                      "done) -> %s; %s, %s, batches of %d", dataset.describe(), sweep.name, len(sweep.rows),
                      len(sweep.tables), rank, world, len(images), sum(len(r.todo) for r in runs),
                      sum(r.already_done for r in runs), out, device, precision, runs[0].batch_size)
-            return cls(args=args, run=run, sweep=sweep, out=out, rows=runs, labeller=labeller, working=working,
-                       images=images, device=device, rank=rank, world=world, random_weights=random_any, log=log,
+            return cls(sweep=sweep, out=out, rows=runs, labeller=labeller, images=images, rank=rank, world=world,
+                       working=[not every <= run.store.finished() for run in runs], random_weights=random_any,
                        locks=held.pop_all())
 
     def __enter__(self) -> "SweepRun":
@@ -224,9 +208,10 @@ class SweepRun:
         label_runs(self.rows, self.labeller)
         self.image_passes += len(self.images)
 
-    def finish(self) -> dict | None:
+    def finish(self, evaluation: EvaluationConfig, gt: tuple[str | None, str]) -> dict | None:
         """Close the rows that had work (pack, failures, summary, manifest), add this run's times to the ledger and
-        (rank 0) write the report. Returns the report's JSON on rank 0."""
+        (rank 0) write the report (:func:`~pseudolabel.ablation.report.write_report` of ``evaluation`` and ``gt``).
+        Returns the report's JSON on rank 0."""
         for run, working in zip(self.rows, self.working):
             if working:
                 LOG.info("closing row '%s'", run.store.out.name)
@@ -235,7 +220,7 @@ class SweepRun:
         barrier(self.world)
         if self.rank != 0:
             return None
-        report = write_report(self.out, self.args, default_gt(self.args, self.rows[0].dataset))
+        report = write_report(self.out, evaluation, gt)
         print(f"\nsweep done: {len(self.sweep.rows)} rows in {len(self.sweep.tables)} tables -> {self.out}\n"
               f"report: {self.out / 'report.md'} (and report.csv, report.json, plots/)")
         if self.random_weights:
@@ -258,16 +243,6 @@ class SweepRun:
         guard_write(lambda: atomic_write(path, lambda h: h.write(json.dumps(ledger, indent=1).encode())), path)
 
 
-def row_run(run: RunConfig, config: PseudoLabelConfig, setting: Setting, dataset: WeakDataset, out: Path, device: str,
-            log: RunLog) -> StageOneRun:
-    """One row as the stage-one run gen_pseudo would start with the row's options (``run`` and ``config``, on the
-    setting's models) on this rank: ``out`` locked, the
-    store opened (and recovered, or emptied on ``--overwrite``) and the images of this rank it still lacks (those an
-    earlier run failed on are tried again)."""
-    with lock_output(out, rank=distributed()[0]) as locks:
-        return StageOneRun.with_models(run, config, dataset, setting.cam, setting.refiner, out, device, log, locks)
-
-
 def gen_pseudo_command(run: RunConfig, split: str, flags: list[str], out: Path) -> str:
     """The standalone command that writes the same row."""
     words = ["tools/gen_pseudo.sh", run.dataset]
@@ -280,7 +255,7 @@ def gen_pseudo_command(run: RunConfig, split: str, flags: list[str], out: Path) 
         words += ["--label-source", run.label_source]
     if run.limit:
         words += ["--limit", str(run.limit)]
-    if run.shard_size != gen_pseudo_parser().get_default("shard_size"):
+    if run.shard_size != RunConfig.shard_size:
         words += ["--shard-size", str(run.shard_size)]  # shards of the same images, byte for byte
     return " ".join(words + flags + ["--out", str(out)])
 
@@ -309,26 +284,28 @@ def run(argv: list[str] | None = None) -> dict | None:
     model loads."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    for cls in (EvaluationConfig, *METHOD_CONFIGS):   # bounds refused before anything is written
-        config_from_options(args, cls, "eval_" if cls is EvaluationConfig else "", parser)
+    evaluation = config_from_options(args, EvaluationConfig, "eval_", parser)
+    for cls in METHOD_CONFIGS:                      # bounds refused before anything is written
+        config_from_options(args, cls, "", parser)
     run_config = RunConfig.from_args(args)
     console_logging()
     rank, world, local_rank = distributed()
-    out, split = sweep_dir(run_config), split_of(run_config)
+    out = sweep_dir(run_config)
     with RunLog(out, rank, world) as log:
         device, precision = device_and_precision(run_config, local_rank)
-        sweep = build_sweep(args, "voc" if args.dataset == "demo" else args.dataset, split, precision)
-        dataset = logged_dataset(run_config, split, log)
+        sweep = build_sweep(args.sweep, args.row, run_config, MethodOptions.from_args(args), precision)
+        dataset = logged_dataset(run_config, split_of(run_config), log)
+        gt = default_gt(args.gt, run_config, dataset)
         with lock_output(out, rank):
             if not run_config.overwrite:
                 refuse_another_sweep(out, sweep)
             if not run_config.overwrite and finished(out, sweep, dataset.samples[: run_config.limit]):
                 log.attach()
                 LOG.info("every row of sweep %s in %s is finished: rebuilding the report", sweep.name, out)
-                return write_report(out, args, default_gt(args, dataset)) if rank == 0 else None
-            with SweepRun.setup(args, run_config, log, sweep, dataset, device, precision) as sweep_run:
+                return write_report(out, evaluation, gt) if rank == 0 else None
+            with SweepRun.setup(run_config, log, sweep, dataset, device, precision) as sweep_run:
                 sweep_run.label_images()
-                return sweep_run.finish()
+                return sweep_run.finish(evaluation, gt)
 
 
 @tool_main(OutputError, FileNotFoundError, ValueError, RuntimeError)

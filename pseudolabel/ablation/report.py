@@ -1,26 +1,23 @@
-"""The sweep's report: per table and row, mIoU and mBIoU with bootstrap intervals and a paired test against the
-table's baseline (the numbers ``tools/evaluate.py --pred ROW --pred2 BASELINE`` gives), or without ground truth
-each row's agreement with its baseline's labels; stage-one ms/image as a standalone run would spend it; the sweep's
-own wall time. Written as ``report.md``, ``report.csv``, ``report.json`` and ``plots/<table>.png`` from what the
-sweep folder holds, so a rerun of a finished sweep only rebuilds it (docs/ablations.md#reading-the-report).
+"""The sweep's report (``report.md``, ``report.csv``, ``report.json``, ``plots/<table>.png``), built from what the
+sweep folder holds, so a rerun of a finished sweep only rebuilds it; its numbers: docs/ablations.md#reading-the-report.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import io
 import json
-import logging
 import math
+from collections import Counter
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from pseudolabel.ablation.sweep import gen_pseudo_flags
-from pseudolabel.cli_options import config_from_options, options_argv
-from pseudolabel.config import PseudoLabelConfig
+from pseudolabel.cli_options import options_argv
+from pseudolabel.config import PseudoLabelConfig, RunConfig
 from pseudolabel.datasets import WeakDataset
 from pseudolabel.evaluation.pipeline import (CountedSystems, EvaluationConfig, EvaluationError, count_systems,
                                              score_counts)
@@ -30,31 +27,24 @@ from pseudolabel.storage.atomic import atomic_write
 from pseudolabel.storage.format import MANIFEST, REFINED
 from pseudolabel.storage.shards import open_shards
 
-LOG = logging.getLogger("pseudolabel.ablation")
 REPORT_FILES = ("report.md", "report.csv", "report.json")
 TIMING_GLOB = "timing-r*.json"
-NUMERIC_FIELDS = (int, float)
 
 
-def default_gt(args: argparse.Namespace, dataset: WeakDataset) -> tuple[str | None, str]:
-    """The ground truth to score against (``--gt``, else the split's own masks when every image has one) and a note
-    saying which, or why there is none."""
-    if args.gt:
-        return (None, "no evaluation (--gt none)") if args.gt.lower() == "none" else (args.gt, f"--gt {args.gt}")
-    if args.dataset in ("custom", "demo"):
+def default_gt(gt: str | None, run: RunConfig, dataset: WeakDataset) -> tuple[str | None, str]:
+    """The ground truth to score against (``gt``: ``--gt``, else the split's own masks when every image of the run
+    has one) and a note saying which, or why there is none."""
+    if gt:
+        return (None, "no evaluation (--gt none)") if gt.lower() == "none" else (gt, f"--gt {gt}")
+    if run.dataset in ("custom", "demo"):
         return None, "no ground truth given (--gt)"
-    samples = dataset.samples[: args.limit] if args.limit else dataset.samples
-    spec = f"{args.dataset}:{dataset.split}"
-    missing = [] if args.dataset == "coco" else [   # COCO renders its masks from the instance annotations
-        s for s in samples if s.gt_path is None or not Path(s.gt_path).is_file()]
+    spec = f"{run.dataset}:{dataset.split}"
+    missing = [] if run.dataset == "coco" else [   # COCO renders its masks from the instance annotations
+        s for s in dataset.samples[: run.limit] if s.gt_path is None or not Path(s.gt_path).is_file()]
     if missing:
         return None, (f"no ground truth: {len(missing)} image(s) of {spec} have no mask (e.g. {missing[0].image_id}); "
                       "pass --gt")
     return spec, f"the split's own masks ({spec})"
-
-
-def _read(path: Path):
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def row_times(out: Path) -> tuple[dict[str, dict], dict]:
@@ -64,17 +54,16 @@ def row_times(out: Path) -> tuple[dict[str, dict], dict]:
     for path in sorted(out.glob(TIMING_GLOB)):
         ledger = json.loads(path.read_text())
         for slug, entry in ledger["rows"].items():
-            total = rows.setdefault(slug, {"images": 0, "seconds": {}})
+            total = rows.setdefault(slug, {"images": 0, "seconds": Counter()})
             total["images"] += entry["images"]
-            for stage, seconds in entry["seconds"].items():
-                total["seconds"][stage] = total["seconds"].get(stage, 0.0) + seconds
+            total["seconds"].update(entry["seconds"])
         for key in sweep:
-            sweep[key] = max(sweep[key], ledger["sweep"].get(key, 0)) if key == "runs" else \
-                sweep[key] + ledger["sweep"].get(key, 0)
+            value = ledger["sweep"].get(key, 0)
+            sweep[key] = max(sweep[key], value) if key == "runs" else sweep[key] + value
     times = {}
     for slug, total in rows.items():
-        images = max(total["images"], 1)
-        by_stage = {s: round(1000 * total["seconds"][s] / images, 1) for s in STAGES if s in total["seconds"]}
+        by_stage = {s: round(1000 * total["seconds"][s] / max(total["images"], 1), 1) for s in STAGES
+                    if s in total["seconds"]}
         times[slug] = {"images_timed": total["images"], "ms_per_image": round(sum(by_stage.values()), 1),
                        "ms_by_stage": by_stage}
     return times, sweep
@@ -82,15 +71,13 @@ def row_times(out: Path) -> tuple[dict[str, dict], dict]:
 
 def agreement(row_dir: Path, base_dir: Path) -> float | None:
     """Share of pixels (in percent, over the images both have) where a row's labels equal its baseline's."""
-    row, base = open_shards(row_dir), open_shards(base_dir)
     equal = total = 0
-    for image_id in row:
-        if image_id in base:
-            a, b = row.read_label(image_id), base.read_label(image_id)
-            equal += int(np.count_nonzero(a == b))
-            total += a.size
-    row.close()
-    base.close()
+    with closing(open_shards(row_dir)) as row, closing(open_shards(base_dir)) as base:
+        for image_id in row:
+            if image_id in base:
+                a, b = row.read_label(image_id), base.read_label(image_id)
+                equal += int(np.count_nonzero(a == b))
+                total += a.size
     return 100.0 * equal / total if total else None
 
 
@@ -102,7 +89,7 @@ def swept_field(configs: list[dict]) -> str | None:
         return None
     part, key = differing.pop()
     values = [c[part][key] for c in configs]
-    return f"{part}.{key}" if all(isinstance(v, NUMERIC_FIELDS) and not isinstance(v, bool) for v in values) else None
+    return f"{part}.{key}" if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) else None
 
 
 def evaluate_command(gt: str, data_root: str | None, row: Path, base: Path | None, eval_flags: list[str]) -> str:
@@ -112,66 +99,49 @@ def evaluate_command(gt: str, data_root: str | None, row: Path, base: Path | Non
     return " ".join(words + eval_flags)
 
 
-class RowScores:
-    """Counts of every row against the ground truth, each counted once; the paired results per table row."""
-
-    def __init__(self, gt_source, out: Path, slugs: list[str], config: EvaluationConfig):
-        self.config = config
-        self.counted: dict[str, CountedSystems | str] = {}
-        for slug in tqdm(slugs, desc="scoring rows", unit="row"):
-            try:
-                self.counted[slug] = count_systems(gt_source, [(out / "rows" / slug, REFINED)], config,
-                                                   progress=False)
-            except (EvaluationError, LabelSourceError, FileNotFoundError) as error:
-                self.counted[slug] = str(error)
-
-    def result(self, slug: str, baseline: str):
-        """``tools/evaluate.py``'s result for a row against its baseline (the baseline alone for itself), or the
-        error that prevented it."""
-        row, base = self.counted[slug], self.counted[baseline]
-        if isinstance(row, str) or (slug != baseline and isinstance(base, str)):
-            return row if isinstance(row, str) else f"baseline: {base}"
-        counted = row if slug == baseline else row.followed_by(base, self.config)
-        return score_counts(counted, self.config, progress=False)
-
-
 def _interval(ci) -> list[float] | None:
     return [round(v, 2) for v in ci] if ci and all(math.isfinite(v) for v in ci) else None
 
 
-def row_numbers(result) -> dict:
-    """The report's numbers of one evaluated row (a result, or an error message)."""
-    if isinstance(result, str):
-        return {"evaluation_error": result}
+def row_numbers(counted: dict[str, CountedSystems | str], slug: str, baseline: str, config: EvaluationConfig) -> dict:
+    """The report's numbers of a row from every row's counts (or the error that prevented them):
+    ``tools/evaluate.py``'s result against its baseline (the baseline alone for itself), or the error."""
+    row, base = counted[slug], counted[baseline]
+    if isinstance(row, str) or (slug != baseline and isinstance(base, str)):
+        return {"evaluation_error": row if isinstance(row, str) else f"baseline: {base}"}
+    result = score_counts(row if slug == baseline else row.followed_by(base, config), config, progress=False)
     system = result.systems[0]
     numbers = {"mIoU": round(system.miou, 2), "mIoU_ci": _interval(system.ci.get("mIoU")),
                "mBIoU": round(system.mbiou, 2), "mBIoU_ci": _interval(system.ci.get("mBIoU")),
                "images_scored": result.num_images}
-    if result.paired:
-        for metric, test in result.paired.items():
-            numbers[f"diff_{metric}"] = round(test.diff, 2)
-            numbers[f"diff_{metric}_ci"] = _interval(test.ci)
-            numbers[f"p_{metric}"] = test.p_value
+    for metric, test in (result.paired or {}).items():
+        numbers[f"diff_{metric}"] = round(test.diff, 2)
+        numbers[f"diff_{metric}_ci"] = _interval(test.ci)
+        numbers[f"p_{metric}"] = test.p_value
     return numbers
 
 
-def write_report(out: Path, args: argparse.Namespace, gt: tuple[str | None, str]) -> dict:
-    """Evaluate every row (when there is ground truth), assemble the tables and write the report files."""
+def write_report(out: Path, config: EvaluationConfig, gt: tuple[str | None, str]) -> dict:
+    """Evaluate every row with ``config`` against ``gt`` (:func:`default_gt`; none: each row's agreement with its
+    baseline), assemble the tables and write the report files."""
     sweep = json.loads((out / "sweep.json").read_text())
-    about = sweep["about"]
+    about, configs = sweep["about"], {slug: PseudoLabelConfig.from_dict(c) for slug, c in sweep["rows"].items()}
     times, wall = row_times(out)
-    config = config_from_options(args, EvaluationConfig, "eval_")
     gt_spec, gt_note = gt
-    if gt_spec and about.get("limit") and not config.allow_missing:
-        config.allow_missing = True     # --limit labels a part of the split: score that part
+    if gt_spec and about.get("limit"):      # --limit labels a part of the split: score that part
+        config = dataclasses.replace(config, allow_missing=True)
     eval_flags = options_argv(config, EvaluationConfig())
-    scores = None
+    counted: dict[str, CountedSystems | str] = {}      # every row against the ground truth, each counted once
     if gt_spec:
         try:
             gt_source = open_source(gt_spec, data_root=about.get("data_root"))
         except (LabelSourceError, FileNotFoundError, ValueError) as error:
             raise EvaluationError(f"--gt {gt_spec}: {error}") from None
-        scores = RowScores(gt_source, out, list(sweep["rows"]), config)
+        for slug in tqdm(sweep["rows"], desc="scoring rows", unit="row"):
+            try:
+                counted[slug] = count_systems(gt_source, [(out / "rows" / slug, REFINED)], config, progress=False)
+            except (EvaluationError, LabelSourceError, FileNotFoundError) as error:
+                counted[slug] = str(error)
     random_weights = False
     tables = []
     for table in sweep["tables"]:
@@ -180,39 +150,32 @@ def write_report(out: Path, args: argparse.Namespace, gt: tuple[str | None, str]
         for item in table["rows"]:
             slug = item["row"]
             row_dir = out / "rows" / slug
-            manifest = _read(row_dir / MANIFEST) or {}
-            shards = open_shards(row_dir)
-            random_weights |= bool(shards.attrs.get("random_weights"))
-            shards.close()
+            manifest = json.loads((row_dir / MANIFEST).read_text()) if (row_dir / MANIFEST).is_file() else {}
+            with closing(open_shards(row_dir)) as shards:
+                random_weights |= bool(shards.attrs.get("random_weights"))
             entry = {"label": item["label"], "row": slug, "baseline": slug == base,
-                     "options": " ".join(_flags(sweep["rows"][slug], sweep["rows"][base])) or "",
+                     "options": " ".join(gen_pseudo_flags(configs[slug], configs[base])),
                      "gen_pseudo": about["gen_pseudo"][slug], "images": manifest.get("num_images"),
                      "failures": len(manifest.get("failures", [])), **times.get(slug, {})}
-            if scores is not None:
-                entry.update(row_numbers(scores.result(slug, base)))
+            if gt_spec:
+                entry.update(row_numbers(counted, slug, base, config))
                 entry["evaluate"] = evaluate_command(gt_spec, about.get("data_root"), row_dir,
                                                      None if slug == base else out / "rows" / base, eval_flags)
             elif slug != base:
                 entry["agreement"] = agreement(row_dir, out / "rows" / base)
             rows.append(entry)
-        field_name = swept_field([sweep["rows"][r["row"]] for r in rows])
         tables.append({"name": table["name"], "title": table["title"], "note": table.get("note", ""),
-                       "baseline": base, "swept": field_name, "rows": rows})
+                       "baseline": base, "swept": swept_field([sweep["rows"][r["row"]] for r in rows]), "rows": rows})
     report = {"sweep": about["name"], "description": about["description"], "dataset": about["dataset"],
               "split": about["split"], "ground_truth": gt_note, "evaluation": dataclasses.asdict(config)
               if gt_spec else None, "random_weights": random_weights, "wall": wall, "tables": tables}
-    plots = write_plots(out, report)
+    plots = write_plots(out, report, sweep["rows"])
     for table in tables:
         table["plot"] = plots.get(table["name"])
     _write(out / "report.json", json.dumps(report, indent=1))
     _write(out / "report.csv", report_csv(report))
     _write(out / "report.md", report_markdown(report))
     return report
-
-
-def _flags(config: dict, base: dict) -> list[str]:
-    """A row's options over its baseline's, for the tables (``--num-skips 0``)."""
-    return gen_pseudo_flags(PseudoLabelConfig.from_dict(config), PseudoLabelConfig.from_dict(base))
 
 
 def _write(path: Path, text: str) -> None:
@@ -249,16 +212,13 @@ def report_markdown(report: dict) -> str:
         lines += [f"Sweep wall time {wall['wall_seconds']:.1f} s over {wall['images']} images in {wall['runs']} "
                   f"run(s): {per_image:.0f} ms/image for {len(distinct)} distinct rows, whose standalone runs would "
                   f"take {standalone:.0f} ms/image together ({standalone / per_image:.1f}x).", ""]
-    evaluated = report["evaluation"] is not None
-    if evaluated:
-        cfg = report["evaluation"]
-        lines += [f"mIoU and mBIoU in %, {100 * cfg['confidence']:.0f}% bootstrap intervals over images "
-                  f"(B = {cfg['bootstrap']}), Δ = row − baseline with the paired bootstrap p-value (two-sided); the "
-                  "same numbers as the `tools/evaluate.py` command in report.json. ms/image: stage one as a "
-                  "standalone run would spend it.", ""]
-    else:
-        lines += ["Agreement: pixels whose label equals the baseline row's, in %. ms/image: stage one as a standalone "
-                  "run would spend it.", ""]
+    cfg = report["evaluation"]
+    evaluated = cfg is not None
+    legend = (f"mIoU and mBIoU in %, {100 * cfg['confidence']:.0f}% bootstrap intervals over images (B = "
+              f"{cfg['bootstrap']}), Δ = row − baseline with the paired bootstrap p-value (two-sided); the same "
+              "numbers as the `tools/evaluate.py` command in report.json." if evaluated
+              else "Agreement: pixels whose label equals the baseline row's, in %.")
+    lines += [legend + " ms/image: stage one as a standalone run would spend it.", ""]
     for table in report["tables"]:
         lines += [f"## {table['title']}", ""] + ([table["note"], ""] if table.get("note") else [])
         if evaluated:
@@ -308,23 +268,21 @@ def report_csv(report: dict) -> str:
     return buffer.getvalue()
 
 
-def write_plots(out: Path, report: dict) -> dict[str, str]:
+def write_plots(out: Path, report: dict, row_configs: dict[str, dict]) -> dict[str, str]:
     """``plots/<table>.png`` for each table that sweeps one number: mIoU with its interval (or the agreement without
-    ground truth) and ms/image against it. Returns the relative paths by table."""
+    ground truth) and ms/image against it (``row_configs``: sweep.json's rows). Returns the relative paths by table."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only
     import matplotlib.pyplot as plt
 
-    sweep = json.loads((out / "sweep.json").read_text())
-    written = {}
+    written, evaluated = {}, report["evaluation"] is not None
     for table in report["tables"]:
         if not table["swept"]:
             continue
         part, key = table["swept"].split(".")
-        points = sorted((sweep["rows"][r["row"]][part][key], r) for r in table["rows"])
+        points = sorted((row_configs[r["row"]][part][key], r) for r in table["rows"])
         x = [p for p, _ in points]
-        evaluated = report["evaluation"] is not None
         fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6), sharex=True)
         if evaluated:
             y = [r.get("mIoU", np.nan) for _, r in points]
@@ -344,12 +302,10 @@ def write_plots(out: Path, report: dict) -> dict[str, str]:
         bottom.plot(x, [r.get("ms_per_image", np.nan) for _, r in points], marker="s", color="tab:orange")
         bottom.set_ylabel("stage one, ms/image")
         bottom.set_xlabel(f"{key} (dotted: baseline)")
-        title = table["title"] + ("  [RANDOM WEIGHTS]" if report["random_weights"] else "")
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(table["title"] + ("  [RANDOM WEIGHTS]" if report["random_weights"] else ""), fontsize=10)
         fig.tight_layout()
-        path = out / "plots" / f"{table['name']}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
         written[table["name"]] = f"plots/{table['name']}.png"
+        (out / "plots").mkdir(exist_ok=True)
+        fig.savefig(out / written[table["name"]], dpi=100)
+        plt.close(fig)
     return written

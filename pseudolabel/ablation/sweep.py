@@ -1,23 +1,11 @@
-"""Sweeps: stage-one settings grouped into tables, each setting (a row) an ordinary stage-one configuration.
-
-A sweep file is JSON (the shipped ones: ``pseudolabel/ablation/sweeps/``; format: docs/ablations.md)::
-
-    {"description": "...",
-     "tables": [{"name": "skips", "title": "Table 7: number of skip connections K", "baseline": "num_skips=3",
-                 "rows": ["num_skips=0", "num_skips=1", "num_skips=2", "num_skips=3"]}]}
-
-A row is a string of stage-one method options, spelled as ``tools/gen_pseudo.sh`` takes them (``--num-skips 0
---no-refine``) or as ``field=value`` pairs (``num_skips=0 refine=false``), or ``{"label": ..., "flags": ...}`` to give
-it a name (one spelling per row). Both go through gen_pseudo's own parser
-(:func:`pseudolabel.generate.add_method_options`) and the config classes' checks, so a row is refused exactly where
-gen_pseudo would refuse the same options. A row's configuration is gen_pseudo's for the sweep's dataset and options
-plus the row's options; rows of any tables that come to the same configuration are one row (one output folder,
-labelled once). ``baseline`` names one row of the table (its label or its options; default: the first row).
+"""Sweeps: stage-one settings grouped into tables, each setting (a row) an ordinary stage-one configuration. A sweep
+file (the shipped ones: ``pseudolabel/ablation/sweeps/``) and how a row's options add to the sweep's:
+docs/ablations.md#sweeps. A row goes through gen_pseudo's own parser (:func:`pseudolabel.generate.add_method_options`)
+and the config classes' checks, so it is refused exactly where gen_pseudo would refuse the same options.
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import re
 import shlex
@@ -25,8 +13,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from pseudolabel.cli_options import assignments_to_argv, config_differences, given_options, options_argv
-from pseudolabel.config import PseudoLabelConfig, config_from_args
+from pseudolabel.cli_options import assignments_to_argv, config_differences, options_argv
+from pseudolabel.config import MethodOptions, PseudoLabelConfig
 from pseudolabel.generate import METHOD_CONFIGS, add_method_options
 
 SWEEP_DIR = Path(__file__).with_name("sweeps")
@@ -42,19 +30,6 @@ class _RaisingParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise SweepError(message)
-
-
-def _method_parser() -> argparse.ArgumentParser:
-    parser = _RaisingParser(add_help=False, allow_abbrev=False)
-    add_method_options(parser)
-    return parser
-
-
-def row_argv(flags: str) -> list[str]:
-    """A row's options as gen_pseudo's argv: a row that starts with ``--`` is taken as is, any other is
-    ``field=value`` pairs (``num_skips=0 refine=false`` -> ``--num-skips 0 --no-refine``)."""
-    tokens = shlex.split(flags)
-    return tokens if tokens and tokens[0].startswith("--") else assignments_to_argv(tokens, METHOD_CONFIGS)
 
 
 @dataclass
@@ -119,10 +94,8 @@ class Sweep:
         new_tables = {t["name"]: t for t in mine["tables"]}
         if list(old_tables) != list(new_tables):
             changes.append(f"tables {', '.join(old_tables) or 'none'} -> {', '.join(new_tables)}")
-        for name, table in new_tables.items():
-            if name in old_tables and old_tables[name] != table:
-                changed = [key for key in table if old_tables[name].get(key) != table[key]]
-                changes.append(f"table {name}: other {' and '.join(changed)}")
+        changes += [f"table {name}: other {' and '.join(k for k in table if old_tables[name].get(k) != table[k])}"
+                    for name, table in new_tables.items() if name in old_tables and old_tables[name] != table]
         return changes
 
 
@@ -148,46 +121,43 @@ def slug_of(config: PseudoLabelConfig, base: PseudoLabelConfig) -> str:
 
 
 class SweepBuilder:
-    """Turns sweep files and ``--row`` strings into a :class:`Sweep` over the sweep's base options ``args`` (a
-    namespace with gen_pseudo's options: dataset, split, the method options given to the sweep) and the precision
-    the device uses (:func:`pseudolabel.precision.effective_precision`)."""
+    """Turns sweep files and ``--row`` strings into a :class:`Sweep` over the sweep's own method options
+    (``method``, given to every row) for ``config_dataset`` and ``split``, in the precision the device uses
+    (:func:`pseudolabel.precision.effective_precision`)."""
 
-    def __init__(self, args: argparse.Namespace, config_dataset: str, split: str, precision: str = "fp32"):
-        self.args, self.config_dataset, self.split, self.precision = args, config_dataset, split, precision
-        self.base = config_from_args(args, config_dataset, split, precision)
-        self.parser = _method_parser()
+    def __init__(self, method: MethodOptions, config_dataset: str, split: str, precision: str = "fp32"):
+        self.method, self.config_dataset, self.split, self.precision = method, config_dataset, split, precision
+        self.base = method.config(config_dataset, split, precision)
+        self.parser = _RaisingParser(add_help=False, allow_abbrev=False)
+        add_method_options(self.parser)
         self.rows: dict[str, Row] = {}        # slug -> row
         self.tables: list[Table] = []
 
     def row(self, flags: str, where: str) -> Row:
-        """The row of ``flags`` (an existing one when the configuration is the same)."""
+        """The row of ``flags`` (an existing one when the configuration is the same): gen_pseudo's options when they
+        start with ``--``, else ``field=value`` pairs (``num_skips=0 refine=false``)."""
         try:
-            argv = row_argv(flags)
-            given = self.parser.parse_args(argv)
-            args = copy.copy(self.args)
-            for cls in METHOD_CONFIGS:
-                for name, value in given_options(given, cls).items():
-                    setattr(args, name, value)
-            config = config_from_args(args, self.config_dataset, self.split, self.precision)
+            tokens = shlex.split(flags)
+            argv = tokens if tokens and tokens[0].startswith("--") else assignments_to_argv(tokens, METHOD_CONFIGS)
+            given = MethodOptions.from_args(self.parser.parse_args(argv))    # the row's options, over the sweep's
+            method = MethodOptions({**self.method.cam, **given.cam}, {**self.method.refine, **given.refine},
+                                   {**self.method.labeller, **given.labeller})
+            config = method.config(self.config_dataset, self.split, self.precision)
         except ValueError as error:
             raise SweepError(f"{where}, row '{flags}': {error}") from None
         slug = slug_of(config, self.base)
-        existing = self.rows.get(slug)
-        if existing is not None and existing.config != config:
+        if slug in self.rows and self.rows[slug].config != config:
             slug = f"{slug}-{zlib.crc32(json.dumps(config.to_dict(), sort_keys=True).encode()):08x}"
-            existing = self.rows.get(slug)
-        if existing is None:
-            existing = self.rows[slug] = Row(slug, config, gen_pseudo_flags(config, self.base))
-        return existing
+        if slug not in self.rows:
+            self.rows[slug] = Row(slug, config, gen_pseudo_flags(config, self.base))
+        return self.rows[slug]
 
     def add_table(self, spec: dict, where: str) -> None:
         """Add one table (``{"name", "title", "rows", "baseline"}``) of a sweep file or of ``--row`` options."""
         name = str(spec.get("name") or f"table{len(self.tables) + 1}")
         where = f"{where}, table '{name}'"
-        unknown = set(spec) - {"name", "title", "rows", "baseline", "note"}
-        if unknown:
-            raise SweepError(f"{where}: unknown keys {sorted(unknown)} (a table has name, title, note, rows, "
-                             "baseline)")
+        if unknown := set(spec) - {"name", "title", "rows", "baseline", "note"}:
+            raise SweepError(f"{where}: unknown keys {sorted(unknown)} (a table has name, title, note, rows, baseline)")
         if not isinstance(spec.get("rows"), list) or not spec["rows"]:
             raise SweepError(f"{where}: a table needs a non-empty 'rows' list")
         if name in {t.name for t in self.tables}:
@@ -203,13 +173,10 @@ class SweepBuilder:
                                  "the same configuration")
             rows.append(TableRow(label or flags.strip() or "defaults", row))
         baseline = spec.get("baseline")
-        if baseline is None:
-            base_row = rows[0].row
-        else:
-            by_label = [r.row for r in rows if r.label == baseline]
-            base_row = by_label[0] if by_label else self.row(str(baseline), where)
-            if base_row not in [r.row for r in rows]:
-                raise SweepError(f"{where}: the baseline '{baseline}' is not one of the table's rows")
+        by_label = [r.row for r in rows if r.label == baseline]
+        base_row = rows[0].row if baseline is None else by_label[0] if by_label else self.row(str(baseline), where)
+        if base_row not in [r.row for r in rows]:
+            raise SweepError(f"{where}: the baseline '{baseline}' is not one of the table's rows")
         self.tables.append(Table(name, str(spec.get("title") or name), rows, base_row, str(spec.get("note", ""))))
 
     def add_file(self, path: Path) -> str:
@@ -235,9 +202,7 @@ class SweepBuilder:
 def sweep_file(name: str) -> Path:
     """A shipped sweep by name (``paper``, ``skips``, ...), or a file path."""
     shipped = SWEEP_DIR / f"{name}.json"
-    if shipped.is_file():
-        return shipped
-    path = Path(name)
+    path = shipped if shipped.is_file() else Path(name)
     if not path.is_file():
         raise SweepError(f"no sweep '{name}': give a file, or one of the shipped sweeps "
                          f"({', '.join(shipped_sweeps())})")
