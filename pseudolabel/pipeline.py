@@ -96,7 +96,7 @@ class EncodedImage:
 
 class SharedWork:
     """What the settings of one labelling step (the same images) share: each Skip-CAM's output with its seconds, and
-    SAM's decoded masks (:class:`~pseudolabel.sam.refine.MaskCache`; only when several settings run)."""
+    SAM's decoded masks (:class:`~pseudolabel.sam.refine.MaskCache`; only when several settings refine)."""
 
     def __init__(self, several: bool):
         self.cams: dict[int, tuple[CAMBatch, float]] = {}
@@ -314,7 +314,7 @@ class Labeller:
             else [[item] for item in ready]
         results = [{} for _ in self.settings]   # per setting, by id(item)
         for step in steps:
-            shared = SharedWork(len(self.settings) > 1)
+            shared = SharedWork(sum(s.refiner is not None for s in self.settings) > 1)
             for index, ids in enumerate(wanted):
                 if items := [item for item in step if ids is None or item.sample.image_id in ids]:
                     def label(some, retry, index=index, shared=shared):  # a retry shares nothing

@@ -246,6 +246,29 @@ def test_batched_labelling_equals_image_by_image(voc):
     assert sum(r.class_stats.changed_pixels for r in alone.values()) > 0  # SAM changed labels
 
 
+def test_decoded_masks_are_kept_only_when_several_settings_refine(voc, monkeypatch):
+    """A labelling step keeps SAM's decoded masks for later settings (a MaskCache) only when more than one setting
+    refines: a refining setting beside a no-refine one holds no masks."""
+    import pseudolabel.pipeline as pipeline
+    from pseudolabel.datasets import build_dataset
+    from pseudolabel.sam.refine import MaskCache
+
+    made = []
+
+    class CountedCache(MaskCache):
+        def __init__(self):
+            super().__init__()
+            made.append(self)
+
+    monkeypatch.setattr(pipeline, "MaskCache", CountedCache)
+    samples = list(build_dataset("voc", voc, "train"))[:2]
+    cam, refiner = tiny_models()
+    list(Labeller([Setting(cam, refiner), Setting(cam, None)], "cpu").label_all(samples, 1, 1))
+    assert not made
+    list(Labeller([Setting(cam, refiner), Setting(cam, refiner)], "cpu").label_all(samples, 1, 1))
+    assert len(made) == len(samples) and any(cache.steps for cache in made)
+
+
 def test_the_token_budget_holds_in_the_batched_step(voc):
     """--max-tokens below every image's token grid (6 against 9-12): the batched Skip-CAM step runs on the
     scaled-down CAM inputs as each image alone does, with the same Y0 and maps, and Y0 at full size."""
