@@ -63,21 +63,26 @@ class Setting:
     refiner: SAMRefiner | None
 
 
+def input_key(cam: SkipCAM) -> tuple:
+    """What CLIP's network input depends on: the model and the CAM input size (image size and token budget)."""
+    return id(cam.model), cam.cfg.image_size, cam.cfg.max_tokens
+
+
 def frozen_key(cam: SkipCAM) -> tuple:
-    """What CLIP's frozen-block outputs depend on: the model, the CAM input (size and token budget), the blocks whose
-    attentions are read (the others run fused attention) and the precision."""
-    return id(cam.model), cam.cfg.image_size, cam.cfg.max_tokens, cam.cfg.attn_blocks, cam.precision
+    """What CLIP's frozen-block outputs depend on: the network input (:func:`input_key`), the blocks whose attentions
+    are read (the others run fused attention) and the precision."""
+    return *input_key(cam), cam.cfg.attn_blocks, cam.precision
 
 
 @dataclass
 class PreparedImage:
-    """A decoded image and its network inputs on the host (pinned on CUDA): CLIP's per :func:`frozen_key`, SAM's per
+    """A decoded image and its network inputs on the host (pinned on CUDA): CLIP's per :func:`input_key`, SAM's per
     predictor of the labeller's settings."""
 
     sample: Sample
     image: np.ndarray                   # (H, W, 3) uint8
     pixels: torch.Tensor                # (H, W, 3) uint8, for PAR (pinned on CUDA)
-    clip_inputs: dict[tuple, torch.Tensor]      # (3, h, w) float32
+    clip_inputs: dict[tuple, torch.Tensor]      # (3, h, w) float32, by input_key
     sam_inputs: dict[int, SAMInput]             # by id of the predictor
     seconds: float                      # decoding and preprocessing
 
@@ -177,6 +182,7 @@ class Labeller:
         self.settings = [Setting(s.cam, s.refiner if s.refiner is not None and s.refiner.cfg.enabled else None)
                          for s in settings]
         self.frozen_by = {frozen_key(s.cam): s.cam for s in self.settings}       # key -> the SkipCAM that runs it
+        self.input_by = {input_key(cam): cam for cam in self.frozen_by.values()}  # key -> the SkipCAM that makes it
         self.sam_by = {id(s.refiner.predictor): s.refiner for s in self.settings if s.refiner}
         self.cuda = self.device.type == "cuda"
         # a batch's images in one labelling step on a GPU; on a CPU each alone, so no label depends on the batch
@@ -207,7 +213,7 @@ class Labeller:
         start = time.perf_counter()
         image = read_rgb(sample.image_path)
         pixels = torch.from_numpy(image)
-        clip_inputs = {key: cam.preprocess(image) for key, cam in self.frozen_by.items()}
+        clip_inputs = {key: cam.preprocess(image) for key, cam in self.input_by.items()}
         sam_inputs = {key: refiner.prepare(image) for key, refiner in self.sam_by.items()}
         if self.cuda:  # contiguous and page-locked, so the copies to the GPU run asynchronously
             pixels = pixels.pin_memory()
@@ -222,7 +228,7 @@ class Labeller:
         with torch.cuda.stream(self.batch_stream) if self.cuda else contextlib.nullcontext():
             for key, cam in self.frozen_by.items():
                 with self._stage(None, "clip_frozen") as spent:
-                    features = cam.frozen([item.clip_inputs[key] for item in items])
+                    features = cam.frozen([item.clip_inputs[input_key(cam)] for item in items])
                 for f, s, feature in zip(frozen, seconds, features):
                     f[key], s[key] = feature, spent() / len(items)
             for key, refiner in self.sam_by.items():

@@ -269,6 +269,25 @@ def test_decoded_masks_are_kept_only_when_several_settings_refine(voc, monkeypat
     assert len(made) == len(samples) and any(cache.steps for cache in made)
 
 
+def test_settings_differing_only_in_attention_blocks_share_the_clip_input(voc, monkeypatch):
+    """Two Skip-CAMs on one model that differ only in --attn-blocks: one CLIP preprocessing per image (their frozen
+    blocks differ, so each runs its own), and each setting's labels are its own Labeller's."""
+    from pseudolabel.datasets import build_dataset
+    from tests.fixtures.tiny_clip import tiny_skipcam
+
+    samples = list(build_dataset("voc", voc, "train"))[:2]
+    few, more = tiny_skipcam(attn_blocks=1), tiny_skipcam(attn_blocks=2)
+    calls = Counter()
+    for cam in (few, more):
+        monkeypatch.setattr(cam, "preprocess", lambda image, cam=cam, run=cam.preprocess: calls.update([id(cam)])
+                            or run(image))
+    together = list(Labeller([Setting(few, None), Setting(more, None)], "cpu").label_all(samples, 1, 1))
+    assert sum(calls.values()) == len(samples)
+    for index, cam in enumerate((few, more)):
+        alone = [r for [r] in Labeller([Setting(cam, None)], "cpu").label_all(samples, 1, 1)]
+        assert [np.array_equal(a.initial, t[index].initial) for a, t in zip(alone, together)] == [True, True]
+
+
 def test_the_token_budget_holds_in_the_batched_step(voc):
     """--max-tokens below every image's token grid (6 against 9-12): the batched Skip-CAM step runs on the
     scaled-down CAM inputs as each image alone does, with the same Y0 and maps, and Y0 at full size."""
