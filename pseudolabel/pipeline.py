@@ -261,8 +261,7 @@ class Labeller:
             self._wait_for(encoded)
             if id(cam) not in shared.cams:
                 with self._stage(None, "skipcam") as spent:
-                    pixels = [torch.as_tensor(e.pixels) for e in encoded]
-                    cams = cam.label_batch(pixels, [e.frozen[frozen_key(cam)] for e in encoded],
+                    cams = cam.label_batch([e.pixels for e in encoded], [e.frozen[frozen_key(cam)] for e in encoded],
                                            [i.sample.class_ids for i in items])
                 shared.cams[id(cam)] = (cams, spent())
             cams, cam_seconds = shared.cams[id(cam)]

@@ -74,7 +74,7 @@ def test_staged_api_equals_the_one_call_api(voc):
                          SAMRefineConfig(delta=0.2))
     images = [np.asarray(Image.open(voc / "JPEGImages" / f"2007_{i:06d}.jpg")) for i in (0, 1, 3)]
     classes = [(3,), (5, 9), (12, 15)]
-    staged = cam.cams_from_frozen(images, cam.frozen([cam.preprocess(i) for i in images]), classes)
+    staged = cam.label_batch(images, cam.frozen([cam.preprocess(i) for i in images]), classes).outputs()
     embeddings = refiner.embed(images)
     for image, cls, out, embedding in zip(images, classes, staged, embeddings):
         single = cam(image, cls)

@@ -42,9 +42,9 @@ def test_batch_api_equals_single_calls():
     """Two images of one CAM input size go through the networks together: the same maps, scores and Y0 as each
     alone up to float rounding."""
     cam = tiny_skipcam()
-    other = np.ascontiguousarray(IMAGE[::-1])
-    batch = cam.predict_batch([IMAGE, other, IMAGE[:40]], [(3,), (5, 9), (12,)])
-    for image, classes, got in zip([IMAGE, other, IMAGE[:40]], [(3,), (5, 9), (12,)], batch):
+    images = [IMAGE, np.ascontiguousarray(IMAGE[::-1]), IMAGE[:40]]
+    batch = cam.label_batch(images, cam.frozen([cam.preprocess(i) for i in images]), [(3,), (5, 9), (12,)]).outputs()
+    for image, classes, got in zip(images, [(3,), (5, 9), (12,)], batch):
         alone = cam(image, classes)
         np.testing.assert_allclose(got.loc_maps_lowres, alone.loc_maps_lowres, atol=2e-6)
         np.testing.assert_allclose(got.scores, alone.scores, atol=1e-5)
@@ -287,8 +287,8 @@ def test_label_batch_equals_each_image_alone(entry):
     classes = [(3,), (5, 9), (12, 15, 2), (7,), (8, 1)]
     cam = tiny_skipcam(skip_entry=entry, par_max_side=30)  # PAR below the size of most images: resized there
     features = cam.frozen([cam.preprocess(i) for i in images])
-    alone = [cam.cams_from_frozen([i], [f], [c])[0] for i, f, c in zip(images, features, classes)]
-    together = cam.cams_from_frozen(images, features, classes)
+    alone = [cam.label_batch([i], [f], [c]).outputs()[0] for i, f, c in zip(images, features, classes)]
+    together = cam.label_batch(images, features, classes).outputs()
     for a, b, c in zip(alone, together, classes):
         assert b.class_ids == a.class_ids == tuple(sorted(c))
         np.testing.assert_array_equal(b.y0, a.y0)

@@ -1,6 +1,6 @@
 """Stage one's first half, image -> localization maps -> initial label Y0: Skip-CAM on a frozen CLIP ViT
 (``skipcam``: ``SkipCAM``, its config ``SkipCAMConfig``, the frozen blocks' per-image ``FrozenFeatures``,
-per-image ``CAMOutput`` and, from the batched GPU path, ``CAMBatch``), its text prompts (``prompts``),
+per-image ``CAMOutput`` and several images' ``CAMBatch``), its text prompts (``prompts``),
 class-aware attention affinity (``caa``), PAR (``par``), and the CLIP model registry and weights (``clip_models``:
 ``load_clip``). The public names below import their module (torch, open_clip) on first use, so ``import
 pseudolabel.cam`` alone loads neither (``pseudolabel/lazy_exports.py``)."""

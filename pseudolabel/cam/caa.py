@@ -25,11 +25,6 @@ def box_mask(cam: np.ndarray, tau: float) -> np.ndarray:
     return mask
 
 
-def box_masks(cams: np.ndarray, tau: float) -> np.ndarray:
-    """:func:`box_mask` of each map of ``cams (R, h, w)``: ``(R, h, w) bool``."""
-    return np.stack([box_mask(c, tau) for c in cams]).reshape(cams.shape)
-
-
 def affinity_from_attention(attention: torch.Tensor) -> torch.Tensor:
     """Transition matrix from head-averaged attention ``(..., blocks, 1+hw, 1+hw)``: mean over blocks, cls dropped,
     Sinkhorn normalisation (columns then rows, three times), symmetrised, squared. Returns ``(..., hw, hw)``."""
@@ -47,13 +42,12 @@ def minmax(x: torch.Tensor) -> torch.Tensor:
     return x / (x.amax(dim=(-2, -1), keepdim=True) + 1e-7)
 
 
-def refine_with_boxes(cams: torch.Tensor, affinity: torch.Tensor, boxes: torch.Tensor,
-                      rows: torch.Tensor | None = None) -> torch.Tensor:
+def refine_with_boxes(cams: torch.Tensor, affinity: torch.Tensor, boxes: torch.Tensor, rows: torch.Tensor
+                      ) -> torch.Tensor:
     """CAA: ``minmax((T ⊙ 1·vec(B_c)ᵀ) @ vec(M_c))`` for every map of ``cams (K, h, w)`` with its box mask of
-    ``boxes (K, h, w)`` (:func:`box_masks`) -> ``(K, h, w)``. ``affinity``: one ``(hw, hw)`` for every map, or with
-    ``rows`` (each map's index into it) several images' ``(n, hw, hw)``."""
+    ``boxes (K, h, w)`` (:func:`box_mask`) and its image's ``T`` of ``affinity (n, hw, hw)``, the ``rows``-th
+    -> ``(K, h, w)``."""
     k, h, w = cams.shape
     flat = cams.reshape(k, h * w, 1).to(affinity.dtype)
     columns = boxes.reshape(k, 1, h * w).to(affinity.dtype)  # the box mask selects source columns
-    masked = affinity * columns if rows is None else affinity.index_select(0, rows).mul_(columns)
-    return minmax(torch.bmm(masked, flat).reshape(k, h, w))
+    return minmax(torch.bmm(affinity.index_select(0, rows).mul_(columns), flat).reshape(k, h, w))

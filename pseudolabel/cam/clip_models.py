@@ -1,14 +1,8 @@
-"""CLIP models through open_clip: its registry of model configs (``open_clip.add_model_config`` adds more), and weights.
-
-Weights: ``"openai"`` (downloaded and cached by open_clip), a local file (OpenAI's original TorchScript archive such as
-``ViT-B-16.pt``, or a state dict in OpenAI / open_clip key format), or ``"random"`` (seeded; demo, tests, benchmarks).
-
-The activation is part of the architecture. OpenAI trained its CLIP models with QuickGELU (``x * sigmoid(1.702 x)``),
-while open_clip's plain configs (``ViT-B-16``) build exact GELU. So OpenAI's weights (the ``openai`` tag or a
-TorchScript archive) always run on the QuickGELU config: ``ViT-B-16``, ``ViT-B/16`` and ``ViT-B-16-quickgelu`` all
-name ``ViT-B-16-quickgelu`` there, and a GELU config without a QuickGELU variant is refused. A plain state dict does
-not record its activation (open_clip's LAION weights use GELU with the same keys), so it is loaded into the config
-the user names (by default the QuickGELU one) and the choice is logged.
+"""CLIP models through open_clip: its registry of model configs (``open_clip.add_model_config`` adds more), and weights:
+``"openai"`` (downloaded and cached by open_clip), a local file (OpenAI's TorchScript archive such as ``ViT-B-16.pt``,
+or a state dict in OpenAI / open_clip key format), or ``"random"`` (seeded; demo, tests, benchmarks). OpenAI's weights
+always run on the QuickGELU config they were trained with, a plain state dict on the config named
+(docs/stage_one.md#the-clip-model-and-its-activation).
 """
 from __future__ import annotations
 

@@ -1,13 +1,10 @@
 """Skip-CAM: localization maps from a frozen CLIP ViT with skip connections into the last block, refined by
 class-aware attention affinity, plus the initial pseudo label Y0 (docs/method.md#skip-cam).
 
-One forward of the frozen blocks 1..N-1 serves every class of an image; the last block runs once on a batch that
-replicates its input per class, so one backward gives every class's Grad-CAM gradient.
-
-The work comes in stages whose products a caller can keep and reuse: :meth:`SkipCAM.preprocess` (the CLIP input),
-:meth:`SkipCAM.frozen` (the frozen blocks' outputs and attentions, :class:`FrozenFeatures`, shared by every Skip-CAM
-setting of the same CLIP model and input size), then :meth:`SkipCAM.cams_from_frozen` (the maps, scores and Y0 of
-one setting, :class:`CAMOutput`).
+Stages whose products a caller can keep and reuse: :meth:`SkipCAM.preprocess` (the CLIP input), :meth:`SkipCAM.frozen`
+(blocks 1..N-1 once per image, :class:`FrozenFeatures`, shared by every Skip-CAM setting of the same CLIP model and
+input size), then :meth:`SkipCAM.label_batch` (one setting's maps, scores and Y0, :class:`CAMBatch`: the last block
+once on a batch that replicates its input per class, so one backward gives every class's Grad-CAM gradient).
 """
 from __future__ import annotations
 
@@ -22,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pseudolabel.cam.caa import affinity_from_attention, box_masks, minmax, refine_with_boxes
+from pseudolabel.cam.caa import affinity_from_attention, box_mask, minmax, refine_with_boxes
 from pseudolabel.classes import ClassSet
 from pseudolabel.cli_options import DictConfig
 from pseudolabel.cam.clip_models import DEFAULT_CLIP_MODEL, clip_architecture, load_clip
@@ -173,19 +170,14 @@ class CAMBatch:
                                                                self.labels, self.sizes)]
 
 
-def block_forward(block, x: torch.Tensor, need_attention: bool = True
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """One open_clip ResidualAttentionBlock that also returns its LN1 output and, with ``need_attention``, its
-    head-averaged attention (without it, ``nn.MultiheadAttention`` runs fused attention and returns None)."""
-    normed = block.ln_1(x)
-    return _block_rest(block, x, normed, need_attention)
-
-
-def _block_rest(block, x, normed, need_attention: bool = True):
+def block_forward(block, x: torch.Tensor, normed: torch.Tensor, need_attention: bool = True
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One open_clip ResidualAttentionBlock on ``x`` from its LN1 output ``normed`` (``block.ln_1(x)``, the caller's,
+    so that Grad-CAM can take its gradient) and, with ``need_attention``, its head-averaged attention (without it,
+    ``nn.MultiheadAttention`` runs fused attention and returns None)."""
     out, attention = block.attn(normed, normed, normed, need_weights=need_attention, average_attn_weights=True)
     x = x + block.ls_1(out)
-    x = x + block.ls_2(block.mlp(block.ln_2(x)))
-    return x, normed, attention
+    return x + block.ls_2(block.mlp(block.ln_2(x))), attention
 
 
 class SkipCAM:
@@ -278,15 +270,11 @@ class SkipCAM:
         first_read = len(frozen) - (self.cfg.attn_blocks - 1)
         outputs, attentions = [], []
         for index, block in enumerate(frozen):
-            x, _, attention = block_forward(block, x, need_attention=index >= first_read)
+            x, attention = block_forward(block, x, block.ln_1(x), need_attention=index >= first_read)
             outputs.append(x)
             if attention is not None:
                 attentions.append(attention)
         return outputs, attentions
-
-    def fused_features(self, outputs: list[torch.Tensor]) -> list[torch.Tensor]:
-        """``[X_{N-1}, X_{N-2}, ..., X_{N-1-K}]`` for one image (each ``(1+hw, D)``)."""
-        return [outputs[-1 - k] for k in range(self.cfg.num_skips + 1)]
 
     def _grad_cams(self, rows: torch.Tensor, extra: torch.Tensor | None, target, grid: tuple[int, int]
                    ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,7 +284,7 @@ class SkipCAM:
         block = self.blocks[-1]
         with torch.enable_grad():
             normed = block.ln_1(rows).detach().requires_grad_(True)
-            z, _, attention = _block_rest(block, rows, normed)
+            z, attention = block_forward(block, rows, normed)
             if extra is not None:
                 z = z + extra
             pooled = self.visual.ln_post(z[:, 1:]).mean(dim=1) @ self.visual.proj
@@ -306,52 +294,46 @@ class SkipCAM:
         cams = F.relu((normed[:, 1:].detach().float() * weights).sum(dim=-1))
         return cams.reshape(len(rows), *grid), attention.detach().float()
 
-    def _skip_cams(self, features: list[torch.Tensor], replicate, target, grid) -> tuple[torch.Tensor, torch.Tensor]:
-        """Grad-CAMs per ``skip_entry`` from the fused features (:meth:`fused_features`, one image's or several
-        images' stacked), each fed to the last block as ``replicate(x)`` (one row per class), and the last block's
-        attention of every row."""
-        entry = self.cfg.skip_entry
-        if entry == "input":
-            fused = torch.stack(features).sum(dim=0)
-            if self.cfg.skip_fusion == "mean":
-                fused = fused / len(features)
-            return self._grad_cams(replicate(fused), None, target, grid)
-        if entry == "output":
-            skips = torch.stack(features[1:]).sum(dim=0) if len(features) > 1 else None
-            if skips is not None and self.cfg.skip_fusion == "mean":
-                skips = skips / len(features)
-            return self._grad_cams(replicate(features[0]), None if skips is None else replicate(skips), target, grid)
-        # average: one CAM per fused feature, averaged after normalisation
-        per_feature = [self._grad_cams(replicate(f), None, target, grid) for f in features]
-        return torch.stack([minmax(c) for c, _ in per_feature]).mean(dim=0), per_feature[0][1]
-
-    def _affinity(self, attentions: list[torch.Tensor], last_attention: torch.Tensor) -> torch.Tensor:
-        """CAA's affinity from the frozen blocks' attentions (each ``(..., 1+hw, 1+hw)``) and the last block's."""
-        if len(attentions) < self.cfg.attn_blocks - 1:
+    def _affinity(self, features: list[FrozenFeatures], last_attention: torch.Tensor) -> torch.Tensor:
+        """CAA's affinity ``(n, hw, hw)`` of several images from their frozen blocks' attentions and the last block's
+        ``(n, 1+hw, 1+hw)``."""
+        first = len(features[0].attentions) - (self.cfg.attn_blocks - 1)
+        if first < 0:
             raise ValueError(f"attn_blocks={self.cfg.attn_blocks} needs the attentions of {self.cfg.attn_blocks - 1} "
-                             f"frozen blocks; the frozen features hold {len(attentions)}")
-        kept = attentions[len(attentions) - (self.cfg.attn_blocks - 1):] if self.cfg.attn_blocks > 1 else []
-        return affinity_from_attention(torch.stack([a.float() for a in kept] + [last_attention], dim=-3))
+                             f"frozen blocks; the frozen features hold {len(features[0].attentions)}")
+        kept = [torch.stack(block).float() for block in zip(*(f.attentions[first:] for f in features))]
+        return affinity_from_attention(torch.stack(kept + [last_attention], dim=-3))
 
     def class_cams_batch(self, features: list[FrozenFeatures], class_ids: list[tuple[int, ...]]
                          ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Min-max normalised CAMs per ``skip_entry`` and the CAA affinity of several images of one CAM input size:
-        the last block and its gradients for every (image, class) pair in one forward and backward. Returns the CAMs
-        ``(R, h, w)``, rows image by image and class by class (``R`` = all classes of all images), and each image's
-        affinity ``(n, hw, hw)``."""
+        """Min-max normalised CAMs per ``skip_entry`` (docs/method.md#skip-fusion) and the CAA affinity of several
+        images of one CAM input size: the last block and its gradients for every (image, class) pair in one forward
+        and backward. Returns the CAMs ``(R, h, w)``, rows image by image and class by class (``R`` = all classes of
+        all images), and each image's affinity ``(n, hw, hw)``."""
         grid, rows = features[0].grid, sum(len(c) for c in class_ids)
         counts = upload([len(c) for c in class_ids], self.device)
-        outputs = [torch.stack(block) for block in zip(*(f.outputs for f in features))]  # per block (n, 1+hw, D)
-        cams, last_attention = self._skip_cams(self.fused_features(outputs),
-                                               lambda x: x.repeat_interleave(counts, dim=0, output_size=rows),
-                                               self._row_classes(class_ids), grid)
-        first_rows = torch.cumsum(counts, 0) - counts
-        attentions = [torch.stack(block) for block in zip(*(f.attentions for f in features))]
-        # pytorch-grad-cam, as CLIP-ES calls it, min-max scales a CAM twice: per target layer (base_cam.py
-        # compute_cam_per_layer) and again after averaging the layers (aggregate_multi_layers). Its 1e-7 term makes
-        # the second pass scale by about 1 + 1e-7 / max(raw CAM), which for the small raw CAMs of a softmax target
-        # moves uint8 levels of the CAA box threshold (and so the boxes), so we scale twice too.
-        return minmax(minmax(cams)), self._affinity(attentions, last_attention[first_rows])
+        target = self._row_classes(class_ids)
+        # [X_{N-1}, X_{N-2}, ..., X_{N-1-K}], each (n, 1+hw, D)
+        block_outputs = [torch.stack([f.outputs[-1 - k] for f in features]) for k in range(self.cfg.num_skips + 1)]
+
+        def fused(parts: list[torch.Tensor]) -> torch.Tensor:
+            total = torch.stack(parts).sum(dim=0)
+            return total / len(block_outputs) if self.cfg.skip_fusion == "mean" else total
+
+        def grad_cams(x: torch.Tensor, extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            per_row = [None if t is None else t.repeat_interleave(counts, dim=0, output_size=rows) for t in (x, extra)]
+            return self._grad_cams(*per_row, target, grid)
+
+        if self.cfg.skip_entry == "input":
+            cams, last_attention = grad_cams(fused(block_outputs))
+        elif self.cfg.skip_entry == "output":
+            skips = fused(block_outputs[1:]) if len(block_outputs) > 1 else None
+            cams, last_attention = grad_cams(block_outputs[0], skips)
+        else:  # average: one CAM per fused feature, averaged after normalisation
+            per_feature = [grad_cams(x) for x in block_outputs]
+            cams, last_attention = torch.stack([minmax(c) for c, _ in per_feature]).mean(dim=0), per_feature[0][1]
+        # pytorch-grad-cam, as CLIP-ES calls it, min-max scales a CAM twice (docs/method.md#last-block-and-grad-cam)
+        return minmax(minmax(cams)), self._affinity(features, last_attention[torch.cumsum(counts, 0) - counts])
 
     def _row_classes(self, class_ids: list[tuple[int, ...]]):
         """The gradient target of :meth:`class_cams_batch`'s rows: row r (image i, its k-th class) takes the softmax
@@ -377,43 +359,32 @@ class SkipCAM:
         return target
 
     # -- labels -------------------------------------------------------------------------------------------------
-    def par_size(self, height: int, width: int) -> tuple[int, int] | None:
-        """``(h, w)`` PAR runs at: the long side scaled to ``par_max_side``; None for the image's own size."""
+    def par_size(self, height: int, width: int) -> tuple[int, int]:
+        """``(h, w)`` PAR runs at: the long side scaled to ``par_max_side``, or the image's own size (``0``, or no
+        larger)."""
         side = self.cfg.par_max_side
         if not side or max(height, width) <= side:
-            return None
+            return height, width
         scale = side / max(height, width)
         return max(1, round(height * scale)), max(1, round(width * scale))
-
-    def _scores(self, image: torch.Tensor, loc_maps_lowres: torch.Tensor
-                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-        """The scores ``[bg, classes]`` at image resolution before PAR and PAR's input (the image's pixels and the
-        scores at :meth:`par_size`; None without PAR)."""
-        height, width = image.shape[:2]
-        maps = _resize(loc_maps_lowres, (height, width))
-        background = (1.0 - maps.amax(dim=0).clamp(min=0.0)) ** self.cfg.bg_power
-        scores = torch.cat([background[None], maps])
-        if not self.cfg.use_par:
-            return scores, None
-        pixels = image.permute(2, 0, 1).float()
-        small = self.par_size(height, width)
-        if small:
-            return scores, (_resize(pixels, small).round_().clamp_(0, 255), _resize(scores, small))  # PIL: uint8
-        return scores, (pixels, scores)
 
     def initial_labels_batch(self, images: list[torch.Tensor], loc_maps: list[torch.Tensor],
                              class_ids: list[tuple[int, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores ``[bg, classes]`` at image resolution (background power, then PAR at :meth:`par_size` and back)
         and Y0 of several images, on the maps' device: ``images[i] (H, W, 3) uint8``, ``loc_maps[i] (K, h, w)``. PAR
-        runs for all at once (:func:`~pseudolabel.cam.par.par_refine`). Bilinear resizes (:func:`_resize`) with
-        antialiasing for the reductions, as PIL's, and without for the enlargements, as cv2's. Returns the scores
-        ``(B, 1+K, H, W)`` (padded channels and pixels -inf) and Y0 ``(B, H, W)`` on canvases
-        (:mod:`pseudolabel.canvas`)."""
-        staged = [self._scores(image, maps) for image, maps in zip(images, loc_maps)]
-        scores = [s for s, _ in staged]
+        runs for all at once (:func:`~pseudolabel.cam.par.par_refine`). Returns the scores ``(B, 1+K, H, W)``
+        (padded channels and pixels -inf) and Y0 ``(B, H, W)`` on canvases (:mod:`pseudolabel.canvas`)."""
+        scores = []
+        for image, lowres in zip(images, loc_maps):
+            maps = _resize(lowres, image.shape[:2])
+            background = (1.0 - maps.amax(dim=0).clamp(min=0.0)) ** self.cfg.bg_power
+            scores.append(torch.cat([background[None], maps]))
         if self.cfg.use_par:
-            refined = par_refine([p for _, (p, _) in staged], [s for _, (_, s) in staged], self.par_cfg)
-            scores = [_resize_to(r, s.shape[-2:]) for r, s in zip(refined, scores)]
+            sizes = [self.par_size(*s.shape[-2:]) for s in scores]
+            # the pixels rounded as PIL's reduction of a uint8 image gives them
+            pixels = [_resize(i.permute(2, 0, 1).float(), z).round_().clamp_(0, 255) for i, z in zip(images, sizes)]
+            refined = par_refine(pixels, [_resize(s, z) for s, z in zip(scores, sizes)], self.par_cfg)
+            scores = [_resize(r, s.shape[-2:]) for r, s in zip(refined, scores)]
         canvas = pad_stack(scores, -torch.inf)
         widest = canvas.shape[1]
         keys = upload([(0, *ids) + (0,) * (widest - 1 - len(ids)) for ids in class_ids], canvas.device, torch.uint8)
@@ -421,59 +392,45 @@ class SkipCAM:
         return canvas, keys.gather(1, winner.flatten(1)).view_as(winner)
 
     # -- the stages -----------------------------------------------------------------------------------------------
-    def _encoder_precision(self):
-        return encoder_precision(self.device, self.precision)
-
     def frozen(self, pixels: list[torch.Tensor]) -> list[FrozenFeatures]:
         """Frozen-block features of preprocessed images (:meth:`preprocess`), on the device. On a GPU the images of
         one CAM input size go through together; on a CPU one at a time, so an image's features (and labels) never
         depend on the other images of its batch (batching gains nothing there)."""
-        groups: dict[tuple[int, int], list[int]] = {}
-        for index, p in enumerate(pixels):
-            groups.setdefault(tuple(p.shape[-2:]), []).append(index)
+        one_by_one = self.device.type == "cpu"
         results: list[FrozenFeatures | None] = [None] * len(pixels)
-        for (h, w), members in groups.items():
-            for indices in ([[i] for i in members] if self.device.type == "cpu" else [members]):
-                batch = torch.stack([pixels[i].to(self.device, non_blocking=True) for i in indices])
-                with self._encoder_precision():
-                    outputs, attentions = self.frozen_blocks(batch)
-                for row, index in enumerate(indices):
-                    results[index] = FrozenFeatures([o[row] for o in outputs], [a[row] for a in attentions],
-                                                     (h // self.patch, w // self.patch))
+        for indices in [[i] for i in range(len(pixels))] if one_by_one else _groups([p.shape[-2:] for p in pixels]):
+            batch = torch.stack([pixels[i].to(self.device, non_blocking=True) for i in indices])
+            with encoder_precision(self.device, self.precision):
+                outputs, attentions = self.frozen_blocks(batch)
+            grid = (batch.shape[-2] // self.patch, batch.shape[-1] // self.patch)
+            for row, index in enumerate(indices):
+                results[index] = FrozenFeatures([o[row] for o in outputs], [a[row] for a in attentions], grid)
         return results
 
-    def cams_from_frozen(self, images: list, features: list[FrozenFeatures], class_ids_list: list) -> list[CAMOutput]:
-        """Skip-CAM maps, scores and Y0 of this setting from each image's :class:`FrozenFeatures`. ``images``:
-        ``(H, W, 3)`` uint8 arrays or tensors (on a GPU, a tensor already there saves a copy). Through
-        :meth:`label_batch`."""
+    def label_batch(self, images: list[np.ndarray | torch.Tensor], features: list[FrozenFeatures],
+                    class_ids_list: list) -> CAMBatch:
+        """Skip-CAM maps, scores and Y0 of several images from their :class:`FrozenFeatures`, in few kernels and one
+        wait for the device: the last block and its gradients for all (image, class) pairs of a CAM input size in
+        one forward and backward (:meth:`class_cams_batch`), one host copy of every CAM for CAA's boxes (OpenCV's
+        contours), background and PAR for all images at once (:meth:`initial_labels_batch`). ``images``:
+        ``(H, W, 3)`` uint8 arrays or tensors (on a GPU, a tensor already there saves a copy). Equal to each image's
+        own :meth:`label_batch` up to float rounding; :meth:`CAMBatch.outputs` splits the result by image."""
         # a read-only array (np.asarray of a PIL image) is copied: torch wraps writable ones only
-        pixels = [torch.as_tensor(image if isinstance(image, torch.Tensor) else np.require(image, requirements="W"))
+        images = [torch.as_tensor(image if isinstance(image, torch.Tensor) else np.require(image, requirements="W"))
                   .to(self.device, non_blocking=True) for image in images]
-        return self.label_batch(pixels, features, class_ids_list).outputs()
-
-    def label_batch(self, images: list[torch.Tensor], features: list[FrozenFeatures], class_ids_list: list
-                    ) -> "CAMBatch":
-        """Skip-CAM of several images together, in few kernels and one wait for the device: the last block and its
-        gradients for all (image, class) pairs of a CAM input size in one forward and backward
-        (:meth:`class_cams_batch`), one host copy of every CAM for CAA's boxes (OpenCV's contours), background and PAR
-        for all images at once (:meth:`initial_labels_batch`). ``images``: ``(H, W, 3)`` uint8 tensors on the
-        device. Equal to each image's own :meth:`label_batch` up to float rounding."""
         class_ids = [_class_ids(c) for c in class_ids_list]
-        groups: dict[tuple[int, int], list[int]] = {}
-        for index, frozen in enumerate(features):
-            groups.setdefault(frozen.grid, []).append(index)
-        members = list(groups.values())
+        members = _groups([f.grid for f in features])
         timings = {}
         start = time.perf_counter()
-        with self._encoder_precision():
+        with encoder_precision(self.device, self.precision):
             grouped = [self.class_cams_batch([features[i] for i in m], [class_ids[i] for i in m]) for m in members]
         cams = [c.float() for c, _ in grouped]
         timings["last_block_grad"] = time.perf_counter() - start
         start = time.perf_counter()
         host = torch.cat([c.flatten() for c in cams]).cpu().numpy()  # the batch's one wait: CAA's boxes need OpenCV
         sizes = [c.numel() for c in cams]
-        boxes = upload(np.concatenate([box_masks(h.reshape(c.shape), self.cfg.tau).ravel()
-                                       for h, c in zip(np.split(host, np.cumsum(sizes)[:-1]), cams)]), self.device)
+        host_cams = [m for h, c in zip(np.split(host, np.cumsum(sizes)[:-1]), cams) for m in h.reshape(c.shape)]
+        boxes = upload(np.concatenate([box_mask(m, self.cfg.tau).ravel() for m in host_cams]), self.device)
         rows = upload([r for m in members for r, i in enumerate(m) for _ in class_ids[i]], self.device)
         loc_maps: list[torch.Tensor | None] = [None] * len(features)
         for m, c, (_, affinity), b, r in zip(members, cams, grouped, boxes.split(sizes), rows.split([len(c) for c in cams])):
@@ -486,23 +443,11 @@ class SkipCAM:
         timings["bg_par"] = time.perf_counter() - start
         return CAMBatch(class_ids, [tuple(i.shape[:2]) for i in images], loc_maps, scores, labels, timings)
 
-    def predict_batch(self, images: list[np.ndarray], class_ids_list: list) -> list[CAMOutput]:
-        """Skip-CAM for several images (:meth:`frozen`, then :meth:`cams_from_frozen`)."""
-        images = [np.asarray(i.convert("RGB")) if isinstance(i, Image.Image) else np.asarray(i) for i in images]
-        for class_ids in class_ids_list:
-            if not class_ids:
-                raise ValueError("Skip-CAM needs at least one image-level class per image")
-        start = time.perf_counter()
-        features = self.frozen([self.preprocess(image) for image in images])
-        frozen_time = (time.perf_counter() - start) / max(len(images), 1)
-        outputs = self.cams_from_frozen(images, features, class_ids_list)
-        for out in outputs:
-            out.timings = {"frozen_blocks": frozen_time, **out.timings}
-        return outputs
-
     def __call__(self, image: np.ndarray | Image.Image, class_ids) -> CAMOutput:
-        """Skip-CAM for one image (``(H, W, 3)`` uint8 RGB or PIL) and its foreground class indices."""
-        return self.predict_batch([image], [class_ids])[0]
+        """Skip-CAM for one image (``(H, W, 3)`` uint8 RGB or PIL) and its foreground class indices: :meth:`frozen`
+        and :meth:`label_batch` of it alone."""
+        image = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+        return self.label_batch([image], self.frozen([self.preprocess(image)]), [class_ids]).outputs()[0]
 
 
 def _class_ids(class_ids) -> tuple[int, ...]:
@@ -512,12 +457,19 @@ def _class_ids(class_ids) -> tuple[int, ...]:
     return tuple(sorted(class_ids))
 
 
-def _resize_to(maps: torch.Tensor, size) -> torch.Tensor:
-    """PAR's output back at the image's size (a no-op when PAR ran there)."""
-    return maps if tuple(maps.shape[-2:]) == tuple(size) else _resize(maps, tuple(size))
+def _groups(keys: list) -> list[list[int]]:
+    """The indices of equal keys, group by group in the order of their first index."""
+    groups: dict = {}
+    for index, key in enumerate(keys):
+        groups.setdefault(tuple(key), []).append(index)
+    return list(groups.values())
 
 
 def _resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``(C, h, w)`` -> ``(C, *size)`` bilinear (half-pixel centres), antialiased where it shrinks (as PIL)."""
+    """``(C, h, w)`` -> ``(C, *size)`` bilinear (half-pixel centres), antialiased where it shrinks (as PIL's
+    reductions; without, as cv2's enlargements); ``maps`` itself at their own size."""
+    size = tuple(size)
+    if size == tuple(maps.shape[-2:]):
+        return maps
     shrinks = size[0] < maps.shape[-2] or size[1] < maps.shape[-1]
     return F.interpolate(maps[None], size=size, mode="bilinear", align_corners=False, antialias=shrinks)[0]
