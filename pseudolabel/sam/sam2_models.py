@@ -8,14 +8,9 @@ records the file's SHA-256 all the same).
 """
 from __future__ import annotations
 
-import logging
-from functools import partial
-
 import torch
 
-LOG = logging.getLogger(__name__)
 URL_ROOT = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
-LICENCE = "Apache-2.0"
 STATE_KEY = "model"  # the official checkpoints: {"model": state dict}
 
 # --sam-model name: (the package's config, the official checkpoint's file name)
@@ -47,7 +42,3 @@ def point_predictor(model, precision: str = "fp32"):
 
     return SAM2PointPredictor(model, precision=precision)
 
-
-def sam2_builder(config: str, overrides: tuple[str, ...] = ()):
-    """``build(checkpoint=None)`` of a config, for ``register_sam_variant``."""
-    return partial(build_sam2_model, config, tuple(overrides))
