@@ -182,22 +182,17 @@ class SharedImageMaskDecoder:
         of_base = by_head(base)
         return torch.cat([of_base, by_head(pe).expand_as(of_base)], dim=-1)
 
-    def _parts(self, images: int) -> dict:
-        """The per-image parts of the first ``images`` images (views), with the weights' constants."""
-        if self.image is None:
-            raise RuntimeError("call set_images first")
-        held = self.image["upscale_base"].shape[0]
-        if not 1 <= images <= held:
-            raise ValueError(f"{images} images asked for, {held} held")
-        return _first(self.image, images)
-
     # ---------------------------------------------------------------------------------------------- per prompt
     @torch.no_grad()
     def __call__(self, sparse_embeddings: Tensor, images: int = 1) -> tuple[Tensor, Tensor]:
-        parts = self._parts(images)
-        batch = sparse_embeddings.shape[0]
+        if self.image is None:
+            raise RuntimeError("call set_images first")
+        held, batch = self.image["upscale_base"].shape[0], sparse_embeddings.shape[0]
+        if not 1 <= images <= held:
+            raise ValueError(f"{images} images asked for, {held} held")
         if batch % images:
             raise ValueError(f"{batch} prompts do not split evenly over {images} images")
+        parts = _first(self.image, images)
         tokens = torch.cat([self.output_tokens.expand(batch, -1, -1), sparse_embeddings], dim=1)
         queries = tokens
         rows = len(self.layers) * (self.num_heads * (tokens.shape[1] - 1) + 1)
@@ -359,11 +354,12 @@ class SharedImageMaskDecoder:
     def _masks(self, image: _PromptTokens, vectors: Tensor, hyper: Tensor, parts: dict) -> Tensor:
         """Upscaling and hypernetwork product for the used grid: ``(B, 3, 4 rows, 4 cols)`` logits. Each image token
         gives its own 4x4 block of logits; they go ``MASK_PROMPTS`` prompts (as many of each image) through
-        ``MASK_ROWS`` rows of tokens at a time in batched products. On 2 CPU cores this is within 6% of a per-prompt
-        loop (16.3 against 15.4 ms a prompt with SAM ViT-B's decoder, 1.2x faster than all rows at once), and a GPU
-        gets a few large products instead of a kernel launch per prompt. ``parts``: the per-image upscaling terms."""
+        ``MASK_ROWS`` rows of tokens at a time in batched products (on 2 CPU cores within 6% of a per-prompt loop,
+        1.2x faster than all rows at once; a GPU gets a few large products). The first transposed convolution's
+        output then goes through LayerNorm2d, activation, the second transposed convolution, plus SAM 2.1's
+        ``feat_s0`` blocks, and activation. ``parts``: the per-image upscaling terms."""
         rows, cols = self.used_grid
-        weight1, _ = self.upscale1
+        (weight1, _), (weight2, bias2) = self.upscale1, self.upscale2
         upscale_base, constant, fine = parts["upscale_base"], parts["upscale_constant"], parts["upscale_fine"]
         images = upscale_base.shape[0]
         prompts = len(hyper) // images
@@ -378,25 +374,18 @@ class SharedImageMaskDecoder:
             x = torch.addcmul(constant[:, None, tokens], pick(sigma)[:, :, tokens], upscale_base[:, None, tokens])
             x = torch.baddbmm(x.flatten(0, 1), pick(coef)[..., tokens].flatten(0, 1).transpose(1, 2),
                               pick(vectors).flatten(0, 1))
-            x = self._upscale_rest(x.unflatten(2, (4, -1)).unflatten(0, (images, -1)),
-                                   None if fine is None else fine[:, None, tokens])
+            x = x.unflatten(2, (4, -1)).unflatten(0, (images, -1))  # (n, step, tokens, 2*2, C1)
+            x = self.act1(F.layer_norm(x, x.shape[-1:], self.norm.weight, self.norm.bias, self.norm.eps))
+            x = torch.addmm(bias2, x.flatten(0, -2), weight2).view(*x.shape[:-1], -1)
+            if fine is not None:
+                x += fine[:, None, tokens]
+            x = self.act2(x)
             chosen = pick(hyper).flatten(0, 1)
             out = chosen @ x.view(len(chosen), -1, hyper.shape[-1]).transpose(1, 2)  # (n * step, 3, 16 * tokens)
             pick(masks)[..., 16 * first: 16 * (first + window)] = out.view(images, -1, *out.shape[1:])
         # (mask, token (i, j), sub-pixel (a, b, c, e)) -> pixel (4i + 2a + c, 4j + 2b + e), in two cheap steps
         masks = masks.view(*hyper.shape[:2], rows, cols, 2, 2, 2, 2).transpose(3, 4).contiguous()
         return masks.permute(0, 1, 2, 3, 6, 4, 5, 7).reshape(*hyper.shape[:2], 4 * rows, 4 * cols)
-
-    def _upscale_rest(self, x: Tensor, fine: Tensor | None) -> Tensor:
-        """``(..., 2*2, C1)`` after the first transposed convolution -> ``(..., 2*2, 2*2 * C2)``: LayerNorm2d,
-        activation, the second transposed convolution, plus ``fine`` (SAM 2.1's ``feat_s0`` blocks, broadcast over
-        the leading dimensions) and activation."""
-        weight2, bias2 = self.upscale2
-        x = self.act1(F.layer_norm(x, x.shape[-1:], self.norm.weight, self.norm.bias, self.norm.eps))
-        out = torch.addmm(bias2, x.flatten(0, -2), weight2).view(*x.shape[:-1], -1)
-        if fine is not None:
-            out += fine
-        return self.act2(out)
 
 
 def _token_blocks(feature: Tensor, grid: tuple[int, int], levels: int) -> Tensor:
