@@ -214,7 +214,7 @@ class SAMRefiner:
         held = False
         for step in _decoding_steps([counts[i] for i in order], self.prompts_per_step(*canvas)):
             images, taken = order[: step.images], slice(step.first, step.first + step.prompts)
-            points = torch.from_numpy(np.stack([_padded(x[taken], step.prompts) for x in (xy[i] for i in images)]))
+            points = torch.from_numpy(np.stack([_padded(xy[i][taken], step.prompts, xy[i][taken][-1]) for i in images]))
             key = (*batch_key, points.numpy().tobytes())
             found = cache.steps.get(key) if cache is not None else None
             if found is None:
@@ -410,11 +410,6 @@ def _class_ranges(classes: np.ndarray) -> list[tuple[int, slice]]:
     return ranges
 
 
-def _padded(values: np.ndarray, length: int, fill=None) -> np.ndarray:
-    """``values`` extended to ``length`` along its first axis with ``fill`` (default: its last entry repeated)."""
-    missing = length - len(values)
-    if missing <= 0:
-        return values
-    tail = np.repeat(values[-1:], missing, axis=0) if fill is None else np.full((missing, *values.shape[1:]), fill,
-                                                                                 values.dtype)
-    return np.concatenate([values, tail])
+def _padded(values: np.ndarray, length: int, fill) -> np.ndarray:
+    """``values`` extended to ``length`` along its first axis with ``fill``."""
+    return np.concatenate([values, np.full((length - len(values), *values.shape[1:]), fill, values.dtype)])

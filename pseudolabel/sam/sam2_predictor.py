@@ -1,21 +1,15 @@
-"""SAM 2.1 as CEP's refiner: the official ``sam2`` package's image encoder (batched) and its prompt encoder and mask
-decoder, behind the methods and return conventions of :class:`~pseudolabel.sam.predictor.BatchedPointPredictor`, so
-that :class:`~pseudolabel.sam.refine.SAMRefiner`'s mask choice, δ filter and merge apply unchanged.
+"""SAM 2.1 as CEP's refiner: :class:`~pseudolabel.sam.predictor.BatchedPointPredictor` with the official ``sam2``
+package's image encoder (batched), prompt encoder and mask decoder (through
+:class:`~pseudolabel.sam.decoder.SharedImageMaskDecoder`; docs/stage_one.md#speed-and-memory-on-a-cpu), so that
+:class:`~pseudolabel.sam.refine.SAMRefiner`'s mask choice, δ filter and merge apply unchanged.
 
 What differs from SAM ViT-B, all as the package's ``SAM2ImagePredictor`` does it: the image is resized to the
 model's square input (no aspect-preserving padding), points are given in the normalised frame times the input size,
 the decoder also reads the encoder's two high-resolution feature maps, and the masks are the low-resolution logits
-resized bilinearly to the image (one bilinear :class:`~pseudolabel.sam.predictor.MaskResize`; hole filling and
-sprinkle removal stay off: they need the package's optional CUDA extension). One positive point per prompt, SAM 2.1's
-three multimask outputs. The decoder runs as :class:`~pseudolabel.sam.decoder.SharedImageMaskDecoder`, SAM ViT-B's
-factored decoder, which reads SAM 2.1's ``MaskDecoder`` (its object-score token and high-resolution maps) and
-computes the same masks and IoUs: the image side once per image, each prompt's part on its 7 tokens, in steps spread
-over the CPU's threads as SAM ViT-B's (the decoding of :class:`~pseudolabel.sam.predictor.BatchedPointPredictor`, its
-base class).
-
-An embedding of :meth:`SAM2PointPredictor.encode` is one row per image holding the three feature maps flattened
-(:meth:`SAM2PointPredictor.unpack` splits it), so it slices and concatenates along images like SAM ViT-B's
-``(B, 256, 64, 64)`` embeddings.
+resized bilinearly to the image (hole filling and sprinkle removal stay off: they need the package's optional CUDA
+extension). An embedding of :meth:`SAM2PointPredictor.encode` is one row per image holding the feature maps
+flattened (:meth:`SAM2PointPredictor.unpack` splits it), so it slices and concatenates along images like SAM
+ViT-B's ``(B, 256, 64, 64)`` embeddings.
 """
 from __future__ import annotations
 
