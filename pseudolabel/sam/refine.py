@@ -188,12 +188,10 @@ class SAMRefiner:
                      sizes: list[tuple[int, int]], class_ids_list: list, cache: "MaskCache | None" = None
                      ) -> RefinedBatch:
         """Refine several images at once on their canvases: ``y0 (B, H, W)`` uint8 and ``scores (B, 1+K, H, W)``
-        (padded class channels -inf), each image's size and classes. One wait for the device (the labels at the
-        grid points, for the prompts); the prompts of all images decoded together, ``points_per_batch`` at a time
-        (fewer where their masks on the canvas would exceed :data:`PIECE_BYTES`, :meth:`prompts_per_step`),
-        as many for each image in a step; selection, the δ filter and the merge (:meth:`merge_batch`) on the
-        canvases. ``cache``: the decoding steps of other settings on the same images (:class:`MaskCache`); a step
-        found there is not decoded again."""
+        (padded class channels -inf), each image's size and classes. One wait for the device (Y0 at the grid points,
+        for the prompts); the prompts of all images decoded together, :meth:`prompts_per_step` at a time, as many
+        for each image in a step; selection, the δ filter and the merge (:meth:`merge_batch`) on the canvases.
+        ``cache``: the decoding steps of other settings on the same images (:class:`MaskCache`), not decoded again."""
         class_ids = [tuple(c) for c in class_ids_list]
         widest = max(len(c) for c in class_ids)
         if not self.cfg.enabled:
