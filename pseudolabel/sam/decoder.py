@@ -200,7 +200,11 @@ class SharedImageMaskDecoder:
         layer_values = []  # per layer, the image-to-token values of all prompts (B, H, T, c)
         vectors = None  # the prompts' vectors z (B, M, D) in the space of the image tokens; none before layer 0
         for j, (layer, layer_parts) in enumerate(zip(self.layers, parts["layers"])):
-            queries = self._self_attention(layer, queries, tokens)
+            if layer.skip_first_layer_pe:  # self-attention and norm1 (tokens: the prompt tokens' positional encoding)
+                queries = layer.norm1(layer.self_attn(q=queries, k=queries, v=queries))
+            else:
+                q = queries + tokens
+                queries = layer.norm1(queries + layer.self_attn(q=q, k=q, v=queries))
             attended = self._token_to_image(layer.cross_attn_token_to_image, queries + tokens, image, vectors,
                                             layer_parts["token_to_image"], self.value_constants[j])
             queries = layer.norm2(queries + attended)
@@ -221,14 +225,6 @@ class SharedImageMaskDecoder:
         hyper = torch.stack([mlp(out[:, 1 + i]) for i, mlp in enumerate(self.decoder.output_hypernetworks_mlps[1:])],
                             dim=1)
         return self._masks(image, vectors, hyper, parts), iou_pred
-
-    @staticmethod
-    def _self_attention(layer, queries: Tensor, tokens: Tensor) -> Tensor:
-        """Self-attention and norm1 of a two-way block (``tokens``: the prompt tokens, its positional encoding)."""
-        if layer.skip_first_layer_pe:
-            return layer.norm1(layer.self_attn(q=queries, k=queries, v=queries))
-        q = queries + tokens
-        return layer.norm1(queries + layer.self_attn(q=q, k=q, v=queries))
 
     def _by_prompt_head(self, x: Tensor, scaled: bool = False) -> Tensor:
         """``(B, T, H*c)`` -> ``(B, H, T, c)``, divided by ``sqrt(c)`` if ``scaled`` (attention logits)."""

@@ -21,6 +21,7 @@ from pseudolabel.checkpoints import load_weights
 from pseudolabel.download import DownloadError, download_file, file_sha256
 from pseudolabel.sam import sam2_models
 from pseudolabel.sam.fused_attention import install_fused_attention
+from pseudolabel.sam.sam2_predictor import SAM2PointPredictor
 
 compat.apply()  # before segment_anything imports torchvision
 from segment_anything import sam_model_registry  # noqa: E402
@@ -52,7 +53,7 @@ SAM_VARIANTS = {
     "vit_h": SAMVariant(sam_model_registry["vit_h"], "sam_vit_h_4b8939.pth",
                         "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e"),
     **{name: SAMVariant(partial(sam2_models.build_sam2_model, config), filename, None, sam2_models.URL_ROOT + filename,
-                        sam2_models.STATE_KEY, sam2_models.point_predictor)
+                        sam2_models.STATE_KEY, SAM2PointPredictor)
        for name, (config, filename) in sam2_models.SAM2_CONFIGS.items()},
 }
 

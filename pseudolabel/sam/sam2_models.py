@@ -1,5 +1,5 @@
-"""SAM 2.1's variants for the SAM registry (``pseudolabel/sam/models.py``): the official ``sam2`` package's configs,
-checkpoints and builder, and the predictor that prompts them (:mod:`pseudolabel.sam.sam2_predictor`).
+"""SAM 2.1's variants for the SAM registry (``pseudolabel/sam/models.py``, with the predictor that prompts them,
+:mod:`pseudolabel.sam.sam2_predictor`): the official ``sam2`` package's configs, checkpoints and builder.
 
 ``sam2`` (Apache-2.0) is imported when a variant is built, not with this module. Its official checkpoints
 (``dl.fbaipublicfiles.com/segment_anything_2/092824/``) hold the weights under ``"model"``; no SHA-256 of them is
@@ -34,11 +34,4 @@ def build_sam2_model(config: str, overrides: tuple[str, ...] = (), checkpoint=No
     from sam2.build_sam import build_sam2
 
     return build_sam2(config, None, device="cpu", mode="eval", hydra_overrides_extra=list(overrides))
-
-
-def point_predictor(model, precision: str = "fp32"):
-    """The refiner's predictor of a SAM 2.1 model."""
-    from pseudolabel.sam.sam2_predictor import SAM2PointPredictor
-
-    return SAM2PointPredictor(model, precision=precision)
 
