@@ -233,13 +233,13 @@ class SAMRefiner:
             who = np.stack([_padded(owner[i][taken], step.prompts, -1) for i in images])  # class index, -1: padding
             flat = np.where(who >= 0, np.array(images)[:, None] * widest + who, len(passed) - 1)
             flat_device = upload(flat.ravel(), device)
+            picked = flat_device.clamp(max=len(passed) - 2)  # padding reads some class's region; it is dropped below
             if components is not None:
                 component_maps, component_of_point = components
-                point_ids = np.stack([_padded(component_of_point[i][taken], step.prompts, 0) for i in images])
-                point_regions = component_maps.flatten(2).flatten(0, 1)[flat_device.clamp(max=len(passed) - 2)] \
-                    == upload(point_ids.ravel(), device)[:, None]
+                point_ids = np.stack([_padded(component_of_point[i][taken], step.prompts, 0) for i in images]).ravel()
+                point_regions = component_maps.flatten(2).flatten(0, 1)[picked] == upload(point_ids, device)[:, None]
             else:
-                point_regions = regions.flatten(2).flatten(0, 1)[flat_device.clamp(max=len(passed) - 2)]
+                point_regions = regions.flatten(2).flatten(0, 1)[picked]
             chosen, keep = self._select_and_filter(masks.flatten(0, 1).flatten(-2), iou_pred.flatten(0, 1),
                                                    point_regions)
             keep &= upload(who.ravel() >= 0, device)
