@@ -75,7 +75,7 @@ def main() -> None:
             refinement, times = refine_timed(refine, image)
             labels[name] = refinement.labels
             best[name] = {k: min(v, best.get(name, times)[k]) for k, v in times.items()}
-    points = len(refiner.prompts(y0, scores, classes)[0])
+    points = sum(refinement.prompts)  # both paths prompt the same points
     print(f"\nSAM {args.model} (random weights) refinement at 500x375, grid {args.grid_size}x{args.grid_size}, "
           f"{points} prompted points, {args.points_per_batch} per batch, device {args.device}, "
           f"threads {torch.get_num_threads()}, best of {args.repeats}")

@@ -52,10 +52,10 @@ def test_shared_decoder_equals_sam_mask_decoder(build):
         sparse, dense = prompts(points=(points, labels), boxes=None, masks=None)
         expected, expected_iou = decoder(embedding, prompts.get_dense_pe(), sparse, dense, multimask_output=True)
         shared = SharedImageMaskDecoder(decoder)
-        shared.set_image(embedding, prompts.get_dense_pe(), dense[:1])
+        shared.set_images(embedding, prompts.get_dense_pe(), dense[:1])
         masks, iou = shared(sparse)
         one_by_one = torch.cat([shared(sparse[i: i + 1])[0] for i in range(len(sparse))])
-        shared.set_image(embedding, prompts.get_dense_pe(), dense[:1], used_grid=(side - 3, side - 1))
+        shared.set_images(embedding, prompts.get_dense_pe(), dense[:1], used_grid=(side - 3, side - 1))
         cropped, _ = shared(sparse)
     assert expected.std() > 0.05  # not a degenerate (constant) output
     assert_close_at_scale(masks, expected)
@@ -65,7 +65,7 @@ def test_shared_decoder_equals_sam_mask_decoder(build):
 
 
 def test_shared_decoder_needs_an_image():
-    with pytest.raises(RuntimeError, match="set_image"):
+    with pytest.raises(RuntimeError, match="set_images"):
         SharedImageMaskDecoder(tiny_decoder()[0])(torch.zeros(1, 2, 256))
 
 
@@ -152,7 +152,7 @@ def test_shared_decoder_on_several_images_equals_one_image_at_a_time(upscaling, 
         single = SharedImageMaskDecoder(decoder)
         alone = []
         for i in range(3):
-            single.set_image(embeddings[i: i + 1], prompts.get_dense_pe(), dense[:1], used_grid=(48, 64))
+            single.set_images(embeddings[i: i + 1], prompts.get_dense_pe(), dense[:1], used_grid=(48, 64))
             alone.append(single(sparse[4 * i: 4 * i + 4]))
         masks, iou = torch.cat([m for m, _ in alone]), torch.cat([i for _, i in alone])
         shared = SharedImageMaskDecoder(decoder)
@@ -226,10 +226,10 @@ def test_shared_decoder_equals_sam2_mask_decoder(sam2_1, dtype, rel):
         pe = prompts.get_dense_pe().to(dtype)
         expected, expected_iou = stock_sam2_decode(decoder, pe, embeddings, high_res, sparse, dense)
         shared = SharedImageMaskDecoder(decoder)
-        shared.set_image(embeddings, pe, dense, high_res_features=high_res)
+        shared.set_images(embeddings, pe, dense, high_res_features=high_res)
         masks, iou = shared(sparse)
         one_by_one = torch.cat([shared(sparse[i: i + 1])[0] for i in range(len(sparse))])
-        shared.set_image(embeddings, pe, dense, used_grid=(61, 63), high_res_features=high_res)
+        shared.set_images(embeddings, pe, dense, used_grid=(61, 63), high_res_features=high_res)
         cropped, _ = shared(sparse)
     assert masks.dtype == dtype and expected.std() > 0.05
     assert_close_at_scale(masks, expected, rel)
@@ -237,10 +237,10 @@ def test_shared_decoder_equals_sam2_mask_decoder(sam2_1, dtype, rel):
     assert_close_at_scale(one_by_one, expected, rel)
     assert_close_at_scale(cropped, expected[..., : 4 * 61, : 4 * 63], rel)
     if sam2_1:  # the maps matter: without them (zeros) the masks differ
-        shared.set_image(embeddings, pe, dense, high_res_features=[torch.zeros_like(m) for m in high_res])
+        shared.set_images(embeddings, pe, dense, high_res_features=[torch.zeros_like(m) for m in high_res])
         assert (shared(sparse)[0] - expected).abs().max() > 0.1 * expected.abs().max()
     with pytest.raises(ValueError, match="high_res_features"):
-        shared.set_image(embeddings, pe, dense, high_res_features=None if sam2_1 else [])
+        shared.set_images(embeddings, pe, dense, high_res_features=None if sam2_1 else [])
 
 
 def test_shared_sam2_decoder_on_several_images_equals_the_stock_decoder_image_by_image():

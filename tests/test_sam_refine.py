@@ -42,14 +42,14 @@ def test_grid_equals_sam_point_grid():
 def test_only_points_on_a_class_prompt_that_class():
     y0 = y0_two_classes()
     r = refiner(lambda x, y: np.stack([box(0, 1, 0, 1)] * 3))
-    xy, owner = r.prompts(y0, scores_for(y0, (3, 15)), (3, 15))
-    for (x, y), k in zip(xy, owner):
-        assert y0[int(y), int(x)] == (3, 15)[k]
+    refinement = refine_one(r, y0, scores_for(y0, (3, 15)), (3, 15))
+    owners = np.repeat([3, 15], refinement.prompts)  # one image's prompts come grouped by class, in its classes' order
+    assert len(r.predictor.prompted) == len(owners) and r.predictor.images == 1
+    for (x, y), c in zip(r.predictor.prompted, owners):
+        assert y0[int(y), int(x)] == c
     grid = grid_points(H, W, 16)
     on = y0[grid[:, 1].astype(int), grid[:, 0].astype(int)]
-    assert len(xy) == int((on != 0).sum())
-    refine_one(r, y0, scores_for(y0, (3, 15)), (3, 15))
-    assert len(r.predictor.prompted) == len(xy) and r.predictor.images == 1
+    assert refinement.prompts == (int((on == 3).sum()), int((on == 15).sum())) and len(owners) == (on != 0).sum()
 
 
 def test_delta_one_keeps_y0_when_no_mask_is_exact_and_delta_zero_replaces_with_masks():

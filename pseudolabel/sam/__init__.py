@@ -1,9 +1,6 @@
-"""Stage one's second half, Y0 -> refined label: SAM prompted with the grid points on each class's Y0 region, mask
-selection, the δ filter and the merge (``refine``: ``SAMRefiner``, its config ``SAMRefineConfig``, per-image
-``SAMInput``, ``ImageEmbedding`` and ``Refinement``, and from the batched GPU path ``RefinedBatch``), the SAM registry
-and checkpoints (``models``: ``load_sam``, ``SAM_VARIANTS``, ``register_sam_variant``), and the batched single-point
-predictor with its shared-image mask decoder (``predictor``, ``decoder``). The public names below import their module
-(torch, segment_anything) on first use, so ``import pseudolabel.sam`` alone loads neither
+"""Stage one's second half, Y0 -> refined label (``refine``), the SAM registry and checkpoints (``models``), and the
+batched single-point predictor with its shared-image mask decoder (``predictor``, ``decoder``). The public names
+below import their module (torch, segment_anything) on first use, so ``import pseudolabel.sam`` alone loads neither
 (``pseudolabel/lazy_exports.py``)."""
 from pseudolabel.lazy_exports import lazy_exports
 

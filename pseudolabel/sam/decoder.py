@@ -1,38 +1,26 @@
-"""SAM's and SAM 2.1's mask decoder for many single-image prompts, evaluated in a cheaper order with the same result.
+"""SAM's and SAM 2.1's mask decoder for many single-point prompts, evaluated in a cheaper order with the same result
+(docs/stage_one.md#speed-and-memory-on-a-cpu: the idea in short, SAM 2.1's differences, measurements).
 
-``segment_anything``'s ``MaskDecoder`` (and ``sam2``'s, which has the same two-way transformer) repeats the 64x64 image embedding once per prompt and then runs every linear
-projection of those 4096 image tokens per prompt, although a prompt has only 7 tokens. On a CPU this costs about 1.7
-GMAC and 60 ms per prompt, and batching gains little. No library offers another evaluation order, so
-:class:`SharedImageMaskDecoder` writes one by hand. It reads the decoder's own modules and weights and computes the
-same function, using that a prompt changes the image tokens only by a few vectors:
+``MaskDecoder`` repeats the 64x64 image embedding once per prompt and runs every projection of its 4096 tokens per
+prompt, although a prompt has only 7 tokens (about 1.7 GMAC a prompt). :class:`SharedImageMaskDecoder` reads the
+decoder's own modules and weights and uses that a prompt changes the image tokens only by a few vectors:
 
 - An image-to-token attention adds to image token ``n`` a mix ``Σ_t a[n,h,t] W_o^h v_t^h`` of the prompt's 7 value
   vectors per head, and a LayerNorm ``γ ⊙ (x - mean x) / std(x) + β`` is linear up to one scale per token. So after
   any layer the image tokens are ``keys[n] = σ[n] base[n] + Σ_m c[m,n] z[m] + β``: ``base`` is the image embedding
-  through the LayerNorms' linear parts (the same for every prompt, precomputed per image), and each prompt has its
-  own ``σ (N)``, coefficients ``c (M, N)`` and vectors ``z (M, D)`` with ``M`` about 50 per layer (``7 - 1`` tokens
-  per head, as the mix weights sum to one, plus a constant).
-- Every projection of the image tokens then splits into a per-image product of ``base`` and a per-prompt product of
-  the ``M`` vectors, and attention against the prompt tokens is re-associated (``(x W_q) kᵀ = x (W_q kᵀ)``).
-  A LayerNorm's variance follows from a Gram matrix of the vectors and their products with ``base``; those products
-  are computed per image in each head's 16-dimensional value space, where the prompt's vectors come from. Logit
-  terms that are constant along a softmax (key biases) are dropped.
-- The last cross-attention is evaluated only for the tokens that are used (the IoU token and the 3 multimask tokens).
-- The upscaling runs only over the image tokens that SAM's crop keeps. Its first ``ConvTranspose2d(k=2, s=2)`` is
-  linear in the tokens, so it too splits into a per-image and a per-prompt product. Both transposed convolutions run
-  as matrix products on channels-last data, with ``LayerNorm2d`` as ``F.layer_norm`` over the channels.
-- SAM 2.1's decoder differs in three places, all read from the decoder: an object-score token comes first among the
-  output tokens (it takes part in the attentions; its score is not a mask output), and its upscaling adds the
-  encoder's high-resolution maps ``feat_s1`` (after the first transposed convolution) and ``feat_s0`` (after the
-  second). Both are per-image terms: ``feat_s1`` joins the first convolution's constant, ``feat_s0`` is added to each
-  token's 4x4 block before the last activation.
+  through the LayerNorms' linear parts (per image), and each prompt has its own ``σ (N)``, coefficients
+  ``c (M, N)`` and vectors ``z (M, D)``, ``M`` about 50 per layer (``7 - 1`` tokens per head, as the mix weights sum
+  to one, plus a constant).
+- Every projection of the image tokens splits into a per-image product of ``base`` and a per-prompt product of the
+  vectors; attention against the prompt tokens is re-associated (``(x W_q) kᵀ = x (W_q kᵀ)``); a LayerNorm's
+  variance follows from a Gram matrix of the vectors and their products with ``base`` (per image, in each head's
+  value space). Logit terms that are constant along a softmax (key biases) are dropped.
+- The last cross-attention runs only for the used tokens (the IoU token and the 3 multimask tokens), the upscaling
+  only over the image tokens that SAM's crop keeps, its transposed convolutions as channels-last matrix products
+  (the first, linear in the tokens, split as a projection).
 
-Several images can be held at once (``set_images``): the per-image parts then carry a leading image dimension, the
-prompts come image by image, as many for each, and every per-image product runs for all images in one batched
-product (a GPU decodes a whole batch of images' prompts in one pass).
-
-The result equals ``MaskDecoder(..., multimask_output=True)``'s masks and IoUs exactly in real arithmetic. In float32
-only the rounding differs; ``tests/test_sam_decoder.py`` checks this against both libraries' decoders.
+The result equals ``MaskDecoder(..., multimask_output=True)``'s masks and IoUs in real arithmetic; in float32 only
+the rounding differs (``tests/test_sam_decoder.py`` checks this against both libraries' decoders).
 """
 from __future__ import annotations
 
@@ -75,21 +63,12 @@ class _PromptTokens:
 
 
 class SharedImageMaskDecoder:
-    """Multimask outputs of a ``segment_anything`` or ``sam2`` ``MaskDecoder`` for a batch of prompts on one image
-    (or several).
+    """Multimask outputs of a ``segment_anything`` or ``sam2`` ``MaskDecoder`` for a batch of prompts on several images.
 
-    ``set_image`` takes the image embedding, its positional encoding and the dense prompt embedding (SAM's "no mask"
-    embedding), and for a SAM 2.1 decoder that uses them the high-resolution maps ``[feat_s0, feat_s1]`` (already
-    through the decoder's ``conv_s0`` / ``conv_s1``, as ``SAM2Base.forward_image`` returns them), and precomputes
-    what is shared. ``__call__(sparse)`` returns the 3 multimask low-resolution logits
-    ``(B, 3, 4h, 4w)`` and their predicted IoUs ``(B, 3)``, as ``MaskDecoder(..., multimask_output=True)`` does.
-    ``set_images`` holds several images; ``__call__(sparse, images=n)`` then decodes ``B / n`` prompts on each of the
-    first ``n`` images (prompts image by image).
-
-    ``used_grid=(rows, cols)`` in ``set_image`` computes the logits of the top-left ``rows x cols`` image tokens only
-    (``(B, 3, 4 rows, 4 cols)``): SAM's postprocessing crops the padding of its square canvas away, so for a 4:3 image
-    a quarter of the logits is never used. On a CPU, give it a few prompts at a time (about 4): the per-prompt
-    coefficients (about 1.6 MB each) then stay in cache.
+    ``set_images`` precomputes the image side; ``__call__(sparse, images=n)`` decodes ``B / n`` prompts on each of
+    the first ``n`` images (prompts image by image) into the 3 multimask low-resolution logits ``(B, 3, 4h, 4w)`` and
+    their predicted IoUs ``(B, 3)``, as ``MaskDecoder(..., multimask_output=True)`` does. On a CPU, give it about 4
+    prompts at a time: their coefficients (about 1.6 MB each) then stay in cache.
     """
 
     def __init__(self, decoder) -> None:
@@ -110,7 +89,7 @@ class SharedImageMaskDecoder:
         self.upscale2 = (conv2.weight.permute(0, 2, 3, 1).reshape(conv2.in_channels, -1), conv2.bias.repeat(4))
         self.norm, self.act1, self.act2 = norm, act1, act2
         # Where layer s's attention output lands after the LayerNorms of layers s..j-1 (the image tokens' space
-        # entering layer j > s, for the per-image LayerNorm products of `set_image`): rows of `maps[s][j]` are the
+        # entering layer j > s, for the per-image LayerNorm products of `set_images`): rows of `maps[s][j]` are the
         # images of the output projection's input units; `constants[s][j]` is that of layer s's constant (β of
         # layer s-1 plus the output projection's bias).
         self.maps: list[dict[int, Tensor]] = []
@@ -127,33 +106,26 @@ class SharedImageMaskDecoder:
                     constant = _affine_part(constant, self.layers[j - 1].norm4)
                     self.maps[s][j], self.constants[s][j] = rows, constant
                 previous_beta = layer.norm4.bias
-            # the parts of the attentions that depend on the weights only (β of the previous layer, 0 before the
-            # first): the values' and queries' constants, and the first upscaling's
+            # the attentions' parts that depend on the weights only (β of the previous layer, 0 before the first):
+            # the token-to-image values' constants (then the final attention's) and the image-to-token queries'
             betas = [torch.zeros_like(previous_beta)] + [layer.norm4.bias for layer in self.layers]
-            self.fixed = {
-                "layers": [{"token_to_image": {"value_constant": layer.cross_attn_token_to_image.v_proj(beta)},
-                            "image_to_token": {"query_constant": layer.cross_attn_image_to_token.q_proj(beta)}}
-                           for layer, beta in zip(self.layers, betas)],
-                "final": {"value_constant": transformer.final_attn_token_to_image.v_proj(betas[-1])},
-            }
+            self.value_constants = [layer.cross_attn_token_to_image.v_proj(beta)
+                                    for layer, beta in zip(self.layers, betas)]
+            self.value_constants.append(transformer.final_attn_token_to_image.v_proj(betas[-1]))
+            self.query_constants = [layer.cross_attn_image_to_token.q_proj(beta)
+                                    for layer, beta in zip(self.layers, betas)]
             self.upscale_constant = betas[-1] @ self.upscale1[0] + self.upscale1[1]
         self.image: dict | None = None
 
     # ----------------------------------------------------------------------------------------------- per image
     @torch.no_grad()
-    def set_image(self, image_embeddings: Tensor, image_pe: Tensor, dense_embeddings: Tensor,
-                  used_grid: tuple[int, int] | None = None, high_res_features: list[Tensor] | None = None) -> None:
-        """Precompute the image side for ``image_embeddings (1, D, h, w)``; ``used_grid``, ``high_res_features``:
-        see the class."""
-        if image_embeddings.shape[0] != 1:
-            raise ValueError("set_image takes one image; set_images several")
-        self.set_images(image_embeddings, image_pe, dense_embeddings, used_grid, high_res_features)
-
-    @torch.no_grad()
     def set_images(self, image_embeddings: Tensor, image_pe: Tensor, dense_embeddings: Tensor,
                    used_grid: tuple[int, int] | None = None, high_res_features: list[Tensor] | None = None) -> None:
-        """Precompute the image side of ``image_embeddings (n, D, h, w)`` (``used_grid`` for all of them;
-        ``high_res_features``: each map ``(n, C, s h, s w)``)."""
+        """Precompute the image side of ``image_embeddings (n, D, h, w)``, their positional encoding and the dense
+        prompt embedding (SAM's "no mask" embedding). ``used_grid=(rows, cols)``: compute the logits of the top-left
+        ``rows x cols`` image tokens only (SAM's postprocessing crops its canvas's padding away).
+        ``high_res_features``: a SAM 2.1 decoder's maps ``[feat_s0, feat_s1]``, each ``(n, C, s h, s w)``, through
+        its ``conv_s0`` / ``conv_s1`` (as ``SAM2Base.forward_image`` returns them)."""
         if self.high_res != (high_res_features is not None):
             raise ValueError("high_res_features: the decoder's high-resolution maps [feat_s0, feat_s1] are needed by "
                              "a decoder that uses them and only by one")
@@ -166,8 +138,7 @@ class SharedImageMaskDecoder:
             centred = _centred(base)
             layers.append({
                 "token_to_image": self._attention_keys(layer.cross_attn_token_to_image, base, pe, j == 0),
-                "image_to_token": {"queries": self._with_pe(layer.cross_attn_image_to_token.q_proj.weight, base, pe,
-                                                            j == 0)},
+                "queries": self._with_pe(layer.cross_attn_image_to_token.q_proj.weight, base, pe, j == 0),
                 # norm4's variance: |P base|² and P base against the vectors of this and every earlier layer
                 "base_norm": centred.square().sum(dim=-1),
                 "cross": [self._by_head(centred @ self.maps[s][j].T).transpose(-2, -1).contiguous()
@@ -211,22 +182,17 @@ class SharedImageMaskDecoder:
         of_base = by_head(base)
         return torch.cat([of_base, by_head(pe).expand_as(of_base)], dim=-1)
 
-    def _parts(self, images: int) -> dict:
-        """The per-image parts of the first ``images`` images (views), with the weights' constants."""
-        if self.image is None:
-            raise RuntimeError("call set_image first")
-        held = self.image["upscale_base"].shape[0]
-        if not 1 <= images <= held:
-            raise ValueError(f"{images} images asked for, {held} held")
-        return _with_fixed(_first(self.image, images), self.fixed)
-
     # ---------------------------------------------------------------------------------------------- per prompt
     @torch.no_grad()
     def __call__(self, sparse_embeddings: Tensor, images: int = 1) -> tuple[Tensor, Tensor]:
-        parts = self._parts(images)
-        batch = sparse_embeddings.shape[0]
+        if self.image is None:
+            raise RuntimeError("call set_images first")
+        held, batch = self.image["upscale_base"].shape[0], sparse_embeddings.shape[0]
+        if not 1 <= images <= held:
+            raise ValueError(f"{images} images asked for, {held} held")
         if batch % images:
             raise ValueError(f"{batch} prompts do not split evenly over {images} images")
+        parts = _first(self.image, images)
         tokens = torch.cat([self.output_tokens.expand(batch, -1, -1), sparse_embeddings], dim=1)
         queries = tokens
         rows = len(self.layers) * (self.num_heads * (tokens.shape[1] - 1) + 1)
@@ -234,14 +200,18 @@ class SharedImageMaskDecoder:
         layer_values = []  # per layer, the image-to-token values of all prompts (B, H, T, c)
         vectors = None  # the prompts' vectors z (B, M, D) in the space of the image tokens; none before layer 0
         for j, (layer, layer_parts) in enumerate(zip(self.layers, parts["layers"])):
-            queries = self._self_attention(layer, queries, tokens)
+            if layer.skip_first_layer_pe:  # self-attention and norm1 (tokens: the prompt tokens' positional encoding)
+                queries = layer.norm1(layer.self_attn(q=queries, k=queries, v=queries))
+            else:
+                q = queries + tokens
+                queries = layer.norm1(queries + layer.self_attn(q=q, k=q, v=queries))
             attended = self._token_to_image(layer.cross_attn_token_to_image, queries + tokens, image, vectors,
-                                            layer_parts["token_to_image"])
+                                            layer_parts["token_to_image"], self.value_constants[j])
             queries = layer.norm2(queries + attended)
             queries = layer.norm3(queries + layer.mlp(queries))
             attn = layer.cross_attn_image_to_token
             keys = self._by_prompt_head(attn.k_proj(queries + tokens), scaled=True)
-            self._image_to_token(attn, keys, image, vectors, layer_parts["image_to_token"])
+            self._image_to_token(attn, keys, image, vectors, layer_parts["queries"], self.query_constants[j])
             layer_values.append(self._by_prompt_head(attn.v_proj(queries)))
             added = self._layer_vectors(layer_values[-1], j)
             vectors = added if vectors is None else torch.cat([vectors, added], dim=1)
@@ -249,20 +219,12 @@ class SharedImageMaskDecoder:
         # Final attention, only for the used tokens.
         used, final = self.used_tokens, self.transformer.final_attn_token_to_image
         out = queries[:, used] + self._token_to_image(final, (queries + tokens)[:, used], image, vectors,
-                                                      parts["final"])
+                                                      parts["final"], self.value_constants[-1])
         out = self.transformer.norm_final_attn(out)
         iou_pred = self.decoder.iou_prediction_head(out[:, 0])[:, 1:]
         hyper = torch.stack([mlp(out[:, 1 + i]) for i, mlp in enumerate(self.decoder.output_hypernetworks_mlps[1:])],
                             dim=1)
         return self._masks(image, vectors, hyper, parts), iou_pred
-
-    @staticmethod
-    def _self_attention(layer, queries: Tensor, tokens: Tensor) -> Tensor:
-        """Self-attention and norm1 of a two-way block (``tokens``: the prompt tokens, its positional encoding)."""
-        if layer.skip_first_layer_pe:
-            return layer.norm1(layer.self_attn(q=queries, k=queries, v=queries))
-        q = queries + tokens
-        return layer.norm1(queries + layer.self_attn(q=q, k=q, v=queries))
 
     def _by_prompt_head(self, x: Tensor, scaled: bool = False) -> Tensor:
         """``(B, T, H*c)`` -> ``(B, H, T, c)``, divided by ``sqrt(c)`` if ``scaled`` (attention logits)."""
@@ -311,9 +273,10 @@ class SharedImageMaskDecoder:
         by_vector = torch.einsum("bhtc,bmhc->bhtm", x, projected).flatten(1, 2)
         torch.baddbmm(logits.flatten(1, 2), by_vector, image.coef, out=logits.flatten(1, 2))
 
-    def _token_to_image(self, attn, q: Tensor, image: _PromptTokens, vectors: Tensor | None, parts: dict) -> Tensor:
+    def _token_to_image(self, attn, q: Tensor, image: _PromptTokens, vectors: Tensor | None, parts: dict,
+                        value_constant: Tensor) -> Tensor:
         """Token-to-image attention of tokens ``q (B, T, D)`` to the prompts' image tokens, re-associated and split
-        into the per-image ``parts`` and the per-prompt vectors."""
+        into the per-image ``parts``, the per-prompt vectors and the values' constant."""
         q = self._by_prompt_head(attn.q_proj(q), scaled=True)  # (B, H, T, c)
         batch, heads, tokens, _ = q.shape
         logits = self._logits(self._per_image(q, parts["keys"]), image.sigma)  # key biases: constant along softmax
@@ -333,14 +296,15 @@ class SharedImageMaskDecoder:
             vector_values = F.linear(vectors, attn.v_proj.weight).unflatten(2, (heads, -1))
             mixed = (weights.flatten(1, 2) @ image.coef.transpose(1, 2)).view(batch, heads, tokens, -1)
             values = values + torch.einsum("bhtm,bmhc->bhtc", mixed, vector_values)
-        return attn.out_proj(values.transpose(1, 2).flatten(2) + parts["value_constant"])
+        return attn.out_proj(values.transpose(1, 2).flatten(2) + value_constant)
 
-    def _image_to_token(self, attn, k: Tensor, image: _PromptTokens, vectors: Tensor | None, parts: dict) -> None:
-        """Image-to-token attention with the prompts' keys ``k (B, H, T, c)`` (scaled): appends the mix weights
-        (and the constant's row) to ``image.rows``."""
+    def _image_to_token(self, attn, k: Tensor, image: _PromptTokens, vectors: Tensor | None, queries: Tensor,
+                        query_constant: Tensor) -> None:
+        """Image-to-token attention with the prompts' keys ``k (B, H, T, c)`` (scaled) and the per-image ``queries``
+        (:meth:`_with_pe`): appends the mix weights (and the constant's row) to ``image.rows``."""
         heads = self.num_heads
-        logits = self._logits(self._per_image(k, parts["queries"]), image.sigma)  # (B, H, T, N)
-        logits += k @ parts["query_constant"].unflatten(0, (heads, -1, 1))
+        logits = self._logits(self._per_image(k, queries), image.sigma)  # (B, H, T, N)
+        logits += k @ query_constant.unflatten(0, (heads, -1, 1))
         self._add_vector_logits(logits, k, attn.q_proj.weight, image, vectors)
         mix = torch.softmax(logits, dim=2)  # over the prompt tokens; the image tokens stay contiguous
         # Σ_t mix_t W_o v_t = W_o v_0 + Σ_{t>0} mix_t W_o (v_t - v_0): the constant's row absorbs W_o v_0
@@ -386,11 +350,12 @@ class SharedImageMaskDecoder:
     def _masks(self, image: _PromptTokens, vectors: Tensor, hyper: Tensor, parts: dict) -> Tensor:
         """Upscaling and hypernetwork product for the used grid: ``(B, 3, 4 rows, 4 cols)`` logits. Each image token
         gives its own 4x4 block of logits; they go ``MASK_PROMPTS`` prompts (as many of each image) through
-        ``MASK_ROWS`` rows of tokens at a time in batched products. On 2 CPU cores this is within 6% of a per-prompt
-        loop (16.3 against 15.4 ms a prompt with SAM ViT-B's decoder, 1.2x faster than all rows at once), and a GPU
-        gets a few large products instead of a kernel launch per prompt. ``parts``: the per-image upscaling terms."""
+        ``MASK_ROWS`` rows of tokens at a time in batched products (on 2 CPU cores within 6% of a per-prompt loop,
+        1.2x faster than all rows at once; a GPU gets a few large products). The first transposed convolution's
+        output then goes through LayerNorm2d, activation, the second transposed convolution, plus SAM 2.1's
+        ``feat_s0`` blocks, and activation. ``parts``: the per-image upscaling terms."""
         rows, cols = self.used_grid
-        weight1, _ = self.upscale1
+        (weight1, _), (weight2, bias2) = self.upscale1, self.upscale2
         upscale_base, constant, fine = parts["upscale_base"], parts["upscale_constant"], parts["upscale_fine"]
         images = upscale_base.shape[0]
         prompts = len(hyper) // images
@@ -405,25 +370,18 @@ class SharedImageMaskDecoder:
             x = torch.addcmul(constant[:, None, tokens], pick(sigma)[:, :, tokens], upscale_base[:, None, tokens])
             x = torch.baddbmm(x.flatten(0, 1), pick(coef)[..., tokens].flatten(0, 1).transpose(1, 2),
                               pick(vectors).flatten(0, 1))
-            x = self._upscale_rest(x.unflatten(2, (4, -1)).unflatten(0, (images, -1)),
-                                   None if fine is None else fine[:, None, tokens])
+            x = x.unflatten(2, (4, -1)).unflatten(0, (images, -1))  # (n, step, tokens, 2*2, C1)
+            x = self.act1(F.layer_norm(x, x.shape[-1:], self.norm.weight, self.norm.bias, self.norm.eps))
+            x = torch.addmm(bias2, x.flatten(0, -2), weight2).view(*x.shape[:-1], -1)
+            if fine is not None:
+                x += fine[:, None, tokens]
+            x = self.act2(x)
             chosen = pick(hyper).flatten(0, 1)
             out = chosen @ x.view(len(chosen), -1, hyper.shape[-1]).transpose(1, 2)  # (n * step, 3, 16 * tokens)
             pick(masks)[..., 16 * first: 16 * (first + window)] = out.view(images, -1, *out.shape[1:])
         # (mask, token (i, j), sub-pixel (a, b, c, e)) -> pixel (4i + 2a + c, 4j + 2b + e), in two cheap steps
         masks = masks.view(*hyper.shape[:2], rows, cols, 2, 2, 2, 2).transpose(3, 4).contiguous()
         return masks.permute(0, 1, 2, 3, 6, 4, 5, 7).reshape(*hyper.shape[:2], 4 * rows, 4 * cols)
-
-    def _upscale_rest(self, x: Tensor, fine: Tensor | None) -> Tensor:
-        """``(..., 2*2, C1)`` after the first transposed convolution -> ``(..., 2*2, 2*2 * C2)``: LayerNorm2d,
-        activation, the second transposed convolution, plus ``fine`` (SAM 2.1's ``feat_s0`` blocks, broadcast over
-        the leading dimensions) and activation."""
-        weight2, bias2 = self.upscale2
-        x = self.act1(F.layer_norm(x, x.shape[-1:], self.norm.weight, self.norm.bias, self.norm.eps))
-        out = torch.addmm(bias2, x.flatten(0, -2), weight2).view(*x.shape[:-1], -1)
-        if fine is not None:
-            out += fine
-        return self.act2(out)
 
 
 def _token_blocks(feature: Tensor, grid: tuple[int, int], levels: int) -> Tensor:
@@ -448,15 +406,3 @@ def _first(parts, images: int):
         return [_first(value, images) for value in parts]
     return None if parts is None else parts[:images]
 
-
-def _with_fixed(parts: dict, fixed: dict) -> dict:
-    """``parts`` with the entries of ``fixed`` (same nesting) added."""
-    out = dict(parts)
-    for key, value in fixed.items():
-        if isinstance(value, dict):
-            out[key] = _with_fixed(parts[key], value)
-        elif isinstance(value, list):
-            out[key] = [_with_fixed(p, f) for p, f in zip(parts[key], value)]
-        else:
-            out[key] = value
-    return out

@@ -14,26 +14,17 @@ compat.apply()  # before segment_anything imports torchvision
 from segment_anything.modeling.image_encoder import Attention, get_rel_pos  # noqa: E402
 
 
-def rel_pos_bias(q: torch.Tensor, attention: Attention, size: tuple[int, int]) -> torch.Tensor:
-    """The decomposed relative-position bias, shape (B*heads, H*W, H*W), for queries ``q`` (B*heads, H*W, C)."""
-    h, w = size
-    r_h = get_rel_pos(h, h, attention.rel_pos_h)
-    r_w = get_rel_pos(w, w, attention.rel_pos_w)
-    r_q = q.reshape(q.shape[0], h, w, q.shape[-1])
-    rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, r_h)
-    rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, r_w)
-    return (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(q.shape[0], h * w, h * w)
-
-
 def fused_attention_forward(self: Attention, x: torch.Tensor) -> torch.Tensor:
     """Drop-in ``Attention.forward``: same inputs, outputs and weights, attention computed by SDPA."""
     batch, h, w, _ = x.shape
     qkv = self.qkv(x).reshape(batch, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)  # each (B, heads, H*W, C)
     mask = None
-    if self.use_rel_pos:
-        flat_q = q.reshape(batch * self.num_heads, h * w, -1)
-        mask = rel_pos_bias(flat_q, self, (h, w)).reshape(batch, self.num_heads, h * w, h * w)
+    if self.use_rel_pos:  # the decomposed relative-position bias, (B, heads, H*W, H*W)
+        r_q = q.reshape(batch * self.num_heads, h, w, -1)
+        rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, get_rel_pos(h, h, self.rel_pos_h))
+        rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, get_rel_pos(w, w, self.rel_pos_w))
+        mask = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(batch, self.num_heads, h * w, h * w)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
     out = out.view(batch, self.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(batch, h, w, -1)
     return self.proj(out)

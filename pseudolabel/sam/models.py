@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -18,7 +19,9 @@ import torch
 from pseudolabel import compat
 from pseudolabel.checkpoints import load_weights
 from pseudolabel.download import DownloadError, download_file, file_sha256
+from pseudolabel.sam import sam2_models
 from pseudolabel.sam.fused_attention import install_fused_attention
+from pseudolabel.sam.sam2_predictor import SAM2PointPredictor
 
 compat.apply()  # before segment_anything imports torchvision
 from segment_anything import sam_model_registry  # noqa: E402
@@ -41,7 +44,7 @@ class SAMVariant:
 
 
 # The SHA-256 values of the official checkpoints, as published by several independent public install scripts (some
-# verify the download with `sha256sum -c`).
+# verify the download with `sha256sum -c`); SAM 2.1 Hiera-T/S/B+/L from ``sam2_models``.
 SAM_VARIANTS = {
     "vit_b": SAMVariant(sam_model_registry["vit_b"], "sam_vit_b_01ec64.pth",
                         "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"),
@@ -49,6 +52,9 @@ SAM_VARIANTS = {
                         "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622"),
     "vit_h": SAMVariant(sam_model_registry["vit_h"], "sam_vit_h_4b8939.pth",
                         "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e"),
+    **{name: SAMVariant(partial(sam2_models.build_sam2_model, config), filename, None, sam2_models.URL_ROOT + filename,
+                        sam2_models.STATE_KEY, SAM2PointPredictor)
+       for name, (config, filename) in sam2_models.SAM2_CONFIGS.items()},
 }
 
 
@@ -119,15 +125,3 @@ def load_sam(variant: str = "vit_b", checkpoint: str | None = None, device="cpu"
     install_fused_attention(model)  # every path gets SDPA attention in the encoder
     return model.to(device).eval().requires_grad_(False), identity
 
-
-def _register_sam2() -> None:
-    """SAM 2.1 Hiera-T/S/B+/L (``pseudolabel/sam/sam2_models.py``)."""
-    from pseudolabel.sam import sam2_models
-
-    for name, (config, filename) in sam2_models.SAM2_CONFIGS.items():
-        register_sam_variant(name, sam2_models.sam2_builder(config), filename, None,
-                             url=sam2_models.URL_ROOT + filename, state_key=sam2_models.STATE_KEY,
-                             predictor=sam2_models.point_predictor)
-
-
-_register_sam2()

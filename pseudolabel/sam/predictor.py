@@ -5,7 +5,7 @@ precision on a GPU), holds several images' embeddings (``set_batch``) and decode
 all of them together (``predict_points``), the masks on a canvas as large as the largest image
 (:mod:`pseudolabel.canvas`). The decoder is :class:`~pseudolabel.sam.decoder.SharedImageMaskDecoder` and the resize
 :class:`MaskResize`, which compute the same function as SAM's decoder and ``postprocess_masks`` in a cheaper order
-(:func:`decode_points`, for SAM 2.1's predictor too). Stock ``segment_anything.SamPredictor`` is the tests' reference.
+(for SAM 2.1's predictor too, its subclass). Stock ``segment_anything.SamPredictor`` is the tests' reference.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import math
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -33,19 +33,12 @@ from pseudolabel.transfer import upload  # noqa: E402
 RESIZE_CACHE = 32  # mask resizes kept (one per input/original size pair; VOC has a handful of sizes)
 
 
-def _resize_taps(low: int, canvas: int, kept: int, out: int, taps: int = 4) -> tuple[Tensor, Tensor]:
-    """One axis of SAM's ``postprocess_masks`` as a banded matrix: ``(out, taps)`` indices into the ``low``
-    low-resolution samples and their weights. The matrix comes from running the same ``F.interpolate`` calls on an
-    identity (so it is exactly theirs), then keeping each row's window of ``taps`` consecutive entries."""
+def _resize_matrix(low: int, canvas: int, kept: int, out: int) -> Tensor:
+    """One axis of SAM's ``postprocess_masks`` as a matrix ``(out, low)`` on the ``low`` low-resolution samples: the
+    same ``F.interpolate`` calls run on an identity, so it is exactly theirs."""
     eye = torch.eye(low)[None, None]
     matrix = F.interpolate(eye, size=(canvas, low), mode="bilinear", align_corners=False)[..., :kept, :]
-    matrix = F.interpolate(matrix, size=(out, low), mode="bilinear", align_corners=False)[0, 0]  # (out, low)
-    first = (matrix != 0).float().argmax(dim=1)
-    index = first[:, None] + torch.arange(taps)
-    weight = torch.where(index < low, matrix.gather(1, index.clamp(max=low - 1)), torch.zeros(()))
-    if not torch.equal((matrix != 0).sum(dim=1), (weight != 0).sum(dim=1)):
-        raise AssertionError("bilinear resize wider than the tap window")  # two bilinear resizes touch <= 3 samples
-    return torch.where(weight != 0, index, first[:, None]), weight  # zero-weight taps re-read the first sample
+    return F.interpolate(matrix, size=(out, low), mode="bilinear", align_corners=False)[0, 0]
 
 
 def decode_in_steps(decode: Callable[[int, int], tuple], count: int, device: torch.device,
@@ -74,22 +67,11 @@ def decode_in_steps(decode: Callable[[int, int], tuple], count: int, device: tor
         torch.set_num_threads(torch_threads)
 
 
-def point_prompts(prompt_encoder, coords: Tensor) -> Tensor:
-    """SAM's sparse prompt embeddings ``(B, 2, D)`` of one positive point each (``coords (B, 1, 2)`` in the encoder's
-    input frame): the point's and the padding token's, exactly as ``PromptEncoder`` computes them, without its
-    boolean-mask assignments (each makes the host wait for a GPU)."""
-    points = torch.cat([coords + 0.5, torch.zeros_like(coords)], dim=1)  # the point at its pixel's centre, padding
-    pe = prompt_encoder.pe_layer.forward_with_coords(points, prompt_encoder.input_image_size)
-    point = pe[:, 0] + prompt_encoder.point_embeddings[1].weight
-    padding = torch.zeros_like(pe[:, 1]) + prompt_encoder.not_a_point_embed.weight
-    return torch.stack([point, padding], dim=1)
-
-
 class MaskResize:
     """SAM's ``postprocess_masks`` of one image (bilinear to the square canvas, crop the padding, bilinear to the
-    original size) as one separable banded linear map from the low-resolution logits, a few multiply-adds per output
-    pixel instead of going through the 1024x1024 canvas, as two sparse (CSR) matrix products. On 2 CPU cores they
-    take 0.7 ms for a prompt's 3 masks of a 500x375 image, gathers of the same taps 4.1 ms.
+    original size) as a separable banded linear map from the low-resolution logits: two sparse (CSR) matrix products,
+    a few multiply-adds per output pixel instead of going through the 1024x1024 canvas (on 2 CPU cores 0.7 ms for a
+    prompt's 3 masks of a 500x375 image, gathers of the same taps 4.1 ms).
 
     ``used`` is the number of low-resolution rows and columns the map reads; logits beyond them need not exist.
     ``size`` is the original size. With ``canvas == low_res`` and the whole canvas kept it is one bilinear resize
@@ -98,14 +80,14 @@ class MaskResize:
 
     def __init__(self, low_res: int, canvas: int, input_size: tuple[int, int], original_size: tuple[int, int],
                  device: torch.device | str = "cpu") -> None:
-        rows = _resize_taps(low_res, canvas, input_size[0], original_size[0])  # on the host: no wait for a GPU
-        cols = _resize_taps(low_res, canvas, input_size[1], original_size[1])
-        self.used = (int(rows[0].max()) + 1, int(cols[0].max()) + 1)
+        rows, cols = (_resize_matrix(low_res, canvas, kept, out)  # on the host: no wait for a GPU
+                      for kept, out in zip(input_size, original_size))
+        self.used = tuple(int(matrix.ne(0).any(dim=0).nonzero().max()) + 1 for matrix in (rows, cols))
         self.size = tuple(original_size)
         with warnings.catch_warnings():  # torch calls its CSR support "beta"; the products used here are plain
             warnings.simplefilter("ignore", UserWarning)
-            self.row_matrix = upload(self._matrix(*rows, self.used[0]), device).to_sparse_csr()  # (H, rows)
-            self.col_matrix_t = upload(self._matrix(*cols, self.used[1]), device).to_sparse_csr().t()  # (cols, W)
+            self.row_matrix = upload(rows[:, : self.used[0]], device).to_sparse_csr()  # (H, rows)
+            self.col_matrix_t = upload(cols[:, : self.used[1]], device).to_sparse_csr().t()  # (cols, W)
 
     def __call__(self, logits: Tensor) -> Tensor:
         """``(..., used rows, used cols)`` low-resolution logits -> ``(..., H, W)`` logits at the original size."""
@@ -115,32 +97,20 @@ class MaskResize:
         x = self.row_matrix @ x.transpose(0, 1).reshape(rows, -1)  # (H, K * W)
         return x.view(height, *lead, width).movedim(0, -2)  # a view: the caller's next pass reads it once
 
-    @staticmethod
-    def _matrix(index: Tensor, weight: Tensor, columns: int) -> Tensor:
-        return torch.zeros(len(index), columns).scatter_add_(1, index, weight)
-
 
 @dataclass
 class HeldImages:
     """The images a predictor's ``set_batch`` holds. Holding the same again (the same embedding tensors, sizes and
     canvas: each refinement setting of one image in a sweep) costs nothing."""
 
-    features: list[Tensor]              # each image's embedding, compared by identity
+    features: list[Tensor] = field(compare=False)   # each image's embedding, compared by identity (``ids``)
     input_sizes: list[tuple[int, int]]
     original_sizes: list[tuple[int, int]]
-    canvas: tuple[int, int]             # the masks' canvas (default: the smallest that holds every image)
+    canvas: tuple[int, int]             # the masks' canvas
+    ids: tuple[int, ...] = field(init=False)
 
-    @classmethod
-    def of(cls, features, input_sizes, original_sizes, canvas=None) -> "HeldImages":
-        originals = [tuple(s) for s in original_sizes]
-        return cls(list(features), [tuple(s) for s in input_sizes], originals,
-                   tuple(canvas) if canvas is not None else canvas_shape(originals))
-
-    def same(self, other: "HeldImages | None") -> bool:
-        return other is not None and len(self.features) == len(other.features) \
-            and all(a is b for a, b in zip(self.features, other.features)) \
-            and (self.input_sizes, self.original_sizes, self.canvas) == (other.input_sizes, other.original_sizes,
-                                                                         other.canvas)
+    def __post_init__(self) -> None:
+        self.ids = tuple(id(f) for f in self.features)  # the held tensors stay alive, so their ids are not reused
 
 
 @functools.lru_cache(maxsize=RESIZE_CACHE)
@@ -150,34 +120,9 @@ def mask_resize(low_res: int, canvas: int, input_size: tuple[int, int], original
     return MaskResize(low_res, canvas, input_size, original_size, device)
 
 
-def decode_points(decoder: SharedImageMaskDecoder, sparse: Tensor, resizes: list[MaskResize], canvas: tuple[int, int],
-                  threshold: float, prompts_per_substep: int | None = None, threads: int | None = None
-                  ) -> tuple[Tensor, Tensor]:
-    """SAM's 3 thresholded masks ``(n, P, 3, H, W)`` on ``canvas`` (False beyond each image) and their predicted IoUs
-    ``(n, P, 3)`` of the first n images the decoder holds, from the prompts' sparse embeddings ``(n, P, T, D)`` and
-    each image's resize; sub-steps of prompts (of every image) as :func:`decode_in_steps` spreads them. The masks are
-    resized prompt by prompt: on 2 CPU cores 0.7 ms for a prompt's 3 masks of a 500x375 image against 1.1 ms for 4
-    prompts at once, and a prompt's float32 logits are all the resize holds."""
-    images, prompts = sparse.shape[:2]
-    masks = torch.zeros(images, prompts, decoder.decoder.num_multimask_outputs, *canvas, dtype=torch.bool,
-                        device=sparse.device)
-    iou = sparse.new_empty(images, prompts, decoder.decoder.num_multimask_outputs)
-
-    def decode(start: int, stop: int) -> None:
-        logits, step_iou = decoder(sparse[:, start: stop].flatten(0, 1), images)
-        iou[:, start: stop] = step_iou.view(images, stop - start, -1)
-        for image_logits, image_masks, resize in zip(logits.view(images, stop - start, *logits.shape[1:]),
-                                                     masks[:, start: stop], resizes):
-            (rows, cols), (height, width) = resize.used, resize.size
-            for prompt_logits, prompt_masks in zip(image_logits[..., :rows, :cols], image_masks[..., :height, :width]):
-                torch.gt(resize(prompt_logits), threshold, out=prompt_masks)  # one prompt: in cache, memory bounded
-    decode_in_steps(decode, prompts, sparse.device, prompts_per_substep, threads)
-    return masks, iou
-
-
 class BatchedPointPredictor:
     """SAM's image encoder and its masks of single positive points through the shared-image decoder, for several
-    images at once.
+    images at once; :class:`~pseudolabel.sam.sam2_predictor.SAM2PointPredictor` shares its decoding.
 
     The masks equal ``SamPredictor``'s up to float32 rounding (a logit within about 1e-6 of the threshold may flip;
     ``tests/test_sam_decoder.py`` and ``bench/bench_sam_refine.py`` measure it).
@@ -187,7 +132,8 @@ class BatchedPointPredictor:
                  precision: str = "fp32") -> None:
         """``prompts_per_substep``, ``threads``: see :func:`decode_in_steps`. ``precision``: of the image encoder on
         CUDA (:mod:`pseudolabel.precision`); the prompt decoder always computes in float32."""
-        self.model = sam_model
+        self.model, self.prompt_encoder = sam_model, sam_model.prompt_encoder
+        self.mask_threshold = sam_model.mask_threshold
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
         self.decoder = SharedImageMaskDecoder(sam_model.mask_decoder)
         self.prompts_per_substep, self.threads, self.precision = prompts_per_substep, threads, precision
@@ -207,30 +153,69 @@ class BatchedPointPredictor:
             features = self.model.image_encoder(batch)
         return features.float()
 
+    def unpack(self, features: Tensor) -> tuple[list[Tensor], Tensor]:
+        """Embeddings of :meth:`encode` -> the decoder's high-resolution maps (none for SAM) and image embeddings."""
+        return [], features
+
     @torch.no_grad()
     def set_batch(self, features: list[Tensor], input_sizes: list[tuple[int, int]],
                   original_sizes: list[tuple[int, int]], canvas: tuple[int, int] | None = None) -> None:
-        """Hold several images for :meth:`predict_points` (:class:`HeldImages`): each one's embedding
-        ``(1, 256, 64, 64)`` (from :meth:`encode`), their sizes after ``self.transform`` and before, and the masks'
-        canvas."""
-        held = HeldImages.of(features, input_sizes, original_sizes, canvas)
-        if held.same(self.held):
+        """Hold several images for :meth:`predict_points` (:class:`HeldImages`): each one's embedding (one row of
+        :meth:`encode`), their sizes after ``self.transform`` and before, and the masks' canvas (default: the
+        smallest that holds every image)."""
+        originals = [tuple(s) for s in original_sizes]
+        held = HeldImages(list(features), [tuple(s) for s in input_sizes], originals,
+                          tuple(canvas) if canvas is not None else canvas_shape(originals))
+        if held == self.held:
             return
         self.held = held
-        self.resizes = [mask_resize(4 * features[0].shape[-1], self.model.image_encoder.img_size, i, o, self.device)
-                        for i, o in zip(held.input_sizes, held.original_sizes)]
-        _, dense = self.model.prompt_encoder(points=None, boxes=None, masks=None)
-        used_grid = tuple(-(-max(r.used[axis] for r in self.resizes) // 4) for axis in (0, 1))
-        self.decoder.set_images(torch.cat(features), self.model.prompt_encoder.get_dense_pe(), dense, used_grid)
+        high_res, embeddings = self.unpack(torch.cat(features))
+        self.resizes, used_grid = self._resizes(4 * embeddings.shape[-1])
+        _, dense = self.prompt_encoder(points=None, boxes=None, masks=None)
+        self.decoder.set_images(embeddings, self.prompt_encoder.get_dense_pe(), dense, used_grid, high_res or None)
+
+    def _resizes(self, low_res: int) -> tuple[list[MaskResize], tuple[int, int] | None]:
+        """Each held image's mask resize (SAM's ``postprocess_masks``) and the token grid that they read."""
+        resizes = [mask_resize(low_res, self.model.image_encoder.img_size, i, o, self.device)
+                   for i, o in zip(self.held.input_sizes, self.held.original_sizes)]
+        return resizes, tuple(-(-max(r.used[axis] for r in resizes) // 4) for axis in (0, 1))
 
     @torch.no_grad()
     def predict_points(self, xy: Tensor) -> tuple[Tensor, Tensor]:
         """Masks of one positive point per prompt for the first ``n`` images of :meth:`set_batch`: ``xy (n, P, 2)``
         (host, float32, each image's own pixel coordinates) -> SAM's 3 thresholded masks ``(n, P, 3, H, W)`` on the
-        canvas (False beyond each image) and their predicted IoUs ``(n, P, 3)`` (:func:`decode_points`)."""
+        canvas (False beyond each image) and their predicted IoUs ``(n, P, 3)``. The prompts (of every image) go
+        through the decoder in sub-steps as :func:`decode_in_steps` spreads them, and the masks are resized prompt by
+        prompt: on 2 CPU cores 0.7 ms for a prompt's 3 masks of a 500x375 image against 1.1 ms for 4 prompts at once,
+        and a prompt's float32 logits are all the resize holds."""
         images, prompts = xy.shape[:2]
+        sparse = self._point_prompts(xy)
+        sparse = sparse.view(images, prompts, *sparse.shape[1:])
+        outputs = self.decoder.decoder.num_multimask_outputs
+        masks = torch.zeros(images, prompts, outputs, *self.held.canvas, dtype=torch.bool, device=sparse.device)
+        iou = sparse.new_empty(images, prompts, outputs)
+
+        def decode(start: int, stop: int) -> None:
+            logits, step_iou = self.decoder(sparse[:, start: stop].flatten(0, 1), images)
+            iou[:, start: stop] = step_iou.view(images, stop - start, -1)
+            for image_logits, image_masks, resize in zip(logits.view(images, stop - start, *logits.shape[1:]),
+                                                         masks[:, start: stop], self.resizes):
+                (rows, cols), (height, width) = resize.used, resize.size
+                for prompt_logits, prompt_masks in zip(image_logits[..., :rows, :cols],
+                                                       image_masks[..., :height, :width]):
+                    torch.gt(resize(prompt_logits), self.mask_threshold, out=prompt_masks)  # in cache, memory bounded
+        decode_in_steps(decode, prompts, sparse.device, self.prompts_per_substep, self.threads)
+        return masks, iou
+
+    def _point_prompts(self, xy: Tensor) -> Tensor:
+        """The sparse prompt embeddings ``(n P, 2, D)`` of one positive point each: the point's and the padding
+        token's, exactly as ``PromptEncoder`` computes them, without its boolean-mask assignments (each makes the host
+        wait for a GPU)."""
         coords = torch.cat([self.transform.apply_coords_torch(points, size)
                             for points, size in zip(xy, self.held.original_sizes)])
-        sparse = point_prompts(self.model.prompt_encoder, upload(coords, self.device)[:, None])
-        return decode_points(self.decoder, sparse.view(images, prompts, *sparse.shape[1:]), self.resizes[:images],
-                             self.held.canvas, self.model.mask_threshold, self.prompts_per_substep, self.threads)
+        coords = upload(coords, self.device)[:, None]  # (B, 1, 2) in the encoder's input frame
+        points = torch.cat([coords + 0.5, torch.zeros_like(coords)], dim=1)  # the point at its pixel's centre, padding
+        pe = self.prompt_encoder.pe_layer.forward_with_coords(points, self.prompt_encoder.input_image_size)
+        point = pe[:, 0] + self.prompt_encoder.point_embeddings[1].weight
+        padding = torch.zeros_like(pe[:, 1]) + self.prompt_encoder.not_a_point_embed.weight
+        return torch.stack([point, padding], dim=1)

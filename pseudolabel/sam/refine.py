@@ -1,18 +1,11 @@
 """SAM refinement of the initial label Y0 (docs/method.md#sam-refinement): grid points filtered by class, one
 positive point per prompt (batched), multimask selection, the δ filter and the merge into a label map.
 
-Two stages a caller can keep apart and reuse: :meth:`SAMRefiner.embed` (SAM's image encoder, several images at once
-on a GPU; an :class:`ImageEmbedding` serves every refinement setting of the same SAM model: grid, δ, filter, mask
-selection, merge) and :meth:`SAMRefiner.refine_batch` (prompts, masks, filter and merge of one setting), the one
-refinement path for one image (:meth:`SAMRefiner.refine_embedded`) or several, on any device: one host copy of the
-labels at the grid points gives every image's prompts, the prompts of all images go through the decoder together
-(``points_per_batch`` at a time, as many of each image), and selection, the δ filter and the merge run as torch
-operations on canvases of all images (:mod:`pseudolabel.canvas`) on the model's device.
-
-Everything runs at the images' full resolution, in pieces whose memory is bounded whatever the image size: prompts
-are decoded, selected and filtered a few at a time and the merge runs in bands of rows, each piece within one budget
-(:data:`PIECE_BYTES`). Each mask and each pixel is computed exactly as in one piece, so the pieces never
-change a label; at VOC and COCO sizes the pieces are whole.
+Two stages a caller can keep apart and reuse: :meth:`SAMRefiner.embed` (SAM's image encoder; an
+:class:`ImageEmbedding` serves every refinement setting of the same SAM model) and :meth:`SAMRefiner.refine_batch`,
+the one refinement path for one image or several, on any device (docs/design.md). Everything runs at the images'
+full resolution in pieces of at most :data:`PIECE_BYTES` (decoding steps, merge bands); each mask and each pixel is
+computed as in one piece, so the pieces never change a label, and at VOC and COCO sizes the pieces are whole.
 """
 from __future__ import annotations
 
@@ -195,12 +188,10 @@ class SAMRefiner:
                      sizes: list[tuple[int, int]], class_ids_list: list, cache: "MaskCache | None" = None
                      ) -> RefinedBatch:
         """Refine several images at once on their canvases: ``y0 (B, H, W)`` uint8 and ``scores (B, 1+K, H, W)``
-        (padded class channels -inf), each image's size and classes. One wait for the device (the labels at the
-        grid points, for the prompts); the prompts of all images decoded together, ``points_per_batch`` at a time
-        (fewer where their masks on the canvas would exceed :data:`PIECE_BYTES`, :meth:`prompts_per_step`),
-        as many for each image in a step; selection, the δ filter and the merge (:meth:`merge_batch`) on the
-        canvases. ``cache``: the decoding steps of other settings on the same images (:class:`MaskCache`); a step
-        found there is not decoded again."""
+        (padded class channels -inf), each image's size and classes. One wait for the device (Y0 at the grid points,
+        for the prompts); the prompts of all images decoded together, :meth:`prompts_per_step` at a time, as many
+        for each image in a step; selection, the δ filter and the merge (:meth:`merge_batch`) on the canvases.
+        ``cache``: the decoding steps of other settings on the same images (:class:`MaskCache`), not decoded again."""
         class_ids = [tuple(c) for c in class_ids_list]
         widest = max(len(c) for c in class_ids)
         if not self.cfg.enabled:
@@ -210,7 +201,7 @@ class SAMRefiner:
         device, canvas = y0.device, tuple(y0.shape[-2:])
         keys = upload([c + (IGNORE_INDEX,) * (widest - len(c)) for c in class_ids], device, torch.uint8)
         regions = y0[:, None] == keys[:, :, None, None]  # (B, K, H, W); a padded class (255) has no pixel
-        xy, owner = self._batch_prompts(y0, scores, keys, sizes, class_ids)
+        xy, owner = self._batch_prompts(y0, scores, regions, sizes, class_ids)
         components = self._components(y0, class_ids, xy, owner) if self.cfg.filter_scope == "component" else None
         counts = [len(o) for o in owner]
         order = [i for i in sorted(range(len(sizes)), key=lambda i: -counts[i]) if counts[i]]  # most prompts first
@@ -221,7 +212,7 @@ class SAMRefiner:
         held = False
         for step in _decoding_steps([counts[i] for i in order], self.prompts_per_step(*canvas)):
             images, taken = order[: step.images], slice(step.first, step.first + step.prompts)
-            points = torch.from_numpy(np.stack([_padded(x[taken], step.prompts) for x in (xy[i] for i in images)]))
+            points = torch.from_numpy(np.stack([_padded(xy[i][taken], step.prompts, xy[i][taken][-1]) for i in images]))
             key = (*batch_key, points.numpy().tobytes())
             found = cache.steps.get(key) if cache is not None else None
             if found is None:
@@ -242,13 +233,13 @@ class SAMRefiner:
             who = np.stack([_padded(owner[i][taken], step.prompts, -1) for i in images])  # class index, -1: padding
             flat = np.where(who >= 0, np.array(images)[:, None] * widest + who, len(passed) - 1)
             flat_device = upload(flat.ravel(), device)
+            picked = flat_device.clamp(max=len(passed) - 2)  # padding reads some class's region; it is dropped below
             if components is not None:
                 component_maps, component_of_point = components
-                point_ids = np.stack([_padded(component_of_point[i][taken], step.prompts, 0) for i in images])
-                point_regions = component_maps.flatten(2).flatten(0, 1)[flat_device.clamp(max=len(passed) - 2)] \
-                    == upload(point_ids.ravel(), device)[:, None]
+                point_ids = np.stack([_padded(component_of_point[i][taken], step.prompts, 0) for i in images]).ravel()
+                point_regions = component_maps.flatten(2).flatten(0, 1)[picked] == upload(point_ids, device)[:, None]
             else:
-                point_regions = regions.flatten(2).flatten(0, 1)[flat_device.clamp(max=len(passed) - 2)]
+                point_regions = regions.flatten(2).flatten(0, 1)[picked]
             chosen, keep = self._select_and_filter(masks.flatten(0, 1).flatten(-2), iou_pred.flatten(0, 1),
                                                    point_regions)
             keep &= upload(who.ravel() >= 0, device)
@@ -266,16 +257,6 @@ class SAMRefiner:
         """Prompts decoded, selected and filtered together on a batch's canvas of ``height x width``:
         ``points_per_batch``, fewer when their masks would take more than :data:`PIECE_BYTES`."""
         return max(1, min(self.points_per_batch, PIECE_BYTES // (3 * height * width)))
-
-    def prompts(self, y0, scores, class_ids) -> tuple[np.ndarray, np.ndarray]:
-        """One image's prompt points ``(P, 2)`` xy and the index (into ``class_ids``) of the class each one prompts,
-        in the order of ``class_ids`` (:meth:`_batch_prompts`). ``scores`` is read only by
-        ``ensure_point_per_class``."""
-        y0 = torch.as_tensor(y0)
-        keys = upload([tuple(class_ids)], y0.device, torch.uint8)
-        xy, owner = self._batch_prompts(y0[None], torch.as_tensor(scores)[None], keys, [tuple(y0.shape)],
-                                        [tuple(class_ids)])
-        return xy[0], owner[0]
 
     def _select_and_filter(self, masks, iou_pred, regions) -> tuple[torch.Tensor, torch.Tensor]:
         """Chosen mask per point and whether it passes δ. ``regions (B, H, W)``: R for each point."""
@@ -304,11 +285,10 @@ class SAMRefiner:
         batch, classes, height, width = regions.shape
         has_mask = accepted.flatten(2).any(dim=2)[..., None, None]
         rows = max(1, PIECE_BYTES // (4 * batch * max(1, classes) * width))
-        if rows >= height:
-            return self._merge_band(y0, scores, keys, regions, accepted, has_mask)
-        return torch.cat([self._merge_band(y0[:, top: top + rows], scores[:, :, top: top + rows], keys,
-                                           regions[:, :, top: top + rows], accepted[:, :, top: top + rows], has_mask)
-                          for top in range(0, height, rows)], dim=1)
+        bands = [self._merge_band(y0[:, top: top + rows], scores[:, :, top: top + rows], keys,
+                                  regions[:, :, top: top + rows], accepted[:, :, top: top + rows], has_mask)
+                 for top in range(0, height, rows)]
+        return bands[0] if len(bands) == 1 else torch.cat(bands, dim=1)
 
     def _merge_band(self, y0, scores, keys, regions, accepted, has_mask) -> torch.Tensor:
         """:meth:`merge_batch` on one band of rows (``has_mask``: whether each class kept a mask anywhere)."""
@@ -326,44 +306,32 @@ class SAMRefiner:
         return labels
 
     # -- prompts --------------------------------------------------------------------------------------------------
-    def _batch_prompts(self, y0: torch.Tensor, scores: torch.Tensor, keys: torch.Tensor, sizes, class_ids
+    def _batch_prompts(self, y0: torch.Tensor, scores: torch.Tensor, regions: torch.Tensor, sizes, class_ids
                        ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Every image's prompt points ``(P, 2)`` xy and the class index of each, in the order of its classes, from
-        one host copy (Y0 at the grid points; with ``ensure_point_per_class`` each class's score peak)."""
+        """Every image's prompt points ``(P, 2)`` xy and the class index of each, grouped by class in the order of its
+        classes, from one host copy: Y0 at the grid points and, with ``ensure_point_per_class``, each class's
+        highest score in its Y0 region (``regions (B, K, H, W)``), the prompt of a class without a grid point."""
         height, width = y0.shape[-2:]
         grids = [grid_points(*size, self.cfg.grid_size) for size in sizes]
         at = np.concatenate([i * height * width + np.floor(p[:, 1]).astype(int) * width + np.floor(p[:, 0]).astype(int)
                              for i, p in enumerate(grids)])
         wanted = [y0.flatten()[upload(at, y0.device)].long()]
-        if self.cfg.ensure_point_per_class:
-            region = y0[:, None] == keys[:, :, None, None]
-            best = torch.where(region, scores[:, 1:1 + keys.shape[1]], -torch.inf).flatten(2).argmax(dim=2)
-            wanted += [best.flatten(), region.flatten(2).any(dim=2).long().flatten()]
+        ensure = self.cfg.ensure_point_per_class
+        if ensure:
+            best = torch.where(regions, scores[:, 1:1 + regions.shape[1]], -torch.inf).flatten(2).argmax(dim=2)
+            wanted += [best.flatten(), regions.flatten(2).any(dim=2).long().flatten()]
         host = torch.cat(wanted).cpu().numpy()  # the one wait: prompts are host work
         on_label = np.split(host[: len(at)], np.cumsum([len(p) for p in grids])[:-1])
-        widest = keys.shape[1]
-        best, present = (host[len(at): len(at) + len(sizes) * widest].reshape(-1, widest),
-                         host[len(at) + len(sizes) * widest:].reshape(-1, widest)) \
-            if self.cfg.ensure_point_per_class else (None, None)
+        best, present = host[len(at):].reshape(2, len(sizes), -1) if ensure else (None, None)
         xy, owner = [], []
         for i, (points, labels, ids) in enumerate(zip(grids, on_label, class_ids)):
-            peak = lambda k, c, i=i: (best[i, k] % width + 0.5, best[i, k] // width + 0.5) if present[i, k] else None  # noqa: E731
-            points_xy, points_owner = self._prompts_at(points, labels, ids, peak)
-            xy.append(points_xy)
-            owner.append(points_owner)
+            mine = [points[labels == c] for c in ids]
+            if ensure:
+                mine = [np.array([(best[i, k] % width + 0.5, best[i, k] // width + 0.5)], points.dtype)
+                        if len(m) == 0 and present[i, k] else m for k, m in enumerate(mine)]
+            xy.append(np.concatenate(mine).reshape(-1, 2))
+            owner.append(np.repeat(np.arange(len(ids), dtype=np.int64), [len(m) for m in mine]))
         return xy, owner
-
-    def _prompts_at(self, points: np.ndarray, on_label: np.ndarray, class_ids, peak) -> tuple[np.ndarray, np.ndarray]:
-        """One image's prompts from the grid ``points`` and Y0 at them; ``peak(k, c)``: the xy of class c's highest
-        score in its Y0 region (``ensure_point_per_class``), None when the region is empty."""
-        xy, owner = [], []
-        for k, c in enumerate(class_ids):
-            mine = points[on_label == c]
-            if len(mine) == 0 and self.cfg.ensure_point_per_class and (at := peak(k, c)) is not None:
-                mine = np.array([at], dtype=points.dtype)
-            xy.append(mine)
-            owner.extend([k] * len(mine))
-        return np.concatenate(xy).reshape(-1, 2), np.array(owner, dtype=np.int64)
 
     @staticmethod
     def _components(y0: torch.Tensor, class_ids, xy, owner) -> tuple[torch.Tensor, list[np.ndarray]]:
@@ -431,7 +399,7 @@ def _count_true(masks: torch.Tensor) -> torch.Tensor:
 
 def _class_ranges(classes: np.ndarray) -> list[tuple[int, slice]]:
     """Each class index in ``classes`` (a step's prompts of one image; -1: padding) and the prompts that have it, a
-    slice: an image's prompts come in the order of its classes (:meth:`SAMRefiner._prompts_at`)."""
+    slice: an image's prompts come in the order of its classes (:meth:`SAMRefiner._batch_prompts`)."""
     ranges = []
     for k in np.unique(classes[classes >= 0]):
         at = np.flatnonzero(classes == k)
@@ -440,11 +408,6 @@ def _class_ranges(classes: np.ndarray) -> list[tuple[int, slice]]:
     return ranges
 
 
-def _padded(values: np.ndarray, length: int, fill=None) -> np.ndarray:
-    """``values`` extended to ``length`` along its first axis with ``fill`` (default: its last entry repeated)."""
-    missing = length - len(values)
-    if missing <= 0:
-        return values
-    tail = np.repeat(values[-1:], missing, axis=0) if fill is None else np.full((missing, *values.shape[1:]), fill,
-                                                                                 values.dtype)
-    return np.concatenate([values, tail])
+def _padded(values: np.ndarray, length: int, fill) -> np.ndarray:
+    """``values`` extended to ``length`` along its first axis with ``fill``."""
+    return np.concatenate([values, np.full((length - len(values), *values.shape[1:]), fill, values.dtype)])

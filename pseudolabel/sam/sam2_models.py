@@ -1,5 +1,5 @@
-"""SAM 2.1's variants for the SAM registry (``pseudolabel/sam/models.py``): the official ``sam2`` package's configs,
-checkpoints and builder, and the predictor that prompts them (:mod:`pseudolabel.sam.sam2_predictor`).
+"""SAM 2.1's variants for the SAM registry (``pseudolabel/sam/models.py``, with the predictor that prompts them,
+:mod:`pseudolabel.sam.sam2_predictor`): the official ``sam2`` package's configs, checkpoints and builder.
 
 ``sam2`` (Apache-2.0) is imported when a variant is built, not with this module. Its official checkpoints
 (``dl.fbaipublicfiles.com/segment_anything_2/092824/``) hold the weights under ``"model"``; no SHA-256 of them is
@@ -8,14 +8,9 @@ records the file's SHA-256 all the same).
 """
 from __future__ import annotations
 
-import logging
-from functools import partial
-
 import torch
 
-LOG = logging.getLogger(__name__)
 URL_ROOT = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
-LICENCE = "Apache-2.0"
 STATE_KEY = "model"  # the official checkpoints: {"model": state dict}
 
 # --sam-model name: (the package's config, the official checkpoint's file name)
@@ -40,14 +35,3 @@ def build_sam2_model(config: str, overrides: tuple[str, ...] = (), checkpoint=No
 
     return build_sam2(config, None, device="cpu", mode="eval", hydra_overrides_extra=list(overrides))
 
-
-def point_predictor(model, precision: str = "fp32"):
-    """The refiner's predictor of a SAM 2.1 model."""
-    from pseudolabel.sam.sam2_predictor import SAM2PointPredictor
-
-    return SAM2PointPredictor(model, precision=precision)
-
-
-def sam2_builder(config: str, overrides: tuple[str, ...] = ()):
-    """``build(checkpoint=None)`` of a config, for ``register_sam_variant``."""
-    return partial(build_sam2_model, config, tuple(overrides))

@@ -1,20 +1,15 @@
-"""SAM 2.1 as CEP's refiner: the official ``sam2`` package's image encoder (batched) and its prompt encoder and mask
-decoder, behind the methods and return conventions of :class:`~pseudolabel.sam.predictor.BatchedPointPredictor`, so
-that :class:`~pseudolabel.sam.refine.SAMRefiner`'s mask choice, δ filter and merge apply unchanged.
+"""SAM 2.1 as CEP's refiner: :class:`~pseudolabel.sam.predictor.BatchedPointPredictor` with the official ``sam2``
+package's image encoder (batched), prompt encoder and mask decoder (through
+:class:`~pseudolabel.sam.decoder.SharedImageMaskDecoder`; docs/stage_one.md#speed-and-memory-on-a-cpu), so that
+:class:`~pseudolabel.sam.refine.SAMRefiner`'s mask choice, δ filter and merge apply unchanged.
 
 What differs from SAM ViT-B, all as the package's ``SAM2ImagePredictor`` does it: the image is resized to the
 model's square input (no aspect-preserving padding), points are given in the normalised frame times the input size,
 the decoder also reads the encoder's two high-resolution feature maps, and the masks are the low-resolution logits
-resized bilinearly to the image (one bilinear :class:`~pseudolabel.sam.predictor.MaskResize`; hole filling and
-sprinkle removal stay off: they need the package's optional CUDA extension). One positive point per prompt, SAM 2.1's
-three multimask outputs. The decoder runs as :class:`~pseudolabel.sam.decoder.SharedImageMaskDecoder`, SAM ViT-B's
-factored decoder, which reads SAM 2.1's ``MaskDecoder`` (its object-score token and high-resolution maps) and
-computes the same masks and IoUs: the image side once per image, each prompt's part on its 7 tokens, in steps spread
-over the CPU's threads as SAM ViT-B's (:func:`~pseudolabel.sam.predictor.decode_points`).
-
-An embedding of :meth:`SAM2PointPredictor.encode` is one row per image holding the three feature maps flattened
-(:meth:`SAM2PointPredictor.unpack` splits it), so it slices and concatenates along images like SAM ViT-B's
-``(B, 256, 64, 64)`` embeddings.
+resized bilinearly to the image (hole filling and sprinkle removal stay off: they need the package's optional CUDA
+extension). An embedding of :meth:`SAM2PointPredictor.encode` is one row per image holding the feature maps
+flattened (:meth:`SAM2PointPredictor.unpack` splits it), so it slices and concatenates along images like SAM
+ViT-B's ``(B, 256, 64, 64)`` embeddings.
 """
 from __future__ import annotations
 
@@ -25,29 +20,23 @@ from torch import Tensor
 from pseudolabel import compat
 from pseudolabel.precision import encoder_precision
 from pseudolabel.sam.decoder import SharedImageMaskDecoder
-from pseudolabel.sam.predictor import HeldImages, decode_points, mask_resize
+from pseudolabel.sam.predictor import BatchedPointPredictor, MaskResize, mask_resize
 from pseudolabel.transfer import upload
 
 
 class SAM2Transform:
-    """The refiner's view of ``sam2.utils.transforms.SAM2Transforms``: images stay as they are on the host (the
-    package resizes float pixels in :meth:`SAM2PointPredictor.encode`), points go to the model's input frame."""
+    """The refiner's ``transform`` of SAM 2.1: images stay as they are on the host (the package resizes float pixels
+    in :meth:`SAM2PointPredictor.encode`)."""
 
-    def __init__(self, transforms) -> None:
-        self.transforms = transforms
-
-    def apply_image(self, image: np.ndarray) -> np.ndarray:
-        """``(H, W, 3)`` uint8, unchanged: the resize runs on float pixels inside the encoder step."""
+    @staticmethod
+    def apply_image(image: np.ndarray) -> np.ndarray:
+        """``(H, W, 3)`` uint8, unchanged."""
         return image
 
-    def apply_coords_torch(self, coords: Tensor, original_size: tuple[int, int]) -> Tensor:
-        """``(..., 2)`` xy pixel coordinates of an image of ``original_size`` -> the model's input frame."""
-        return self.transforms.transform_coords(coords, normalize=True, orig_hw=tuple(original_size))
 
-
-class SAM2PointPredictor:
-    """Single positive points on SAM 2.1 with :class:`~pseudolabel.sam.predictor.BatchedPointPredictor`'s interface:
-    :meth:`encode`, :meth:`set_batch` and :meth:`predict_points`."""
+class SAM2PointPredictor(BatchedPointPredictor):
+    """Single positive points on SAM 2.1: :class:`~pseudolabel.sam.predictor.BatchedPointPredictor` with SAM 2.1's
+    image encoder, features, mask resize and prompt encoder."""
 
     def __init__(self, sam_model, prompts_per_substep: int | None = None, threads: int | None = None,
                  precision: str = "fp32", mask_threshold: float = 0.0) -> None:
@@ -57,34 +46,23 @@ class SAM2PointPredictor:
         compat.apply()  # before sam2 imports torchvision
         from sam2.utils.transforms import SAM2Transforms
 
-        self.model, self.precision, self.mask_threshold = sam_model, precision, mask_threshold
-        self.prompts_per_substep, self.threads = prompts_per_substep, threads
+        self.model, self.prompt_encoder, self.mask_threshold = sam_model, sam_model.sam_prompt_encoder, mask_threshold
+        self.prompts_per_substep, self.threads, self.precision = prompts_per_substep, threads, precision
         self.decoder = SharedImageMaskDecoder(sam_model.sam_mask_decoder)
         self.transforms = SAM2Transforms(resolution=sam_model.image_size, mask_threshold=mask_threshold,
                                          max_hole_area=0.0, max_sprinkle_area=0.0)
-        self.transform = SAM2Transform(self.transforms)
-        self.held: HeldImages | None = None
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    # -- the image side -----------------------------------------------------------------------------------------
-    def feature_shapes(self) -> list[tuple[int, int, int]]:
-        """``(channels, height, width)`` of the decoder's inputs: the high-resolution maps (if the model uses them)
-        and the image embedding, in the order the packed rows hold them."""
-        side = self.model.sam_image_embedding_size
-        shapes = [(self.model.sam_prompt_encoder.embed_dim, side, side)]
-        if self.model.use_high_res_features_in_sam:
-            decoder = self.model.sam_mask_decoder
-            shapes = [(decoder.conv_s0.out_channels, 4 * side, 4 * side),
-                      (decoder.conv_s1.out_channels, 2 * side, 2 * side)] + shapes
-        return shapes
+        self.transform = SAM2Transform()
+        self.held = None
 
     def unpack(self, features: Tensor) -> tuple[list[Tensor], Tensor]:
         """Packed rows ``(n, D)`` -> the high-resolution maps ``[(n, 32, 256, 256), (n, 64, 128, 128)]`` (empty when
         the model does not use them) and the image embeddings ``(n, 256, 64, 64)``."""
-        shapes = self.feature_shapes()
+        side = self.model.sam_image_embedding_size
+        shapes = [(self.prompt_encoder.embed_dim, side, side)]  # (channels, height, width) in the packed order
+        if self.model.use_high_res_features_in_sam:
+            decoder = self.model.sam_mask_decoder
+            shapes = [(decoder.conv_s0.out_channels, 4 * side, 4 * side),
+                      (decoder.conv_s1.out_channels, 2 * side, 2 * side)] + shapes
         parts = features.split([c * h * w for c, h, w in shapes], dim=1)
         maps = [part.view(len(features), *shape) for part, shape in zip(parts, shapes)]
         return maps[:-1], maps[-1]
@@ -105,38 +83,16 @@ class SAM2PointPredictor:
             maps = maps[-1:]
         return torch.cat([m.flatten(1) for m in maps], dim=1)
 
-    @torch.no_grad()
-    def set_batch(self, features: list[Tensor], input_sizes: list[tuple[int, int]],
-                  original_sizes: list[tuple[int, int]], canvas: tuple[int, int] | None = None) -> None:
-        """Hold several images for :meth:`predict_points` (:class:`~pseudolabel.sam.predictor.HeldImages`): each
-        one's packed features ``(1, D)``, their sizes and the masks' canvas; ``input_sizes`` are there for the
-        interface: SAM 2.1's input is always square."""
-        held = HeldImages.of(features, input_sizes, original_sizes, canvas)
-        if held.same(self.held):
-            return
-        self.held = held
-        high_res, embedding = self.unpack(torch.cat(features))
-        low_res = 4 * embedding.shape[-1]
-        self.resizes = [mask_resize(low_res, low_res, (low_res, low_res), size, self.device)
-                        for size in held.original_sizes]
-        _, dense = self.model.sam_prompt_encoder(points=None, boxes=None, masks=None)
-        self.decoder.set_images(embedding, self.model.sam_prompt_encoder.get_dense_pe(), dense,
-                                high_res_features=high_res or None)
+    def _resizes(self, low_res: int) -> tuple[list[MaskResize], None]:
+        """Each held image's mask resize (the whole low-resolution grid bilinearly to the image); the whole grid is
+        decoded."""
+        return [mask_resize(low_res, low_res, (low_res, low_res), size, self.device)
+                for size in self.held.original_sizes], None
 
-    # -- the prompt side ----------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def predict_points(self, xy: Tensor) -> tuple[Tensor, Tensor]:
-        """Masks of one positive point per prompt for the first ``n`` images of :meth:`set_batch`: ``xy (n, P, 2)``
-        (each image's own pixel coordinates) -> 3 thresholded masks ``(n, P, 3, H, W)`` on the canvas (False beyond
-        each image) and their predicted IoUs ``(n, P, 3)`` (:func:`~pseudolabel.sam.predictor.decode_points`)."""
-        images, prompts = xy.shape[:2]
-        coords = torch.cat([self.transform.apply_coords_torch(upload(points, self.device), size)
-                            for points, size in zip(xy, self.held.original_sizes)])
-        sparse = self._point_prompts(coords[:, None])
-        return decode_points(self.decoder, sparse.view(images, prompts, *sparse.shape[1:]), self.resizes[:images],
-                             self.held.canvas, self.mask_threshold, self.prompts_per_substep, self.threads)
-
-    def _point_prompts(self, coords: Tensor) -> Tensor:
-        """The prompt encoder's sparse embeddings of positive points ``coords (B, 1, 2)`` in the input frame."""
+    def _point_prompts(self, xy: Tensor) -> Tensor:
+        """The prompt encoder's sparse embeddings ``(n P, T, D)`` of positive points ``xy (n, P, 2)`` (each image's
+        own pixel coordinates)."""
+        coords = torch.cat([self.transforms.transform_coords(upload(points, self.device), normalize=True, orig_hw=size)
+                            for points, size in zip(xy, self.held.original_sizes)])[:, None]
         labels = torch.ones(coords.shape[:2], dtype=torch.int, device=self.device)
-        return self.model.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)[0]
+        return self.prompt_encoder(points=(coords, labels), boxes=None, masks=None)[0]
