@@ -1,14 +1,11 @@
 """Stage one's labelling pipeline over a list of images: decoding and preprocessing ahead in threads, the networks on
 batches, every image's failure isolated, finished images staged by a background thread.
 
-The steps, one path for one image or many on every device: :meth:`Labeller.prepare` (host inputs) ->
-:meth:`Labeller.encode` (per batch: CLIP's frozen blocks, SAM's image encoder) -> :meth:`Labeller.label_batch`
-(Skip-CAM, Y0, SAM refinement) -> a :class:`PendingRecord` (docs/design.md; the CUDA streams and copies:
-docs/stage_one.md#stage-one-on-a-gpu). A labeller runs one setting (``tools/gen_pseudo.sh``) or several (a sweep's
-rows, ``tools/ablate.sh``), each setting's labelling step its own and what settings share computed once.
-
-A batch whose batched step fails (out of memory included) is retried image by image; an image that fails alone
-becomes an :class:`ImageFailure` and the run goes on (for each setting on its own). KeyboardInterrupt is never caught.
+One path for one image or many on every device, for one setting (``tools/gen_pseudo.sh``) or a sweep's rows
+(``tools/ablate.sh``): :meth:`Labeller.prepare` -> :meth:`Labeller.encode` -> :meth:`Labeller.label_batch` -> a
+:class:`PendingRecord` (docs/design.md#layout-and-data-flow; the CUDA streams: docs/stage_one.md#stage-one-on-a-gpu).
+A batch whose batched step fails is retried image by image; an image that fails alone becomes an
+:class:`ImageFailure` and the run goes on. KeyboardInterrupt is never caught.
 """
 from __future__ import annotations
 
@@ -156,23 +153,14 @@ def is_fatal(error: BaseException) -> bool:
         text.startswith("CUDA error") or "device-side assert" in text or "CUBLAS_STATUS" in text)
 
 
-def recover(error: Exception, device: torch.device) -> None:
-    """After an image failed: re-raise what no later image survives; after running out of GPU memory, free the cache."""
-    if is_fatal(error):
-        raise error
-    if device.type == "cuda" and isinstance(error, torch.cuda.OutOfMemoryError):
-        torch.cuda.empty_cache()
-
-
 class Labeller:
-    """Labels images under one or more stage-one :class:`Setting` s on one device (see the module). With several
-    (a sweep's rows) every image is decoded once, and what settings share (CLIP's frozen blocks by :func:`frozen_key`,
-    SAM's embedding, a Skip-CAM output, decoded masks: docs/ablations.md#what-is-shared) is computed once per labelling
-    step, so each setting's labels are those of a Labeller of that setting alone.
+    """Labels images under one or more stage-one :class:`Setting` s on one device (see the module). Each image is
+    decoded once and what settings share is computed once per labelling step (docs/ablations.md#what-is-shared), so
+    each setting's labels are those of a Labeller of that setting alone.
 
     ``seconds``: per setting, the seconds by stage a Labeller of that setting alone would spend. ``timed``: on CUDA,
-    wait for the GPU at the end of each stage so that ``seconds`` holds real stage times (for benchmarks; it stops
-    the stages from overlapping); without it, on a GPU the stage times are host times.
+    wait for the GPU after each stage, so that ``seconds`` holds real stage times (benchmarks; the stages then do not
+    overlap); else a GPU's stage times are host times.
     """
 
     def __init__(self, settings: list[Setting], device: str | torch.device, timed: bool = False):
@@ -246,11 +234,9 @@ class Labeller:
 
     def label_batch(self, items: list[PreparedImage], encoded: list[EncodedImage], index: int = 0,
                     shared: SharedWork | None = None) -> list[PendingRecord]:
-        """The labelling step of setting ``index`` on several images together: Skip-CAM
-        (:meth:`~pseudolabel.cam.skipcam.SkipCAM.label_batch`, or its output in ``shared``, what the settings of this
-        step share) and SAM refinement (:meth:`~pseudolabel.sam.refine.SAMRefiner.refine_batch`) of all of them,
-        then their labels, Y0, localization maps and accepted-mask counts copied to the host in four asynchronous
-        copies."""
+        """The labelling step of setting ``index`` on several images together: Skip-CAM (or its output in ``shared``)
+        and SAM refinement of all of them, then their labels, Y0, localization maps and accepted-mask counts copied to
+        the host in four asynchronous copies."""
         cam, refiner = self.settings[index].cam, self.settings[index].refiner
         seconds, shared = self.seconds[index], shared or SharedWork(False)
         for item, e in zip(items, encoded):
@@ -296,8 +282,8 @@ class Labeller:
         pending = None
         try:
             for batch in batches(prepared, max(1, batch_size)):
-                ready = [item for item in batch if isinstance(item, PreparedImage)]
-                encoded = self._isolated(ready, lambda some, retry: self.encode(some),
+                encoded = self._isolated([item for item in batch if isinstance(item, PreparedImage)],
+                                         lambda some, retry: self.encode(some),
                                          "a batch of %d images failed (%s); labelling them one by one")
                 if pending is not None:
                     yield from self._label_batch(*pending, wanted, deferred)
@@ -342,7 +328,10 @@ class Labeller:
         try:
             return dict(zip(map(id, items), step(items, retry)))
         except Exception as error:  # noqa: BLE001 - any per-image error: recorded, the run goes on
-            recover(error, self.device)
+            if is_fatal(error):
+                raise
+            if self.cuda and isinstance(error, torch.cuda.OutOfMemoryError):
+                torch.cuda.empty_cache()
             if len(items) == 1:
                 return {id(items[0]): ImageFailure(items[0].sample, str(items[0].sample.image_path),
                                                    failure_reason(error), "label")}
@@ -435,10 +424,6 @@ class BackgroundWriter:
             with contextlib.suppress(queue.Full):
                 self.queue.put(item, timeout=0.1)
                 return
-
-    def close(self) -> None:
-        """Write what is queued, stop the thread and raise its error, if any."""
-        self.__exit__(None, None, None)
 
     def _raise(self) -> None:
         if self.error is not None:
