@@ -255,22 +255,6 @@ def weights_of(cam: SkipCAM, refiner: SAMRefiner | None) -> tuple[dict, bool]:
     return weights, any(w and w.get("kind") == "random" for w in weights.values())
 
 
-def open_store(run: RunConfig, out: Path, rank: int, world: int, class_set: ClassSet, attrs: dict,
-               config: dict) -> RunStore:
-    """This rank's output store, ready to write: writable, emptied on ``--overwrite``, holding no labels of another
-    config, and (rank 0, while the others wait) what an interrupted run left packed into shards."""
-    store = RunStore(out, rank, class_set, attrs, run.shard_size)
-    store.check_writable()
-    if run.overwrite and rank == 0:
-        store.clear()
-    barrier(world)
-    store.check_config(config, run.overwrite)
-    if rank == 0 and (recovered := store.recover()):
-        LOG.info("packed %d image(s) finished by an interrupted run", recovered)
-    barrier(world)
-    return store
-
-
 def previous_failures(out: Path) -> dict[str, dict]:
     """Images an earlier run into ``out`` failed to label or read (any rank's ``failures-r*.json``), by id."""
     entries = {}
@@ -290,9 +274,7 @@ class StageOneRun:
 
     ``timed`` and ``progress_hook`` (called with the number of images done) are for benchmarks."""
 
-    run: RunConfig
     cfg: PseudoLabelConfig
-    dataset: WeakDataset
     cam: SkipCAM
     refiner: SAMRefiner | None
     store: RunStore
@@ -355,7 +337,9 @@ class StageOneRun:
                     refiner: SAMRefiner | None, out: Path, device: str, log: RunLog, locks: contextlib.ExitStack
                     ) -> "StageOneRun":
         """A run of ``cfg`` on loaded models into ``out`` (its locks, :func:`lock_output`, taken over from ``locks``):
-        the store opened (:func:`open_store`) and this rank's images still to label (earlier failures last)."""
+        its store ready to write (writable, emptied on ``--overwrite``, holding no labels of another configuration,
+        and on rank 0, while the others wait, what an interrupted run left packed into shards) and this rank's images
+        still to label (earlier failures last)."""
         rank, world, _ = distributed()
         weights, random_weights = weights_of(cam, refiner)
         # every shard's root attributes (names and encodings: pseudolabel/storage/format.py)
@@ -363,9 +347,16 @@ class StageOneRun:
         attrs = {"dataset": dataset.name, "split": cfg.split, "config": cfg.to_dict(), "weights": weights, **image_dir,
                  "random_weights": random_weights,
                  "versions": {p: version(p) for p in ("torch", "open_clip_torch", "segment-anything", "h5py", "numpy")}}
+        store = RunStore(out, rank, dataset.class_set, attrs, run.shard_size)
+        store.check_writable()
+        if run.overwrite and rank == 0:
+            store.clear()
+        barrier(world)
         # what a rerun compares before resuming: the configuration, the weights and the class set
-        identity = run_identity(cfg.to_dict(), weights, dataset.class_set.to_json())
-        store = open_store(run, out, rank, world, dataset.class_set, attrs, identity)
+        store.check_config(run_identity(cfg.to_dict(), weights, dataset.class_set.to_json()), run.overwrite)
+        if rank == 0 and (recovered := store.recover()):
+            LOG.info("packed %d image(s) finished by an interrupted run", recovered)
+        barrier(world)
         log.attach()                    # the output directory exists and is writable
         mine = dataset.samples[: run.limit][rank::world]   # limit None: all
         done = store.finished()
@@ -374,7 +365,7 @@ class StageOneRun:
         retries = {s.image_id: failed_before[s.image_id] for s in todo if s.image_id in failed_before}
         # images that failed before go last and alone (batch size 1): a known bad image never holds up a batch
         todo = [s for s in todo if s.image_id not in retries] + [s for s in todo if s.image_id in retries]
-        return cls(run=run, cfg=cfg, dataset=dataset, cam=cam, refiner=refiner, store=store, device=device, rank=rank,
+        return cls(cfg=cfg, cam=cam, refiner=refiner, store=store, device=device, rank=rank,
                    world=world, random_weights=random_weights, log=log, todo=todo, already_done=len(mine) - len(todo),
                    failures=[dict(p, stage="dataset") for p in dataset.problems] if rank == 0 else [], retries=retries,
                    batch_size=run.batch_size or default_batch_size(torch.device(device)),
@@ -490,10 +481,10 @@ def run(argv: list[str] | None = None) -> dict:
     run_config = RunConfig.from_args(args)
     console_logging()
     rank, world, _ = distributed()
-    with RunLog(output_dir(run_config, split_of(run_config)), rank, world) as log:
-        with StageOneRun.setup(run_config, MethodOptions.from_args(args), log) as stage_one:
-            stage_one.label_images()
-            return stage_one.finish()
+    with RunLog(output_dir(run_config, split_of(run_config)), rank, world) as log, \
+            StageOneRun.setup(run_config, MethodOptions.from_args(args), log) as stage_one:
+        stage_one.label_images()
+        return stage_one.finish()
 
 
 @tool_main(OutputError, FileNotFoundError, ValueError, RuntimeError)
