@@ -126,16 +126,13 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     add_dataclass_options(parser, LabellerConfig, "labeller (CEP, or SAM 3 from the tags)")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reachable(host: str, timeout: float = 3.0) -> bool:
     """Whether a download host answers at all (the demo falls back to random weights when not); asked once."""
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        return False
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+    if os.environ.get("HF_HUB_OFFLINE") != "1":
+        with contextlib.suppress(OSError), socket.create_connection((host, 443), timeout=timeout):
+            return True
+    return False
 
 
 def demo_weights(cfg: PseudoLabelConfig) -> list[str]:
