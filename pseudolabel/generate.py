@@ -256,11 +256,9 @@ def previous_failures(out: Path) -> dict[str, dict]:
     """Images an earlier run into ``out`` failed to label or read (any rank's ``failures-r*.json``), by id."""
     entries = {}
     for path in sorted(out.glob("failures-r*.json")):
-        try:
-            loaded = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue  # an unreadable list only means those images are not known to have failed
-        entries.update({e["image_id"]: e for e in loaded if isinstance(e, dict) and e.get("stage") in ("read", "label")})
+        with contextlib.suppress(OSError, ValueError):  # an unreadable list: those images are not known to have failed
+            entries.update({e["image_id"]: e for e in json.loads(path.read_text())
+                            if isinstance(e, dict) and e.get("stage") in ("read", "label")})
     return entries
 
 
