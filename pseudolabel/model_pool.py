@@ -1,7 +1,6 @@
-"""Stage one's models for one or more settings: each CLIP and SAM model loaded once, one
-:class:`~pseudolabel.cam.skipcam.SkipCAM` per Skip-CAM setting (sharing the text embeddings of a model and prompt set)
-and one :class:`~pseudolabel.sam.refine.SAMRefiner` per refinement setting on one predictor per SAM model and
-precision. ``tools/gen_pseudo.sh`` builds one setting, ``tools/ablate.sh`` every row's."""
+"""Stage one's models for one or more settings (``tools/gen_pseudo.sh``: one, ``tools/ablate.sh``: every row's): each
+CLIP model and SAM predictor loaded once, one :class:`~pseudolabel.cam.skipcam.SkipCAM` per Skip-CAM setting and one
+:class:`~pseudolabel.sam.refine.SAMRefiner` per refinement setting."""
 from __future__ import annotations
 
 import functools
