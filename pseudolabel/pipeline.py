@@ -215,12 +215,12 @@ class Labeller:
         frozen, embeddings, seconds = [{} for _ in items], [{} for _ in items], [{} for _ in items]
         with torch.cuda.stream(self.batch_stream) if self.cuda else contextlib.nullcontext():
             for key, cam in self.frozen_by.items():
-                with self._stage(None, "clip_frozen") as spent:
+                with self._stage("clip_frozen") as spent:
                     features = cam.frozen([item.clip_inputs[input_key(cam)] for item in items])
                 for f, s, feature in zip(frozen, seconds, features):
                     f[key], s[key] = feature, spent() / len(items)
             for key, refiner in self.sam_by.items():
-                with self._stage(None, "sam_encoder") as spent:
+                with self._stage("sam_encoder") as spent:
                     embedded = refiner.embed([item.sam_inputs[key] for item in items])
                 for e, s, embedding in zip(embeddings, seconds, embedded):
                     e[key], s[key] = embedding, spent() / len(items)
@@ -246,7 +246,7 @@ class Labeller:
         with torch.cuda.stream(self.image_stream) if self.cuda else contextlib.nullcontext():
             self._wait_for(encoded)
             if id(cam) not in shared.cams:
-                with self._stage(None, "skipcam") as spent:
+                with self._stage("skipcam") as spent:
                     cams = cam.label_batch([e.pixels for e in encoded], [e.frozen[frozen_key(cam)] for e in encoded],
                                            [i.sample.class_ids for i in items])
                 shared.cams[id(cam)] = (cams, spent())
@@ -254,11 +254,11 @@ class Labeller:
             seconds.update(cams.timings, skipcam=cam_seconds)
             refined = None
             if refiner:
-                with self._stage(seconds, "sam"):
+                with self._stage("sam") as spent:
                     refined = refiner.refine_batch([e.embeddings[id(refiner.predictor)] for e in encoded],
                                                    cams.labels, cams.scores, cams.sizes, cams.class_ids, shared.masks)
                 seconds.update(refined.timings)
-                seconds["sam"] += refined.reused_seconds
+                seconds["sam"] += spent() + refined.reused_seconds
             download = Download()
             download.add_all([refined.labels if refined else cams.labels, cams.labels,
                               torch.cat([m.flatten() for m in cams.loc_maps]),
@@ -353,17 +353,15 @@ class Labeller:
                 tensor.record_stream(self.image_stream)
 
     @contextlib.contextmanager
-    def _stage(self, seconds: collections.Counter | None, stage: str):
+    def _stage(self, stage: str) -> Iterator[Callable[[], float]]:
         """Time a stage (waiting for the GPU when ``timed``), as a named range for profilers; yields a function that
-        gives the seconds afterwards, and adds them to ``seconds[stage]`` unless ``seconds`` is None."""
+        gives its seconds afterwards."""
         tick, spent = time.perf_counter(), [0.0]
         with torch.profiler.record_function(f"stage: {stage}"):
             yield lambda: spent[0]
         if self.timed and self.cuda:
             torch.cuda.current_stream(self.device).synchronize()
         spent[0] = time.perf_counter() - tick
-        if seconds is not None:
-            seconds[stage] += spent[0]
 
 
 def prepared_ahead(samples: list[Sample], prepare: Callable[[Sample], T], workers: int) -> Iterator[T | ImageFailure]:
