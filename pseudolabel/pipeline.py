@@ -180,10 +180,9 @@ class Labeller:
             self.batch_stream = torch.cuda.Stream(self.device, priority=0)
             self.image_stream = torch.cuda.Stream(self.device, priority=-1)
 
-    def sharing_plan(self, names: list[str]) -> list[str]:
+    def sharing_plan(self, names: list[str]) -> Iterator[str]:
         """One line per setting (named by ``names``): what it computes and what it reuses from an earlier one."""
         first: dict[tuple, str] = {}
-        lines = []
         for name, setting in zip(names, self.settings):
             parts = [("CLIP frozen blocks", ("frozen", frozen_key(setting.cam))),
                      ("Skip-CAM output", ("cam", id(setting.cam)))]
@@ -192,8 +191,7 @@ class Labeller:
                               ("sam", id(setting.refiner.predictor))))
             said = [f"{what}: {'computes' if first.setdefault(key, name) == name else 'reuses ' + repr(first[key])}"
                     for what, key in parts]
-            lines.append(f"row '{name}': " + "; ".join(said))
-        return lines
+            yield f"row '{name}': " + "; ".join(said)
 
     # -- the stages -----------------------------------------------------------------------------------------------
     def prepare(self, sample: Sample) -> PreparedImage:
