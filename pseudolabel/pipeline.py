@@ -4,8 +4,8 @@ batches, every image's failure isolated, finished images staged by a background 
 One path for one image or many on every device, for one setting (``tools/gen_pseudo.sh``) or a sweep's rows
 (``tools/ablate.sh``): :meth:`Labeller.prepare` -> :meth:`Labeller.encode` -> :meth:`Labeller.label_batch` -> a
 :class:`PendingRecord` (docs/design.md#layout-and-data-flow; the CUDA streams: docs/stage_one.md#stage-one-on-a-gpu).
-A batch whose batched step fails is retried image by image; an image that fails alone becomes an
-:class:`ImageFailure` and the run goes on. KeyboardInterrupt is never caught.
+A batch whose batched step fails (out of memory included) is retried image by image; an image that fails alone
+becomes an :class:`ImageFailure` and the run goes on (for each setting on its own). KeyboardInterrupt is never caught.
 """
 from __future__ import annotations
 
