@@ -49,6 +49,7 @@ from pseudolabel.cam.skipcam import SkipCAM, SkipCAMConfig
 LOG = logging.getLogger("pseudolabel.generate")
 DEMO_DIR = DATA_DIR / "demo"
 BANNER = "!" * 78
+RANDOM_WEIGHTS_NOTE = "NOTE: produced with RANDOM weights (recorded as random_weights=True in the shards)."
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -411,8 +412,7 @@ class StageOneRun:
               f"{len(self.failures)} failed, {summary['wall_seconds']:.1f} s, ms/image by stage "
               f"{summary['ms_per_image']}")
         if self.random_weights:
-            print("NOTE: produced with RANDOM weights (recorded as random_weights=True in the shards).",
-                  file=sys.stderr)
+            print(RANDOM_WEIGHTS_NOTE, file=sys.stderr)
         return summary
 
     def close(self, wall: float) -> tuple[dict, dict | None]:
