@@ -63,11 +63,6 @@ class MethodOptions:
                                  SAMRefineConfig(**self.refine), precision, LabellerConfig(**self.labeller))
 
 
-def config_from_args(args: argparse.Namespace, dataset: str, split: str, precision: str = "fp32") -> PseudoLabelConfig:
-    """:meth:`MethodOptions.config` of a parsed command line."""
-    return MethodOptions.from_args(args).config(dataset, split, precision)
-
-
 @dataclass
 class RunConfig:
     """What stage one labels and how it runs (gen_pseudo's "run" options): no label depends on these, so they are

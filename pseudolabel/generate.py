@@ -49,6 +49,7 @@ from pseudolabel.cam.skipcam import SkipCAM, SkipCAMConfig
 LOG = logging.getLogger("pseudolabel.generate")
 DEMO_DIR = DATA_DIR / "demo"
 BANNER = "!" * 78
+RANDOM_WEIGHTS_NOTE = "NOTE: produced with RANDOM weights (recorded as random_weights=True in the shards)."
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,16 +127,13 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     add_dataclass_options(parser, LabellerConfig, "labeller (CEP, or SAM 3 from the tags)")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reachable(host: str, timeout: float = 3.0) -> bool:
     """Whether a download host answers at all (the demo falls back to random weights when not); asked once."""
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        return False
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+    if os.environ.get("HF_HUB_OFFLINE") != "1":
+        with contextlib.suppress(OSError), socket.create_connection((host, 443), timeout=timeout):
+            return True
+    return False
 
 
 def demo_weights(cfg: PseudoLabelConfig) -> list[str]:
@@ -255,31 +253,13 @@ def weights_of(cam: SkipCAM, refiner: SAMRefiner | None) -> tuple[dict, bool]:
     return weights, any(w and w.get("kind") == "random" for w in weights.values())
 
 
-def open_store(run: RunConfig, out: Path, rank: int, world: int, class_set: ClassSet, attrs: dict,
-               config: dict) -> RunStore:
-    """This rank's output store, ready to write: writable, emptied on ``--overwrite``, holding no labels of another
-    config, and (rank 0, while the others wait) what an interrupted run left packed into shards."""
-    store = RunStore(out, rank, class_set, attrs, run.shard_size)
-    store.check_writable()
-    if run.overwrite and rank == 0:
-        store.clear()
-    barrier(world)
-    store.check_config(config, run.overwrite)
-    if rank == 0 and (recovered := store.recover()):
-        LOG.info("packed %d image(s) finished by an interrupted run", recovered)
-    barrier(world)
-    return store
-
-
 def previous_failures(out: Path) -> dict[str, dict]:
     """Images an earlier run into ``out`` failed to label or read (any rank's ``failures-r*.json``), by id."""
     entries = {}
     for path in sorted(out.glob("failures-r*.json")):
-        try:
-            loaded = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue  # an unreadable list only means those images are not known to have failed
-        entries.update({e["image_id"]: e for e in loaded if isinstance(e, dict) and e.get("stage") in ("read", "label")})
+        with contextlib.suppress(OSError, ValueError):  # an unreadable list: those images are not known to have failed
+            entries.update({e["image_id"]: e for e in json.loads(path.read_text())
+                            if isinstance(e, dict) and e.get("stage") in ("read", "label")})
     return entries
 
 
@@ -290,9 +270,7 @@ class StageOneRun:
 
     ``timed`` and ``progress_hook`` (called with the number of images done) are for benchmarks."""
 
-    run: RunConfig
     cfg: PseudoLabelConfig
-    dataset: WeakDataset
     cam: SkipCAM
     refiner: SAMRefiner | None
     store: RunStore
@@ -355,7 +333,9 @@ class StageOneRun:
                     refiner: SAMRefiner | None, out: Path, device: str, log: RunLog, locks: contextlib.ExitStack
                     ) -> "StageOneRun":
         """A run of ``cfg`` on loaded models into ``out`` (its locks, :func:`lock_output`, taken over from ``locks``):
-        the store opened (:func:`open_store`) and this rank's images still to label (earlier failures last)."""
+        its store ready to write (writable, emptied on ``--overwrite``, holding no labels of another configuration,
+        and on rank 0, while the others wait, what an interrupted run left packed into shards) and this rank's images
+        still to label (earlier failures last)."""
         rank, world, _ = distributed()
         weights, random_weights = weights_of(cam, refiner)
         # every shard's root attributes (names and encodings: pseudolabel/storage/format.py)
@@ -363,9 +343,16 @@ class StageOneRun:
         attrs = {"dataset": dataset.name, "split": cfg.split, "config": cfg.to_dict(), "weights": weights, **image_dir,
                  "random_weights": random_weights,
                  "versions": {p: version(p) for p in ("torch", "open_clip_torch", "segment-anything", "h5py", "numpy")}}
+        store = RunStore(out, rank, dataset.class_set, attrs, run.shard_size)
+        store.check_writable()
+        if run.overwrite and rank == 0:
+            store.clear()
+        barrier(world)
         # what a rerun compares before resuming: the configuration, the weights and the class set
-        identity = run_identity(cfg.to_dict(), weights, dataset.class_set.to_json())
-        store = open_store(run, out, rank, world, dataset.class_set, attrs, identity)
+        store.check_config(run_identity(cfg.to_dict(), weights, dataset.class_set.to_json()), run.overwrite)
+        if rank == 0 and (recovered := store.recover()):
+            LOG.info("packed %d image(s) finished by an interrupted run", recovered)
+        barrier(world)
         log.attach()                    # the output directory exists and is writable
         mine = dataset.samples[: run.limit][rank::world]   # limit None: all
         done = store.finished()
@@ -374,7 +361,7 @@ class StageOneRun:
         retries = {s.image_id: failed_before[s.image_id] for s in todo if s.image_id in failed_before}
         # images that failed before go last and alone (batch size 1): a known bad image never holds up a batch
         todo = [s for s in todo if s.image_id not in retries] + [s for s in todo if s.image_id in retries]
-        return cls(run=run, cfg=cfg, dataset=dataset, cam=cam, refiner=refiner, store=store, device=device, rank=rank,
+        return cls(cfg=cfg, cam=cam, refiner=refiner, store=store, device=device, rank=rank,
                    world=world, random_weights=random_weights, log=log, todo=todo, already_done=len(mine) - len(todo),
                    failures=[dict(p, stage="dataset") for p in dataset.problems] if rank == 0 else [], retries=retries,
                    batch_size=run.batch_size or default_batch_size(torch.device(device)),
@@ -425,8 +412,7 @@ class StageOneRun:
               f"{len(self.failures)} failed, {summary['wall_seconds']:.1f} s, ms/image by stage "
               f"{summary['ms_per_image']}")
         if self.random_weights:
-            print("NOTE: produced with RANDOM weights (recorded as random_weights=True in the shards).",
-                  file=sys.stderr)
+            print(RANDOM_WEIGHTS_NOTE, file=sys.stderr)
         return summary
 
     def close(self, wall: float) -> tuple[dict, dict | None]:
@@ -490,10 +476,10 @@ def run(argv: list[str] | None = None) -> dict:
     run_config = RunConfig.from_args(args)
     console_logging()
     rank, world, _ = distributed()
-    with RunLog(output_dir(run_config, split_of(run_config)), rank, world) as log:
-        with StageOneRun.setup(run_config, MethodOptions.from_args(args), log) as stage_one:
-            stage_one.label_images()
-            return stage_one.finish()
+    with RunLog(output_dir(run_config, split_of(run_config)), rank, world) as log, \
+            StageOneRun.setup(run_config, MethodOptions.from_args(args), log) as stage_one:
+        stage_one.label_images()
+        return stage_one.finish()
 
 
 @tool_main(OutputError, FileNotFoundError, ValueError, RuntimeError)

@@ -1,9 +1,9 @@
-"""Stage one's models for one or more settings: each CLIP and SAM model loaded once, one
-:class:`~pseudolabel.cam.skipcam.SkipCAM` per Skip-CAM setting (sharing the text embeddings of a model and prompt set)
-and one :class:`~pseudolabel.sam.refine.SAMRefiner` per refinement setting on one predictor per SAM model and
-precision. ``tools/gen_pseudo.sh`` builds one setting, ``tools/ablate.sh`` every row's."""
+"""Stage one's models for one or more settings (``tools/gen_pseudo.sh``: one, ``tools/ablate.sh``: every row's): each
+CLIP model and SAM predictor loaded once, one :class:`~pseudolabel.cam.skipcam.SkipCAM` per Skip-CAM setting and one
+:class:`~pseudolabel.sam.refine.SAMRefiner` per refinement setting."""
 from __future__ import annotations
 
+import functools
 import json
 
 import torch
@@ -22,7 +22,7 @@ class ModelPool:
 
     def __init__(self, class_set: ClassSet, device: str, points_per_batch: int = POINTS_PER_BATCH):
         self.class_set, self.device, self.points_per_batch = class_set, device, points_per_batch
-        self.clip_models: dict[tuple, tuple] = {}
+        self.clip = functools.cache(lambda name, weights, seed: load_clip(name, weights, device, seed))  # by model
         self.texts: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.cams: dict[str, SkipCAM] = {}
         self.predictors: dict[tuple, tuple] = {}
@@ -33,14 +33,12 @@ class ModelPool:
         return Setting(self.skipcam(config), self.refiner(config))
 
     def skipcam(self, config: PseudoLabelConfig) -> SkipCAM:
+        """The Skip-CAM of ``config``, sharing the text embeddings of an earlier one on its model and prompt set."""
         cam = config.cam
         key = json.dumps({**cam.to_dict(), "precision": config.precision}, sort_keys=True)
         if key not in self.cams:
-            model_key = (cam.clip_model, cam.clip_weights, cam.clip_seed)
-            if model_key not in self.clip_models:
-                self.clip_models[model_key] = load_clip(cam.clip_model, cam.clip_weights, self.device, cam.clip_seed)
-            model, tokenizer, weights = self.clip_models[model_key]
-            text_key = (model_key, cam.prompt_set)
+            model, tokenizer, weights = self.clip(cam.clip_model, cam.clip_weights, cam.clip_seed)
+            text_key = (cam.clip_model, cam.clip_weights, cam.clip_seed, cam.prompt_set)
             skipcam = SkipCAM(model, tokenizer, self.class_set, cam, self.device, weights, config.precision,
                               self.texts.get(text_key))
             self.texts[text_key] = (skipcam.fg_text, skipcam.bg_text)
@@ -48,6 +46,7 @@ class ModelPool:
         return self.cams[key]
 
     def refiner(self, config: PseudoLabelConfig) -> SAMRefiner | None:
+        """The SAM refiner of ``config`` on the one predictor of its model and precision; None without refinement."""
         if not config.refine.enabled:
             return None
         refine = config.refine

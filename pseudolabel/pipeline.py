@@ -1,12 +1,9 @@
 """Stage one's labelling pipeline over a list of images: decoding and preprocessing ahead in threads, the networks on
 batches, every image's failure isolated, finished images staged by a background thread.
 
-The steps, one path for one image or many on every device: :meth:`Labeller.prepare` (host inputs) ->
-:meth:`Labeller.encode` (per batch: CLIP's frozen blocks, SAM's image encoder) -> :meth:`Labeller.label_batch`
-(Skip-CAM, Y0, SAM refinement) -> a :class:`PendingRecord` (docs/design.md; the CUDA streams and copies:
-docs/stage_one.md#stage-one-on-a-gpu). A labeller runs one setting (``tools/gen_pseudo.sh``) or several (a sweep's
-rows, ``tools/ablate.sh``), each setting's labelling step its own and what settings share computed once.
-
+One path for one image or many on every device, for one setting (``tools/gen_pseudo.sh``) or a sweep's rows
+(``tools/ablate.sh``): :meth:`Labeller.prepare` -> :meth:`Labeller.encode` -> :meth:`Labeller.label_batch` -> a
+:class:`PendingRecord` (docs/design.md#layout-and-data-flow; the CUDA streams: docs/stage_one.md#stage-one-on-a-gpu).
 A batch whose batched step fails (out of memory included) is retried image by image; an image that fails alone
 becomes an :class:`ImageFailure` and the run goes on (for each setting on its own). KeyboardInterrupt is never caught.
 """
@@ -156,23 +153,14 @@ def is_fatal(error: BaseException) -> bool:
         text.startswith("CUDA error") or "device-side assert" in text or "CUBLAS_STATUS" in text)
 
 
-def recover(error: Exception, device: torch.device) -> None:
-    """After an image failed: re-raise what no later image survives; after running out of GPU memory, free the cache."""
-    if is_fatal(error):
-        raise error
-    if device.type == "cuda" and isinstance(error, torch.cuda.OutOfMemoryError):
-        torch.cuda.empty_cache()
-
-
 class Labeller:
-    """Labels images under one or more stage-one :class:`Setting` s on one device (see the module). With several
-    (a sweep's rows) every image is decoded once, and what settings share (CLIP's frozen blocks by :func:`frozen_key`,
-    SAM's embedding, a Skip-CAM output, decoded masks: docs/ablations.md#what-is-shared) is computed once per labelling
-    step, so each setting's labels are those of a Labeller of that setting alone.
+    """Labels images under one or more stage-one :class:`Setting` s on one device (see the module). Each image is
+    decoded once and what settings share is computed once per labelling step (docs/ablations.md#what-is-shared), so
+    each setting's labels are those of a Labeller of that setting alone.
 
     ``seconds``: per setting, the seconds by stage a Labeller of that setting alone would spend. ``timed``: on CUDA,
-    wait for the GPU at the end of each stage so that ``seconds`` holds real stage times (for benchmarks; it stops
-    the stages from overlapping); without it, on a GPU the stage times are host times.
+    wait for the GPU after each stage, so that ``seconds`` holds real stage times (benchmarks; the stages then do not
+    overlap); else a GPU's stage times are host times.
     """
 
     def __init__(self, settings: list[Setting], device: str | torch.device, timed: bool = False):
@@ -192,10 +180,9 @@ class Labeller:
             self.batch_stream = torch.cuda.Stream(self.device, priority=0)
             self.image_stream = torch.cuda.Stream(self.device, priority=-1)
 
-    def sharing_plan(self, names: list[str]) -> list[str]:
+    def sharing_plan(self, names: list[str]) -> Iterator[str]:
         """One line per setting (named by ``names``): what it computes and what it reuses from an earlier one."""
         first: dict[tuple, str] = {}
-        lines = []
         for name, setting in zip(names, self.settings):
             parts = [("CLIP frozen blocks", ("frozen", frozen_key(setting.cam))),
                      ("Skip-CAM output", ("cam", id(setting.cam)))]
@@ -204,8 +191,7 @@ class Labeller:
                               ("sam", id(setting.refiner.predictor))))
             said = [f"{what}: {'computes' if first.setdefault(key, name) == name else 'reuses ' + repr(first[key])}"
                     for what, key in parts]
-            lines.append(f"row '{name}': " + "; ".join(said))
-        return lines
+            yield f"row '{name}': " + "; ".join(said)
 
     # -- the stages -----------------------------------------------------------------------------------------------
     def prepare(self, sample: Sample) -> PreparedImage:
@@ -227,12 +213,12 @@ class Labeller:
         frozen, embeddings, seconds = [{} for _ in items], [{} for _ in items], [{} for _ in items]
         with torch.cuda.stream(self.batch_stream) if self.cuda else contextlib.nullcontext():
             for key, cam in self.frozen_by.items():
-                with self._stage(None, "clip_frozen") as spent:
+                with self._stage("clip_frozen") as spent:
                     features = cam.frozen([item.clip_inputs[input_key(cam)] for item in items])
                 for f, s, feature in zip(frozen, seconds, features):
                     f[key], s[key] = feature, spent() / len(items)
             for key, refiner in self.sam_by.items():
-                with self._stage(None, "sam_encoder") as spent:
+                with self._stage("sam_encoder") as spent:
                     embedded = refiner.embed([item.sam_inputs[key] for item in items])
                 for e, s, embedding in zip(embeddings, seconds, embedded):
                     e[key], s[key] = embedding, spent() / len(items)
@@ -246,11 +232,9 @@ class Labeller:
 
     def label_batch(self, items: list[PreparedImage], encoded: list[EncodedImage], index: int = 0,
                     shared: SharedWork | None = None) -> list[PendingRecord]:
-        """The labelling step of setting ``index`` on several images together: Skip-CAM
-        (:meth:`~pseudolabel.cam.skipcam.SkipCAM.label_batch`, or its output in ``shared``, what the settings of this
-        step share) and SAM refinement (:meth:`~pseudolabel.sam.refine.SAMRefiner.refine_batch`) of all of them,
-        then their labels, Y0, localization maps and accepted-mask counts copied to the host in four asynchronous
-        copies."""
+        """The labelling step of setting ``index`` on several images together: Skip-CAM (or its output in ``shared``)
+        and SAM refinement of all of them, then their labels, Y0, localization maps and accepted-mask counts copied to
+        the host in four asynchronous copies."""
         cam, refiner = self.settings[index].cam, self.settings[index].refiner
         seconds, shared = self.seconds[index], shared or SharedWork(False)
         for item, e in zip(items, encoded):
@@ -260,7 +244,7 @@ class Labeller:
         with torch.cuda.stream(self.image_stream) if self.cuda else contextlib.nullcontext():
             self._wait_for(encoded)
             if id(cam) not in shared.cams:
-                with self._stage(None, "skipcam") as spent:
+                with self._stage("skipcam") as spent:
                     cams = cam.label_batch([e.pixels for e in encoded], [e.frozen[frozen_key(cam)] for e in encoded],
                                            [i.sample.class_ids for i in items])
                 shared.cams[id(cam)] = (cams, spent())
@@ -268,11 +252,11 @@ class Labeller:
             seconds.update(cams.timings, skipcam=cam_seconds)
             refined = None
             if refiner:
-                with self._stage(seconds, "sam"):
+                with self._stage("sam") as spent:
                     refined = refiner.refine_batch([e.embeddings[id(refiner.predictor)] for e in encoded],
                                                    cams.labels, cams.scores, cams.sizes, cams.class_ids, shared.masks)
                 seconds.update(refined.timings)
-                seconds["sam"] += refined.reused_seconds
+                seconds["sam"] += spent() + refined.reused_seconds
             download = Download()
             download.add_all([refined.labels if refined else cams.labels, cams.labels,
                               torch.cat([m.flatten() for m in cams.loc_maps]),
@@ -296,8 +280,8 @@ class Labeller:
         pending = None
         try:
             for batch in batches(prepared, max(1, batch_size)):
-                ready = [item for item in batch if isinstance(item, PreparedImage)]
-                encoded = self._isolated(ready, lambda some, retry: self.encode(some),
+                encoded = self._isolated([item for item in batch if isinstance(item, PreparedImage)],
+                                         lambda some, retry: self.encode(some),
                                          "a batch of %d images failed (%s); labelling them one by one")
                 if pending is not None:
                     yield from self._label_batch(*pending, wanted, deferred)
@@ -342,7 +326,10 @@ class Labeller:
         try:
             return dict(zip(map(id, items), step(items, retry)))
         except Exception as error:  # noqa: BLE001 - any per-image error: recorded, the run goes on
-            recover(error, self.device)
+            if is_fatal(error):
+                raise
+            if self.cuda and isinstance(error, torch.cuda.OutOfMemoryError):
+                torch.cuda.empty_cache()
             if len(items) == 1:
                 return {id(items[0]): ImageFailure(items[0].sample, str(items[0].sample.image_path),
                                                    failure_reason(error), "label")}
@@ -364,17 +351,15 @@ class Labeller:
                 tensor.record_stream(self.image_stream)
 
     @contextlib.contextmanager
-    def _stage(self, seconds: collections.Counter | None, stage: str):
+    def _stage(self, stage: str) -> Iterator[Callable[[], float]]:
         """Time a stage (waiting for the GPU when ``timed``), as a named range for profilers; yields a function that
-        gives the seconds afterwards, and adds them to ``seconds[stage]`` unless ``seconds`` is None."""
+        gives its seconds afterwards."""
         tick, spent = time.perf_counter(), [0.0]
         with torch.profiler.record_function(f"stage: {stage}"):
             yield lambda: spent[0]
         if self.timed and self.cuda:
             torch.cuda.current_stream(self.device).synchronize()
         spent[0] = time.perf_counter() - tick
-        if seconds is not None:
-            seconds[stage] += spent[0]
 
 
 def prepared_ahead(samples: list[Sample], prepare: Callable[[Sample], T], workers: int) -> Iterator[T | ImageFailure]:
@@ -435,10 +420,6 @@ class BackgroundWriter:
             with contextlib.suppress(queue.Full):
                 self.queue.put(item, timeout=0.1)
                 return
-
-    def close(self) -> None:
-        """Write what is queued, stop the thread and raise its error, if any."""
-        self.__exit__(None, None, None)
 
     def _raise(self) -> None:
         if self.error is not None:

@@ -216,15 +216,15 @@ def test_missing_and_mismatched_weights_are_clear_errors(tmp_path):
 
 
 def test_dataset_defaults_are_the_same_from_python_and_the_cli():
-    from pseudolabel.config import config_from_args
+    from pseudolabel.config import MethodOptions
     from pseudolabel.generate import build_parser
 
     assert [SkipCAMConfig.for_dataset(d).tau for d in ("voc", "coco", "custom")] == [0.4, 0.7, 0.4]
     assert SkipCAMConfig.for_dataset("coco", tau=0.5, num_skips=0).tau == 0.5
     assert PseudoLabelConfig("coco", "train").cam.tau == 0.7 and PseudoLabelConfig("voc", "train").cam.tau == 0.4
     parser = build_parser()
-    assert config_from_args(parser.parse_args(["coco"]), "coco", "train").cam.tau == 0.7
-    assert config_from_args(parser.parse_args(["coco", "--tau", "0.3"]), "coco", "train").cam.tau == 0.3
+    assert MethodOptions.from_args(parser.parse_args(["coco"])).config("coco", "train").cam.tau == 0.7
+    assert MethodOptions.from_args(parser.parse_args(["coco", "--tau", "0.3"])).config("coco", "train").cam.tau == 0.3
     tau_help = next(a.help for a in parser._actions if a.dest == "tau")
     assert tau_help.endswith("(default: 0.4; coco: 0.7)") and tau_help.count("default") == 1
 

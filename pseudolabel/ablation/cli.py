@@ -24,9 +24,9 @@ from pseudolabel.console import console_logging
 from pseudolabel.datasets import Sample, WeakDataset
 from pseudolabel.evaluation.pipeline import EvaluationConfig
 from pseudolabel.exits import OutputError, guard_write, prepare_output_dir, tool_main
-from pseudolabel.generate import (DATASET_CHOICES, METHOD_CONFIGS, StageOneRun, add_method_options, add_run_options,
-                                  barrier, demo_weights, device_and_precision, distributed, label_runs, lock_output,
-                                  logged_dataset, random_weights_banner, split_of)
+from pseudolabel.generate import (DATASET_CHOICES, METHOD_CONFIGS, RANDOM_WEIGHTS_NOTE, StageOneRun, add_method_options,
+                                  add_run_options, barrier, demo_weights, device_and_precision, distributed, label_runs,
+                                  lock_output, logged_dataset, random_weights_banner, split_of)
 from pseudolabel.model_pool import ModelPool
 from pseudolabel.pipeline import STAGES, Labeller
 from pseudolabel.storage.atomic import atomic_write
@@ -224,8 +224,7 @@ class SweepRun:
         print(f"\nsweep done: {len(self.sweep.rows)} rows in {len(self.sweep.tables)} tables -> {self.out}\n"
               f"report: {self.out / 'report.md'} (and report.csv, report.json, plots/)")
         if self.random_weights:
-            print("NOTE: produced with RANDOM weights (recorded as random_weights=True in the shards).",
-                  file=sys.stderr)
+            print(RANDOM_WEIGHTS_NOTE, file=sys.stderr)
         return report
 
     def record_times(self, wall: float) -> None:
