@@ -136,10 +136,11 @@ def test_a_mask_cache_gives_a_later_setting_the_same_masks_without_decoding(monk
         return refiner.refine_batch([embedding], y0, scores, [(40, 56)], [(3,)], cache)
 
     alone = {delta: refined(make(delta=delta)) for delta in (0.0, 0.7)}
-    assert len(calls) == 2
+    steps = len(calls) // 2                                         # a setting's decoding steps
+    assert steps > 1 and len(calls) == 2 * steps
     cache = refine.MaskCache()
     first, second = refined(make(delta=0.0), cache), refined(make(delta=0.7), cache)
-    assert len(calls) == 3                                          # the second setting decoded nothing
+    assert len(calls) == 3 * steps                                  # the second setting decoded nothing
     for delta, shared in ((0.0, first), (0.7, second)):
         assert torch.equal(shared.labels, alone[delta].labels)
         assert torch.equal(shared.masks_accepted, alone[delta].masks_accepted)
@@ -147,11 +148,48 @@ def test_a_mask_cache_gives_a_later_setting_the_same_masks_without_decoding(monk
     assert second.reused_seconds > 0 and first.reused_seconds == 0
     assert second.timings["sam_decoder"] == pytest.approx(first.timings["sam_decoder"])
     refined(make(grid_size=4), cache)
-    assert len(calls) == 4                                          # other points: decoded
+    assert len(calls) > 3 * steps                                   # other points: decoded
+    decoded = len(calls)
     monkeypatch.setattr(refine, "KEPT_MASK_BYTES", 10)
     small = refine.MaskCache()
     refined(make(delta=0.3), small), refined(make(delta=0.7), small)
-    assert len(calls) == 6 and small.steps == {}                    # beyond the budget: decoded again
+    assert len(calls) == decoded + 2 * steps and small.steps == {}  # beyond the budget: decoded again
+
+
+def test_settings_share_the_decoding_steps_of_the_grid_rows_they_prompt_alike(monkeypatch):
+    """Y0s of three Skip-CAM settings on one image: the same grid points on the image's classes, but each point on
+    the other class (prompts come in grid order, so nothing is decoded again), and the same points but one more grid
+    row (only that row is decoded: prompts are decoded a grid row at a time). Each gets the labels it gets alone."""
+    from pseudolabel.sam import refine
+    from pseudolabel.sam.predictor import BatchedPointPredictor
+
+    make = tiny_refiner()
+    image, _, _ = scene(1)
+    scores = torch.from_numpy(np.random.default_rng(1).random((1, 3, 40, 56)).astype(np.float32))
+    left, right, grown = (np.zeros((40, 56), bool) for _ in range(3))
+    left[6:34, 4:26], right[6:34, 30:52], grown[2:34, 4:26] = True, True, True   # grid rows at y = 2.5 + 5 i
+    y0s = [torch.from_numpy(np.where(a, p, np.where(right, q, 0)).astype(np.uint8))[None]
+           for a, p, q in ((left, 3, 8), (left, 8, 3), (grown, 3, 8))]
+    embedding = make().embed([image])[0]
+    calls = []
+    predict = BatchedPointPredictor.predict_points
+    monkeypatch.setattr(BatchedPointPredictor, "predict_points", lambda self, xy: (calls.append(xy.shape),
+                                                                                    predict(self, xy))[1])
+
+    def refined(y0, cache=None):
+        return make().refine_batch([embedding], y0, scores, [(40, 56)], [(3, 8)], cache)
+
+    alone = [refined(y0) for y0 in y0s]
+    cache, decoded = refine.MaskCache(), []
+    shared = []
+    for y0 in y0s:
+        before = len(calls)
+        shared.append(refined(y0, cache))
+        decoded.append(len(calls) - before)
+    assert decoded[0] > 1 and decoded[1:] == [0, 1]
+    for a, b in zip(alone, shared):
+        assert torch.equal(a.labels, b.labels) and torch.equal(a.masks_accepted, b.masks_accepted)
+    assert not torch.equal(shared[0].labels, shared[1].labels)      # the settings' labels differ
 
 
 def test_a_sweep_row_on_sam_2_1_gets_sam_2_1s_predictor():

@@ -330,17 +330,24 @@ def test_batched_refinement_when_the_largest_image_has_no_prompt():
     assert together[1].prompts == (0,) and sum(together[0].prompts) > 0
 
 
-def test_decoding_steps_cover_every_prompt_once():
+def test_decoding_steps_cover_every_prompt_once_chunk_by_chunk():
+    """Every prompt in exactly one step, within its own chunk; at most ``limit`` prompts (or one per image) a step;
+    a step's images are the first of those holding prompts in the chunk, most first."""
     from pseudolabel.sam.refine import _decoding_steps
 
-    for counts, limit in (([10, 7, 3], 8), ([256], 256), ([5, 5, 5, 5], 3), ([40, 1], 100)):
-        taken = [0] * len(counts)
-        for step in _decoding_steps(counts, limit):
-            assert step.images * step.prompts <= max(limit, step.images)
-            for i in range(step.images):
-                assert taken[i] == step.first  # images take their prompts in order
-                taken[i] = step.first + step.prompts
-        assert all(t >= c for t, c in zip(taken, counts)) and all(t - c < max(limit, 1) for t, c in zip(taken, counts))
+    rng = np.random.default_rng(3)
+    for sizes, limit in (([10, 7, 3], 8), ([256], 64), ([5, 5, 5, 5], 3), ([40, 1], 100), ([0, 6], 4), ([0], 4)):
+        chunks = [np.sort(rng.integers(0, 5, n)) for n in sizes]
+        covered = [np.zeros(n, int) for n in sizes]
+        for step in _decoding_steps(chunks, limit):
+            assert len(step.taken) * step.prompts <= max(limit, len(step.taken))
+            chunk = chunks[step.held[0]][step.taken[0].start]
+            counts = [int((chunks[i] == chunk).sum()) for i in step.held]
+            assert counts == sorted(counts, reverse=True) and counts[-1] > 0
+            for i, taken in zip(step.held, step.taken):
+                assert 0 < taken.stop - taken.start <= step.prompts and (chunks[i][taken] == chunk).all()
+                covered[i][taken] += 1
+        assert all((c == 1).all() for c in covered)
 
 
 def test_true_entries_are_counted_exactly_at_every_length():
@@ -353,15 +360,6 @@ def test_true_entries_are_counted_exactly_at_every_length():
         assert torch.equal(_count_true(masks), masks.sum(dim=-1).double())
     assert torch.equal(_count_true(torch.ones(2, 600, 700, dtype=torch.bool)[:, 0]), torch.full((2,), 700.0,
                                                                                                 dtype=torch.float64))
-
-
-def test_class_ranges_are_the_prompts_of_each_class():
-    from pseudolabel.sam.refine import _class_ranges
-
-    assert _class_ranges(np.array([0, 0, 2, 2, 2, -1, -1])) == [(0, slice(0, 2)), (2, slice(2, 5))]
-    assert _class_ranges(np.array([-1, -1])) == []
-    with pytest.raises(AssertionError):
-        _class_ranges(np.array([0, 1, 0]))
 
 
 def test_batched_refinement_with_sam_equals_image_by_image():

@@ -189,9 +189,10 @@ class SAMRefiner:
                      ) -> RefinedBatch:
         """Refine several images at once on their canvases: ``y0 (B, H, W)`` uint8 and ``scores (B, 1+K, H, W)``
         (padded class channels -inf), each image's size and classes. One wait for the device (Y0 at the grid points,
-        for the prompts); the prompts of all images decoded together, :meth:`prompts_per_step` at a time, as many
-        for each image in a step; selection, the δ filter and the merge (:meth:`merge_batch`) on the canvases.
-        ``cache``: the decoding steps of other settings on the same images (:class:`MaskCache`), not decoded again."""
+        for the prompts); the prompts decoded a chunk at a time (a row of the grid, :meth:`_batch_prompts`), the
+        images together, :meth:`prompts_per_step` at a time, as many for each image in a step; selection, the δ
+        filter and the merge (:meth:`merge_batch`) on the canvases. ``cache``: the decoding steps of other settings
+        on the same images (:class:`MaskCache`), not decoded again."""
         class_ids = [tuple(c) for c in class_ids_list]
         widest = max(len(c) for c in class_ids)
         if not self.cfg.enabled:
@@ -201,27 +202,25 @@ class SAMRefiner:
         device, canvas = y0.device, tuple(y0.shape[-2:])
         keys = upload([c + (IGNORE_INDEX,) * (widest - len(c)) for c in class_ids], device, torch.uint8)
         regions = y0[:, None] == keys[:, :, None, None]  # (B, K, H, W); a padded class (255) has no pixel
-        xy, owner = self._batch_prompts(y0, scores, regions, sizes, class_ids)
+        xy, owner, chunks = self._batch_prompts(y0, scores, regions, sizes, class_ids)
         components = self._components(y0, class_ids, xy, owner) if self.cfg.filter_scope == "component" else None
-        counts = [len(o) for o in owner]
-        order = [i for i in sorted(range(len(sizes)), key=lambda i: -counts[i]) if counts[i]]  # most prompts first
         accepted = torch.zeros_like(regions)
         passed = torch.zeros(len(sizes) * widest + 1, dtype=torch.int64, device=device)  # + 1: padding's
         decode = reused = 0.0
-        batch_key = (id(self.predictor), canvas, tuple(id(embeddings[i]) for i in order))
-        held = False
-        for step in _decoding_steps([counts[i] for i in order], self.prompts_per_step(*canvas)):
-            images, taken = order[: step.images], slice(step.first, step.first + step.prompts)
-            points = torch.from_numpy(np.stack([_padded(xy[i][taken], step.prompts, xy[i][taken][-1]) for i in images]))
-            key = (*batch_key, points.numpy().tobytes())
+        held = None
+        for step in _decoding_steps(chunks, self.prompts_per_step(*canvas)):
+            images = step.held[: len(step.taken)]
+            points = torch.from_numpy(np.stack([_padded(xy[i][t], step.prompts, xy[i][t][-1])
+                                                for i, t in zip(images, step.taken)]))
+            key = (id(self.predictor), canvas, tuple(id(embeddings[i]) for i in step.held), points.numpy().tobytes())
             found = cache.steps.get(key) if cache is not None else None
             if found is None:
                 tick = time.perf_counter()
-                if not held:  # the whole batch's: an image without prompts may be the largest
-                    self.predictor.set_batch([embeddings[i].features for i in order],
-                                             [embeddings[i].input_size for i in order], [sizes[i] for i in order],
-                                             canvas)
-                    held = True
+                if step.held != held:
+                    self.predictor.set_batch([embeddings[i].features for i in step.held],
+                                             [embeddings[i].input_size for i in step.held],
+                                             [sizes[i] for i in step.held], canvas)
+                    held = step.held
                 masks, iou_pred = self.predictor.predict_points(points.float())
                 found = (masks, iou_pred, time.perf_counter() - tick)
                 decode += found[2]
@@ -230,13 +229,14 @@ class SAMRefiner:
             else:
                 reused += found[2]
             masks, iou_pred = found[:2]
-            who = np.stack([_padded(owner[i][taken], step.prompts, -1) for i in images])  # class index, -1: padding
+            who = np.stack([_padded(owner[i][t], step.prompts, -1) for i, t in zip(images, step.taken)])  # -1: padding
             flat = np.where(who >= 0, np.array(images)[:, None] * widest + who, len(passed) - 1)
             flat_device = upload(flat.ravel(), device)
             picked = flat_device.clamp(max=len(passed) - 2)  # padding reads some class's region; it is dropped below
             if components is not None:
                 component_maps, component_of_point = components
-                point_ids = np.stack([_padded(component_of_point[i][taken], step.prompts, 0) for i in images]).ravel()
+                point_ids = np.stack([_padded(component_of_point[i][t], step.prompts, 0)
+                                      for i, t in zip(images, step.taken)]).ravel()
                 point_regions = component_maps.flatten(2).flatten(0, 1)[picked] == upload(point_ids, device)[:, None]
             else:
                 point_regions = regions.flatten(2).flatten(0, 1)[picked]
@@ -244,10 +244,11 @@ class SAMRefiner:
                                                    point_regions)
             keep &= upload(who.ravel() >= 0, device)
             passed.index_add_(0, flat_device, keep.long())
-            chosen = (chosen & keep[:, None]).view(step.images, step.prompts, *canvas).view(torch.uint8)
+            chosen = (chosen & keep[:, None]).view(len(images), step.prompts, *canvas).view(torch.uint8)
             for row, image in enumerate(images):
-                for k, prompts in _class_ranges(who[row]):
-                    accepted[image, k] |= chosen[row, prompts].amax(dim=0).view(torch.bool)
+                for k in np.unique(who[row][who[row] >= 0]):
+                    prompts = upload(np.flatnonzero(who[row] == k), device)
+                    accepted[image, k] |= chosen[row].index_select(0, prompts).amax(dim=0).view(torch.bool)
         labels = self.merge_batch(y0, scores, keys, regions, accepted)
         timings = {"sam_decoder": decode + reused, "filter_merge": time.perf_counter() - start - decode}
         prompts = [tuple(int(n) for n in np.bincount(o, minlength=len(c))) for o, c in zip(owner, class_ids)]
@@ -307,10 +308,12 @@ class SAMRefiner:
 
     # -- prompts --------------------------------------------------------------------------------------------------
     def _batch_prompts(self, y0: torch.Tensor, scores: torch.Tensor, regions: torch.Tensor, sizes, class_ids
-                       ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Every image's prompt points ``(P, 2)`` xy and the class index of each, grouped by class in the order of its
-        classes, from one host copy: Y0 at the grid points and, with ``ensure_point_per_class``, each class's
-        highest score in its Y0 region (``regions (B, K, H, W)``), the prompt of a class without a grid point."""
+                       ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+        """Every image's prompt points ``(P, 2)`` xy, the class index of each and its chunk, from one host copy: Y0
+        at the grid points, in grid order, a chunk per row of the grid, and, with ``ensure_point_per_class``, each
+        class's highest score in its Y0 region (``regions (B, K, H, W)``), the prompt of a class without a grid
+        point, in a last chunk. A decoding step's masks depend on its points only, so settings that prompt the same
+        points of a grid row share that row's steps whatever class each point prompts (:class:`MaskCache`)."""
         height, width = y0.shape[-2:]
         grids = [grid_points(*size, self.cfg.grid_size) for size in sizes]
         at = np.concatenate([i * height * width + np.floor(p[:, 1]).astype(int) * width + np.floor(p[:, 0]).astype(int)
@@ -323,15 +326,17 @@ class SAMRefiner:
         host = torch.cat(wanted).cpu().numpy()  # the one wait: prompts are host work
         on_label = np.split(host[: len(at)], np.cumsum([len(p) for p in grids])[:-1])
         best, present = host[len(at):].reshape(2, len(sizes), -1) if ensure else (None, None)
-        xy, owner = [], []
+        xy, owner, chunks = [], [], []
         for i, (points, labels, ids) in enumerate(zip(grids, on_label, class_ids)):
-            mine = [points[labels == c] for c in ids]
-            if ensure:
-                mine = [np.array([(best[i, k] % width + 0.5, best[i, k] // width + 0.5)], points.dtype)
-                        if len(m) == 0 and present[i, k] else m for k, m in enumerate(mine)]
-            xy.append(np.concatenate(mine).reshape(-1, 2))
-            owner.append(np.repeat(np.arange(len(ids), dtype=np.int64), [len(m) for m in mine]))
-        return xy, owner
+            lookup = np.full(256, -1, np.int64)
+            lookup[list(ids)] = np.arange(len(ids))
+            on = np.flatnonzero(lookup[labels] >= 0)
+            peaks = [k for k in range(len(ids)) if ensure and present[i, k] and not (lookup[labels[on]] == k).any()]
+            peak_xy = [(best[i, k] % width + 0.5, best[i, k] // width + 0.5) for k in peaks]
+            xy.append(np.concatenate([points[on], np.array(peak_xy, points.dtype).reshape(-1, 2)]))
+            owner.append(np.concatenate([lookup[labels[on]], np.array(peaks, np.int64)]))
+            chunks.append(np.concatenate([on // self.cfg.grid_size, np.full(len(peaks), self.cfg.grid_size)]))
+        return xy, owner, chunks
 
     @staticmethod
     def _components(y0: torch.Tensor, class_ids, xy, owner) -> tuple[torch.Tensor, list[np.ndarray]]:
@@ -368,22 +373,30 @@ class MaskCache:
 
 @dataclass
 class _Step:
-    """One decoding step of :meth:`SAMRefiner.refine_batch`: prompts ``first .. first + prompts`` of each of the
-    ``images`` images with the most prompts (padded where an image has fewer)."""
+    """One decoding step of :meth:`SAMRefiner.refine_batch`, within one chunk of the prompts: the images holding
+    prompts in the chunk, most first (the images the predictor holds for the step), and the prompts ``taken`` of the
+    first ``len(taken)`` of them, each padded to ``prompts``."""
 
-    images: int
-    first: int
+    held: list[int]
+    taken: list[slice]
     prompts: int
 
 
-def _decoding_steps(counts: list[int], limit: int) -> list[_Step]:
-    """Steps covering ``counts`` prompts of images sorted by count (most first), at most ``limit`` prompts (or one
-    per image) per step: every image with prompts left takes as many, so an image's padding stays within a step."""
-    steps, first = [], 0
-    while (images := sum(1 for c in counts if c > first)):
-        prompts = max(1, min(limit // images, counts[0] - first))
-        steps.append(_Step(images, first, prompts))
-        first += prompts
+def _decoding_steps(chunks: list[np.ndarray], limit: int) -> list[_Step]:
+    """Steps decoding every image's prompts chunk by chunk (``chunks[i]``: the chunk of each of image i's prompts,
+    ascending), so that what a step decodes depends on its chunk's prompts only. Within a chunk, at most ``limit``
+    prompts (or one per image) per step, every image with prompts left taking as many, so an image's padding stays
+    within a step."""
+    steps = []
+    for chunk in np.unique(np.concatenate(chunks)):
+        spans = {i: (int(at[0]), len(at)) for i, c in enumerate(chunks) if len(at := np.flatnonzero(c == chunk))}
+        held = sorted(spans, key=lambda i: -spans[i][1])     # stable: ties in batch order
+        first = 0
+        while (images := sum(1 for i in held if spans[i][1] > first)):
+            prompts = max(1, min(limit // images, spans[held[0]][1] - first))
+            steps.append(_Step(held, [slice(spans[i][0] + first, spans[i][0] + min(first + prompts, spans[i][1]))
+                                      for i in held[:images]], prompts))
+            first += prompts
     return steps
 
 
@@ -395,17 +408,6 @@ def _count_true(masks: torch.Tensor) -> torch.Tensor:
     whole = entries.shape[-1] // 255 * 255
     segments = entries[..., :whole].unflatten(-1, (-1, 255)).sum(dim=-1, dtype=torch.uint8)
     return (segments.sum(dim=-1, dtype=torch.int32) + entries[..., whole:].sum(dim=-1, dtype=torch.int32)).double()
-
-
-def _class_ranges(classes: np.ndarray) -> list[tuple[int, slice]]:
-    """Each class index in ``classes`` (a step's prompts of one image; -1: padding) and the prompts that have it, a
-    slice: an image's prompts come in the order of its classes (:meth:`SAMRefiner._batch_prompts`)."""
-    ranges = []
-    for k in np.unique(classes[classes >= 0]):
-        at = np.flatnonzero(classes == k)
-        assert at[-1] - at[0] + 1 == len(at), "an image's prompts are grouped by class"
-        ranges.append((int(k), slice(int(at[0]), int(at[-1]) + 1)))
-    return ranges
 
 
 def _padded(values: np.ndarray, length: int, fill) -> np.ndarray:
