@@ -44,25 +44,23 @@ def _resize_matrix(low: int, canvas: int, kept: int, out: int) -> Tensor:
 def decode_in_steps(decode: Callable[[int, int], tuple], count: int, device: torch.device,
                     prompts_per_substep: int | None = None, threads: int | None = None) -> list[tuple]:
     """``decode(start, stop)`` over the ``count`` prompts of one decoding call in sub-steps, the outputs in order: on
-    a CPU sub-steps of ``prompts_per_substep`` (default 4), ``threads`` of them at once (default: torch's thread
-    count), each single-threaded (the shared-image decoder's many small products keep one thread busy far better than
-    two; the results do not depend on the thread count); elsewhere one step of all prompts by default."""
+    a CPU sub-steps of about ``prompts_per_substep`` (default 4), sizes within one of each other and as many for each
+    of ``threads`` threads (default: torch's thread count; so a grid row's few prompts still use every thread), each
+    single-threaded (the shared-image decoder's many small products keep one thread busy far better than two; the
+    masks do not depend on the split, ``tests/test_sam_decoder.py``); elsewhere one step of all prompts by default."""
     on_cpu = device.type == "cpu"
     size = prompts_per_substep or (4 if on_cpu else count)
     threads = (threads or torch.get_num_threads()) if on_cpu else 1
-    steps = math.ceil(count / size)
-    if steps > threads:  # the same number of steps for every thread, each as full as can be: none idles long
-        steps = math.ceil(steps / threads) * threads
-        size = math.ceil(count / steps)
-    starts = range(0, count, size)
-    step = lambda start: decode(start, min(start + size, count))  # noqa: E731
-    if min(threads, len(starts)) <= 1:
-        return [step(start) for start in starts]
+    steps = max(1, min(count, threads * max(1, round(count / (threads * size)))))
+    bounds = [round(i * count / steps) for i in range(steps + 1)]
+    step = lambda index: decode(bounds[index], bounds[index + 1])  # noqa: E731
+    if min(threads, steps) <= 1:
+        return [step(index) for index in range(steps)]
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with ThreadPoolExecutor(min(threads, len(starts))) as pool:
-            return list(pool.map(step, starts))
+        with ThreadPoolExecutor(min(threads, steps)) as pool:
+            return list(pool.map(step, range(steps)))
     finally:
         torch.set_num_threads(torch_threads)
 
