@@ -10,7 +10,6 @@ all of them together (``predict_points``), the masks on a canvas as large as the
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
