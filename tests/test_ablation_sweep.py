@@ -117,20 +117,27 @@ def scene(seed: int):
     return image, torch.from_numpy(y0)[None], torch.from_numpy(scores)[None]
 
 
+def counted_decoding(monkeypatch) -> list:
+    """The shapes of the decoding calls (``predict_points``) made from now on, in order."""
+    from pseudolabel.sam.predictor import BatchedPointPredictor
+
+    calls = []
+    predict = BatchedPointPredictor.predict_points
+    monkeypatch.setattr(BatchedPointPredictor, "predict_points", lambda self, xy: (calls.append(xy.shape),
+                                                                                    predict(self, xy))[1])
+    return calls
+
+
 def test_a_mask_cache_gives_a_later_setting_the_same_masks_without_decoding(monkeypatch):
     """Settings whose prompts are equal (δ 0 and 0.7) share the decoding steps through a MaskCache: the second
     decodes nothing and gets the labels it gets alone; other prompts (grid 4), or no room in the budget, decode
     again."""
     from pseudolabel.sam import refine
-    from pseudolabel.sam.predictor import BatchedPointPredictor
 
     make = tiny_refiner()
     image, y0, scores = scene(0)
     embedding = make().embed([image])[0]
-    calls = []
-    predict = BatchedPointPredictor.predict_points
-    monkeypatch.setattr(BatchedPointPredictor, "predict_points", lambda self, xy: (calls.append(xy.shape),
-                                                                                    predict(self, xy))[1])
+    calls = counted_decoding(monkeypatch)
 
     def refined(refiner, cache=None):
         return refiner.refine_batch([embedding], y0, scores, [(40, 56)], [(3,)], cache)
@@ -161,7 +168,6 @@ def test_settings_share_the_decoding_steps_of_the_grid_rows_they_prompt_alike(mo
     the other class (prompts come in grid order, so nothing is decoded again), and the same points but one more grid
     row (only that row is decoded: prompts are decoded a grid row at a time). Each gets the labels it gets alone."""
     from pseudolabel.sam import refine
-    from pseudolabel.sam.predictor import BatchedPointPredictor
 
     make = tiny_refiner()
     image, _, _ = scene(1)
@@ -171,10 +177,7 @@ def test_settings_share_the_decoding_steps_of_the_grid_rows_they_prompt_alike(mo
     y0s = [torch.from_numpy(np.where(a, p, np.where(right, q, 0)).astype(np.uint8))[None]
            for a, p, q in ((left, 3, 8), (left, 8, 3), (grown, 3, 8))]
     embedding = make().embed([image])[0]
-    calls = []
-    predict = BatchedPointPredictor.predict_points
-    monkeypatch.setattr(BatchedPointPredictor, "predict_points", lambda self, xy: (calls.append(xy.shape),
-                                                                                    predict(self, xy))[1])
+    calls = counted_decoding(monkeypatch)
 
     def refined(y0, cache=None):
         return make().refine_batch([embedding], y0, scores, [(40, 56)], [(3, 8)], cache)
