@@ -105,9 +105,8 @@ def row_numbers(counted: dict[str, CountedSystems | str], slug: str, baseline: s
                "mBIoU": round(system.mbiou, 2), "mBIoU_ci": _interval(system.ci.get("mBIoU")),
                "images_scored": result.num_images}
     for metric, test in (result.paired or {}).items():
-        numbers[f"diff_{metric}"] = round(test.diff, 2)
-        numbers[f"diff_{metric}_ci"] = _interval(test.ci)
-        numbers[f"p_{metric}"] = test.p_value
+        numbers.update({f"diff_{metric}": round(test.diff, 2), f"diff_{metric}_ci": _interval(test.ci),
+                        f"p_{metric}": test.p_value})
     return numbers
 
 
@@ -266,9 +265,8 @@ def write_plots(out: Path, report: dict, row_configs: dict[str, dict]) -> dict[s
         fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6), sharex=True)
         if evaluated:
             y = [r.get("mIoU", np.nan) for _, r in points]
-            low = [y_ - (r.get("mIoU_ci") or [y_, y_])[0] for y_, (_, r) in zip(y, points)]
-            high = [(r.get("mIoU_ci") or [y_, y_])[1] - y_ for y_, (_, r) in zip(y, points)]
-            top.errorbar(x, y, yerr=[low, high], marker="o", capsize=4)
+            bounds = np.array([r.get("mIoU_ci") or [value, value] for value, (_, r) in zip(y, points)])
+            top.errorbar(x, y, yerr=[y - bounds[:, 0], bounds[:, 1] - y], marker="o", capsize=4)
             top.set_ylabel("mIoU (%) with 95% CI")
         else:
             y = [100.0 if r["baseline"] else (r.get("agreement") or np.nan) for _, r in points]
