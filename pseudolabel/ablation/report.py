@@ -163,9 +163,7 @@ def write_report(out: Path, config: EvaluationConfig, gt: tuple[str | None, str]
     plots = write_plots(out, report, sweep["rows"])
     for table in tables:
         table["plot"] = plots.get(table["name"])
-    texts = {"report.json": json.dumps(report, indent=1), "report.csv": report_csv(report),
-             "report.md": report_markdown(report)}
-    for name, text in texts.items():
+    for name, text in zip(REPORT_FILES, (report_markdown(report), report_csv(report), json.dumps(report, indent=1))):
         atomic_write(out / name, lambda handle: handle.write(text.encode()))
     return report
 
