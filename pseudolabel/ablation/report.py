@@ -28,6 +28,7 @@ from pseudolabel.storage.format import MANIFEST, REFINED
 from pseudolabel.storage.shards import open_shards
 
 REPORT_FILES = ("report.md", "report.csv", "report.json")
+METRICS = ("mIoU", "mBIoU")
 TIMING_GLOB = "timing-r*.json"
 
 
@@ -49,24 +50,20 @@ def default_gt(gt: str | None, run: RunConfig, dataset: WeakDataset) -> tuple[st
 
 def row_times(out: Path) -> tuple[dict[str, dict], dict]:
     """Per row ``{"images", "ms_per_image", "ms_by_stage"}`` and the sweep's totals, summed over ranks and runs."""
-    rows: dict[str, dict] = {}
+    images, seconds = Counter(), {}
     sweep = {"runs": 0, "images": 0, "wall_seconds": 0.0}
     for path in sorted(out.glob(TIMING_GLOB)):
         ledger = json.loads(path.read_text())
         for slug, entry in ledger["rows"].items():
-            total = rows.setdefault(slug, {"images": 0, "seconds": Counter()})
-            total["images"] += entry["images"]
-            total["seconds"].update(entry["seconds"])
+            images[slug] += entry["images"]
+            seconds.setdefault(slug, Counter()).update(entry["seconds"])
         for key in sweep:
             value = ledger["sweep"].get(key, 0)
             sweep[key] = max(sweep[key], value) if key == "runs" else sweep[key] + value
-    times = {}
-    for slug, total in rows.items():
-        by_stage = {s: round(1000 * total["seconds"][s] / max(total["images"], 1), 1) for s in STAGES
-                    if s in total["seconds"]}
-        times[slug] = {"images_timed": total["images"], "ms_per_image": round(sum(by_stage.values()), 1),
-                       "ms_by_stage": by_stage}
-    return times, sweep
+    by_stage = {slug: {s: round(1000 * spent[s] / max(images[slug], 1), 1) for s in STAGES if s in spent}
+                for slug, spent in seconds.items()}
+    return {slug: {"images_timed": images[slug], "ms_per_image": round(sum(ms.values()), 1), "ms_by_stage": ms}
+            for slug, ms in by_stage.items()}, sweep
 
 
 def agreement(row_dir: Path, base_dir: Path) -> float | None:
@@ -92,13 +89,6 @@ def swept_field(configs: list[dict]) -> str | None:
     return f"{part}.{key}" if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) else None
 
 
-def evaluate_command(gt: str, data_root: str | None, row: Path, base: Path | None, eval_flags: list[str]) -> str:
-    """The ``tools/evaluate.py`` command giving a row's numbers."""
-    words = ["tools/evaluate.py", "--gt", gt] + (["--data-root", data_root] if data_root else [])
-    words += ["--pred", str(row)] + (["--pred2", str(base)] if base else [])
-    return " ".join(words + eval_flags)
-
-
 def _interval(ci) -> list[float] | None:
     return [round(v, 2) for v in ci] if ci and all(math.isfinite(v) for v in ci) else None
 
@@ -115,9 +105,8 @@ def row_numbers(counted: dict[str, CountedSystems | str], slug: str, baseline: s
                "mBIoU": round(system.mbiou, 2), "mBIoU_ci": _interval(system.ci.get("mBIoU")),
                "images_scored": result.num_images}
     for metric, test in (result.paired or {}).items():
-        numbers[f"diff_{metric}"] = round(test.diff, 2)
-        numbers[f"diff_{metric}_ci"] = _interval(test.ci)
-        numbers[f"p_{metric}"] = test.p_value
+        numbers.update({f"diff_{metric}": round(test.diff, 2), f"diff_{metric}_ci": _interval(test.ci),
+                        f"p_{metric}": test.p_value})
     return numbers
 
 
@@ -128,18 +117,20 @@ def write_report(out: Path, config: EvaluationConfig, gt: tuple[str | None, str]
     about, configs = sweep["about"], {slug: PseudoLabelConfig.from_dict(c) for slug, c in sweep["rows"].items()}
     times, wall = row_times(out)
     gt_spec, gt_note = gt
+    rows_dir, data_root = out / "rows", about.get("data_root")
     if gt_spec and about.get("limit"):      # --limit labels a part of the split: score that part
         config = dataclasses.replace(config, allow_missing=True)
     eval_flags = options_argv(config, EvaluationConfig())
     counted: dict[str, CountedSystems | str] = {}      # every row against the ground truth, each counted once
     if gt_spec:
         try:
-            gt_source = open_source(gt_spec, data_root=about.get("data_root"))
+            gt_source = open_source(gt_spec, data_root=data_root)
         except (LabelSourceError, FileNotFoundError, ValueError) as error:
             raise EvaluationError(f"--gt {gt_spec}: {error}") from None
+        evaluate = ["tools/evaluate.py", "--gt", gt_spec] + (["--data-root", data_root] if data_root else [])
         for slug in tqdm(sweep["rows"], desc="scoring rows", unit="row"):
             try:
-                counted[slug] = count_systems(gt_source, [(out / "rows" / slug, REFINED)], config, progress=False)
+                counted[slug] = count_systems(gt_source, [(rows_dir / slug, REFINED)], config, progress=False)
             except (EvaluationError, LabelSourceError, FileNotFoundError) as error:
                 counted[slug] = str(error)
     random_weights = False
@@ -149,7 +140,7 @@ def write_report(out: Path, config: EvaluationConfig, gt: tuple[str | None, str]
         rows = []
         for item in table["rows"]:
             slug = item["row"]
-            row_dir = out / "rows" / slug
+            row_dir = rows_dir / slug
             manifest = json.loads((row_dir / MANIFEST).read_text()) if (row_dir / MANIFEST).is_file() else {}
             with closing(open_shards(row_dir)) as shards:
                 random_weights |= bool(shards.attrs.get("random_weights"))
@@ -159,10 +150,10 @@ def write_report(out: Path, config: EvaluationConfig, gt: tuple[str | None, str]
                      "failures": len(manifest.get("failures", [])), **times.get(slug, {})}
             if gt_spec:
                 entry.update(row_numbers(counted, slug, base, config))
-                entry["evaluate"] = evaluate_command(gt_spec, about.get("data_root"), row_dir,
-                                                     None if slug == base else out / "rows" / base, eval_flags)
+                pred2 = [] if slug == base else ["--pred2", str(rows_dir / base)]
+                entry["evaluate"] = " ".join(evaluate + ["--pred", str(row_dir)] + pred2 + eval_flags)
             elif slug != base:
-                entry["agreement"] = agreement(row_dir, out / "rows" / base)
+                entry["agreement"] = agreement(row_dir, rows_dir / base)
             rows.append(entry)
         tables.append({"name": table["name"], "title": table["title"], "note": table.get("note", ""),
                        "baseline": base, "swept": swept_field([sweep["rows"][r["row"]] for r in rows]), "rows": rows})
@@ -172,22 +163,13 @@ def write_report(out: Path, config: EvaluationConfig, gt: tuple[str | None, str]
     plots = write_plots(out, report, sweep["rows"])
     for table in tables:
         table["plot"] = plots.get(table["name"])
-    _write(out / "report.json", json.dumps(report, indent=1))
-    _write(out / "report.csv", report_csv(report))
-    _write(out / "report.md", report_markdown(report))
+    for name, text in zip(REPORT_FILES, (report_markdown(report), report_csv(report), json.dumps(report, indent=1))):
+        atomic_write(out / name, lambda handle: handle.write(text.encode()))
     return report
 
 
-def _write(path: Path, text: str) -> None:
-    atomic_write(path, lambda h: h.write(text.encode()))
-
-
-def _value(value, digits: int = 1) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
-
-
-def _with_ci(value, ci, sign: bool = False) -> str:
-    text = "–" if value is None else f"{value:+.1f}" if sign else f"{value:.1f}"
+def _number(value, digits: int = 1, ci=None, sign: str = "") -> str:
+    text = "–" if value is None else f"{value:{sign}.{digits}f}"
     return text + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
 
 
@@ -204,11 +186,10 @@ def report_markdown(report: dict) -> str:
         lines += ["**RANDOM WEIGHTS**: these labels come from seeded random weights; the numbers only show that the "
                   "pipeline runs and are NOT meaningful.", ""]
     wall = report["wall"]
-    distinct = {r["row"]: r.get("ms_per_image", 0.0) for t in report["tables"] for r in t["rows"]}
-    per_image = 1000 * wall["wall_seconds"] / wall["images"] if wall["images"] else None
     lines += [f"Dataset {report['dataset']}:{report['split']}; ground truth: {report['ground_truth']}.", ""]
-    if per_image is not None:
-        standalone = sum(distinct.values())
+    if wall["images"]:
+        distinct = {r["row"]: r.get("ms_per_image", 0.0) for t in report["tables"] for r in t["rows"]}
+        per_image, standalone = 1000 * wall["wall_seconds"] / wall["images"], sum(distinct.values())
         lines += [f"Sweep wall time {wall['wall_seconds']:.1f} s over {wall['images']} images in {wall['runs']} "
                   f"run(s): {per_image:.0f} ms/image for {len(distinct)} distinct rows, whose standalone runs would "
                   f"take {standalone:.0f} ms/image together ({standalone / per_image:.1f}x).", ""]
@@ -219,28 +200,25 @@ def report_markdown(report: dict) -> str:
               "numbers as the `tools/evaluate.py` command in report.json." if evaluated
               else "Agreement: pixels whose label equals the baseline row's, in %.")
     lines += [legend + " ms/image: stage one as a standalone run would spend it.", ""]
+    numbers = (["mIoU [95% CI]", "mBIoU [95% CI]", "Δ mIoU [95% CI]", "p", "Δ mBIoU [95% CI]", "p"] if evaluated
+               else ["images", "agreement with baseline (%)"])
+    header = ["row", "options", *numbers, "ms/image"]
     for table in report["tables"]:
         lines += [f"## {table['title']}", ""] + ([table["note"], ""] if table.get("note") else [])
-        if evaluated:
-            lines += ["| row | options | mIoU [95% CI] | mBIoU [95% CI] | Δ mIoU [95% CI] | p | Δ mBIoU [95% CI] | p "
-                      "| ms/image |", "|---|---|---|---|---|---|---|---|---|"]
-        else:
-            lines += ["| row | options | images | agreement with baseline (%) | ms/image |", "|---|---|---|---|---|"]
+        lines += [f"| {' | '.join(header)} |", "|" + "---|" * len(header)]
         for row in table["rows"]:
-            label = f"**{row['label']}** (baseline)" if row["baseline"] else row["label"]
-            options = f"`{row['options']}`" if row["options"] else ""
-            ms = _value(row.get("ms_per_image"), 0)
             if not evaluated:
-                lines.append(f"| {label} | {options} | {row['images']} | "
-                             f"{'baseline' if row['baseline'] else _value(row.get('agreement'), 2)} | {ms} |")
+                numbers = [str(row["images"]), "baseline" if row["baseline"] else _number(row.get("agreement"), 2)]
             elif "evaluation_error" in row:
-                lines.append(f"| {label} | {options} | error: {row['evaluation_error']} | | | | | | {ms} |")
+                numbers = [f"error: {row['evaluation_error']}" + " |" * 5]      # the other number cells empty
             else:
-                diff = ("baseline", "", "baseline", "") if row["baseline"] else (
-                    _with_ci(row.get("diff_mIoU"), row.get("diff_mIoU_ci"), True), _p(row.get("p_mIoU")),
-                    _with_ci(row.get("diff_mBIoU"), row.get("diff_mBIoU_ci"), True), _p(row.get("p_mBIoU")))
-                lines.append(f"| {label} | {options} | {_with_ci(row['mIoU'], row['mIoU_ci'])} | "
-                             f"{_with_ci(row['mBIoU'], row['mBIoU_ci'])} | {' | '.join(diff)} | {ms} |")
+                numbers = [_number(row[m], ci=row[f"{m}_ci"]) for m in METRICS]
+                numbers += ["baseline", ""] * 2 if row["baseline"] else [
+                    cell for m in METRICS for cell in (_number(row.get(f"diff_{m}"), ci=row.get(f"diff_{m}_ci"),
+                                                               sign="+"), _p(row.get(f"p_{m}")))]
+            cells = [f"**{row['label']}** (baseline)" if row["baseline"] else row["label"],
+                     f"`{row['options']}`" if row["options"] else "", *numbers, _number(row.get("ms_per_image"), 0)]
+            lines.append(f"| {' | '.join(cells)} |")
         if table.get("plot"):
             lines += ["", f"![{table['title']}]({table['plot']})"]
         lines.append("")
@@ -260,11 +238,10 @@ def report_csv(report: dict) -> str:
     writer.writeheader()
     for table in report["tables"]:
         for row in table["rows"]:
-            flat = {**row, "table": table["name"], **{f"ms_{s}": v for s, v in row.get("ms_by_stage", {}).items()}}
-            for key in ("mIoU", "mBIoU", "diff_mIoU", "diff_mBIoU"):
-                low, high = row.get(f"{key}_ci") or (None, None)
-                flat.update({f"{key}_low": low, f"{key}_high": high})
-            writer.writerow(flat)
+            intervals = {f"{key}_{end}": value for key in (*METRICS, *(f"diff_{m}" for m in METRICS))
+                         for end, value in zip(("low", "high"), row.get(f"{key}_ci") or ())}
+            writer.writerow({**row, "table": table["name"], **intervals,
+                             **{f"ms_{s}": v for s, v in row.get("ms_by_stage", {}).items()}})
     return buffer.getvalue()
 
 
@@ -286,18 +263,16 @@ def write_plots(out: Path, report: dict, row_configs: dict[str, dict]) -> dict[s
         fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6), sharex=True)
         if evaluated:
             y = [r.get("mIoU", np.nan) for _, r in points]
-            low = [y_ - (r.get("mIoU_ci") or [y_, y_])[0] for y_, (_, r) in zip(y, points)]
-            high = [(r.get("mIoU_ci") or [y_, y_])[1] - y_ for y_, (_, r) in zip(y, points)]
-            top.errorbar(x, y, yerr=[low, high], marker="o", capsize=4)
+            bounds = np.array([r.get("mIoU_ci") or [value, value] for value, (_, r) in zip(y, points)])
+            top.errorbar(x, y, yerr=[y - bounds[:, 0], bounds[:, 1] - y], marker="o", capsize=4)
             top.set_ylabel("mIoU (%) with 95% CI")
         else:
             y = [100.0 if r["baseline"] else (r.get("agreement") or np.nan) for _, r in points]
             top.plot(x, y, marker="o")
             top.set_ylabel("agreement with baseline (%)")
-        base_x = [p for p, r in points if r["baseline"]]
+        base_x = next(p for p, r in points if r["baseline"])      # a table's rows hold its baseline once
         for ax in (top, bottom):
-            for value in base_x:
-                ax.axvline(value, color="grey", linestyle=":", linewidth=1)
+            ax.axvline(base_x, color="grey", linestyle=":", linewidth=1)
             ax.grid(alpha=0.3)
         bottom.plot(x, [r.get("ms_per_image", np.nan) for _, r in points], marker="s", color="tab:orange")
         bottom.set_ylabel("stage one, ms/image")

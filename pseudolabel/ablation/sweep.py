@@ -51,15 +51,13 @@ class TableRow:
 
 @dataclass
 class Table:
+    """A sweep's table: its rows in order and the row they are compared with."""
+
     name: str
     title: str
     rows: list[TableRow]
     baseline: Row
     note: str = ""
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "title": self.title, "note": self.note, "baseline": self.baseline.slug,
-                "rows": [{"label": r.label, "row": r.row.slug} for r in self.rows]}
 
 
 @dataclass
@@ -73,8 +71,9 @@ class Sweep:
 
     def identity(self) -> dict:
         """What a rerun into the same folder must match (``sweep.json``): the tables and every row's configuration."""
-        return {"format": SWEEP_FORMAT, "tables": [t.to_json() for t in self.tables],
-                "rows": {r.slug: r.config.to_dict() for r in self.rows}}
+        tables = [{"name": t.name, "title": t.title, "note": t.note, "baseline": t.baseline.slug,
+                   "rows": [{"label": r.label, "row": r.row.slug} for r in t.rows]} for t in self.tables]
+        return {"format": SWEEP_FORMAT, "tables": tables, "rows": {r.slug: r.config.to_dict() for r in self.rows}}
 
     def differences(self, stored: dict) -> list[str]:
         """What differs from an earlier sweep's identity (``sweep.json``; empty: the same sweep), one short phrase
@@ -148,9 +147,7 @@ class SweepBuilder:
         slug = slug_of(config, self.base)
         if slug in self.rows and self.rows[slug].config != config:
             slug = f"{slug}-{zlib.crc32(json.dumps(config.to_dict(), sort_keys=True).encode()):08x}"
-        if slug not in self.rows:
-            self.rows[slug] = Row(slug, config, gen_pseudo_flags(config, self.base))
-        return self.rows[slug]
+        return self.rows.setdefault(slug, Row(slug, config, gen_pseudo_flags(config, self.base)))
 
     def add_table(self, spec: dict, where: str) -> None:
         """Add one table (``{"name", "title", "rows", "baseline"}``) of a sweep file or of ``--row`` options."""
@@ -194,6 +191,7 @@ class SweepBuilder:
         return str(data.get("description", ""))
 
     def build(self, name: str, description: str = "") -> Sweep:
+        """The sweep of every table added."""
         if not self.tables:
             raise SweepError("nothing to run: give --sweep NAME|FILE or --row OPTIONS")
         return Sweep(name, description, self.tables, list(self.rows.values()))
@@ -210,4 +208,5 @@ def sweep_file(name: str) -> Path:
 
 
 def shipped_sweeps() -> list[str]:
+    """The names of the shipped sweeps."""
     return sorted(p.stem for p in SWEEP_DIR.glob("*.json"))
