@@ -385,3 +385,16 @@ def test_demo_sweep_on_the_bundled_photos(tmp_path):
             assert len(open_shards(tmp_path / "rows" / row["row"])) == 2
     assert (tmp_path / "plots" / "delta.png").is_file() and (tmp_path / "plots" / "grid.png").is_file()
     assert "agreement with baseline" in (tmp_path / "report.md").read_text()
+
+
+def test_report_headers_name_the_evaluations_confidence():
+    """The markdown columns say the interval the evaluation computed (--eval-confidence), not a fixed 95%."""
+    from pseudolabel.ablation.report import report_markdown
+
+    row = {"label": "defaults", "row": "defaults", "baseline": True, "options": "", "mIoU": 50.0,
+           "mIoU_ci": [48.0, 52.0], "mBIoU": 30.0, "mBIoU_ci": [29.0, 31.0], "ms_per_image": 10.0}
+    report = {"sweep": "s", "description": "", "random_weights": False, "dataset": "voc", "split": "train",
+              "ground_truth": "voc:train", "wall": {"images": 0}, "evaluation": {"confidence": 0.9, "bootstrap": 100},
+              "tables": [{"title": "t", "rows": [row]}]}
+    header = next(line for line in report_markdown(report).splitlines() if line.startswith("| row |"))
+    assert "mIoU [90% CI]" in header and "Δ mBIoU [90% CI]" in header and "95%" not in header

@@ -200,7 +200,8 @@ def report_markdown(report: dict) -> str:
               "numbers as the `tools/evaluate.py` command in report.json." if evaluated
               else "Agreement: pixels whose label equals the baseline row's, in %.")
     lines += [legend + " ms/image: stage one as a standalone run would spend it.", ""]
-    numbers = (["mIoU [95% CI]", "mBIoU [95% CI]", "Δ mIoU [95% CI]", "p", "Δ mBIoU [95% CI]", "p"] if evaluated
+    ci = f"[{100 * cfg['confidence']:.0f}% CI]" if evaluated else ""
+    numbers = ([f"mIoU {ci}", f"mBIoU {ci}", f"Δ mIoU {ci}", "p", f"Δ mBIoU {ci}", "p"] if evaluated
                else ["images", "agreement with baseline (%)"])
     header = ["row", "options", *numbers, "ms/image"]
     for table in report["tables"]:
@@ -265,7 +266,7 @@ def write_plots(out: Path, report: dict, row_configs: dict[str, dict]) -> dict[s
             y = [r.get("mIoU", np.nan) for _, r in points]
             bounds = np.array([r.get("mIoU_ci") or [value, value] for value, (_, r) in zip(y, points)])
             top.errorbar(x, y, yerr=[y - bounds[:, 0], bounds[:, 1] - y], marker="o", capsize=4)
-            top.set_ylabel("mIoU (%) with 95% CI")
+            top.set_ylabel(f"mIoU (%) with {100 * report['evaluation']['confidence']:.0f}% CI")
         else:
             y = [100.0 if r["baseline"] else (r.get("agreement") or np.nan) for _, r in points]
             top.plot(x, y, marker="o")
