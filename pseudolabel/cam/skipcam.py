@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -208,6 +209,7 @@ class SkipCAM:
 
     @classmethod
     def from_config(cls, cfg: SkipCAMConfig, class_set: ClassSet, device="cpu", precision: str = "fp32") -> "SkipCAM":
+        """A SkipCAM on the CLIP model and weights ``cfg`` names (:func:`~pseudolabel.cam.clip_models.load_clip`)."""
         model, tokenizer, weights = load_clip(cfg.clip_model, cfg.clip_weights, device, cfg.clip_seed)
         return cls(model, tokenizer, class_set, cfg, device, weights, precision)
 
@@ -335,7 +337,7 @@ class SkipCAM:
         # pytorch-grad-cam, as CLIP-ES calls it, min-max scales a CAM twice (docs/method.md#last-block-and-grad-cam)
         return minmax(minmax(cams)), self._affinity(features, last_attention[torch.cumsum(counts, 0) - counts])
 
-    def _row_classes(self, class_ids: list[tuple[int, ...]]):
+    def _row_classes(self, class_ids: list[tuple[int, ...]]) -> Callable[[torch.Tensor], torch.Tensor]:
         """The gradient target of :meth:`class_cams_batch`'s rows: row r (image i, its k-th class) takes the softmax
         over image i's classes and the background words and its k-th entry. Logits come against every class's
         text, then each row's own are gathered (the others masked)."""
