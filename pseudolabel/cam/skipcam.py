@@ -56,7 +56,8 @@ class SkipCAMConfig(DictConfig):
     num_skips: int = field(default=3, metadata={
         "group": "paper", "help": "K skip connections: outputs of blocks N-2..N-1-K are fused with block N-1's "
                                   "(0 = plain CLIP-ES Grad-CAM)", "min": 0})
-    skip_fusion: str = field(default="sum", metadata={"help": "how skip features are fused", "choices": ("sum", "mean")})
+    skip_fusion: str = field(default="sum", metadata={"help": "how skip features are fused",
+                                                      "choices": ("sum", "mean")})
     skip_entry: str = field(default="input", metadata={
         "help": "where skips enter (docs/method.md#skip-fusion): input = into the last block's input; output = added "
                 "to its output before pooling; average = last block run on each feature, CAMs averaged",
@@ -435,7 +436,8 @@ class SkipCAM:
         boxes = upload(np.concatenate([box_mask(m, self.cfg.tau).ravel() for m in host_cams]), self.device)
         rows = upload([r for m in members for r, i in enumerate(m) for _ in class_ids[i]], self.device)
         loc_maps: list[torch.Tensor | None] = [None] * len(features)
-        for m, c, (_, affinity), b, r in zip(members, cams, grouped, boxes.split(sizes), rows.split([len(c) for c in cams])):
+        for m, c, (_, affinity), b, r in zip(members, cams, grouped, boxes.split(sizes),
+                                             rows.split([len(c) for c in cams])):
             refined = refine_with_boxes(c, affinity, b.view(c.shape), r).float()
             for index, maps in zip(m, refined.split([len(class_ids[i]) for i in m])):
                 loc_maps[index] = maps
