@@ -171,12 +171,6 @@ def logged_dataset(run: RunConfig, split: str, log: RunLog) -> WeakDataset:
     return dataset
 
 
-def random_weights_banner(notes, what: str = "The pipeline runs", made: str = "the labels are") -> None:
-    """The loud notice that seeded random weights are in use (``notes``: why)."""
-    print(f"{BANNER}\n!! RANDOM WEIGHTS: {'; '.join(notes) or 'requested'}.\n!! {what} end to end with seeded random "
-          f"weights; {made} NOT meaningful.\n{BANNER}", file=sys.stderr)
-
-
 def distributed() -> tuple[int, int, int]:
     """(rank, world size, local rank) from torchrun's environment; a gloo group for the barriers."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -226,7 +220,7 @@ def load_settings(run: RunConfig, configs: list[PseudoLabelConfig], class_set: C
                   banner: tuple[str, str] = ("The pipeline runs", "the labels are")) -> list[Setting]:
     """The models of every configuration (each model loaded once), all built and checked before anything is written:
     the demo's weights (:func:`demo_weights`), compiled on ``--compile``, and the random-weights banner (``banner``:
-    what runs and what is not meaningful) printed and logged when any weights are random."""
+    what runs and what is not meaningful) printed loudly and logged when any weights are random."""
     pool, settings, notes = ModelPool(class_set, device, run.points_per_batch), [], set()
     for cfg in configs:
         notes.update(demo_weights(cfg) if run.dataset == "demo" else [])
@@ -234,9 +228,10 @@ def load_settings(run: RunConfig, configs: list[PseudoLabelConfig], class_set: C
         if run.compile and not isinstance(settings[-1].cam, SAM3TextLabeller):
             compile_encoders(settings[-1].cam, settings[-1].refiner)
     if any(weights_of(s.cam, s.refiner)[1] for s in settings):
-        random_weights_banner(sorted(notes), *banner)
-        log.detail(f"RANDOM WEIGHTS: {'; '.join(sorted(notes)) or 'requested'}; the labels are not meaningful",
-                   level=logging.WARNING)
+        why = "; ".join(sorted(notes)) or "requested"
+        print(f"{BANNER}\n!! RANDOM WEIGHTS: {why}.\n!! {banner[0]} end to end with seeded random weights; {banner[1]} "
+              f"NOT meaningful.\n{BANNER}", file=sys.stderr)
+        log.detail(f"RANDOM WEIGHTS: {why}; the labels are not meaningful", level=logging.WARNING)
     return settings
 
 
