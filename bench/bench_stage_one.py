@@ -52,10 +52,10 @@ def cached_models():
     """``generate.load_models`` that builds each (config, device) once per process (random init takes seconds)."""
     original, cache = generate.load_models, {}
 
-    def load(cfg, class_set, device, *runtime):
-        key = (json.dumps(cfg.to_dict(), sort_keys=True), str(device), runtime)
+    def load(pool, cfg):
+        key = (json.dumps(cfg.to_dict(), sort_keys=True), str(pool.device), pool.points_per_batch)
         if key not in cache:
-            cache[key] = original(cfg, class_set, device, *runtime)
+            cache[key] = original(pool, cfg)
         return cache[key]
     return load
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
+from typing import Self
 
 import torch
 from tqdm import tqdm
@@ -42,7 +43,7 @@ from pseudolabel.storage.lock import OutputLock
 from pseudolabel.storage.run_log import RunLog
 from pseudolabel.storage.run_store import RunStore
 from pseudolabel.sam.models import SAM_VARIANTS, cache_dir
-from pseudolabel.sam.refine import POINTS_PER_BATCH, SAMRefineConfig, SAMRefiner
+from pseudolabel.sam.refine import SAMRefineConfig, SAMRefiner
 from pseudolabel.storage.shards import LabelRecord, run_identity
 from pseudolabel.cam.skipcam import SkipCAM, SkipCAMConfig
 
@@ -170,12 +171,6 @@ def logged_dataset(run: RunConfig, split: str, log: RunLog) -> WeakDataset:
     return dataset
 
 
-def random_weights_banner(notes, what: str = "The pipeline runs", made: str = "the labels are") -> None:
-    """The loud notice that seeded random weights are in use (``notes``: why)."""
-    print(f"{BANNER}\n!! RANDOM WEIGHTS: {'; '.join(notes) or 'requested'}.\n!! {what} end to end with seeded random "
-          f"weights; {made} NOT meaningful.\n{BANNER}", file=sys.stderr)
-
-
 def distributed() -> tuple[int, int, int]:
     """(rank, world size, local rank) from torchrun's environment; a gloo group for the barriers."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -213,14 +208,31 @@ def device_and_precision(run: RunConfig, local_rank: int) -> tuple[str, str]:
     return device, precision
 
 
-def load_models(cfg: PseudoLabelConfig, class_set: ClassSet, device: str,
-                points_per_batch: int = POINTS_PER_BATCH) -> tuple[SkipCAM, SAMRefiner | None]:
-    """Skip-CAM and, when refinement is on, the SAM refiner, in the configuration's precision; with
-    ``--labeller sam3-text`` SAM 3's labeller in their place."""
+def load_models(pool: ModelPool, cfg: PseudoLabelConfig) -> Setting:
+    """The Skip-CAM and, when refinement is on, the SAM refiner of ``cfg`` from ``pool``; with ``--labeller
+    sam3-text`` SAM 3's labeller in their place."""
     if cfg.labeller.labeller == "sam3-text":
-        return SAM3TextLabeller.from_config(cfg.labeller, class_set, device), None
-    setting = ModelPool(class_set, device, points_per_batch).setting(cfg)
-    return setting.cam, setting.refiner
+        return Setting(SAM3TextLabeller.from_config(cfg.labeller, pool.class_set, pool.device), None)
+    return pool.setting(cfg)
+
+
+def load_settings(run: RunConfig, configs: list[PseudoLabelConfig], class_set: ClassSet, device: str, log: RunLog,
+                  banner: tuple[str, str] = ("The pipeline runs", "the labels are")) -> list[Setting]:
+    """The models of every configuration (each model loaded once), all built and checked before anything is written:
+    the demo's weights (:func:`demo_weights`), compiled on ``--compile``, and the random-weights banner (``banner``:
+    what runs and what is not meaningful) printed loudly and logged when any weights are random."""
+    pool, settings, notes = ModelPool(class_set, device, run.points_per_batch), [], set()
+    for cfg in configs:
+        notes.update(demo_weights(cfg) if run.dataset == "demo" else [])
+        settings.append(load_models(pool, cfg))
+        if run.compile and not isinstance(settings[-1].cam, SAM3TextLabeller):
+            compile_encoders(settings[-1].cam, settings[-1].refiner)
+    if any(weights_of(s.cam, s.refiner)[1] for s in settings):
+        why = "; ".join(sorted(notes)) or "requested"
+        print(f"{BANNER}\n!! RANDOM WEIGHTS: {why}.\n!! {banner[0]} end to end with seeded random weights; {banner[1]} "
+              f"NOT meaningful.\n{BANNER}", file=sys.stderr)
+        log.detail(f"RANDOM WEIGHTS: {why}; the labels are not meaningful", level=logging.WARNING)
+    return settings
 
 
 def split_of(run: RunConfig) -> str:
@@ -263,8 +275,20 @@ def previous_failures(out: Path) -> dict[str, dict]:
     return entries
 
 
+class ReleasesLocks:
+    """A run used as a context manager: leaving its block releases ``locks``, its output locks."""
+
+    locks: contextlib.ExitStack
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.locks.close()
+
+
 @dataclass
-class StageOneRun:
+class StageOneRun(ReleasesLocks):
     """One rank's stage-one run. :meth:`setup` builds it (config, models, dataset, store, the work list),
     :meth:`label_images` labels the work list into the store, :meth:`finish` packs and reports.
 
@@ -302,22 +326,14 @@ class StageOneRun:
         cfg = method.config("voc" if run.dataset == "demo" else run.dataset, split, precision)
         log.detail("configuration", cfg.to_dict())
         log.detail("run", {k: str(v) if isinstance(v, Path) else v for k, v in asdict(run).items()})
-        notes = demo_weights(cfg) if run.dataset == "demo" else []
         dataset = logged_dataset(run, split, log)
         out = output_dir(run, split)
         with lock_output(out, rank) as locks:  # before any model loads; released again if setting up fails
-            cam, refiner = load_models(cfg, dataset.class_set, device, run.points_per_batch)
-            if run.compile and not isinstance(cam, SAM3TextLabeller):
-                compile_encoders(cam, refiner)
-            weights, random_weights = weights_of(cam, refiner)
-            log.detail("weights", weights)
-            if isinstance(cam, SAM3TextLabeller):
+            (setting,) = load_settings(run, [cfg], dataset.class_set, device, log)
+            log.detail("weights", weights_of(setting.cam, setting.refiner)[0])
+            if isinstance(setting.cam, SAM3TextLabeller):
                 log.detail("licence", SAM3_LICENCE)
-            if random_weights:
-                random_weights_banner(notes)
-                log.detail(f"RANDOM WEIGHTS: {'; '.join(notes) or 'requested'}; the labels are not meaningful",
-                           level=logging.WARNING)
-            stage_one = cls.with_models(run, cfg, dataset, cam, refiner, out, device, log, locks)
+            stage_one = cls.with_models(run, cfg, dataset, setting.cam, setting.refiner, out, device, log, locks)
             log.detail("environment", {"device": device, "precision": precision, "compiled encoders": run.compile,
                                        "batch size": stage_one.batch_size, "workers": stage_one.workers,
                                        "world size": world, "torch threads": torch.get_num_threads(),
@@ -430,11 +446,6 @@ class StageOneRun:
         barrier(self.world)
         return summary, self.store.write_manifest(self.world) if self.rank == 0 else None
 
-    def __enter__(self) -> "StageOneRun":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.locks.close()
 
 
 def label_runs(runs: list[StageOneRun], labeller, progress_hook: Callable[[int], None] | None = None) -> None:

@@ -18,16 +18,14 @@ from pseudolabel.ablation.report import REPORT_FILES, TIMING_GLOB, default_gt, w
 from pseudolabel.ablation.sweep import Sweep, SweepBuilder, gen_pseudo_flags, shipped_sweeps, sweep_file
 from pseudolabel.classes import DATA_DIR
 from pseudolabel.cli_options import add_dataclass_options, config_from_options, program_name
-from pseudolabel.compiled import compile_encoders
 from pseudolabel.config import MethodOptions, RunConfig
 from pseudolabel.console import console_logging
 from pseudolabel.datasets import Sample, WeakDataset
 from pseudolabel.evaluation.pipeline import EvaluationConfig
 from pseudolabel.exits import OutputError, guard_write, prepare_output_dir, tool_main
-from pseudolabel.generate import (DATASET_CHOICES, METHOD_CONFIGS, RANDOM_WEIGHTS_NOTE, StageOneRun, add_method_options,
-                                  add_run_options, barrier, demo_weights, device_and_precision, distributed, label_runs,
-                                  lock_output, logged_dataset, random_weights_banner, split_of)
-from pseudolabel.model_pool import ModelPool
+from pseudolabel.generate import (DATASET_CHOICES, METHOD_CONFIGS, RANDOM_WEIGHTS_NOTE, ReleasesLocks, StageOneRun,
+                                  add_method_options, add_run_options, barrier, device_and_precision, distributed,
+                                  label_runs, load_settings, lock_output, logged_dataset, split_of)
 from pseudolabel.pipeline import STAGES, Labeller
 from pseudolabel.storage.atomic import atomic_write
 from pseudolabel.storage.format import MANIFEST, SHARD_GLOB
@@ -128,7 +126,7 @@ def prepare_folder(out: Path, sweep: Sweep, about: dict, overwrite: bool, rank: 
 
 
 @dataclass
-class SweepRun:
+class SweepRun(ReleasesLocks):
     """One rank's sweep: :meth:`setup` builds it (models, one stage-one run per row, the work list),
     :meth:`label_images` labels image by image, :meth:`finish` closes the rows and writes the report. Use it as a
     context manager: leaving it releases the rows' output locks."""
@@ -155,13 +153,9 @@ class SweepRun:
         included) and this rank's images that some row needs. The caller holds the lock of ``--out``."""
         split = split_of(run)
         rank, world, _ = distributed()
-        pool, configs, settings, notes = ModelPool(dataset.class_set, device, run.points_per_batch), [], [], set()
-        for row in sweep.rows:          # every model and setting built (and checked) before anything is written
-            configs.append(copy.deepcopy(row.config))
-            notes.update(demo_weights(configs[-1]) if run.dataset == "demo" else [])
-            settings.append(pool.setting(configs[-1]))
-            if run.compile:
-                compile_encoders(settings[-1].cam, settings[-1].refiner)
+        configs = [copy.deepcopy(row.config) for row in sweep.rows]
+        settings = load_settings(run, configs, dataset.class_set, device, log,
+                                 ("The sweep runs", "its labels and numbers are"))
         out = sweep_dir(run)
         defaults = MethodOptions({}, {}, {}).config("voc" if run.dataset == "demo" else run.dataset, split, precision)
         about = {"name": sweep.name, "description": sweep.description, "dataset": run.dataset, "split": split,
@@ -179,9 +173,6 @@ class SweepRun:
             samples = dataset.samples[: run.limit]   # None: all
             every = {s.image_id for s in samples}
             needed = {s.image_id for run in runs for s in run.todo}
-            random_any = any(run.random_weights for run in runs)
-            if random_any:
-                random_weights_banner(sorted(notes), "The sweep runs", "its labels and numbers are")
             labeller = Labeller(settings, device)
             for line in labeller.sharing_plan([row.slug for row in sweep.rows]):
                 LOG.info(line)
@@ -191,14 +182,8 @@ class SweepRun:
                      len(sweep.tables), rank, world, len(images), sum(len(r.todo) for r in runs),
                      sum(r.already_done for r in runs), out, device, precision, runs[0].batch_size)
             return cls(sweep=sweep, out=out, rows=runs, labeller=labeller, images=images, rank=rank, world=world,
-                       working=[not every <= run.store.finished() for run in runs], random_weights=random_any,
-                       locks=held.pop_all())
-
-    def __enter__(self) -> "SweepRun":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.locks.close()
+                       working=[not every <= run.store.finished() for run in runs],
+                       random_weights=any(run.random_weights for run in runs), locks=held.pop_all())
 
     def label_images(self) -> None:
         """Every row's images through one :class:`~pseudolabel.pipeline.Labeller` of the rows' settings
