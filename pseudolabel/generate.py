@@ -385,9 +385,8 @@ class StageOneRun(ReleasesLocks):
 
     def label_images(self) -> None:
         """Label the work list into the store (:func:`label_runs` of this run alone)."""
-        labeller = self.cam if isinstance(self.cam, SAM3TextLabeller) else \
-            Labeller([Setting(self.cam, self.refiner)], self.device, timed=self.timed)
-        label_runs([self], labeller, self.progress_hook)
+        for runs, labeller in labellers([self], [Setting(self.cam, self.refiner)], self.device, self.timed):
+            label_runs(runs, labeller, self.progress_hook)
 
     def stage(self, record: LabelRecord | PendingRecord) -> None:
         """Stage one finished image (the writer thread, which waits here for a batch's copies from the GPU)."""
@@ -446,6 +445,15 @@ class StageOneRun(ReleasesLocks):
         barrier(self.world)
         return summary, self.store.write_manifest(self.world) if self.rank == 0 else None
 
+
+
+def labellers(runs: list[StageOneRun], settings: list[Setting], device: str, timed: bool = False
+              ) -> list[tuple[list[StageOneRun], Labeller | SAM3TextLabeller]]:
+    """The runs (``settings``: theirs, in order) by what labels them: one :class:`Labeller` of every CEP setting,
+    which computes what they share once, and SAM 3's own labeller for each ``--labeller sam3-text`` run."""
+    cep = [i for i, s in enumerate(settings) if not isinstance(s.cam, SAM3TextLabeller)]
+    groups = [([runs[i] for i in cep], Labeller([settings[i] for i in cep], device, timed=timed))] if cep else []
+    return groups + [([run], s.cam) for run, s in zip(runs, settings) if isinstance(s.cam, SAM3TextLabeller)]
 
 
 def label_runs(runs: list[StageOneRun], labeller, progress_hook: Callable[[int], None] | None = None) -> None:

@@ -398,3 +398,20 @@ def test_report_headers_name_the_evaluations_confidence():
               "tables": [{"title": "t", "rows": [row]}]}
     header = next(line for line in report_markdown(report).splitlines() if line.startswith("| row |"))
     assert "mIoU [90% CI]" in header and "Δ mBIoU [90% CI]" in header and "95%" not in header
+
+
+def test_a_sam3_row_is_labelled_by_sam3_as_gen_pseudo_labels_it(voc, tmp_path, monkeypatch):
+    """A sweep with a CEP row and a ``labeller=sam3-text`` row (SAM 3's processor faked): the SAM 3 row's shards are
+    gen_pseudo's with --labeller sam3-text, and the CEP row's are gen_pseudo's."""
+    from pseudolabel.labellers import sam3_text
+    from tests.test_sam3_text import FakeProcessor
+
+    monkeypatch.setattr(sam3_text, "load_sam3", lambda checkpoint, device: (FakeProcessor(), {"model": "sam3"}))
+    out = tmp_path / "sweep"
+    run(["voc", "--data-root", str(voc), "--split", "train", "--out", str(out), "--limit", "2", *TINY, "--gt", "none",
+         "--grid-size", "8", "--row", "delta=0.3", "--row", "labeller=sam3-text"])
+    slugs = sorted(p.name for p in (out / "rows").iterdir())
+    sam3 = next(s for s in slugs if "sam3" in s)
+    assert open_shards(out / "rows" / sam3).attrs["weights"]["sam3"]["model"] == "sam3"
+    for slug in ("delta-0.3", sam3):
+        assert_row_equals_gen_pseudo(out, slug, tmp_path / slug)

@@ -25,7 +25,8 @@ from pseudolabel.evaluation.pipeline import EvaluationConfig
 from pseudolabel.exits import OutputError, guard_write, prepare_output_dir, tool_main
 from pseudolabel.generate import (DATASET_CHOICES, METHOD_CONFIGS, RANDOM_WEIGHTS_NOTE, ReleasesLocks, StageOneRun,
                                   add_method_options, add_run_options, barrier, device_and_precision, distributed,
-                                  label_runs, load_settings, lock_output, logged_dataset, split_of)
+                                  label_runs, labellers, load_settings, lock_output, logged_dataset, split_of)
+from pseudolabel.labellers.sam3_text import SAM3TextLabeller
 from pseudolabel.pipeline import STAGES, Labeller
 from pseudolabel.storage.atomic import atomic_write
 from pseudolabel.storage.format import MANIFEST, SHARD_GLOB
@@ -134,7 +135,7 @@ class SweepRun(ReleasesLocks):
     sweep: Sweep
     out: Path
     rows: list[StageOneRun]             # one per sweep row, same order; their models come from one ModelPool
-    labeller: Labeller                  # of the rows' settings, in order
+    labellers: list[tuple[list[StageOneRun], Labeller | SAM3TextLabeller]]   # the rows by what labels them
     working: list[bool]                 # whether a row has images left on any rank (closed at the end if so)
     images: list[Sample]                # this rank's images that some row still needs
     rank: int
@@ -173,24 +174,27 @@ class SweepRun(ReleasesLocks):
             samples = dataset.samples[: run.limit]   # None: all
             every = {s.image_id for s in samples}
             needed = {s.image_id for run in runs for s in run.todo}
-            labeller = Labeller(settings, device)
-            for line in labeller.sharing_plan([row.slug for row in sweep.rows]):
-                LOG.info(line)
+            groups = labellers(runs, settings, device)
+            for rows, labeller in groups:
+                if isinstance(labeller, Labeller):
+                    for line in labeller.sharing_plan([r.store.out.name for r in rows]):
+                        LOG.info(line)
             images = [s for s in samples[rank::world] if s.image_id in needed]
             LOG.info("%s; sweep %s: %d rows in %d tables; rank %d/%d: %d images to label (%d row-images, %d already "
                      "done) -> %s; %s, %s, batches of %d", dataset.describe(), sweep.name, len(sweep.rows),
                      len(sweep.tables), rank, world, len(images), sum(len(r.todo) for r in runs),
                      sum(r.already_done for r in runs), out, device, precision, runs[0].batch_size)
-            return cls(sweep=sweep, out=out, rows=runs, labeller=labeller, images=images, rank=rank, world=world,
+            return cls(sweep=sweep, out=out, rows=runs, labellers=groups, images=images, rank=rank, world=world,
                        working=[not every <= run.store.finished() for run in runs],
                        random_weights=any(run.random_weights for run in runs), locks=held.pop_all())
 
     def label_images(self) -> None:
         """Every row's images through one :class:`~pseudolabel.pipeline.Labeller` of the rows' settings
         (:func:`~pseudolabel.generate.label_runs`, gen_pseudo's loop): each image decoded once, what rows share
-        computed once. An image that cannot be read, or fails for a row, becomes that row's failure and the sweep goes
+        computed once; a SAM 3 row (``labeller=sam3-text``) through SAM 3's labeller, as gen_pseudo. An image that cannot be read, or fails for a row, becomes that row's failure and the sweep goes
         on."""
-        label_runs(self.rows, self.labeller)
+        for rows, labeller in self.labellers:
+            label_runs(rows, labeller)
         self.image_passes += len(self.images)
 
     def finish(self, evaluation: EvaluationConfig, gt: tuple[str | None, str]) -> dict | None:
