@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
-from typing import Self
 
 import torch
 from tqdm import tqdm
@@ -280,7 +279,7 @@ class ReleasesLocks:
 
     locks: contextlib.ExitStack
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> "ReleasesLocks":
         return self
 
     def __exit__(self, *exc) -> None:
@@ -444,7 +443,6 @@ class StageOneRun(ReleasesLocks):
         self.store.write_json(f"summary-r{self.rank:03d}.json", summary)
         barrier(self.world)
         return summary, self.store.write_manifest(self.world) if self.rank == 0 else None
-
 
 
 def labellers(runs: list[StageOneRun], settings: list[Setting], device: str, timed: bool = False
