@@ -245,10 +245,12 @@ class SAMRefiner:
             keep &= upload(who.ravel() >= 0, device)
             passed.index_add_(0, flat_device, keep.long())
             chosen = (chosen & keep[:, None]).view(len(images), step.prompts, *canvas).view(torch.uint8)
-            for row, image in enumerate(images):
-                for k in np.unique(who[row][who[row] >= 0]):
-                    prompts = upload(np.flatnonzero(who[row] == k), device)
-                    accepted[image, k] |= chosen[row].index_select(0, prompts).amax(dim=0).view(torch.bool)
+            order = np.argsort(flat.ravel(), kind="stable")     # the step's prompts by (image, class), padding last
+            targets, starts = np.unique(flat.ravel()[order], return_index=True)
+            grouped = chosen.flatten(0, 1).index_select(0, upload(order, device))
+            for target, begin, end in zip(targets, starts, [*starts[1:], len(order)]):
+                if target < len(passed) - 1:
+                    accepted.view(-1, *canvas)[target] |= grouped[begin:end].amax(dim=0).view(torch.bool)
         labels = self.merge_batch(y0, scores, keys, regions, accepted)
         timings = {"sam_decoder": decode + reused, "filter_merge": time.perf_counter() - start - decode}
         prompts = [tuple(int(n) for n in np.bincount(o, minlength=len(c))) for o, c in zip(owner, class_ids)]
@@ -330,11 +332,12 @@ class SAMRefiner:
         for i, (points, labels, ids) in enumerate(zip(grids, on_label, class_ids)):
             lookup = np.full(256, -1, np.int64)
             lookup[list(ids)] = np.arange(len(ids))
-            on = np.flatnonzero(lookup[labels] >= 0)
-            peaks = [k for k in range(len(ids)) if ensure and present[i, k] and not (lookup[labels[on]] == k).any()]
+            classes = lookup[labels]
+            on = np.flatnonzero(classes >= 0)
+            peaks = [k for k in range(len(ids)) if ensure and present[i, k] and not (classes[on] == k).any()]
             peak_xy = [(best[i, k] % width + 0.5, best[i, k] // width + 0.5) for k in peaks]
             xy.append(np.concatenate([points[on], np.array(peak_xy, points.dtype).reshape(-1, 2)]))
-            owner.append(np.concatenate([lookup[labels[on]], np.array(peaks, np.int64)]))
+            owner.append(np.concatenate([classes[on], np.array(peaks, np.int64)]))
             chunks.append(np.concatenate([on // self.cfg.grid_size, np.full(len(peaks), self.cfg.grid_size)]))
         return xy, owner, chunks
 
