@@ -191,8 +191,8 @@ class SweepRun(ReleasesLocks):
     def label_images(self) -> None:
         """Every row's images through one :class:`~pseudolabel.pipeline.Labeller` of the rows' settings
         (:func:`~pseudolabel.generate.label_runs`, gen_pseudo's loop): each image decoded once, what rows share
-        computed once; a SAM 3 row (``labeller=sam3-text``) through SAM 3's labeller, as gen_pseudo. An image that cannot be read, or fails for a row, becomes that row's failure and the sweep goes
-        on."""
+        computed once; a SAM 3 row (``labeller=sam3-text``) through SAM 3's labeller, as gen_pseudo. An image that
+        cannot be read, or fails for a row, becomes that row's failure and the sweep goes on."""
         for rows, labeller in self.labellers:
             label_runs(rows, labeller)
         self.image_passes += len(self.images)
